@@ -1,0 +1,225 @@
+"""The run configuration: a YAML file plus dotted `--set` overrides in, a validated `Config` out.
+
+Every key, its type, default and meaning lives here, and nowhere else. Paths in a config file
+are relative to the file's folder; paths given with `--set` are relative to the current folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from bertcls.errors import ConfigError
+
+DATA_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
+METRICS = ("accuracy", "f1_macro", "f1_micro", "f1_weighted", "precision_macro", "recall_macro", "loss")
+
+
+def _float_from_yaml(value: Any) -> Any:
+    # YAML 1.1 reads `5e-5` (no dot) as a string; accept it as the number the user meant.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+Float = Annotated[float, BeforeValidator(_float_from_yaml)]
+
+
+class Section(BaseModel):
+    # strict: a string "3" is not an int; extra="forbid": a misspelt key is an error.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+class DataConfig(Section):
+    train: str = Field(description="Training data: a csv/tsv/json/jsonl/parquet file, or a hub dataset `name[:split]`.")
+    validation: str | None = Field(None, description="Validation data; if absent, a stratified `validation_split` of train.")
+    test: str | None = Field(None, description="Test data, evaluated once at the end with the best checkpoint.")
+    text_column: str = Field("text", min_length=1, description="Column holding the text.")
+    text_pair_column: str | None = Field(None, description="Optional column with a second text (sentence-pair tasks).")
+    label_column: str = Field("label", min_length=1, description="Column holding the label (string or integer).")
+    validation_split: Float = Field(0.1, gt=0.0, lt=1.0, description="Share of train held out when no validation file is given.")
+    max_length: int = Field(128, ge=8, le=8192, description="Longest input in tokens; longer texts are truncated.")
+
+
+class ModelConfig(Section):
+    name: str = Field("tiny", min_length=1, description="Hub id, local model folder, or `tiny` (a small random BERT built locally).")
+    trust_remote_code: bool = Field(False, description="Run model code shipped with a hub model. Only for models you trust.")
+
+
+class TrainingConfig(Section):
+    epochs: int = Field(3, ge=1, le=1000, description="Passes over the training data.")
+    batch_size: int = Field(32, ge=1, le=65536, description="Examples per device per micro-batch.")
+    eval_batch_size: int = Field(128, ge=1, le=65536, description="Examples per batch when evaluating.")
+    learning_rate: Float = Field(5e-5, gt=0.0, le=1.0, description="Peak learning rate of AdamW.")
+    weight_decay: Float = Field(0.01, ge=0.0, le=1.0, description="Decoupled weight decay; never applied to biases and LayerNorm weights.")
+    warmup_ratio: Float = Field(0.1, ge=0.0, lt=1.0, description="Share of optimizer steps spent warming the learning rate up from 0.")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warmup.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Micro-batches per optimizer step.")
+    max_grad_norm: Float | None = Field(1.0, gt=0.0, description="Clip the gradient norm to this; null = no clipping.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$", description="auto | cpu | cuda | cuda:N.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 where the hardware runs it natively, else fp32.")
+    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many evaluations without improvement; null = off.")
+    metric_for_best: Literal[METRICS] = Field("f1_macro", description="Validation metric that picks the best checkpoint.")  # type: ignore[valid-type]
+    log_every_steps: int = Field(50, ge=1, description="Write a training log line every this many optimizer steps.")
+    num_threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for torch; null = torch's default.")
+
+
+class Config(Section):
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seeds data order, initialisation and dropout.")
+    output_dir: str = Field("runs/run", min_length=1, description="The run folder.")
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> Config:
+        if self.data.text_pair_column is not None and self.data.text_pair_column == self.data.text_column:
+            raise ValueError("data.text_pair_column must differ from data.text_column")
+        if self.data.label_column in (self.data.text_column, self.data.text_pair_column):
+            raise ValueError("data.label_column must differ from the text columns")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# Keys whose values are paths to resolve (model.name only when it names a local folder).
+PATH_KEYS = ("output_dir", "data.train", "data.validation", "data.test", "model.name")
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read, override, resolve and validate a config file; raise ConfigError naming what is wrong."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    base = path.resolve().parent
+    raw = _resolve_paths(raw, base)
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(raw, key, _resolve_path_value(key, value, Path.cwd()))
+    return validate_config(raw)
+
+
+def validate_config(raw: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_format_error(err) for err in exc.errors())) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the config is empty; it needs at least `data: {{train: FILE}}`")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys (seed, output_dir, data, model, training), not a {type(raw).__name__}")
+    return raw
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`training.epochs=1` -> ("training.epochs", 1); the value is read as YAML, like the file."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set training.epochs=1")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    for key in PATH_KEYS:
+        section, _, leaf = key.rpartition(".")
+        node = raw.get(section) if section else raw
+        if isinstance(node, dict) and isinstance(node.get(leaf), str):
+            node[leaf] = _resolve_path_value(key, node[leaf], base)
+    return raw
+
+
+def _resolve_path_value(key: str, value: Any, base: Path) -> Any:
+    if key not in PATH_KEYS or not isinstance(value, str) or not value:
+        return value
+    candidate = Path(value).expanduser()
+    resolved = Path(os.path.normpath(candidate if candidate.is_absolute() else base / candidate))
+    if key == "output_dir":
+        return str(resolved)
+    if key == "model.name":
+        # A hub id (`bert-base-uncased`, `org/name`) stays as it is unless such a folder exists here.
+        is_local = resolved.exists() or value.startswith((".", "/", "~"))
+        return str(resolved) if value != "tiny" and is_local else value
+    # Data: a file by extension or existence; anything else is a hub dataset name.
+    looks_local = resolved.exists() or resolved.suffix.lower() in DATA_EXTENSIONS or value.startswith((".", "/", "~"))
+    return str(resolved) if looks_local else value
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = [str(part) for part in err["loc"]]
+    key = ".".join(loc) or "config"
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key{_suggest(loc)}"
+    if err["type"] == "missing":
+        return f"{key}: required key is missing"
+    if err["type"] == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    given = err.get("input")
+    shown = repr(given) if not isinstance(given, dict) else "a mapping"
+    return f"{key}: {err['msg'].lower()} (got {shown})"
+
+
+# Names other tools use for our keys: difflib alone cannot see that `lr` means `learning_rate`.
+ALIASES = {
+    "lr": "learning_rate", "num_epochs": "epochs", "num_train_epochs": "epochs", "bs": "batch_size",
+    "per_device_train_batch_size": "batch_size", "per_device_eval_batch_size": "eval_batch_size",
+    "warmup": "warmup_ratio", "grad_accum": "gradient_accumulation_steps", "patience": "early_stopping_patience",
+    "model_name": "name", "model_name_or_path": "name", "text": "text_column", "label": "label_column",
+    "labels": "label_column", "dev": "validation", "valid": "validation", "val": "validation", "eval": "validation",
+    "max_seq_length": "max_length", "output": "output_dir", "out_dir": "output_dir", "fp16": "precision", "bf16": "precision",
+}
+
+
+def _suggest(loc: list[str]) -> str:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None) if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    alias = ALIASES.get(loc[-1].lower())
+    close = [alias] if alias in model.model_fields else difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.5)
+    valid = ", ".join(model.model_fields)
+    return f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {valid})"

@@ -1,0 +1,308 @@
+"""Data: files (or hub datasets) in, checked splits, a sorted label map and padded batches out.
+
+Texts are tokenised once, in batch, and cached by `datasets`; batches are grouped by length so
+each one is padded only to its own longest sequence.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bertcls.config import DATA_EXTENSIONS, DataConfig
+from bertcls.errors import DataError, first_line
+
+# How many batches are sorted together: big enough to keep padding small, small enough that
+# the order is still well shuffled (the Hugging Face Trainer uses the same factor).
+MEGABATCH_FACTOR = 50
+
+
+def _quiet_datasets():
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(logging.CRITICAL)
+    return datasets
+
+
+# ---------------------------------------------------------------------------- reading files
+
+def read_table(source: str, split: str = "train"):
+    """A local csv/tsv/json/jsonl/parquet file, or a hub dataset `name[:split]`, as a `datasets.Dataset`."""
+    datasets = _quiet_datasets()
+    path = Path(source)
+    if not _is_local(source):
+        name, _, hub_split = source.partition(":")
+        try:
+            return datasets.load_dataset(name, split=hub_split or split)
+        except Exception as exc:  # the hub raises many kinds; all mean "cannot get it"
+            raise DataError(f"{source}: not a local file, and not a hub dataset that could be loaded ({first_line(exc)})") from None
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    kind = DATA_EXTENSIONS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{path}: unsupported extension '{path.suffix}'; use one of {', '.join(DATA_EXTENSIONS)}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    builder, options = {
+        # keep_default_na=False: the text "NA" or "null" is a text, not a missing value.
+        "csv": ("csv", {"keep_default_na": False, "encoding": "utf-8-sig"}),
+        # GLUE-style TSV: quote characters are part of the text, never field delimiters.
+        "tsv": ("csv", {"sep": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False, "encoding": "utf-8-sig"}),
+        "json": ("json", {}),
+        "jsonl": ("json", {}),
+        "parquet": ("parquet", {}),
+    }[kind]
+    try:
+        return datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **options)
+    except Exception as exc:
+        raise DataError(_read_error(path, exc)) from None
+
+
+def _is_local(source: str) -> bool:
+    path = Path(source)
+    return path.is_absolute() or path.exists() or path.suffix.lower() in DATA_EXTENSIONS
+
+
+def _read_error(path: Path, exc: BaseException) -> str:
+    cause = exc
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        if isinstance(cause, UnicodeDecodeError):
+            break
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, UnicodeDecodeError):
+        return f"{path}: not UTF-8 text (undecodable byte at offset {cause.start}); re-save the file as UTF-8"
+    return f"{path}: cannot be parsed as {path.suffix.lstrip('.')} ({first_line(cause)})"
+
+
+
+# ---------------------------------------------------------------------------- labels
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Label names in a fixed, sorted order; a label's id is its position."""
+
+    names: tuple[str, ...]
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any], where: str = "train") -> LabelMap:
+        distinct = set(values)
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in distinct):
+            names = tuple(str(v) for v in sorted(distinct))  # numeric order: 2 before 10
+        else:
+            names = tuple(sorted(str(v) for v in distinct))
+        if len(names) < 2:
+            only = names[0] if names else "none"
+            raise DataError(f"{where}: only one class ({only!r}); a classifier needs at least two labels")
+        return cls(names)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.names))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.names)}
+
+    def encode(self, values: Sequence[Any], where: str) -> list[int]:
+        ids = self.label2id
+        unknown = sorted({str(v) for v in values} - ids.keys())
+        if unknown:
+            shown = ", ".join(repr(u) for u in unknown[:5])
+            raise DataError(f"{where}: labels not seen in train: {shown}; the model can only predict {', '.join(self.names)}")
+        return [ids[str(v)] for v in values]
+
+
+# ---------------------------------------------------------------------------- splits
+
+@dataclass
+class Split:
+    """One checked split: texts, optional pair texts, and label values as read."""
+
+    name: str
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list[Any] | None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def read_split(source: str, cfg: DataConfig, name: str, *, labelled: bool = True) -> Split:
+    """Read one file and check its columns, texts and labels."""
+    table = read_table(source, split=name)
+    where = f"{name} ({source})"
+    columns = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+    columns += [cfg.label_column] if labelled else []
+    option = {cfg.text_column: "data.text_column", cfg.text_pair_column: "data.text_pair_column", cfg.label_column: "data.label_column"}
+    for column in columns:
+        if column not in table.column_names:
+            raise DataError(f"{where}: no column {column!r} (columns: {', '.join(table.column_names)}); set {option[column]}")
+    if len(table) == 0:
+        raise DataError(f"{where}: no rows")
+    rows = table.select_columns(columns).to_dict()
+    texts = _checked_texts(rows[cfg.text_column], where, cfg.text_column)
+    pairs = _checked_texts(rows[cfg.text_pair_column], where, cfg.text_pair_column) if cfg.text_pair_column else None
+    labels = _checked_labels(rows[cfg.label_column], where, cfg.label_column) if labelled else None
+    return Split(name, texts, pairs, labels)
+
+
+def _checked_texts(values: list[Any], where: str, column: str) -> list[str]:
+    bad = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())]
+    if bad:
+        rows = ", ".join(str(i + 1) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        raise DataError(f"{where}: {len(bad)} empty or missing text(s) in column {column!r} (data rows {rows}); fill them in or remove those rows")
+    return [v if isinstance(v, str) else str(v) for v in values]
+
+
+def _checked_labels(values: list[Any], where: str, column: str) -> list[Any]:
+    bad = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and math.isnan(v))]
+    if bad:
+        rows = ", ".join(str(i + 1) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        raise DataError(f"{where}: {len(bad)} missing label(s) in column {column!r} (data rows {rows}); label them or remove those rows")
+    if any(isinstance(v, (list, dict)) for v in values):
+        raise DataError(f"{where}: column {column!r} holds lists or objects; single-label classification needs one label per row")
+    if any(isinstance(v, float) for v in values):
+        if all(float(v).is_integer() for v in values):
+            return [int(v) for v in values]
+        raise DataError(f"{where}: column {column!r} holds fractional numbers; labels must be names or integers")
+    return [v.strip() if isinstance(v, str) else v for v in values]
+
+
+def load_splits(cfg: DataConfig, seed: int) -> tuple[Split, Split, Split | None, LabelMap]:
+    """train, validation (a file or a stratified share of train), optional test, and the label map."""
+    train = read_split(cfg.train, cfg, "train")
+    labels = LabelMap.from_values(train.labels, f"train ({cfg.train})")
+    if cfg.validation:
+        validation = read_split(cfg.validation, cfg, "validation")
+    else:
+        train, validation = split_off(train, cfg.validation_split, seed)
+    test = read_split(cfg.test, cfg, "test") if cfg.test else None
+    labels.encode(validation.labels, f"validation ({cfg.validation or 'split from train'})")
+    if test is not None:
+        labels.encode(test.labels, f"test ({cfg.test})")
+    return train, validation, test, labels
+
+
+def split_off(split: Split, share: float, seed: int) -> tuple[Split, Split]:
+    """Hold out `share` of the rows, stratified by label when every class has two rows or more."""
+    from collections import Counter
+
+    from sklearn.model_selection import train_test_split
+
+    n_held = math.ceil(len(split) * share)
+    if n_held < 1 or len(split) - n_held < 2:
+        raise DataError(f"train: {len(split)} rows are too few to hold out data.validation_split={share}; add rows or give data.validation")
+    stratify = split.labels if min(Counter(map(str, split.labels)).values()) >= 2 and n_held >= len(set(map(str, split.labels))) else None
+    keep, held = train_test_split(list(range(len(split))), test_size=n_held, random_state=seed, stratify=stratify)
+    return _subset(split, sorted(keep), "train"), _subset(split, sorted(held), "validation")
+
+
+def _subset(split: Split, rows: list[int], name: str) -> Split:
+    pick = lambda values: [values[i] for i in rows] if values is not None else None  # noqa: E731
+    return Split(name, pick(split.texts), pick(split.pairs), pick(split.labels))
+
+
+# ---------------------------------------------------------------------------- tokenising and batching
+
+@dataclass
+class Encoded:
+    """Token ids per example (unpadded), in the split's order."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    labels: list[int] | None
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+
+def encode(split: Split, tokenizer, max_length: int, labels: LabelMap | None = None) -> Encoded:
+    """Tokenise every text once, in batch with the fast tokenizer; no padding here."""
+    wants_types = "token_type_ids" in tokenizer.model_input_names
+    out = tokenizer(split.texts, split.pairs, truncation=True, max_length=max_length,
+                    return_attention_mask=False, return_token_type_ids=wants_types)
+    label_ids = labels.encode(split.labels, split.name) if labels is not None and split.labels is not None else None
+    return Encoded(out["input_ids"], out["token_type_ids"] if wants_types else None, label_ids)
+
+
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Batches of indices with similar lengths, in an order that is seeded per epoch.
+
+    Shuffle all indices, cut them into mega-batches of `MEGABATCH_FACTOR` batches, sort each by
+    length and cut it into batches, then shuffle the batches. Same seed and epoch, same order.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        mega = self.batch_size * MEGABATCH_FACTOR
+        batches = []
+        for start in range(0, len(order), mega):
+            chunk = sorted(order[start:start + mega], key=lambda i: -self.lengths[i])
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        for b in torch.randperm(len(batches), generator=generator).tolist():
+            yield batches[b]
+
+
+def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Evaluation and prediction: batches of similar length, longest first; callers restore order."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class Collator:
+    """Index batch -> tensors padded to the batch's longest sequence (never to max_length)."""
+
+    def __init__(self, encoded: Encoded, pad_id: int) -> None:
+        self.encoded = encoded
+        self.pad_id = pad_id
+
+    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        rows = [self.encoded.input_ids[i] for i in indices]
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, row in enumerate(rows):
+            input_ids[j, : len(row)] = torch.tensor(row, dtype=torch.long)
+            attention_mask[j, : len(row)] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "index": torch.tensor(indices, dtype=torch.long)}
+        if self.encoded.token_type_ids is not None:
+            types = torch.zeros((len(rows), width), dtype=torch.long)
+            for j, i in enumerate(indices):
+                row = self.encoded.token_type_ids[i]
+                types[j, : len(row)] = torch.tensor(row, dtype=torch.long)
+            batch["token_type_ids"] = types
+        if self.encoded.labels is not None:
+            batch["labels"] = torch.tensor([self.encoded.labels[i] for i in indices], dtype=torch.long)
+        return batch
+
+
+def loader(encoded: Encoded, pad_id: int, batches) -> torch.utils.data.DataLoader:
+    """A DataLoader over `encoded` whose batches come from `batches` (a sampler or a list of index lists)."""
+    return torch.utils.data.DataLoader(range(len(encoded)), batch_sampler=batches, collate_fn=Collator(encoded, pad_id))

@@ -1,0 +1,41 @@
+"""Errors a user can cause, each with a message ready to print.
+
+    BertclsError          base: the CLI prints "Error: <message>" and exits 2
+    ├── ConfigError       the YAML file or a --set override is wrong
+    ├── DataError         a data file, column, label or text is wrong
+    ├── ModelError        a model name or folder cannot be used
+    ├── RunError          a run folder is missing, unfinished or already taken
+    └── TrainingError     training cannot go on (the loss became NaN, the GPU ran out of memory)
+
+Anything else that escapes is a bug and keeps its traceback (exit 1).
+"""
+
+
+class BertclsError(Exception):
+    """Base class: the message says what is wrong and how to fix it."""
+
+
+class ConfigError(BertclsError):
+    pass
+
+
+class DataError(BertclsError):
+    pass
+
+
+class ModelError(BertclsError):
+    pass
+
+
+class RunError(BertclsError):
+    pass
+
+
+class TrainingError(BertclsError):
+    pass
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, to quote inside one of ours."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__

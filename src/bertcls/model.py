@@ -1,0 +1,133 @@
+"""Model: a hub id, a local folder or `tiny` in; a sequence classifier and its tokenizer out.
+
+Saved folders are plain `save_pretrained` output (safetensors) with `id2label`/`label2id` in
+their config, so `transformers.pipeline("text-classification", model=folder)` works unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+from bertcls.config import ModelConfig
+from bertcls.errors import ModelError, first_line
+
+# The tiny BERT: the sizes of transformers' own BERT unit tests, big enough to learn a toy task.
+TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
+TINY_VOCAB_SIZE = 4000
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _quiet_transformers():
+    import transformers
+
+    # "Some weights ... newly initialized" is expected for a fresh classification head.
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return transformers
+
+
+def build_tiny_tokenizer(texts: Sequence[str], model_max_length: int = 512):
+    """An uncased WordPiece tokenizer trained on `texts` with the `tokenizers` library (well under a second)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    transformers = _quiet_transformers()
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=TINY_VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return transformers.BertTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", model_max_length=model_max_length, do_lower_case=True,
+    )
+
+
+def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, texts: Sequence[str] = ()):
+    """(model, tokenizer) for training: a fresh head with `len(id2label)` outputs on the named encoder.
+
+    Call after seeding: the seed then also fixes the head's (and the tiny model's) initialisation.
+    """
+    transformers = _quiet_transformers()
+    label2id = {name: i for i, name in id2label.items()}
+    if cfg.name == "tiny":
+        tokenizer = build_tiny_tokenizer(texts, model_max_length=max(512, max_length))
+        config = transformers.BertConfig(
+            vocab_size=len(tokenizer), max_position_embeddings=max(512, max_length), num_labels=len(id2label),
+            id2label=id2label, label2id=label2id, pad_token_id=tokenizer.pad_token_id, **TINY,
+        )
+        return transformers.BertForSequenceClassification(config), tokenizer
+    _check_model_source(cfg.name)
+    if cfg.trust_remote_code:
+        import warnings
+
+        warnings.warn(f"model.trust_remote_code is on: code shipped with {cfg.name} will run", stacklevel=2)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(
+            cfg.name, num_labels=len(id2label), id2label=id2label, label2id=label2id,
+            ignore_mismatched_sizes=True,  # a checkpoint fine-tuned on other labels gets a fresh head
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({first_line(exc)})") from None
+    check_max_length(model.config, max_length, cfg.name)
+    return model, tokenizer
+
+
+def _check_model_source(name: str) -> None:
+    path = Path(name)
+    if path.is_absolute() and not path.exists():
+        raise ModelError(f"model.name {name!r}: no such folder; give a local model folder, a hub id, or `tiny`")
+    if path.exists() and not (path / "config.json").is_file():
+        raise ModelError(f"model.name {name!r}: not a Hugging Face model folder (no config.json); point it at the folder save_pretrained wrote")
+
+
+def check_max_length(model_config, max_length: int, name: str) -> None:
+    limit = getattr(model_config, "max_position_embeddings", None)
+    # RoBERTa-style models reserve two positions for the padding offset.
+    usable = limit - 2 if limit and getattr(model_config, "model_type", "") in {"roberta", "xlm-roberta", "camembert"} else limit
+    if usable and max_length > usable:
+        raise ModelError(f"data.max_length={max_length} is above what {name} supports ({usable} tokens); set data.max_length <= {usable}")
+
+
+def load_trained(path: str | Path):
+    """(model, tokenizer) from a run folder (its `model/`) or a plain Hugging Face model folder, in eval mode."""
+    from bertcls.runs import model_dir
+
+    folder = model_dir(path)
+    transformers = _quiet_transformers()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{folder}: cannot load the model ({first_line(exc)})") from None
+    return model.eval(), tokenizer
+
+
+def save_model(model, tokenizer, dest: Path) -> None:
+    """Write `dest` atomically: a complete new folder replaces the old one, never a half-written one."""
+    dest = Path(dest)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    _fsync_tree(tmp)
+    old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for file in folder.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
