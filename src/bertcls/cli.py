@@ -12,7 +12,7 @@ import sys
 import traceback
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -53,7 +53,7 @@ def _error_boundary(command):
 @_error_boundary
 def train(
     config: Annotated[Path, typer.Argument(help="The run's YAML config.", show_default=False)],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: --set training.epochs=1 (repeatable).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set training.epochs=1 (repeatable).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a finished run in output_dir (only the files bertcls wrote).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or log lines; errors still print.")] = False,
     debug: Debug = False,
@@ -71,9 +71,9 @@ def train(
 @app.command()
 @_error_boundary
 def predict(
-    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify; `-` reads one text per line from stdin.", show_default=False)] = None,
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Run folder or model folder. Default: $BERTCLS_MODEL, else the newest finished run under ./runs.")] = None,
-    pair: Annotated[Optional[list[str]], typer.Option("--pair", help="Second segment for sentence-pair models, one per text.")] = None,
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify; `-` reads one text per line from stdin.", show_default=False)] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Run folder or model folder. Default: $BERTCLS_MODEL, else the newest finished run under ./runs.")] = None,
+    pair: Annotated[list[str] | None, typer.Option("--pair", help="Second segment for sentence-pair models, one per text.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line: text, label, score, probabilities.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
@@ -97,7 +97,7 @@ def predict(
     from bertcls.predict import Predictor
 
     predictor = Predictor.load(path, device=device, batch_size=batch_size)
-    for text, result in zip(texts, predictor.predict(texts, pair)):
+    for text, result in zip(texts, predictor.predict(texts, pair), strict=False):
         if verbose and result.truncated:
             typer.echo(f"note: text truncated to {predictor.max_length} tokens: {text[:60]!r}...", err=True)
         if as_json:
@@ -111,11 +111,11 @@ def predict(
 @_error_boundary
 def evaluate(
     data_file: Annotated[str, typer.Argument(help="A labelled csv/tsv/json/jsonl/parquet file.", show_default=False)],
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Run folder or model folder (default as for predict).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write metrics.json into this folder.")] = None,
-    text_column: Annotated[Optional[str], typer.Option(help="Text column (default: the run's data.text_column, else `text`).")] = None,
-    text_pair_column: Annotated[Optional[str], typer.Option(help="Second text column (default: the run's).")] = None,
-    label_column: Annotated[Optional[str], typer.Option(help="Label column (default: the run's data.label_column, else `label`).")] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Run folder or model folder (default as for predict).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write metrics.json into this folder.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text column (default: the run's data.text_column, else `text`).")] = None,
+    text_pair_column: Annotated[str | None, typer.Option(help="Second text column (default: the run's).")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Label column (default: the run's data.label_column, else `label`).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     debug: Debug = False,

@@ -47,6 +47,8 @@ class DataConfig(Section):
     label_column: str = Field("label", min_length=1, description="Column holding the label (string or integer).")
     validation_split: Float = Field(0.1, gt=0.0, lt=1.0, description="Share of train held out when no validation file is given.")
     max_length: int = Field(128, ge=8, le=8192, description="Longest input in tokens; longer texts are truncated.")
+    max_train_samples: int | None = Field(None, ge=2, description="Use only the first N rows of train (quick experiments); null = all.")
+    max_validation_samples: int | None = Field(None, ge=1, description="Use only the first N rows of the validation file; null = all.")
 
 
 class ModelConfig(Section):

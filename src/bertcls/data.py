@@ -79,6 +79,8 @@ def _read_error(path: Path, exc: BaseException) -> str:
         if isinstance(cause, UnicodeDecodeError):
             break
         cause = cause.__cause__ or cause.__context__
+    if "corresponds to no data" in str(exc):  # datasets' words for a header-only file
+        return f"{path}: no rows"
     if isinstance(cause, UnicodeDecodeError):
         return f"{path}: not UTF-8 text (undecodable byte at offset {cause.start}); re-save the file as UTF-8"
     return f"{path}: cannot be parsed as {path.suffix.lstrip('.')} ({first_line(cause)})"
@@ -137,9 +139,11 @@ class Split:
         return len(self.texts)
 
 
-def read_split(source: str, cfg: DataConfig, name: str, *, labelled: bool = True) -> Split:
-    """Read one file and check its columns, texts and labels."""
+def read_split(source: str, cfg: DataConfig, name: str, *, labelled: bool = True, max_rows: int | None = None) -> Split:
+    """Read one file (its first `max_rows` rows, if given) and check its columns, texts and labels."""
     table = read_table(source, split=name)
+    if max_rows is not None and max_rows < len(table):
+        table = table.select(range(max_rows))
     where = f"{name} ({source})"
     columns = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
     columns += [cfg.label_column] if labelled else []
@@ -180,10 +184,10 @@ def _checked_labels(values: list[Any], where: str, column: str) -> list[Any]:
 
 def load_splits(cfg: DataConfig, seed: int) -> tuple[Split, Split, Split | None, LabelMap]:
     """train, validation (a file or a stratified share of train), optional test, and the label map."""
-    train = read_split(cfg.train, cfg, "train")
+    train = read_split(cfg.train, cfg, "train", max_rows=cfg.max_train_samples)
     labels = LabelMap.from_values(train.labels, f"train ({cfg.train})")
     if cfg.validation:
-        validation = read_split(cfg.validation, cfg, "validation")
+        validation = read_split(cfg.validation, cfg, "validation", max_rows=cfg.max_validation_samples)
     else:
         train, validation = split_off(train, cfg.validation_split, seed)
     test = read_split(cfg.test, cfg, "test") if cfg.test else None

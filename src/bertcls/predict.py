@@ -6,9 +6,9 @@ Texts are tokenised in one batch call, sorted by length so each batch pads littl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 # Fallback when neither the run's config nor the tokenizer names a sensible limit.
 DEFAULT_MAX_LENGTH = 512
@@ -58,7 +58,7 @@ class Predictor:
             return []
         logits, lengths = self._run(texts, pairs)
         results = []
-        for row, length in zip(softmax(logits), lengths):
+        for row, length in zip(softmax(logits), lengths, strict=False):
             best = int(row.argmax())
             results.append(Prediction(
                 label=self.id2label[best], score=float(row[best]),

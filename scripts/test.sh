@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# One command: install bertcls with its dev tools into .venv and run the default test suite (offline).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh dev
+. .venv/bin/activate
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+python -m pytest "$@"

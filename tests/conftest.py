@@ -1,0 +1,87 @@
+"""Shared fixtures: offline Hugging Face, a learnable toy dataset, configs, and one trained tiny run."""
+
+import os
+
+# Before anything imports transformers or datasets: never reach for the hub in tests.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import csv  # noqa: E402
+import random  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+GOOD = ["great", "wonderful", "superb", "delightful", "brilliant", "moving", "charming", "excellent"]
+BAD = ["awful", "boring", "dreadful", "tedious", "clumsy", "dull", "painful", "terrible"]
+FILLER = ["the", "film", "was", "plot", "acting", "story", "really", "quite", "and", "a", "movie", "cast"]
+
+
+def toy_rows(n: int, seed: int) -> list[tuple[str, str]]:
+    """A sentiment task a tiny BERT learns in seconds: the label is carried by one cue word."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "positive" if i % 2 == 0 else "negative"
+        words = rng.sample(FILLER, rng.randint(3, 8)) + [rng.choice(GOOD if label == "positive" else BAD)]
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_csv(path: Path, rows, header=("text", "label"), delimiter=",") -> Path:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter=delimiter)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def toy_data(tmp_path) -> dict[str, Path]:
+    return {
+        "train": write_csv(tmp_path / "train.csv", toy_rows(240, 0)),
+        "validation": write_csv(tmp_path / "validation.csv", toy_rows(60, 1)),
+        "test": write_csv(tmp_path / "test.csv", toy_rows(60, 2)),
+    }
+
+
+def make_config(folder: Path, data: dict[str, Path], **sections) -> Path:
+    """A config file in `folder` for the tiny model on `data`; `sections` update its sections."""
+    raw = {
+        "seed": 7,
+        "output_dir": str(folder / "run"),
+        "data": {"train": str(data["train"]), "validation": str(data["validation"]), "test": str(data.get("test", data["validation"])), "max_length": 32},
+        "model": {"name": "tiny"},
+        "training": {"epochs": 3, "batch_size": 16, "learning_rate": 2e-3, "precision": "fp32", "log_every_steps": 5},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            raw.setdefault(key, {}).update(value)
+        else:
+            raw[key] = value
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def toy_config(tmp_path, toy_data) -> Path:
+    return make_config(tmp_path, toy_data)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One tiny run trained on the toy task, shared by the predict and evaluate tests (read-only)."""
+    from bertcls.config import load_config
+    from bertcls.train import train
+
+    folder = tmp_path_factory.mktemp("trained")
+    data = {
+        "train": write_csv(folder / "train.csv", toy_rows(240, 0)),
+        "validation": write_csv(folder / "validation.csv", toy_rows(60, 1)),
+        "test": write_csv(folder / "test.csv", toy_rows(60, 2)),
+    }
+    return train(load_config(make_config(folder, data)), quiet=True)

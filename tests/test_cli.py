@@ -1,0 +1,74 @@
+"""The CLI as a user runs it: exit codes, one-line errors, files on disk."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from bertcls.cli import app
+from conftest import make_config, write_csv
+
+runner = CliRunner()
+
+
+def bertcls(*args, cwd=None, stdin=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "bertcls", *map(str, args)], capture_output=True, text=True, cwd=cwd, input=stdin, env=env, timeout=300)
+
+
+def test_train_then_predict_end_to_end(tmp_path, toy_data):
+    config = make_config(tmp_path, toy_data, output_dir="runs/toy")
+    done = bertcls("train", config, "--set", "training.epochs=3", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "runs" / "toy"
+    assert json.loads((run / "metrics.json").read_text())["test"]["accuracy"] >= 0.8
+    # no --model: the newest finished run under ./runs, and stderr says which
+    pred = bertcls("predict", "the film was superb", "the plot was dreadful", cwd=tmp_path)
+    assert pred.returncode == 0, pred.stderr
+    assert [line.split("\t")[0] for line in pred.stdout.splitlines()] == ["positive", "negative"]
+    assert "runs/toy" in pred.stderr
+    as_json = bertcls("predict", "--json", "--model", run, "-", cwd=tmp_path, stdin="great acting\nawful\n")
+    rows = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [r["label"] for r in rows] == ["positive", "negative"] and set(rows[0]) == {"text", "label", "score", "probabilities"}
+    evaluated = bertcls("evaluate", toy_data["test"], "--model", run, "--output", tmp_path / "eval", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["accuracy"] >= 0.8
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: ["--set", "training.lr=0.1"], "training.lr: unknown key (did you mean 'learning_rate'?)"),
+        (lambda d: ["--set", "data.text_column=sentence"], "no column 'sentence' (columns: text, label)"),
+        (lambda d: ["--set", f"data.train={d / 'missing.csv'}"], "missing.csv: no such file"),
+        (lambda d: ["--set", "model.name=" + str(d)], "not a Hugging Face model folder"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_no_run_folder(tmp_path, toy_data, setup, message):
+    config = make_config(tmp_path, toy_data)
+    result = runner.invoke(app, ["train", str(config), *setup(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().startswith("Error: ") and message in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_evaluate_label_unknown_to_the_model(tmp_path, trained_run):
+    data = write_csv(tmp_path / "odd.csv", [("great film", "positive"), ("so so", "neutral")])
+    result = runner.invoke(app, ["evaluate", str(data), "--model", str(trained_run)])
+    assert result.exit_code == 2 and "labels not seen in train: 'neutral'" in result.output
+
+
+def test_predict_without_any_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BERTCLS_MODEL", raising=False)
+    result = runner.invoke(app, ["predict", "hello"])
+    assert result.exit_code == 2 and "no finished run under ./runs" in result.output
+
+
+def test_help_lists_the_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and all(c in result.output for c in ("train", "predict", "evaluate"))

@@ -1,0 +1,94 @@
+from pathlib import Path
+
+import pytest
+
+from bertcls.config import load_config, parse_override
+from bertcls.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_and_relative_paths(tmp_path):
+    cfg = load_config(write(tmp_path, "data:\n  train: data/train.csv\noutput_dir: out\n"))
+    assert cfg.data.train == str(tmp_path / "data" / "train.csv")
+    assert cfg.output_dir == str(tmp_path / "out")
+    assert cfg.model.name == "tiny"
+    assert cfg.training.learning_rate == 5e-5
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("data: {train: a.csv}\ntraining: {lr: 0.1}\n", "training.lr: unknown key (did you mean 'learning_rate'?)"),
+        ("data: {train: a.csv, text_colum: x}\n", "data.text_colum: unknown key (did you mean 'text_column'?)"),
+        ("data: {train: a.csv}\nmodle: {name: tiny}\n", "modle: unknown key (did you mean 'model'?)"),
+        ("data: {train: a.csv}\ntraining: {epochs: '3'}\n", "training.epochs: input should be a valid integer"),
+        ("data: {train: a.csv}\ntraining: {batch_size: 0}\n", "training.batch_size: input should be greater than or equal to 1"),
+        ("data: {train: a.csv}\ntraining: {learning_rate: 5}\n", "training.learning_rate: input should be less than or equal to 1"),
+        ("data: {train: a.csv}\ntraining: {device: gpu}\n", "training.device"),
+        ("data: {train: a.csv}\ntraining: {metric_for_best: f2}\n", "training.metric_for_best"),
+        ("data: {train: a.csv, validation_split: 1.5}\n", "data.validation_split"),
+        ("training: {epochs: 1}\n", "data: required key is missing"),
+        ("data: {train: a.csv, text_column: t, text_pair_column: t}\n", "data.text_pair_column must differ"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_malformed_yaml_gives_line_and_column(tmp_path):
+    path = write(tmp_path, "data:\n  train: a.csv\nseed: [1\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:4:1: invalid YAML"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("text, message", [("", "the config is empty"), ("- a\n- b\n", "top level must be a mapping")])
+def test_empty_or_non_mapping(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_are_typed_like_the_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, "data: {train: a.csv}\n")
+    cfg = load_config(path, ["training.epochs=1", "training.learning_rate=1e-4", "model.name=tiny", "output_dir=elsewhere"])
+    assert cfg.training.epochs == 1 and cfg.training.learning_rate == 1e-4
+    assert cfg.output_dir == str(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match="training.epochs: input should be a valid integer"):
+        load_config(path, ["training.epochs=one"])
+    with pytest.raises(ConfigError, match="training.epoch: unknown key \\(did you mean 'epochs'\\?\\)"):
+        load_config(path, ["training.epoch=1"])
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_override("training.epochs")
+
+
+def test_yaml_1_1_exponent_without_dot_is_a_number(tmp_path):
+    cfg = load_config(write(tmp_path, "data: {train: a.csv}\ntraining: {learning_rate: 5e-5}\n"))
+    assert cfg.training.learning_rate == pytest.approx(5e-5)
+
+
+def test_hub_ids_stay_hub_ids(tmp_path):
+    cfg = load_config(write(tmp_path, "data: {train: a.csv}\nmodel: {name: bert-base-uncased}\n"))
+    assert cfg.model.name == "bert-base-uncased"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    assert load_config(path).data.train

@@ -1,0 +1,128 @@
+import json
+
+import pytest
+import torch
+
+from bertcls.config import DataConfig
+from bertcls.data import Collator, Encoded, LabelMap, LengthGroupedBatches, load_splits, read_split, sorted_batches
+from bertcls.errors import DataError
+from conftest import toy_rows, write_csv
+
+
+def cfg(train, **kw) -> DataConfig:
+    return DataConfig(train=str(train), **kw)
+
+
+@pytest.mark.parametrize("ext", ["csv", "tsv", "json", "jsonl", "parquet"])
+def test_every_format_loads_the_same_rows(tmp_path, ext):
+    rows = [("good film", "pos"), ("bad film", "neg"), ('a "quoted", text', "pos")]
+    path = tmp_path / f"d.{ext}"
+    if ext in ("csv", "tsv"):
+        write_csv(path, rows, delimiter="," if ext == "csv" else "\t")
+        if ext == "tsv":  # GLUE-style: quotes are plain characters, never field delimiters
+            path.write_text("text\tlabel\ngood film\tpos\nbad film\tneg\na \"quoted\", text\tpos\n", encoding="utf-8")
+    elif ext == "json":
+        path.write_text(json.dumps([{"text": t, "label": label} for t, label in rows]), encoding="utf-8")
+    elif ext == "jsonl":
+        path.write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in rows), encoding="utf-8")
+    else:
+        import pandas as pd
+
+        pd.DataFrame(rows, columns=["text", "label"]).to_parquet(path)
+    split = read_split(str(path), cfg(path), "train")
+    assert split.texts == [t for t, _ in rows]
+    assert split.labels == ["pos", "neg", "pos"]
+
+
+def test_tsv_text_that_starts_with_a_quote_stays_intact(tmp_path):
+    path = tmp_path / "d.tsv"
+    path.write_text('text\tlabel\n"opens a quote\t1\nnext row\t0\n', encoding="utf-8")
+    split = read_split(str(path), cfg(path), "train")
+    assert split.texts == ['"opens a quote', "next row"] and split.labels == [1, 0]
+
+
+def test_csv_with_bom_crlf_and_embedded_newline(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes('\ufefftext,label\r\n"two\r\nlines",a\r\nplain,b\r\n'.encode("utf-8"))
+    split = read_split(str(path), cfg(path), "train")
+    assert split.texts[1] == "plain" and "two" in split.texts[0] and split.labels == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"text,label\n", "no rows"),
+        (b"", "the file is empty"),
+        (b"text,label\n\xff\xfe bad,1\nok,0\n", "not UTF-8 text"),
+        (b"sentence,label\nhi,1\n", "no column 'text' (columns: sentence, label); set data.text_column"),
+        (b"text,label\nhi,1\n,0\n   ,1\n", "2 empty or missing text(s) in column 'text' (data rows 2, 3)"),
+        (b"text,label\nhi,1\nho,\n", "1 missing label(s)"),
+    ],
+)
+def test_bad_files_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "d.csv"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        read_split(str(path), cfg(path), "train")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_file_and_unknown_extension(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_split(str(tmp_path / "nope.csv"), cfg("x.csv"), "train")
+    odd = tmp_path / "d.xlsx"
+    odd.write_text("x")
+    with pytest.raises(DataError, match="unsupported extension '.xlsx'"):
+        read_split(str(odd), cfg(odd), "train")
+
+
+def test_label_map_is_sorted_numerically_for_integers():
+    assert LabelMap.from_values([10, 2, 2, 1]).names == ("1", "2", "10")
+    assert LabelMap.from_values(["b", "a"]).id2label == {0: "a", 1: "b"}
+
+
+def test_a_single_class_is_an_error():
+    with pytest.raises(DataError, match="only one class"):
+        LabelMap.from_values(["a", "a"])
+
+
+def test_test_label_unknown_to_train_is_an_error(tmp_path):
+    train = write_csv(tmp_path / "train.csv", [("x y", "a"), ("y z", "b"), ("z x", "a"), ("x z", "b")])
+    test = write_csv(tmp_path / "test.csv", [("x", "a"), ("y", "c")])
+    with pytest.raises(DataError, match="labels not seen in train: 'c'"):
+        load_splits(cfg(train, test=str(test)), seed=0)
+
+
+def test_validation_split_is_stratified_and_seeded(tmp_path):
+    train = write_csv(tmp_path / "train.csv", toy_rows(100, 0))
+    a = load_splits(cfg(train, validation_split=0.2), seed=3)
+    b = load_splits(cfg(train, validation_split=0.2), seed=3)
+    assert a[1].texts == b[1].texts and len(a[1]) == 20 and len(a[0]) == 80
+    assert sorted(a[1].labels).count("positive") == 10
+
+
+def test_length_grouped_batches_cover_everything_once_and_are_seeded():
+    lengths = [(i * 7) % 23 + 1 for i in range(203)]
+    sampler = LengthGroupedBatches(lengths, batch_size=8, seed=1)
+    first = list(sampler)
+    assert sorted(i for b in first for i in b) == list(range(203))
+    assert list(sampler) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    # within a batch, lengths are close: far less padding than random batches
+    padding = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in first)
+    assert padding < 0.2 * sum(lengths)
+
+
+def test_collator_pads_to_the_longest_in_the_batch_only():
+    enc = Encoded([[5, 6, 7], [5], [5, 6]], [[0, 0, 0], [0], [0, 1]], [1, 0, 1])
+    batch = Collator(enc, pad_id=0)([1, 2])
+    assert batch["input_ids"].tolist() == [[5, 0], [5, 6]]
+    assert batch["attention_mask"].tolist() == [[1, 0], [1, 1]]
+    assert batch["token_type_ids"].tolist() == [[0, 0], [0, 1]]
+    assert batch["labels"].tolist() == [0, 1] and batch["index"].tolist() == [1, 2]
+    assert batch["input_ids"].dtype == torch.long
+
+
+def test_sorted_batches_longest_first():
+    assert sorted_batches([1, 5, 3, 4], 2) == [[1, 3], [2, 0]]

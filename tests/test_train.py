@@ -1,0 +1,70 @@
+import json
+
+import pytest
+import yaml
+
+from bertcls import runs
+from bertcls.config import load_config
+from bertcls.errors import RunError
+from bertcls.train import build_optimizer, train
+from conftest import make_config
+
+
+def test_a_run_learns_the_toy_task_and_writes_its_folder(trained_run):
+    metrics = json.loads((trained_run / runs.METRICS_FILE).read_text())
+    assert metrics["validation"]["accuracy"] >= 0.9, metrics["validation"]
+    assert metrics["test"]["accuracy"] >= 0.9 and "f1_macro" in metrics["test"]
+    assert (trained_run / "model" / "model.safetensors").is_file()
+    saved = yaml.safe_load((trained_run / runs.CONFIG_FILE).read_text())
+    assert saved["model"]["name"] == "tiny" and saved["training"]["epochs"] == 3
+    log = [json.loads(line) for line in (trained_run / runs.LOG_FILE).read_text().splitlines()]
+    losses = [r["loss"] for r in log if "split" not in r]
+    assert losses[-1] < losses[0]  # the training loss falls
+    assert [r["epoch"] for r in log if r.get("split") == "validation"] == [1, 2, 3]
+
+
+def test_same_config_and_seed_give_the_same_metrics(tmp_path, toy_data):
+    first = train(load_config(make_config(tmp_path, toy_data, training={"epochs": 1})), quiet=True)
+    again = train(load_config(make_config(tmp_path, toy_data, training={"epochs": 1}, output_dir=str(tmp_path / "again"))), quiet=True)
+    a = json.loads((first / runs.METRICS_FILE).read_text())
+    b = json.loads((again / runs.METRICS_FILE).read_text())
+    assert a["validation"] == b["validation"] and a["test"] == b["test"]
+
+
+def test_a_finished_run_is_not_overwritten_without_asking(tmp_path, toy_data):
+    cfg = load_config(make_config(tmp_path, toy_data, training={"epochs": 1}))
+    run = train(cfg, quiet=True)
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(RunError, match="already holds a finished run; pass --overwrite"):
+        train(cfg, quiet=True)
+    train(cfg, overwrite=True, quiet=True)
+    assert (run / "notes.txt").read_text() == "mine"  # never delete what bertcls did not write
+
+
+def test_gradient_accumulation_and_early_stopping(tmp_path, toy_data):
+    cfg = load_config(make_config(tmp_path, toy_data, training={"epochs": 6, "gradient_accumulation_steps": 3, "early_stopping_patience": 1,
+                                                                 "learning_rate": 1e-6, "metric_for_best": "loss"}))
+    run = train(cfg, quiet=True)
+    metrics = json.loads((run / runs.METRICS_FILE).read_text())
+    steps = [r["step"] for r in map(json.loads, (run / runs.LOG_FILE).read_text().splitlines()) if r.get("split")]
+    assert steps[0] == 5  # 240 rows / batch 16 = 15 micro-batches = 5 optimizer steps per epoch
+    assert metrics["train"]["optimizer_steps"] == 5 * metrics["train"]["epochs"]
+
+
+def test_no_weight_decay_on_biases_and_layernorm(trained_run):
+    from bertcls.config import TrainingConfig
+    from bertcls.model import load_trained
+
+    model, _ = load_trained(trained_run)
+    decay, no_decay = build_optimizer(model, TrainingConfig(weight_decay=0.1), fused=False).param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert len(no_decay["params"]) > 0
+
+
+def test_checkpoint_works_with_plain_transformers_pipeline(trained_run):
+    from transformers import pipeline
+
+    clf = pipeline("text-classification", model=str(trained_run / "model"), device="cpu")
+    out = clf(["the film was wonderful", "the film was dreadful"])
+    assert [o["label"] for o in out] == ["positive", "negative"]
