@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from bertcls import data as data_mod
-from bertcls import runs
+from bertcls import distributed, runs
 from bertcls.config import Config, TrainingConfig
 from bertcls.errors import ConfigError, TrainingError
 from bertcls.evaluate import compute_metrics, format_report, is_better, predict_logits
@@ -37,12 +37,14 @@ def make_accelerator(cfg: TrainingConfig):
             raise ConfigError(f"training.device: {cfg.device} does not exist ({torch.cuda.device_count()} CUDA device(s))")
         torch.cuda.set_device(index)
     on_cpu = cfg.device == "cpu" or not cuda
+    distributed.check_launch(cfg, on_cpu, distributed.launched_processes())
     precision = resolve_precision(cfg.precision, on_cpu)
     if precision == "fp16" and on_cpu:
         raise ConfigError("training.precision: fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    # cpu=True also under torchrun: Accelerate then joins the launched processes over gloo.
     return Accelerator(cpu=on_cpu, mixed_precision=mixed, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                       step_scheduler_with_optimizer=False)
+                       step_scheduler_with_optimizer=False, fsdp_plugin=distributed.fsdp_plugin(cfg))
 
 
 def resolve_precision(precision: str, on_cpu: bool) -> str:
@@ -71,6 +73,7 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
     run = Path(cfg.output_dir)
     # Validate everything cheap (files, columns, labels, device) before anything expensive.
     train_split, val_split, test_split, labels = data_mod.load_splits(cfg.data, cfg.seed)
+    runs.check_run_dir(run, overwrite)  # on every process, so all stop together on a taken folder
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     accelerator = make_accelerator(tcfg)
@@ -78,6 +81,7 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
     if main:
         runs.prepare_run_dir(run, overwrite)
         runs.write_atomic(run / runs.CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    accelerator.wait_for_everyone()  # the folder is ready before any process goes on
     # Build the model after seeding so the seed also controls its initialisation.
     set_seed(cfg.seed)
     model, tokenizer = load_model(cfg.model, labels.id2label, cfg.data.max_length, train_split.texts)
@@ -150,8 +154,9 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
                 f"accuracy {metrics['accuracy']:.4f} | f1_macro {metrics['f1_macro']:.4f}")
         if is_better(tcfg.metric_for_best, value, best_value):
             best_value, best_epoch, best_metrics, evals_since_best = value, epoch + 1, metrics, 0
+            state = distributed.full_state_dict(accelerator, model)  # every process: a collective under FSDP
             if main:
-                save_model(accelerator.unwrap_model(model), tokenizer, run / runs.MODEL_DIR)
+                save_model(accelerator.unwrap_model(model), tokenizer, run / runs.MODEL_DIR, state)
             accelerator.wait_for_everyone()
         else:
             evals_since_best += 1
@@ -163,13 +168,15 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
 
     result: dict[str, Any] = {"best_epoch": best_epoch, "metric_for_best": tcfg.metric_for_best, "validation": best_metrics}
     if "test" in eval_loaders:
-        _load_best(accelerator.unwrap_model(model), run / runs.MODEL_DIR)
+        distributed.load_full_state(accelerator, model, run / runs.MODEL_DIR)
         result["test"] = _evaluate(model, eval_loaders["test"], accelerator, labels)
         log.say("test (best checkpoint)\n" + format_report(result["test"]))
     tokens = int(accelerator.reduce(real_tokens, reduction="sum"))
     result["train"] = {"seconds": round(train_seconds, 2), "optimizer_steps": global_step, "epochs": epoch + 1,
                        "examples_per_s": round(len(train_split) * (epoch + 1) / train_seconds, 2),
                        "real_tokens_per_s": round(tokens / train_seconds, 1)}
+    if accelerator.device.type == "cuda":
+        result["train"]["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**20, 1)
     if main:
         runs.write_json(run / runs.METRICS_FILE, result)  # last: its presence marks the run finished
     log.say(f"run folder: {run}")
@@ -180,13 +187,6 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
 def _evaluate(model, loader, accelerator, labels: data_mod.LabelMap) -> dict[str, Any]:
     logits, gold, loss = predict_logits(model, loader, accelerator)
     return compute_metrics(gold.tolist(), logits.argmax(-1).tolist(), labels.names, loss)
-
-
-def _load_best(model, folder: Path) -> None:
-    from safetensors.torch import load_file
-
-    state = load_file(folder / "model.safetensors")
-    model.load_state_dict(state, strict=False)
 
 
 def _progress(total: int, disable: bool):
