@@ -1,7 +1,8 @@
 """Data: files (or hub datasets) in, checked splits, a sorted label map and padded batches out.
 
-Texts are tokenised once, in batch, and cached by `datasets`; batches are grouped by length so
-each one is padded only to its own longest sequence.
+Files are read through `datasets` (its Arrow cache is file-locked, so launched processes may
+read at once); texts are tokenised in memory, in batch, by each process, with no cache to race
+on. Batches are grouped by length so each one is padded only to its own longest sequence.
 """
 
 from __future__ import annotations

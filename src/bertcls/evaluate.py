@@ -34,13 +34,20 @@ def is_better(metric: str, new: float, best: float | None) -> bool:
     return new < best if metric == "loss" else new > best
 
 
-@torch.inference_mode()
 def predict_logits(model, loader, accelerator=None) -> tuple[np.ndarray, np.ndarray | None, float | None]:
     """Logits (float32), labels and mean loss over `loader`, rows back in the data's original order.
 
     With an Accelerator over N processes, each process scores its own batches; the rows are
     gathered once at the end and each example counted exactly once (see `_gather_rows`).
     """
+    # FSDP swaps parameter storage in place around each forward, which inference tensors
+    # forbid (they carry no version counter): plain no_grad there, inference_mode elsewhere.
+    sharded = accelerator is not None and accelerator.distributed_type == "FSDP"
+    with torch.no_grad() if sharded else torch.inference_mode():
+        return _predict_logits(model, loader, accelerator)
+
+
+def _predict_logits(model, loader, accelerator):
     model.eval()
     device = next(model.parameters()).device
     logits_parts, index_parts, label_parts = [], [], []
