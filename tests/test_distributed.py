@@ -95,6 +95,24 @@ def test_two_processes_with_batch_b_learn_like_one_process_with_batch_2b(two_pro
         assert abs(two[split]["accuracy"] - one[split]["accuracy"]) <= 0.1
 
 
+def test_accelerate_launch_runs_the_same_config_the_same_way(two_process_run):
+    # `accelerate launch --multi_gpu` is Accelerate's torchrun-based launcher (on a CPU, too):
+    # same config, seed and process count as the torchrun run, so the same metrics on the CPU.
+    folder, _, result = two_process_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "bertcls", "train", str(folder / "config.yaml"), "--set", f"output_dir={folder / 'accelerate'}"]
+    launched = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert launched.stdout.splitlines() == [str(folder / "accelerate")]
+    torchrun_metrics = json.loads((folder / "run" / runs.METRICS_FILE).read_text())
+    accelerate_metrics = json.loads((folder / "accelerate" / runs.METRICS_FILE).read_text())
+    for key in ("best_epoch", "validation", "test"):
+        assert accelerate_metrics[key] == torchrun_metrics[key], key
+
+
 @pytest.mark.parametrize("rows", [240, 250, 241, 33, 10])
 @pytest.mark.parametrize("processes", [2, 3])
 def test_training_batches_shard_across_processes_without_losing_rows(rows, processes):
