@@ -113,6 +113,25 @@ def test_accelerate_launch_runs_the_same_config_the_same_way(two_process_run):
         assert accelerate_metrics[key] == torchrun_metrics[key], key
 
 
+@pytest.mark.slow
+def test_fsdp_path_on_cpu_processes_matches_data_parallel(two_process_run, tmp_path):
+    # FSDP2 forced onto the two gloo processes (see fsdp_on_cpu.py): the same run as the DDP one
+    # up to float rounding, and its checkpoint scores exactly as recorded (best epoch < last,
+    # so the best weights were broadcast back into the shards).
+    folder, data, result = two_process_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(Path(__file__).parent / "fsdp_on_cpu.py"), str(folder / "config.yaml"), f"output_dir={tmp_path / 'fsdp'}"]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fsdp = json.loads((tmp_path / "fsdp" / runs.METRICS_FILE).read_text())
+    ddp = json.loads((folder / "run" / runs.METRICS_FILE).read_text())
+    assert fsdp["best_epoch"] == ddp["best_epoch"] < 6
+    assert fsdp["test"]["accuracy"] == ddp["test"]["accuracy"]
+    assert fsdp["test"]["loss"] == pytest.approx(ddp["test"]["loss"], abs=1e-3)
+    assert _evaluate(tmp_path / "fsdp", data["test"], 8) == fsdp["test"]
+
+
 @pytest.mark.parametrize("rows", [240, 250, 241, 33, 10])
 @pytest.mark.parametrize("processes", [2, 3])
 def test_training_batches_shard_across_processes_without_losing_rows(rows, processes):

@@ -47,10 +47,24 @@ def fsdp_plugin(cfg: TrainingConfig):
                                           reshard_after_forward=True, state_dict_type="FULL_STATE_DICT")
 
 
+def set_shard_units(accelerator, model) -> None:
+    """Under FSDP, shard the model layer by layer: its `_no_split_modules` (BertLayer, ...) minus
+    the embeddings, which Accelerate shards on their own (transformers lists BertEmbeddings too,
+    and sharding the word embeddings a second time fails). Call before `prepare`."""
+    if accelerator.distributed_type != "FSDP":
+        return
+    names = [name for name in getattr(model, "_no_split_modules", None) or [] if not name.endswith("Embeddings")]
+    accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap = names
+
+
 def full_state_dict(accelerator, model) -> dict:
     """The whole model's weights, complete on the main process. Under FSDP this is a collective:
     every process must call it, and at the same point."""
-    return accelerator.get_state_dict(model)
+    if _is_fsdp2(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, cpu_offload=True))
+    return accelerator.get_state_dict(model)  # DDP, one process, or FSDP1 from an `accelerate launch --use_fsdp` config
 
 
 def load_full_state(accelerator, model, folder: Path) -> None:
@@ -67,5 +81,15 @@ def load_full_state(accelerator, model, folder: Path) -> None:
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    target = model if accelerator.is_fsdp2 else accelerator.unwrap_model(model)
+    sharded = _is_fsdp2(model) or accelerator.distributed_type == "FSDP"
+    target = model if sharded else accelerator.unwrap_model(model)
+    for module in target.modules():  # FSDP2 keeps the root's weights gathered after a forward; shard them back first
+        if _is_fsdp2(module):
+            module.reshard()
     set_model_state_dict(target, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False))
+
+
+def _is_fsdp2(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)

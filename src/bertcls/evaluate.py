@@ -40,8 +40,8 @@ def predict_logits(model, loader, accelerator=None) -> tuple[np.ndarray, np.ndar
     With an Accelerator over N processes, each process scores its own batches; the rows are
     gathered once at the end and each example counted exactly once (see `_gather_rows`).
     """
-    # FSDP swaps parameter storage in place around each forward, which inference tensors
-    # forbid (they carry no version counter): plain no_grad there, inference_mode elsewhere.
+    # FSDP swaps parameter storage in place around each forward, which inference tensors forbid
+    # in older PyTorch (no version counter; pytorch/pytorch#197327): no_grad there, to be safe.
     sharded = accelerator is not None and accelerator.distributed_type == "FSDP"
     with torch.no_grad() if sharded else torch.inference_mode():
         return _predict_logits(model, loader, accelerator)

@@ -94,6 +94,7 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
                     for name, enc in encoded.items() if name != "train"}
 
     optimizer = build_optimizer(model, tcfg, fused=accelerator.device.type == "cuda")
+    distributed.set_shard_units(accelerator, model)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     eval_loaders = {name: accelerator.prepare(dl) for name, dl in eval_loaders.items()}
     steps_per_epoch = math.ceil(len(train_loader) / tcfg.gradient_accumulation_steps)
