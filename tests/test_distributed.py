@@ -59,7 +59,8 @@ def test_two_processes_train_and_write_one_run_folder_once(two_process_run):
     run = folder / "run"
     assert result.stdout.splitlines() == [str(run)]  # printed by the main process only
     assert result.stderr.count("effective batch 16") == 1  # 8 per device x 2 processes; logged once
-    assert sorted(p.name for p in run.iterdir()) == sorted(runs.RUN_FILES)  # no stray temp files
+    names = {p.name for p in run.iterdir()}
+    assert set(runs.RUN_FILES) <= names and not [n for n in names if n.startswith(".")]  # no stray temp files
     log = [json.loads(line) for line in (run / runs.LOG_FILE).read_text().splitlines()]
     assert [r["epoch"] for r in log if r.get("split") == "validation"] == [1, 2, 3, 4, 5, 6]  # one writer
     metrics = json.loads((run / runs.METRICS_FILE).read_text())
@@ -179,3 +180,10 @@ def test_fsdp_on_cpu_is_a_one_line_cli_error(tmp_path, toy_data):
     assert result.stderr.strip() == ("Error: training.fsdp: sharding needs CUDA GPUs (Accelerate runs CPU processes as plain "
                                      "data parallel); set training.fsdp: false on the CPU")
     assert not (tmp_path / "run").exists()  # refused before the run folder is made
+
+
+def test_fp16_on_cpu_is_a_one_line_cli_error(tmp_path, toy_data):
+    config = make_config(tmp_path, toy_data, training={"precision": "fp16", "device": "cpu"})
+    result = CliRunner().invoke(app, ["train", str(config)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == "Error: training.precision: fp16 needs a CUDA device; use bf16 or fp32 on the CPU"
