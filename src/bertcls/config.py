@@ -72,6 +72,8 @@ class TrainingConfig(Section):
     metric_for_best: Literal[METRICS] = Field("f1_macro", description="Validation metric that picks the best checkpoint.")  # type: ignore[valid-type]
     log_every_steps: int = Field(50, ge=1, description="Write a training log line every this many optimizer steps.")
     num_threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for torch; null = torch's default.")
+    save_every_steps: int | None = Field(None, ge=1, description="Write a resumable checkpoint every N optimizer steps; null = after each epoch.")
+    keep_checkpoints: int = Field(1, ge=1, le=1000, description="Resumable checkpoints to keep (the newest), besides the best model/.")
 
 
 class Config(Section):

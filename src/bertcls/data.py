@@ -308,5 +308,10 @@ class Collator:
 
 
 def loader(encoded: Encoded, pad_id: int, batches) -> torch.utils.data.DataLoader:
-    """A DataLoader over `encoded` whose batches come from `batches` (a sampler or a list of index lists)."""
-    return torch.utils.data.DataLoader(range(len(encoded)), batch_sampler=batches, collate_fn=Collator(encoded, pad_id))
+    """A DataLoader over `encoded` whose batches come from `batches` (a sampler or a list of index lists).
+
+    It has its own generator: iterating never draws from the global torch RNG, so dropout after a
+    resumed checkpoint replays exactly (a DataLoader otherwise draws a seed from it per epoch).
+    """
+    return torch.utils.data.DataLoader(range(len(encoded)), batch_sampler=batches, collate_fn=Collator(encoded, pad_id),
+                                       generator=torch.Generator())

@@ -6,9 +6,6 @@ their config, so `transformers.pipeline("text-classification", model=folder)` wo
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -128,20 +125,9 @@ def load_trained(path: str | Path):
 
 def save_model(model, tokenizer, dest: Path) -> None:
     """Write `dest` atomically: a complete new folder replaces the old one, never a half-written one."""
-    dest = Path(dest)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    from bertcls.runs import publish_dir, temp_dir_for
+
+    tmp = temp_dir_for(dest)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    _fsync_tree(tmp)
-    old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for file in folder.rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as f:
-                os.fsync(f.fileno())
+    publish_dir(tmp, dest)
