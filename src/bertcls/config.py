@@ -39,7 +39,7 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    train: str = Field(description="Training data: a csv/tsv/json/jsonl/parquet file, or a hub dataset `name[:split]`.")
+    train: str = Field(min_length=1, description="Training data: a csv/tsv/json/jsonl/parquet file, or a hub dataset `name[:split]`.")
     validation: str | None = Field(None, description="Validation data; if absent, a stratified `validation_split` of train.")
     test: str | None = Field(None, description="Test data, evaluated once at the end with the best checkpoint.")
     text_column: str = Field("text", min_length=1, description="Column holding the text.")
