@@ -124,11 +124,10 @@ class LabelMap:
 
     @classmethod
     def from_values(cls, values: Sequence[Any], where: str = "train") -> LabelMap:
-        distinct = set(values)
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in distinct):
-            names = tuple(str(v) for v in sorted(distinct))  # numeric order: 2 before 10
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            names = tuple(str(v) for v in sorted(set(values)))  # numeric order: 2 before 10
         else:
-            names = tuple(sorted({str(v) for v in distinct}))  # labels compare as text: 1 and "1" are one label
+            names = tuple(sorted({str(v) for v in values}))  # labels compare as text: 1 and "1" are one label
         if len(names) < 2:
             only = names[0] if names else "none"
             raise DataError(f"{where}: only one class ({only!r}); a classifier needs at least two labels")
@@ -202,10 +201,9 @@ def _checked_labels(values: list[Any], where: str, column: str) -> list[Any]:
         raise DataError(f"{where}: {len(bad)} missing label(s) in column {column!r} (data rows {rows}); label them or remove those rows")
     if any(isinstance(v, (list, dict)) for v in values):
         raise DataError(f"{where}: column {column!r} holds lists or objects; single-label classification needs one label per row")
-    if any(isinstance(v, float) for v in values):
-        if all(float(v).is_integer() for v in values):
-            return [int(v) for v in values]
+    if any(isinstance(v, float) and not v.is_integer() for v in values):
         raise DataError(f"{where}: column {column!r} holds fractional numbers; labels must be names or integers")
+    values = [int(v) if isinstance(v, float) else v for v in values]  # 1.0 is the label 1
     return [v.strip() if isinstance(v, str) else v for v in values]
 
 
