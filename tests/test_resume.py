@@ -284,3 +284,31 @@ def test_a_finished_run_keeps_its_checkpoint_and_overwrite_clears_it(tmp_path, d
         train(load_config(config), quiet=True)
     train(load_config(config), overwrite=True, quiet=True)
     assert [p.name for p in runs.checkpoints(run)] == ["checkpoint-15"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_resume_on_cuda_with_scaler_and_cuda_rng(tmp_path, data, precision):
+    """On a GPU (fp16 adds the gradient scaler's state): stopped with SIGINT and resumed, a run
+    ends close to an uninterrupted one; kernels that are not deterministic rule out bit-equality."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    training = {**TRAINING, "device": "cuda", "precision": precision}
+    (tmp_path / "ref").mkdir()
+    ref = train(load_config(make_config(tmp_path / "ref", data, training=training)), quiet=True)
+    config = make_config(tmp_path, data, training=training)
+    run = tmp_path / "run"
+    process = start(config)
+    wait_for(lambda: (run / runs.LOG_FILE).is_file() and (run / runs.LOG_FILE).stat().st_size > 0, process, "the first step")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr
+    saved = torch.load(runs.checkpoints(run)[-1] / runs.CHECKPOINT_OPTIMIZER, weights_only=True)
+    assert (saved["scaler"] is not None) == (precision == "fp16")
+    assert "cuda" in torch.load(runs.checkpoints(run)[-1] / runs.CHECKPOINT_RNG, weights_only=True)
+    result = runner.invoke(app, ["train", str(config), "--resume", "-q"])
+    assert result.exit_code == 0, result.output
+    ours, theirs = load_file(run / "model" / "model.safetensors"), load_file(ref / "model" / "model.safetensors")
+    assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-2) for k in ours)
+    a, b = (json.loads((r / runs.METRICS_FILE).read_text()) for r in (run, ref))
+    assert abs(a["test"]["accuracy"] - b["test"]["accuracy"]) <= 0.05
