@@ -36,6 +36,8 @@ CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_OPTIMIZER = "optimizer.pt"
 CHECKPOINT_RNG = "rng.pt"
 CHECKPOINT_STATE = "state.json"
+# Temporary names next to NAME, made by write_atomic, temp_dir_for and publish_dir.
+TEMP_PATTERNS = (".{}.*.tmp", ".{}.tmp-*", ".{}.old-*")
 DEFAULT_RUNS_ROOT = "runs"
 MODEL_ENV = "BERTCLS_MODEL"
 
@@ -125,7 +127,7 @@ def prepare_run_dir(run: Path, overwrite: bool, resuming: bool = False) -> None:
     check_run_dir(run, overwrite, resuming)
     run.mkdir(parents=True, exist_ok=True)
     (run / METRICS_FILE).unlink(missing_ok=True)  # first, so a crash below leaves an unfinished run
-    leftovers = [p for name in (*RUN_FILES, CHECKPOINT_PREFIX) for p in run.glob(f".{name}*")]
+    leftovers = [p for name in (*RUN_FILES, f"{CHECKPOINT_PREFIX}*") for pattern in TEMP_PATTERNS for p in run.glob(pattern.format(name))]
     replaced = [] if resuming else [run / name for name in RUN_FILES] + checkpoints(run)
     for target in leftovers + replaced:
         if target.is_dir():
