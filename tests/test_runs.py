@@ -46,3 +46,11 @@ def test_publish_dir_replaces_a_folder_whole(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert dest.stat().st_mode & 0o777 == 0o777 & ~umask  # like mkdir, not mkdtemp's 0700
+
+
+def test_a_folder_moved_aside_by_a_kill_is_put_back_on_resume(tmp_path):
+    # killed between publish_dir's two renames: model/ was moved aside, the new one not yet in place
+    (tmp_path / ".model.old-1a2b").mkdir()
+    (tmp_path / ".model.old-1a2b" / "model.safetensors").write_text("weights")
+    runs.prepare_run_dir(tmp_path, overwrite=False, resuming=True)
+    assert (tmp_path / "model" / "model.safetensors").read_text() == "weights"

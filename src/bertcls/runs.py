@@ -127,6 +127,10 @@ def prepare_run_dir(run: Path, overwrite: bool, resuming: bool = False) -> None:
     check_run_dir(run, overwrite, resuming)
     run.mkdir(parents=True, exist_ok=True)
     (run / METRICS_FILE).unlink(missing_ok=True)  # first, so a crash below leaves an unfinished run
+    for moved in run.glob(".*.old-*") if resuming else []:  # killed between publish_dir's two renames: put it back
+        original = run / moved.name[1:].rsplit(".old-", 1)[0]
+        if (original.name == MODEL_DIR or original.name.startswith(CHECKPOINT_PREFIX)) and not original.exists():
+            os.replace(moved, original)
     leftovers = [p for name in (*RUN_FILES, f"{CHECKPOINT_PREFIX}*") for pattern in TEMP_PATTERNS for p in run.glob(pattern.format(name))]
     replaced = [] if resuming else [run / name for name in RUN_FILES] + checkpoints(run)
     for target in leftovers + replaced:
