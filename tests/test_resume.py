@@ -142,6 +142,28 @@ def test_a_second_ctrl_c_stops_at_once():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_ctrl_c_while_a_checkpoint_is_written_leaves_the_previous_one_whole(tmp_path, data, monkeypatch, keep_threads):
+    import bertcls.checkpoint
+
+    rng_state, calls = bertcls.checkpoint._rng_state, []
+
+    def interrupted_on_second_save():
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a second Ctrl-C raises, here half-way through checkpoint-8
+        return rng_state()
+
+    monkeypatch.setattr(bertcls.checkpoint, "_rng_state", interrupted_on_second_save)
+    config = make_config(tmp_path, data, training={**TRAINING, "epochs": 1})
+    result = runner.invoke(app, ["train", str(config), "-q"])
+    assert result.exit_code == 130 and "Interrupted." in result.output
+    run = tmp_path / "run"
+    assert [p.name for p in runs.checkpoints(run)] == ["checkpoint-4"] and len(list((run / "checkpoint-4").iterdir())) == 4
+    assert not [p for p in run.iterdir() if p.name.startswith(".")], "a half-written checkpoint was left behind"
+    monkeypatch.undo()
+    assert runner.invoke(app, ["train", str(config), "--resume", "-q"]).exit_code == 0
+
+
 def test_resume_by_path_and_refusing_a_changed_config(tmp_path, data, keep_threads):
     config = make_config(tmp_path, data, training={**TRAINING, "epochs": 1, "save_every_steps": 5, "keep_checkpoints": 2})
     run = tmp_path / "run"
