@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import traceback
 from functools import wraps
@@ -53,18 +54,37 @@ def _error_boundary(command):
 @_error_boundary
 def train(
     config: Annotated[Path, typer.Argument(help="The run's YAML config.", show_default=False)],
+    checkpoint: Annotated[Path | None, typer.Argument(help="With --resume: the checkpoint folder to continue from (default: the newest in output_dir).", show_default=False)] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set training.epochs=1 (repeatable).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished run from its newest checkpoint (or CHECKPOINT).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="With --resume: continue even though the config or training data changed.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a finished run in output_dir (only the files bertcls wrote).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or log lines; errors still print.")] = False,
     debug: Debug = False,
 ) -> None:
-    """Train a classifier as CONFIG says and write a run folder (config, log, model/, metrics)."""
-    from bertcls.config import load_config
+    """Train a classifier as CONFIG says and write a run folder (config, log, model/, metrics).
 
+    Ctrl-C (SIGINT) or SIGTERM stops after the current step with a resumable checkpoint;
+    `bertcls train CONFIG --resume` continues exactly where it stopped.
+    """
+    from bertcls.config import load_config
+    from bertcls.errors import ConfigError, Interrupted
+
+    if checkpoint is not None and not resume:
+        raise ConfigError(f"a second argument ({checkpoint}) is only taken with --resume: bertcls train CONFIG --resume RUN/checkpoint-N")
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite starts it over; pass only one")
+    if force and not resume:
+        raise ConfigError("--force only applies with --resume")
     cfg = load_config(config, set_ or [])
     from bertcls.train import train as run_training
 
-    run = run_training(cfg, overwrite=overwrite, quiet=quiet)
+    try:
+        run = run_training(cfg, overwrite=overwrite, quiet=quiet, resume=checkpoint or resume, force=force)
+    except Interrupted as exc:
+        again = ["bertcls", "train", str(config), *(a for item in set_ or [] for a in ("--set", item)), "--resume"]
+        typer.echo(f"{exc}\nresume with: {shlex.join(again)}", err=True)
+        raise typer.Exit(exc.exit_code) from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch: once, from the main process
         typer.echo(str(run))
 

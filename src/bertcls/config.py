@@ -39,7 +39,7 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    train: str = Field(description="Training data: a csv/tsv/json/jsonl/parquet file, or a hub dataset `name[:split]`.")
+    train: str = Field(min_length=1, description="Training data: a csv/tsv/json/jsonl/parquet file, or a hub dataset `name[:split]`.")
     validation: str | None = Field(None, description="Validation data; if absent, a stratified `validation_split` of train.")
     test: str | None = Field(None, description="Test data, evaluated once at the end with the best checkpoint.")
     text_column: str = Field("text", min_length=1, description="Column holding the text.")
@@ -73,6 +73,8 @@ class TrainingConfig(Section):
     metric_for_best: Literal[METRICS] = Field("f1_macro", description="Validation metric that picks the best checkpoint.")  # type: ignore[valid-type]
     log_every_steps: int = Field(50, ge=1, description="Write a training log line every this many optimizer steps.")
     num_threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for torch; null = torch's default.")
+    save_every_steps: int | None = Field(None, ge=1, description="Write a resumable checkpoint every N optimizer steps; null = after each epoch.")
+    keep_checkpoints: int = Field(1, ge=1, le=1000, description="Resumable checkpoints to keep (the newest), besides the best model/.")
 
 
 class Config(Section):

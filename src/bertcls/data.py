@@ -54,6 +54,12 @@ def read_table(source: str, split: str = "train"):
         raise DataError(f"{path}: unsupported extension '{path.suffix}'; use one of {', '.join(DATA_EXTENSIONS)}")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror}); check its permissions") from None
+    if kind in ("csv", "tsv"):
+        check_fields(path, kind)
     builder, options = {
         # keep_default_na=False: the text "NA" or "null" is a text, not a missing value.
         "csv": ("csv", {"keep_default_na": False, "encoding": "utf-8-sig"}),
@@ -67,6 +73,27 @@ def read_table(source: str, split: str = "train"):
         return datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **options)
     except Exception as exc:
         raise DataError(_read_error(path, exc)) from None
+
+
+def check_fields(path: Path, kind: str) -> None:
+    """Every row of a csv/tsv file has as many fields as its header: pandas would otherwise read an
+    extra field as an index column and shift every value, or fill a missing one with null."""
+    delimiter, quoting = (",", csv.QUOTE_MINIMAL) if kind == "csv" else ("\t", csv.QUOTE_NONE)
+    csv.field_size_limit(2**31 - 1)  # long texts are texts, not an error (the default limit is 128 KiB)
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+        header = next(reader, [])
+        end = reader.line_num
+        for row in reader:
+            start, end = end + 1, reader.line_num
+            if not row or len(row) == len(header):
+                continue
+            if len(row) < len(header) and end > start:
+                raise DataError(f"{path}: the quoted text opened on line {start} runs to line {end}; close its quote, "
+                                'or write a quote inside a text as ""')
+            fix = ("quote texts that hold commas (\"like, this\")" if kind == "csv" else "a text must not hold a tab") \
+                if len(row) > len(header) else "fill in the missing field(s)"
+            raise DataError(f"{path}: line {start} has {len(row)} field(s) but the header has {len(header)}; {fix}")
 
 
 def _is_local(source: str) -> bool:
@@ -98,11 +125,10 @@ class LabelMap:
 
     @classmethod
     def from_values(cls, values: Sequence[Any], where: str = "train") -> LabelMap:
-        distinct = set(values)
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in distinct):
-            names = tuple(str(v) for v in sorted(distinct))  # numeric order: 2 before 10
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            names = tuple(str(v) for v in sorted(set(values)))  # numeric order: 2 before 10
         else:
-            names = tuple(sorted(str(v) for v in distinct))
+            names = tuple(sorted({str(v) for v in values}))  # labels compare as text: 1 and "1" are one label
         if len(names) < 2:
             only = names[0] if names else "none"
             raise DataError(f"{where}: only one class ({only!r}); a classifier needs at least two labels")
@@ -176,10 +202,9 @@ def _checked_labels(values: list[Any], where: str, column: str) -> list[Any]:
         raise DataError(f"{where}: {len(bad)} missing label(s) in column {column!r} (data rows {rows}); label them or remove those rows")
     if any(isinstance(v, (list, dict)) for v in values):
         raise DataError(f"{where}: column {column!r} holds lists or objects; single-label classification needs one label per row")
-    if any(isinstance(v, float) for v in values):
-        if all(float(v).is_integer() for v in values):
-            return [int(v) for v in values]
+    if any(isinstance(v, float) and not v.is_integer() for v in values):
         raise DataError(f"{where}: column {column!r} holds fractional numbers; labels must be names or integers")
+    values = [int(v) if isinstance(v, float) else v for v in values]  # 1.0 is the label 1
     return [v.strip() if isinstance(v, str) else v for v in values]
 
 
@@ -315,5 +340,10 @@ class Collator:
 
 
 def loader(encoded: Encoded, pad_id: int, batches) -> torch.utils.data.DataLoader:
-    """A DataLoader over `encoded` whose batches come from `batches` (a sampler or a list of index lists)."""
-    return torch.utils.data.DataLoader(range(len(encoded)), batch_sampler=batches, collate_fn=Collator(encoded, pad_id))
+    """A DataLoader over `encoded` whose batches come from `batches` (a sampler or a list of index lists).
+
+    It has its own generator: iterating never draws from the global torch RNG, so dropout after a
+    resumed checkpoint replays exactly (a DataLoader otherwise draws a seed from it per epoch).
+    """
+    return torch.utils.data.DataLoader(range(len(encoded)), batch_sampler=batches, collate_fn=Collator(encoded, pad_id),
+                                       generator=torch.Generator())

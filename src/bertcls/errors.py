@@ -7,6 +7,9 @@
     ├── RunError          a run folder is missing, unfinished or already taken
     └── TrainingError     training cannot go on (the loss became NaN, the GPU ran out of memory)
 
+    Interrupted           not an error: SIGINT/SIGTERM stopped training after writing a
+                          resumable checkpoint; the CLI says how to resume and exits 130/143
+
 Anything else that escapes is a bug and keeps its traceback (exit 1).
 """
 
@@ -33,6 +36,16 @@ class RunError(BertclsError):
 
 class TrainingError(BertclsError):
     pass
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal, cleanly: `checkpoint` holds everything needed to resume."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint, exit_code: int) -> None:
+        saved = f"resumable checkpoint: {checkpoint}" if checkpoint else "no resumable checkpoint (training.fsdp)"
+        super().__init__(f"stopped by {signal_name} after step {step}; {saved}")
+        self.checkpoint = checkpoint
+        self.exit_code = exit_code
 
 
 def first_line(exc: BaseException) -> str:

@@ -6,9 +6,6 @@ their config, so `transformers.pipeline("text-classification", model=folder)` wo
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -131,20 +128,9 @@ def save_model(model, tokenizer, dest: Path, state_dict: dict | None = None) -> 
 
     `state_dict`: the full weights when `model` itself holds only a shard of them (FSDP).
     """
-    dest = Path(dest)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    from bertcls.runs import publish_dir, temp_dir_for
+
+    tmp = temp_dir_for(dest)
     model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
-    _fsync_tree(tmp)
-    old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for file in folder.rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as f:
-                os.fsync(f.fileno())
+    publish_dir(tmp, dest)

@@ -3,15 +3,24 @@
     RUN/config.yaml     the resolved config the run was trained with
     RUN/log.jsonl       one JSON object per training log line and per evaluation
     RUN/model/          the best checkpoint: save_pretrained output (safetensors) + tokenizer
+    RUN/checkpoint-N/   a resumable checkpoint after optimizer step N (see `bertcls.checkpoint`):
+        model.safetensors   the weights
+        optimizer.pt        optimizer, scheduler and gradient-scaler state
+        rng.pt              python, numpy, torch and CUDA random states
+        state.json          epoch, position in the epoch's data order, step, best so far, config
     RUN/metrics.json    validation (best checkpoint) and test metrics; written last, so a
                         folder without it is an unfinished run
+
+Files are written under a temporary name in the same folder (`.NAME.*`) and renamed into place.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +31,13 @@ LOG_FILE = "log.jsonl"
 MODEL_DIR = "model"
 METRICS_FILE = "metrics.json"
 RUN_FILES = (CONFIG_FILE, LOG_FILE, MODEL_DIR, METRICS_FILE)
+CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_WEIGHTS = "model.safetensors"
+CHECKPOINT_OPTIMIZER = "optimizer.pt"
+CHECKPOINT_RNG = "rng.pt"
+CHECKPOINT_STATE = "state.json"
+# Temporary names next to NAME, made by write_atomic, temp_dir_for and publish_dir.
+TEMP_PATTERNS = (".{}.*.tmp", ".{}.tmp-*", ".{}.old-*")
 DEFAULT_RUNS_ROOT = "runs"
 MODEL_ENV = "BERTCLS_MODEL"
 
@@ -30,9 +46,7 @@ def write_atomic(path: Path, text: str) -> None:
     """Write a file whole or not at all: temp file in the same folder, fsync, rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -44,41 +58,86 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def write_json(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def temp_dir_for(dest: Path) -> Path:
+    """A fresh temporary folder next to `dest`, to fill and then `publish_dir`."""
+    tmp = Path(tempfile.mkdtemp(dir=Path(dest).parent, prefix=f".{Path(dest).name}.tmp-"))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the permissions mkdir would
+    return tmp
+
+
+def publish_dir(tmp: Path, dest: Path) -> None:
+    """Put a complete folder in place of `dest`: fsync its files, then rename; `dest` is never half-written."""
+    for file in Path(tmp).rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+    dest = Path(dest)
+    old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoints(run: Path) -> list[Path]:
+    """The complete checkpoint folders of a run, oldest (lowest step) first."""
+    found = []
+    for path in Path(run).glob(f"{CHECKPOINT_PREFIX}*"):
+        step = path.name.removeprefix(CHECKPOINT_PREFIX)
+        if step.isdigit() and (path / CHECKPOINT_STATE).is_file():
+            found.append((int(step), path))
+    return [path for _, path in sorted(found)]
 
 
 def is_finished(run: Path) -> bool:
     return (Path(run) / METRICS_FILE).is_file() and (Path(run) / MODEL_DIR).is_dir()
 
 
-def check_run_dir(run: Path, overwrite: bool) -> None:
-    """Refuse a file, or a finished run unless `overwrite`; reads only, so every process may call it."""
+def check_run_dir(run: Path, overwrite: bool, resuming: bool = False) -> None:
+    """Refuse a run folder that is a file, holds a finished run (unless `overwrite`), or holds an
+    unfinished run with checkpoints that a fresh start would lose (unless `overwrite` or `resuming`)."""
     run = Path(run)
     if run.exists() and not run.is_dir():
         raise RunError(f"output_dir {run} is a file; choose a folder")
     if is_finished(run) and not overwrite:
         raise RunError(f"output_dir {run} already holds a finished run; pass --overwrite or choose another output_dir")
+    found = checkpoints(run) if run.is_dir() else []
+    if found and not (overwrite or resuming):
+        raise RunError(f"output_dir {run} holds an unfinished run ({found[-1].name}); "
+                       "pass --resume to continue it, or --overwrite to start over")
 
 
-def prepare_run_dir(run: Path, overwrite: bool) -> None:
-    """Create the run folder; refuse to replace a finished run unless `overwrite`.
+def prepare_run_dir(run: Path, overwrite: bool, resuming: bool = False) -> None:
+    """Create the run folder after `check_run_dir`; clear what a fresh start replaces.
 
-    With `overwrite`, only the files bertcls writes are removed; anything else stays.
+    Only files bertcls writes are removed (its names, and its `.NAME.*` temporaries left by a
+    killed run); anything else stays.
     """
     run = Path(run)
-    check_run_dir(run, overwrite)
+    check_run_dir(run, overwrite, resuming)
     run.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        import shutil
-
-        (run / METRICS_FILE).unlink(missing_ok=True)  # first, so a crash below leaves an unfinished run
-        for name in RUN_FILES:
-            target = run / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
+    (run / METRICS_FILE).unlink(missing_ok=True)  # first, so a crash below leaves an unfinished run
+    for moved in run.glob(".*.old-*") if resuming else []:  # killed between publish_dir's two renames: put it back
+        original = run / moved.name[1:].rsplit(".old-", 1)[0]
+        if (original.name == MODEL_DIR or original.name.startswith(CHECKPOINT_PREFIX)) and not original.exists():
+            os.replace(moved, original)
+    leftovers = [p for name in (*RUN_FILES, f"{CHECKPOINT_PREFIX}*") for pattern in TEMP_PATTERNS for p in run.glob(pattern.format(name))]
+    replaced = [] if resuming else [run / name for name in RUN_FILES] + checkpoints(run)
+    for target in leftovers + replaced:
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
 
 
 def model_dir(path: str | Path) -> Path:

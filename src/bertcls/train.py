@@ -16,8 +16,9 @@ from typing import Any
 import torch
 import yaml
 
+from bertcls import checkpoint as ckpt
 from bertcls import data as data_mod
-from bertcls import distributed, runs
+from bertcls import distributed, faults, runs
 from bertcls.config import Config, TrainingConfig
 from bertcls.errors import ConfigError, TrainingError
 from bertcls.evaluate import compute_metrics, format_report, is_better, predict_logits
@@ -64,22 +65,35 @@ def build_optimizer(model, cfg: TrainingConfig, fused: bool) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=fused or None)
 
 
-def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Path:
-    """Train and evaluate as `config` says; return the finished run folder."""
+def train(config: Config, *, overwrite: bool = False, quiet: bool = False, resume: bool | str | Path = False, force: bool = False) -> Path:
+    """Train and evaluate as `config` says; return the finished run folder.
+
+    `resume`: True continues from the newest checkpoint in output_dir, a path from that checkpoint;
+    `force` resumes even though the config or data changed. SIGINT/SIGTERM stop after the current
+    step with a checkpoint (raising `Interrupted`).
+    """
+    with faults.guarded(config.training) as stop:
+        return _train(config, overwrite, quiet, resume, force, stop)
+
+
+def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Path, force: bool, stop: faults.StopRequest) -> Path:
+    from accelerate import skip_first_batches
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     cfg, tcfg = config, config.training
     run = Path(cfg.output_dir)
-    # Validate everything cheap (files, columns, labels, device) before anything expensive.
+    # Validate everything cheap (files, columns, labels, resume, device) before anything expensive.
     train_split, val_split, test_split, labels = data_mod.load_splits(cfg.data, cfg.seed)
-    runs.check_run_dir(run, overwrite)  # on every process, so all stop together on a taken folder
+    data_id = ckpt.fingerprint(train_split.texts, train_split.pairs, train_split.labels)
+    resume_from = ckpt.find(run, resume, cfg.to_dict(), data_id, force) if resume else None
+    runs.check_run_dir(run, overwrite, resuming=bool(resume))  # on every process, so all stop together on a taken folder
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     accelerator = make_accelerator(tcfg)
     main = accelerator.is_main_process
     if main:
-        runs.prepare_run_dir(run, overwrite)
+        runs.prepare_run_dir(run, overwrite, resuming=resume_from is not None)
         runs.write_atomic(run / runs.CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     accelerator.wait_for_everyone()  # the folder is ready before any process goes on
     # Build the model after seeding so the seed also controls its initialisation.
@@ -101,6 +115,7 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
     total_steps = steps_per_epoch * tcfg.epochs
     scheduler = get_scheduler(tcfg.lr_scheduler if tcfg.lr_scheduler != "constant" else "constant_with_warmup", optimizer,
                               num_warmup_steps=round(tcfg.warmup_ratio * total_steps), num_training_steps=total_steps)
+    state = ckpt.restore(resume_from, run, accelerator, model, optimizer, scheduler) if resume_from else {}
 
     log = _Log(run / runs.LOG_FILE if main else None, quiet=quiet or not main)
     effective = tcfg.batch_size * tcfg.gradient_accumulation_steps * accelerator.num_processes
@@ -108,16 +123,41 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
             f"{len(labels.names)} labels | effective batch {effective} | {total_steps} steps | "
             f"device {accelerator.device} | precision {accelerator.mixed_precision} | model {cfg.model.name}")
 
-    best_value, best_epoch, best_metrics, evals_since_best = None, None, None, 0
-    global_step, started = 0, time.perf_counter()
-    real_tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)  # non-pad tokens trained on
-    progress = _progress(total_steps, disable=quiet or not main)
-    for epoch in range(tcfg.epochs):
-        sampler.set_epoch(epoch)
+    best_value, best_epoch, best_metrics, evals_since_best = (state.get(k) for k in ("best_value", "best_epoch", "best_metrics", "evals_since_best"))
+    evals_since_best = evals_since_best or 0
+    global_step, started = state.get("global_step", 0), time.perf_counter() - state.get("seconds", 0.0)
+    real_tokens = torch.tensor(state.get("real_tokens", 0), device=accelerator.device)  # non-pad tokens trained on
+    progress = _progress(total_steps, disable=quiet or not main, initial=global_step)
+    if resume_from:
+        log.say(f"resumed from {resume_from} at step {global_step}")
+
+    resumable = accelerator.distributed_type != "FSDP"  # sharded optimizer states are not checkpointed yet
+    if not resumable:
+        log.say("note: training.fsdp runs write no resumable checkpoints yet; model/ (the best weights) is still saved")
+
+    def save_checkpoint(epoch: int, batches_done: int) -> Path | None:
+        """Everything the loop needs to continue after `batches_done` micro-batches of `epoch`."""
+        loss_sum = window_loss.item()
+        if not math.isfinite(loss_sum):
+            raise _nonfinite_loss(loss_sum, global_step, scheduler.get_last_lr()[0], run)
+        if not resumable:
+            return None
+        return ckpt.save(run, accelerator, model, optimizer, scheduler, config=cfg.to_dict(), keep=tcfg.keep_checkpoints, state={
+            "epoch": epoch, "batches_done": batches_done, "global_step": global_step, "best_value": best_value,
+            "best_epoch": best_epoch, "best_metrics": best_metrics, "evals_since_best": evals_since_best,
+            "window": [loss_sum, window_batches, window_examples], "real_tokens": int(real_tokens),
+            "seconds": time.perf_counter() - started, "data_fingerprint": data_id})
+
+    stop.armed = True
+    epoch = state.get("epoch", 0) - 1  # stays the last epoch trained when resuming after the final one
+    for epoch in range(state.get("epoch", 0), tcfg.epochs):
+        train_loader.set_epoch(epoch)  # accelerate sets the sampler's epoch from its own counter
+        skip = state.get("batches_done", 0) if epoch == state.get("epoch") else 0
         model.train()
-        window_loss = torch.zeros((), device=accelerator.device)  # summed on device: no host sync per step
-        window_batches, window_start, window_examples = 0, time.perf_counter(), 0
-        for batch in train_loader:
+        loss_sum, window_batches, window_examples = state["window"] if skip else (0.0, 0, 0)
+        window_loss = torch.tensor(loss_sum, device=accelerator.device)  # summed on device: no host sync per step
+        window_start = time.perf_counter()
+        for i, batch in enumerate(skip_first_batches(train_loader, skip) if skip else train_loader, start=skip):
             batch.pop("index")
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
@@ -139,13 +179,18 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
                 elapsed = time.perf_counter() - window_start
                 mean_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_batches  # note: host sync, only here
                 if not math.isfinite(mean_loss):
-                    raise TrainingError(f"the training loss became {mean_loss} at step {global_step} (lr {scheduler.get_last_lr()[0]:.3g}); lower training.learning_rate")
+                    raise _nonfinite_loss(mean_loss, global_step, scheduler.get_last_lr()[0], run)
                 record = {"step": global_step, "epoch": epoch + 1, "loss": round(mean_loss, 6), "lr": scheduler.get_last_lr()[0],
                           "examples_per_s": round(window_examples * accelerator.num_processes / elapsed, 2)}
                 log.write(record)
                 progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}", ex_s=f"{record['examples_per_s']:.1f}")
                 window_loss.zero_()
                 window_batches, window_start, window_examples = 0, time.perf_counter(), 0
+            last_batch = i + 1 == len(train_loader)  # the epoch's checkpoint comes after its evaluation
+            if stop.requested or (tcfg.save_every_steps and global_step % tcfg.save_every_steps == 0 and not last_batch):
+                saved = save_checkpoint(epoch, i + 1)
+                if stop.requested:
+                    raise stop.interrupted(global_step, saved)
 
         metrics = _evaluate(model, eval_loaders["validation"], accelerator, labels)
         value = metrics[tcfg.metric_for_best]
@@ -155,15 +200,20 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
                 f"accuracy {metrics['accuracy']:.4f} | f1_macro {metrics['f1_macro']:.4f}")
         if is_better(tcfg.metric_for_best, value, best_value):
             best_value, best_epoch, best_metrics, evals_since_best = value, epoch + 1, metrics, 0
-            state = distributed.full_state_dict(accelerator, model)  # every process: a collective under FSDP
+            weights = distributed.full_state_dict(accelerator, model)  # every process: a collective under FSDP
             if main:
-                save_model(accelerator.unwrap_model(model), tokenizer, run / runs.MODEL_DIR, state)
+                save_model(accelerator.unwrap_model(model), tokenizer, run / runs.MODEL_DIR, weights)
             accelerator.wait_for_everyone()
         else:
             evals_since_best += 1
             if tcfg.early_stopping_patience and evals_since_best >= tcfg.early_stopping_patience:
                 log.say(f"early stopping: no better {tcfg.metric_for_best} for {evals_since_best} evaluation(s)")
                 break
+        if stop.requested or not tcfg.save_every_steps or global_step % tcfg.save_every_steps == 0:
+            saved = save_checkpoint(epoch + 1, 0)
+            if stop.requested:
+                raise stop.interrupted(global_step, saved)
+    stop.armed = False
     progress.close()
     train_seconds = time.perf_counter() - started
 
@@ -190,10 +240,16 @@ def _evaluate(model, loader, accelerator, labels: data_mod.LabelMap) -> dict[str
     return compute_metrics(gold.tolist(), logits.argmax(-1).tolist(), labels.names, loss)
 
 
-def _progress(total: int, disable: bool):
+def _nonfinite_loss(loss: float, step: int, lr: float, run: Path) -> TrainingError:
+    kept = runs.checkpoints(run)
+    last = f"; the last good checkpoint is {kept[-1]}" if kept else ""
+    return TrainingError(f"the training loss became {loss} at step {step} (lr {lr:.3g}); lower training.learning_rate{last}")
+
+
+def _progress(total: int, disable: bool, initial: int = 0):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="train", unit="step", disable=disable, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=disable, dynamic_ncols=True, leave=False)
 
 
 class _Log:

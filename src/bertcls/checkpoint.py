@@ -1,0 +1,172 @@
+"""Resumable checkpoints: the whole training state into RUN/checkpoint-N/ and back (layout in `bertcls.runs`).
+
+Weights are safetensors; optimizer and random states hold only tensors and plain containers and
+are read with `torch.load(weights_only=True)`, so loading a checkpoint never runs pickled code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bertcls import runs
+from bertcls.errors import RunError, first_line
+
+# Keys that may change between a checkpoint and its resume without changing what is trained.
+HARMLESS_KEYS = frozenset({"output_dir", "training.log_every_steps", "training.num_threads",
+                           "training.save_every_steps", "training.keep_checkpoints"})
+
+
+def save(run: Path, accelerator, model, optimizer, scheduler, *, state: dict[str, Any], config: dict[str, Any], keep: int) -> Path:
+    """Write RUN/checkpoint-<global_step> whole or not at all, then keep only the newest `keep`."""
+    from safetensors.torch import save_model
+
+    dest = Path(run) / f"{runs.CHECKPOINT_PREFIX}{state['global_step']}"
+    if accelerator.is_main_process:
+        tmp = runs.temp_dir_for(dest)
+        try:
+            save_model(accelerator.unwrap_model(model), str(tmp / runs.CHECKPOINT_WEIGHTS))
+            scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
+                       tmp / runs.CHECKPOINT_OPTIMIZER)
+            torch.save(_rng_state(), tmp / runs.CHECKPOINT_RNG)
+            (tmp / runs.CHECKPOINT_STATE).write_text(json.dumps({**state, "config": config}, indent=1), encoding="utf-8")
+            runs.publish_dir(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        for old in runs.checkpoints(run)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return dest
+
+
+def find(run: Path, resume: bool | str | Path, config: dict[str, Any], data_fingerprint: str, force: bool) -> Path:
+    """The checkpoint to resume from (the newest in `run`, or the one named), checked against the
+    current config and training data; a difference is refused, naming it, unless `force`."""
+    run = Path(run)
+    if runs.is_finished(run):
+        raise RunError(f"output_dir {run} holds a finished run; there is nothing to resume (pass --overwrite to train again)")
+    if resume is True:
+        found = runs.checkpoints(run)
+        if not found:
+            raise RunError(f"--resume: no checkpoint in {run}; start without --resume")
+        folder = found[-1]
+    else:
+        folder = Path(resume)
+        if not (folder / runs.CHECKPOINT_STATE).is_file():
+            raise RunError(f"--resume {folder}: not a checkpoint folder (no {runs.CHECKPOINT_STATE}); give RUN/{runs.CHECKPOINT_PREFIX}N")
+    state = read_state(folder)
+    changed = config_differences(state.get("config") or {}, config)
+    if changed and not force:
+        raise RunError(f"--resume: the config differs from {folder.name}'s: {'; '.join(changed)}; undo the change, or pass --force")
+    if state.get("data_fingerprint") != data_fingerprint and not force:
+        raise RunError(f"--resume: the training data differs from the data {folder.name} was trained on; "
+                       "resume with the same files, or pass --force")
+    return folder
+
+
+def read_state(folder: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((Path(folder) / runs.CHECKPOINT_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{folder}: unreadable checkpoint state ({first_line(exc)}); resume from another checkpoint") from None
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        raise RunError(f"{folder}: {runs.CHECKPOINT_STATE} is not a bertcls checkpoint state; resume from another checkpoint")
+    return state
+
+
+def restore(folder: Path, run: Path, accelerator, model, optimizer, scheduler) -> dict[str, Any]:
+    """Load weights, optimizer/scheduler/scaler and random states from `folder`; return its loop state.
+
+    In `run`, log lines after the checkpoint's step and later checkpoints (a future that is being
+    replaced) are dropped. Call last before the loop: it sets the random states the loop continues from.
+    """
+    from safetensors.torch import load_model
+
+    folder = Path(folder)
+    state = read_state(folder)
+    try:
+        load_model(accelerator.unwrap_model(model), str(folder / runs.CHECKPOINT_WEIGHTS), device=str(accelerator.device))
+        saved = torch.load(folder / runs.CHECKPOINT_OPTIMIZER, map_location="cpu", weights_only=True)
+        rng = torch.load(folder / runs.CHECKPOINT_RNG, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if accelerator.scaler is not None and saved["scaler"] is not None:
+            accelerator.scaler.load_state_dict(saved["scaler"])
+    except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as exc:
+        raise RunError(f"{folder}: cannot load this checkpoint ({first_line(exc)}); resume from another one, or start over with --overwrite") from None
+    step = state["global_step"]
+    if accelerator.is_main_process:
+        for later in runs.checkpoints(run):
+            if int(later.name.removeprefix(runs.CHECKPOINT_PREFIX)) > step:
+                shutil.rmtree(later, ignore_errors=True)
+        _trim_log(Path(run) / runs.LOG_FILE, step)
+    accelerator.wait_for_everyone()
+    _set_rng_state(rng)
+    return state
+
+
+def fingerprint(texts, pairs, labels) -> str:
+    """A short hash of the training rows: resuming on other data would silently change the run."""
+    blob = json.dumps([texts, pairs, labels], ensure_ascii=False, default=str).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """`key: old -> new` for every dotted key whose value changed, except HARMLESS_KEYS."""
+    before, after = _flatten(old), _flatten(new)
+    keys = sorted((before.keys() | after.keys()) - HARMLESS_KEYS)
+    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in keys if before.get(key) != after.get(key)]
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _trim_log(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    runs.write_atomic(path, "".join(kept))
+
+
+def _rng_state() -> dict[str, Any]:
+    # numpy's state is an ndarray, which weights_only loading refuses: store it as a tensor.
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,82 @@
+"""Faults during training: SIGINT/SIGTERM become a clean stop after the current optimizer step,
+and running out of memory becomes a one-line hint instead of a stack trace."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bertcls.config import TrainingConfig
+from bertcls.errors import Interrupted, TrainingError
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequest:
+    """Once armed (the loop has started), the first SIGINT/SIGTERM asks the loop to stop after the
+    current optimizer step; a second one, or one before the loop, stops at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.armed = False
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # Python only delivers signals there
+            self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+
+    def uninstall(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def interrupted(self, step: int, checkpoint: Path) -> Interrupted:
+        return Interrupted(signal.Signals(self.signum).name, step, checkpoint, 128 + self.signum)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.armed and self.signum is None:
+            self.signum = signum
+            print(f"\n{signal.Signals(signum).name}: stopping after this step to write a resumable checkpoint "
+                  "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            return
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+
+@contextmanager
+def guarded(cfg: TrainingConfig) -> Iterator[StopRequest]:
+    """Catch stop signals for the loop, and turn running out of memory into a TrainingError."""
+    import torch
+
+    stop = StopRequest()
+    stop.install()
+    try:
+        yield stop
+    except torch.cuda.OutOfMemoryError:
+        raise TrainingError(out_of_memory_hint(cfg)) from None
+    except RuntimeError as exc:
+        if "out of memory" not in str(exc):  # older CUDA builds and MPS say it in a RuntimeError
+            raise
+        raise TrainingError(out_of_memory_hint(cfg)) from None
+    finally:
+        stop.uninstall()
+
+
+def out_of_memory_hint(cfg: TrainingConfig) -> str:
+    """Halve the micro-batch (or as near as divides it) and multiply accumulation to keep the effective batch."""
+    size, accumulation = cfg.batch_size, cfg.gradient_accumulation_steps
+    if size == 1:
+        return "out of memory with training.batch_size=1; lower data.max_length or use a smaller model"
+    factor = next(d for d in range(2, size + 1) if size % d == 0)
+    return (f"out of memory with training.batch_size={size}; set training.batch_size={size // factor} and "
+            f"training.gradient_accumulation_steps={accumulation * factor} (same effective batch of {size * accumulation}), "
+            f"or lower training.eval_batch_size={cfg.eval_batch_size} if it happened while evaluating")

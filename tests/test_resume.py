@@ -1,0 +1,336 @@
+"""Resume and interrupts as a user meets them: a run killed with SIGKILL, or stopped with Ctrl-C or
+SIGTERM, and resumed, ends with exactly the weights and metrics of a run that was never stopped."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from bertcls import runs
+from bertcls.checkpoint import config_differences
+from bertcls.cli import app
+from bertcls.config import load_config
+from bertcls.errors import RunError
+from bertcls.faults import StopRequest, out_of_memory_hint
+from bertcls.train import train
+from conftest import make_config, toy_rows, write_csv
+
+runner = CliRunner()
+# 240 rows / batch 16 = 15 steps an epoch: checkpoints every 4 steps fall mid-epoch. One thread:
+# the in-process reference and the subprocess runs then do the same float operations in the same order.
+TRAINING = {"epochs": 3, "save_every_steps": 4, "log_every_steps": 1, "num_threads": 1}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("resume-data")
+    return {name: write_csv(folder / f"{name}.csv", toy_rows(n, seed)) for name, n, seed in
+            (("train", 240, 0), ("validation", 60, 1), ("test", 60, 2))}
+
+
+@pytest.fixture
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data):
+    """The same config trained without interruption."""
+    threads = torch.get_num_threads()
+    run = train(load_config(make_config(tmp_path_factory.mktemp("reference"), data, training=TRAINING)), quiet=True)
+    torch.set_num_threads(threads)
+    return run
+
+
+def start(config: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "bertcls", "train", str(config), "-q"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 240
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"training ended (exit {process.returncode}) before {what}: {process.stderr.read()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    ours, theirs = load_file(run / "model" / "model.safetensors"), load_file(reference / "model" / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours), "final weights differ from the uninterrupted run"
+    a, b = (json.loads((r / runs.METRICS_FILE).read_text()) for r in (run, reference))
+    assert a["validation"] == b["validation"] and a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
+    assert a["train"]["optimizer_steps"] == b["train"]["optimizer_steps"]
+    # the log reads as one run: every step once, with the same losses and learning rates
+    strip = lambda r: {k: v for k, v in json.loads(r).items() if k != "examples_per_s"}  # noqa: E731
+    assert [strip(r) for r in (run / runs.LOG_FILE).read_text().splitlines()] == \
+        [strip(r) for r in (reference / runs.LOG_FILE).read_text().splitlines()]
+
+
+def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, data, reference, keep_threads):
+    config = make_config(tmp_path, data, training=TRAINING)
+    run = tmp_path / "run"
+    process = start(config)
+    wait_for(lambda: runs.checkpoints(run), process, "the first checkpoint")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (run / runs.METRICS_FILE).exists()
+    state = json.loads((runs.checkpoints(run)[-1] / runs.CHECKPOINT_STATE).read_text())
+    assert state["batches_done"] > 0, "the checkpoint should be mid-epoch"
+
+    result = runner.invoke(app, ["train", str(config), "--resume", "-q"])
+    assert result.exit_code == 0, result.output
+    assert_same_run(run, reference)
+    assert [p.name for p in runs.checkpoints(run)] == ["checkpoint-44"]  # keep_checkpoints=1: the last one only (every 4 steps)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_says_how_to_resume(tmp_path, data, reference, keep_threads, sig, code):
+    config = make_config(tmp_path, data, training=TRAINING)
+    run = tmp_path / "run"
+    process = start(config)
+    wait_for(lambda: (run / runs.LOG_FILE).is_file() and (run / runs.LOG_FILE).stat().st_size > 0, process, "the first step")
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr
+    step = json.loads((runs.checkpoints(run)[-1] / runs.CHECKPOINT_STATE).read_text())["global_step"]
+    assert f"stopped by {signal.Signals(sig).name} after step {step}; resumable checkpoint: {run / f'checkpoint-{step}'}" in stderr
+    assert f"resume with: bertcls train {config} --resume" in stderr and "Traceback" not in stderr
+    assert not (run / runs.METRICS_FILE).exists()
+    # the step in progress was finished and logged, and nothing after it
+    assert json.loads((run / runs.LOG_FILE).read_text().splitlines()[-1])["step"] == step
+
+    result = runner.invoke(app, ["train", str(config), "--resume", "-q"])
+    assert result.exit_code == 0, result.output
+    assert_same_run(run, reference)
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    stop = StopRequest()
+    stop.install()
+    try:
+        with pytest.raises(KeyboardInterrupt):  # not yet in the loop: nothing to finish, stop at once
+            os.kill(os.getpid(), signal.SIGINT)
+        stop.armed = True
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested and stop.interrupted(3, Path("c")).exit_code == 130
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(SystemExit) as exited:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert exited.value.code == 143
+    finally:
+        stop.uninstall()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_leaves_the_previous_one_whole(tmp_path, data, monkeypatch, keep_threads):
+    import bertcls.checkpoint
+
+    rng_state, calls = bertcls.checkpoint._rng_state, []
+
+    def interrupted_on_second_save():
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a second Ctrl-C raises, here half-way through checkpoint-8
+        return rng_state()
+
+    monkeypatch.setattr(bertcls.checkpoint, "_rng_state", interrupted_on_second_save)
+    config = make_config(tmp_path, data, training={**TRAINING, "epochs": 1})
+    result = runner.invoke(app, ["train", str(config), "-q"])
+    assert result.exit_code == 130 and "Interrupted." in result.output
+    run = tmp_path / "run"
+    assert [p.name for p in runs.checkpoints(run)] == ["checkpoint-4"] and len(list((run / "checkpoint-4").iterdir())) == 4
+    assert not [p for p in run.iterdir() if p.name.startswith(".")], "a half-written checkpoint was left behind"
+    monkeypatch.undo()
+    assert runner.invoke(app, ["train", str(config), "--resume", "-q"]).exit_code == 0
+
+
+def test_resume_by_path_and_refusing_a_changed_config(tmp_path, data, keep_threads):
+    config = make_config(tmp_path, data, training={**TRAINING, "epochs": 1, "save_every_steps": 5, "keep_checkpoints": 2})
+    run = tmp_path / "run"
+    # an unfinished run with checkpoints: what a kill leaves, made here without the race
+    (run / "checkpoint-5").mkdir(parents=True)
+    finished = train(load_config(config), quiet=True)
+    assert [p.name for p in runs.checkpoints(finished)] == ["checkpoint-10", "checkpoint-15"]
+    (run / runs.METRICS_FILE).unlink()  # as if killed during the test evaluation
+    (run / "mine.txt").write_text("not bertcls's")
+
+    changed = runner.invoke(app, ["train", str(config), "--resume", "--set", "training.learning_rate=0.01", "--set", "training.log_every_steps=3"])
+    assert changed.exit_code == 2
+    assert "Error: --resume: the config differs from checkpoint-15's: training.learning_rate: 0.002 -> 0.01; undo the change, or pass --force" in changed.output
+    fresh = runner.invoke(app, ["train", str(config)])
+    assert fresh.exit_code == 2 and "holds an unfinished run (checkpoint-15); pass --resume to continue it, or --overwrite" in fresh.output
+    missing = runner.invoke(app, ["train", str(config), "--resume", str(run / "checkpoint-99")])
+    assert missing.exit_code == 2 and "not a checkpoint folder" in missing.output
+
+    by_path = runner.invoke(app, ["train", str(config), "--resume", str(run / "checkpoint-10"), "-q"])
+    assert by_path.exit_code == 0, by_path.output
+    assert (run / runs.METRICS_FILE).is_file() and (run / "mine.txt").is_file()
+    assert [p.name for p in runs.checkpoints(run)] == ["checkpoint-10", "checkpoint-15"]
+    again = runner.invoke(app, ["train", str(config), "--resume"])
+    assert again.exit_code == 2 and "holds a finished run; there is nothing to resume" in again.output
+
+
+def test_resume_with_nothing_to_resume(tmp_path, data):
+    config = make_config(tmp_path, data)
+    result = runner.invoke(app, ["train", str(config), "--resume"])
+    assert result.exit_code == 2 and f"--resume: no checkpoint in {tmp_path / 'run'}; start without --resume" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_changed_training_data_is_refused_unless_forced(tmp_path, data, keep_threads):
+    config = make_config(tmp_path, data, training={**TRAINING, "epochs": 1})
+    run = train(load_config(config), quiet=True)
+    (run / runs.METRICS_FILE).unlink()
+    write_csv(tmp_path / "train.csv", toy_rows(240, 5))
+    moved = make_config(tmp_path, {**data, "train": tmp_path / "train.csv"}, training={**TRAINING, "epochs": 1})
+    result = runner.invoke(app, ["train", str(moved), "--resume"])
+    assert result.exit_code == 2 and "data.train:" in result.output  # the path changed
+    raw = yaml.safe_load(moved.read_text())
+    raw["data"]["train"] = str(data["train"])
+    moved.write_text(yaml.safe_dump(raw))
+    write_csv(data["train"], toy_rows(240, 5))  # same path, other rows
+    try:
+        result = runner.invoke(app, ["train", str(moved), "--resume"])
+        assert result.exit_code == 2 and "the training data differs from the data checkpoint-12 was trained on" in result.output
+        forced = runner.invoke(app, ["train", str(moved), "--resume", "--force", "-q"])
+        assert forced.exit_code == 0, forced.output
+    finally:
+        write_csv(data["train"], toy_rows(240, 0))
+
+
+def test_checkpoint_files_load_without_pickle(tmp_path, data, keep_threads):
+    run = train(load_config(make_config(tmp_path, data, training={**TRAINING, "epochs": 1})), quiet=True)
+    folder = runs.checkpoints(run)[-1]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([runs.CHECKPOINT_WEIGHTS, runs.CHECKPOINT_OPTIMIZER,
+                                                               runs.CHECKPOINT_RNG, runs.CHECKPOINT_STATE])
+    for name in (runs.CHECKPOINT_OPTIMIZER, runs.CHECKPOINT_RNG):
+        torch.load(folder / name, weights_only=True)  # raises on anything but tensors and plain containers
+    assert not [p for p in run.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_corrupt_checkpoint_is_a_one_line_error(tmp_path, data, keep_threads):
+    config = make_config(tmp_path, data, training={**TRAINING, "epochs": 1})
+    run = train(load_config(config), quiet=True)
+    (run / runs.METRICS_FILE).unlink()
+    (runs.checkpoints(run)[-1] / runs.CHECKPOINT_OPTIMIZER).write_bytes(b"\x80\x04not a checkpoint")
+    result = runner.invoke(app, ["train", str(config), "--resume"])
+    assert result.exit_code == 2 and "cannot load this checkpoint" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_config_differences_name_the_keys():
+    old = {"seed": 1, "output_dir": "a", "training": {"epochs": 3, "log_every_steps": 5}}
+    new = {"seed": 1, "output_dir": "b", "training": {"epochs": 4, "log_every_steps": 9}}
+    assert config_differences(old, new) == ["training.epochs: 3 -> 4"]
+
+
+def test_nonfinite_loss_names_step_and_lr_and_keeps_the_last_checkpoint(tmp_path, data, monkeypatch):
+    import transformers
+
+    forward, calls = transformers.BertForSequenceClassification.forward, []
+
+    def diverging(self, *args, **kwargs):  # the loss turns to NaN on the 7th micro-batch
+        out = forward(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) >= 7:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(transformers.BertForSequenceClassification, "forward", diverging)
+    config = make_config(tmp_path, data, training={"epochs": 1, "save_every_steps": 2, "log_every_steps": 3})
+    result = runner.invoke(app, ["train", str(config), "-q"])
+    assert result.exit_code == 2, result.output
+    run = tmp_path / "run"
+    assert re.fullmatch(r"Error: the training loss became nan at step 8 \(lr 0\.00\d+\); lower training\.learning_rate; "
+                        rf"the last good checkpoint is {re.escape(str(run / 'checkpoint-6'))}\n", result.output), result.output
+    assert [p.name for p in runs.checkpoints(run)] == ["checkpoint-6"]
+    assert not (run / runs.METRICS_FILE).exists()
+
+
+def test_out_of_memory_is_a_hint_not_a_traceback(tmp_path, data, monkeypatch):
+    import transformers
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(transformers.BertForSequenceClassification, "forward", out_of_memory)
+    result = runner.invoke(app, ["train", str(make_config(tmp_path, data))])
+    assert result.exit_code == 2, result.output
+    assert ("Error: out of memory with training.batch_size=16; set training.batch_size=8 and "
+            "training.gradient_accumulation_steps=2 (same effective batch of 16)") in result.output
+    assert "Traceback" not in result.output
+
+
+def test_out_of_memory_hint_keeps_the_effective_batch():
+    from bertcls.config import TrainingConfig
+
+    assert "batch_size=5 and training.gradient_accumulation_steps=12 (same effective batch of 60)" in \
+        out_of_memory_hint(TrainingConfig(batch_size=15, gradient_accumulation_steps=4))
+    assert "lower data.max_length" in out_of_memory_hint(TrainingConfig(batch_size=1))
+
+
+def test_resume_arguments_are_checked(tmp_path, data):
+    config = make_config(tmp_path, data)
+    for args, message in [(["--resume", "--overwrite"], "pass only one"), (["--force"], "--force only applies with --resume"),
+                          ([str(tmp_path)], "only taken with --resume")]:
+        result = runner.invoke(app, ["train", str(config), *args])
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_finished_run_keeps_its_checkpoint_and_overwrite_clears_it(tmp_path, data, keep_threads):
+    config = make_config(tmp_path, data, training={**TRAINING, "epochs": 1, "save_every_steps": None})
+    run = train(load_config(config), quiet=True)
+    assert [p.name for p in runs.checkpoints(run)] == ["checkpoint-15"]  # default: one checkpoint, after each epoch
+    with pytest.raises(RunError, match="already holds a finished run"):
+        train(load_config(config), quiet=True)
+    train(load_config(config), overwrite=True, quiet=True)
+    assert [p.name for p in runs.checkpoints(run)] == ["checkpoint-15"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_resume_on_cuda_with_scaler_and_cuda_rng(tmp_path, data, precision):
+    """On a GPU (fp16 adds the gradient scaler's state): stopped with SIGINT and resumed, a run
+    ends close to an uninterrupted one; kernels that are not deterministic rule out bit-equality."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    training = {**TRAINING, "device": "cuda", "precision": precision}
+    (tmp_path / "ref").mkdir()
+    ref = train(load_config(make_config(tmp_path / "ref", data, training=training)), quiet=True)
+    config = make_config(tmp_path, data, training=training)
+    run = tmp_path / "run"
+    process = start(config)
+    wait_for(lambda: (run / runs.LOG_FILE).is_file() and (run / runs.LOG_FILE).stat().st_size > 0, process, "the first step")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr
+    saved = torch.load(runs.checkpoints(run)[-1] / runs.CHECKPOINT_OPTIMIZER, weights_only=True)
+    assert (saved["scaler"] is not None) == (precision == "fp16")
+    assert "cuda" in torch.load(runs.checkpoints(run)[-1] / runs.CHECKPOINT_RNG, weights_only=True)
+    result = runner.invoke(app, ["train", str(config), "--resume", "-q"])
+    assert result.exit_code == 0, result.output
+    ours, theirs = load_file(run / "model" / "model.safetensors"), load_file(ref / "model" / "model.safetensors")
+    assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-2) for k in ours)
+    a, b = (json.loads((r / runs.METRICS_FILE).read_text()) for r in (run, ref))
+    assert abs(a["test"]["accuracy"] - b["test"]["accuracy"]) <= 0.05

@@ -1,0 +1,56 @@
+import os
+
+import pytest
+
+from bertcls import runs
+from bertcls.errors import RunError
+
+
+def test_a_fresh_start_clears_only_what_bertcls_wrote(tmp_path):
+    ours = [".config.yaml.abc123.tmp", ".model.tmp-1234", ".model.old-99", ".checkpoint-12.tmp-ab", ".checkpoint-3.old-x",
+            "config.yaml", "log.jsonl", "model"]
+    theirs = [".modelrc", ".config.yaml.bak", "notes.txt", "checkpoint-notes"]
+    for name in ours + theirs:
+        (tmp_path / name).mkdir() if "-" in name or name == "model" else (tmp_path / name).write_text("x")
+    runs.prepare_run_dir(tmp_path, overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs)
+
+
+def test_an_unfinished_run_with_checkpoints_is_not_silently_restarted(tmp_path):
+    (tmp_path / "checkpoint-7").mkdir()
+    (tmp_path / "checkpoint-7" / runs.CHECKPOINT_STATE).write_text("{}")
+    with pytest.raises(RunError, match=r"holds an unfinished run \(checkpoint-7\); pass --resume"):
+        runs.prepare_run_dir(tmp_path, overwrite=False)
+    runs.prepare_run_dir(tmp_path, overwrite=False, resuming=True)
+    assert runs.checkpoints(tmp_path) == [tmp_path / "checkpoint-7"]
+    runs.prepare_run_dir(tmp_path, overwrite=True)
+    assert runs.checkpoints(tmp_path) == []
+
+
+def test_checkpoints_are_ordered_by_step_and_need_their_state(tmp_path):
+    for name in ("checkpoint-10", "checkpoint-9", "checkpoint-x", "checkpoint-11"):
+        (tmp_path / name).mkdir()
+        if name != "checkpoint-11":
+            (tmp_path / name / runs.CHECKPOINT_STATE).write_text("{}")
+    assert [p.name for p in runs.checkpoints(tmp_path)] == ["checkpoint-9", "checkpoint-10"]
+
+
+def test_publish_dir_replaces_a_folder_whole(tmp_path):
+    dest = tmp_path / "model"
+    dest.mkdir()
+    (dest / "old.bin").write_text("old")
+    tmp = runs.temp_dir_for(dest)
+    (tmp / "new.bin").write_text("new")
+    runs.publish_dir(tmp, dest)
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and [p.name for p in dest.iterdir()] == ["new.bin"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dest.stat().st_mode & 0o777 == 0o777 & ~umask  # like mkdir, not mkdtemp's 0700
+
+
+def test_a_folder_moved_aside_by_a_kill_is_put_back_on_resume(tmp_path):
+    # killed between publish_dir's two renames: model/ was moved aside, the new one not yet in place
+    (tmp_path / ".model.old-1a2b").mkdir()
+    (tmp_path / ".model.old-1a2b" / "model.safetensors").write_text("weights")
+    runs.prepare_run_dir(tmp_path, overwrite=False, resuming=True)
+    assert (tmp_path / "model" / "model.safetensors").read_text() == "weights"
