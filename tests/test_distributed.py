@@ -119,13 +119,29 @@ def test_accelerate_launch_runs_the_same_config_the_same_way(two_process_run):
         assert accelerate_metrics[key] == torchrun_metrics[key], key
 
 
-def test_two_processes_stopped_resumed_killed_and_resumed_end_like_the_uninterrupted_run(two_process_run, tmp_path):
+def _kill_launch(launch: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its workers (which run in sessions of their own), torchrun first: it
+    would otherwise stop or restart the workers."""
+    try:
+        processes = [psutil.Process(launch.pid), *psutil.Process(launch.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes[1:], timeout=30)
+    launch.wait()
+
+
+def test_two_processes_stopped_resumed_killed_and_resumed_end_like_the_uninterrupted_run(two_process_run, tmp_path, request):
     # torchrun forwards a SIGTERM to every worker, and they may see it at different steps; here
     # only rank 1 gets it, the extreme case: both must stop after the same step and rank 0 write
     # one checkpoint. Then a resume under torchrun is SIGKILLed (torchrun and workers) after a
-    # mid-epoch checkpoint and resumed again. Each process restores its own
-    # random states (dropout), loss window and place in its shard of the batches: the end is the
-    # uninterrupted two-process run's, to the bit.
+    # mid-epoch checkpoint and resumed again. Each process restores its own random states
+    # (dropout), loss window and place in its shard of the batches: the end is the uninterrupted
+    # two-process run's, to the bit.
     folder, _, reference = two_process_run
     assert reference.returncode == 0, reference.stderr[-3000:]
     run = tmp_path / "run"
@@ -136,6 +152,7 @@ def test_two_processes_stopped_resumed_killed_and_resumed_end_like_the_uninterru
                                 stdout=subprocess.DEVNULL, stderr=open(tmp_path / "stderr.txt", "w"), text=True)
 
     stopped = launch()
+    request.addfinalizer(lambda: _kill_launch(stopped))  # a hang (processes that disagree) must not outlive the test
     wait_for(lambda: (run / runs.LOG_FILE).is_file() and (run / runs.LOG_FILE).stat().st_size > 0, stopped, "the first logged step")
     [rank1] = [p for p in psutil.Process(stopped.pid).children() if p.environ().get("RANK") == "1"]
     rank1.send_signal(signal.SIGTERM)
@@ -148,13 +165,10 @@ def test_two_processes_stopped_resumed_killed_and_resumed_end_like_the_uninterru
     assert json.loads((run / runs.LOG_FILE).read_text().splitlines()[-1])["step"] <= step
 
     killed = launch("--resume")
+    request.addfinalizer(lambda: _kill_launch(killed))
     newer = lambda: [c for c in runs.checkpoints(run) if int(c.name.removeprefix(runs.CHECKPOINT_PREFIX)) > step]  # noqa: E731
     wait_for(newer, killed, "a checkpoint after the resume")
-    workers = psutil.Process(killed.pid).children(recursive=True)
-    for process in [psutil.Process(killed.pid), *workers]:  # torchrun first: it would restart or stop the workers
-        process.kill()
-    psutil.wait_procs(workers, timeout=30)
-    killed.wait()
+    _kill_launch(killed)
     assert not (run / runs.METRICS_FILE).exists()
     assert json.loads((runs.checkpoints(run)[-1] / runs.CHECKPOINT_STATE).read_text())["batches_done"] > 0  # mid-epoch
 
