@@ -112,7 +112,7 @@ def predict(
 def evaluate(
     data_file: Annotated[str, typer.Argument(help="A labelled csv/tsv/json/jsonl/parquet file.", show_default=False)],
     model: Annotated[Path | None, typer.Option("--model", "-m", help="Run folder or model folder (default as for predict).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write metrics.json into this folder.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write metrics.json, predictions.csv and figures into this folder.")] = None,
     text_column: Annotated[str | None, typer.Option(help="Text column (default: the run's data.text_column, else `text`).")] = None,
     text_pair_column: Annotated[str | None, typer.Option(help="Second text column (default: the run's).")] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column (default: the run's data.label_column, else `label`).")] = None,
@@ -121,19 +121,20 @@ def evaluate(
     debug: Debug = False,
 ) -> None:
     """Score a labelled file with a trained model and print its metrics."""
-    from bertcls import runs
-    from bertcls.evaluate import evaluate_file, format_report
+    from bertcls import report, runs
+    from bertcls.evaluate import evaluate_file
 
     path, why = runs.find_model(model)
     if model is None:
         typer.echo(f"model: {path} ({why})", err=True)
-    metrics = evaluate_file(path, data_file, text_column=text_column, text_pair_column=text_pair_column,
-                            label_column=label_column, device=device, batch_size=batch_size)
-    typer.echo(format_report(metrics))
+    evaluation = evaluate_file(path, data_file, text_column=text_column, text_pair_column=text_pair_column,
+                               label_column=label_column, device=device, batch_size=batch_size)
+    report.print_report(evaluation.metrics)
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
-        runs.write_json(output / runs.METRICS_FILE, metrics)
-        typer.echo(f"wrote {output / runs.METRICS_FILE}", err=True)
+        written = report.write_report(output, evaluation)
+        runs.write_json(output / runs.METRICS_FILE, evaluation.metrics)
+        typer.echo(f"wrote {output}: {', '.join(p.name for p in written)}, {runs.METRICS_FILE}", err=True)
 
 
 def _version(value: bool) -> None:

@@ -72,6 +72,7 @@ class TrainingConfig(Section):
     metric_for_best: Literal[METRICS] = Field("f1_macro", description="Validation metric that picks the best checkpoint.")  # type: ignore[valid-type]
     log_every_steps: int = Field(50, ge=1, description="Write a training log line every this many optimizer steps.")
     num_threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for torch; null = torch's default.")
+    loss_curve: bool = Field(True, description="Draw RUN/loss.png (training and validation loss) from log.jsonl at the end.")
 
 
 class Config(Section):

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+# Equal-width confidence bins of the reliability diagram and the expected calibration error.
+CALIBRATION_BINS = 15
 
-def compute_metrics(labels: Sequence[int], preds: Sequence[int], names: Sequence[str], loss: float | None = None) -> dict[str, Any]:
-    """Accuracy, precision/recall/F1 (macro, micro, weighted), a per-class report and the confusion matrix."""
+
+def compute_metrics(labels: Sequence[int], preds: Sequence[int], names: Sequence[str], loss: float | None = None,
+                    probs: np.ndarray | None = None) -> dict[str, Any]:
+    """Accuracy, precision/recall/F1 (macro, micro, weighted), a per-class report and the confusion matrix;
+    with class probabilities also the expected calibration error and, for two classes, ROC and PR AUCs."""
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
     ids = list(range(len(names)))
@@ -25,7 +31,36 @@ def compute_metrics(labels: Sequence[int], preds: Sequence[int], names: Sequence
         name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, name in enumerate(names)
     }
     metrics["confusion_matrix"] = {"labels": list(names), "matrix": confusion_matrix(labels, preds, labels=ids).tolist()}
+    if probs is not None:
+        metrics.update(probability_metrics(np.asarray(labels), probs, names))
     return metrics
+
+
+def probability_metrics(gold: np.ndarray, probs: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """Expected calibration error of the top-class confidence; ROC AUC and average precision when binary."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == gold
+    out: dict[str, Any] = {"ece": reliability(confidence, correct)["ece"]}
+    if len(names) == 2 and len(set(gold.tolist())) == 2:  # AUCs need both classes present
+        positive = gold == 1  # the second label in sorted order is the positive class
+        out.update({"positive_label": names[1], "roc_auc": float(roc_auc_score(positive, probs[:, 1])),
+                    "pr_auc": float(average_precision_score(positive, probs[:, 1]))})
+    return out
+
+
+def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+    """Per equal-width confidence bin: count, mean confidence and accuracy; and the expected calibration
+    error, sum over bins of (share of rows) x |accuracy - confidence|."""
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    conf_sum = np.bincount(which, weights=confidence, minlength=bins)
+    hit_sum = np.bincount(which, weights=correct.astype(float), minlength=bins)
+    filled = counts > 0
+    mean_conf = np.divide(conf_sum, counts, out=np.zeros(bins), where=filled)
+    accuracy = np.divide(hit_sum, counts, out=np.zeros(bins), where=filled)
+    ece = float(np.sum(counts / max(len(confidence), 1) * np.abs(accuracy - mean_conf)))
+    return {"edges": np.linspace(0, 1, bins + 1), "counts": counts, "confidence": mean_conf, "accuracy": accuracy, "ece": ece}
 
 
 def is_better(metric: str, new: float, best: float | None) -> bool:
@@ -72,17 +107,29 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def format_report(metrics: dict[str, Any]) -> str:
-    """A per-class precision/recall/F1/support table and the headline figures, for the terminal."""
-    rows = [f"{'label':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
-    for name, m in metrics["per_class"].items():
-        rows.append(f"{name[:20]:<20} {m['precision']:>9.4f} {m['recall']:>9.4f} {m['f1']:>9.4f} {m['support']:>9d}")
-    rows.append(f"accuracy {metrics['accuracy']:.4f} | f1_macro {metrics['f1_macro']:.4f} | f1_weighted {metrics['f1_weighted']:.4f} | examples {metrics['num_examples']}")
-    return "\n".join(rows)
+@dataclass
+class Evaluation:
+    """One scored split: its rows (input order), gold label ids, class probabilities and metrics."""
+
+    texts: Sequence[str]
+    pairs: Sequence[str] | None
+    names: list[str]
+    gold: np.ndarray
+    probs: np.ndarray
+    metrics: dict[str, Any]
+
+
+def score(texts: Sequence[str], pairs: Sequence[str] | None, names: Sequence[str], logits: np.ndarray,
+          gold: Sequence[int], loss: float | None = None) -> Evaluation:
+    """Probabilities and metrics from logits and gold ids."""
+    probs = softmax(logits)
+    gold = np.asarray(gold)
+    metrics = compute_metrics(gold.tolist(), probs.argmax(-1).tolist(), names, loss, probs)
+    return Evaluation(texts, pairs, list(names), gold, probs, metrics)
 
 
 def evaluate_file(model_path, data_file: str, *, text_column: str | None = None, text_pair_column: str | None = None,
-                  label_column: str | None = None, device: str = "auto", batch_size: int = 64) -> dict[str, Any]:
+                  label_column: str | None = None, device: str = "auto", batch_size: int = 64) -> Evaluation:
     """Metrics of a trained model on a labelled file, read with the run's column mapping unless overridden."""
     from pathlib import Path
 
@@ -104,4 +151,4 @@ def evaluate_file(model_path, data_file: str, *, text_column: str | None = None,
     gold = LabelMap(tuple(names)).encode(split.labels, f"evaluate ({data_file})")
     logits = predictor.logits(split.texts, split.pairs)
     loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.tensor(gold)))
-    return compute_metrics(gold, logits.argmax(-1).tolist(), names, loss)
+    return score(split.texts, split.pairs, names, logits, gold, loss)

@@ -17,10 +17,10 @@ import torch
 import yaml
 
 from bertcls import data as data_mod
-from bertcls import runs
+from bertcls import report, runs
 from bertcls.config import Config, TrainingConfig
 from bertcls.errors import ConfigError, TrainingError
-from bertcls.evaluate import compute_metrics, format_report, is_better, predict_logits
+from bertcls.evaluate import Evaluation, is_better, predict_logits, score
 from bertcls.model import load_model, save_model
 
 
@@ -103,7 +103,7 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
             f"{len(labels.names)} labels | effective batch {effective} | {total_steps} steps | "
             f"device {accelerator.device} | precision {accelerator.mixed_precision} | model {cfg.model.name}")
 
-    best_value, best_epoch, best_metrics, evals_since_best = None, None, None, 0
+    best_value, best_epoch, best_eval, evals_since_best = None, None, None, 0
     global_step, started = 0, time.perf_counter()
     real_tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)  # non-pad tokens trained on
     progress = _progress(total_steps, disable=quiet or not main)
@@ -142,14 +142,15 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
                 window_loss.zero_()
                 window_batches, window_start, window_examples = 0, time.perf_counter(), 0
 
-        metrics = _evaluate(model, eval_loaders["validation"], accelerator, labels)
+        evaluation = _evaluate(model, eval_loaders["validation"], accelerator, labels, val_split)
+        metrics = evaluation.metrics
         value = metrics[tcfg.metric_for_best]
         log.write({"step": global_step, "epoch": epoch + 1, "split": "validation",
                    **{k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}})
         log.say(f"epoch {epoch + 1} | step {global_step} | validation loss {metrics['loss']:.4f} | "
                 f"accuracy {metrics['accuracy']:.4f} | f1_macro {metrics['f1_macro']:.4f}")
         if is_better(tcfg.metric_for_best, value, best_value):
-            best_value, best_epoch, best_metrics, evals_since_best = value, epoch + 1, metrics, 0
+            best_value, best_epoch, best_eval, evals_since_best = value, epoch + 1, evaluation, 0
             if main:
                 save_model(accelerator.unwrap_model(model), tokenizer, run / runs.MODEL_DIR)
             accelerator.wait_for_everyone()
@@ -161,11 +162,14 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
     progress.close()
     train_seconds = time.perf_counter() - started
 
-    result: dict[str, Any] = {"best_epoch": best_epoch, "metric_for_best": tcfg.metric_for_best, "validation": best_metrics}
+    result: dict[str, Any] = {"best_epoch": best_epoch, "metric_for_best": tcfg.metric_for_best, "validation": best_eval.metrics}
+    evaluations = {"validation": best_eval}
     if "test" in eval_loaders:
         _load_best(accelerator.unwrap_model(model), run / runs.MODEL_DIR)
-        result["test"] = _evaluate(model, eval_loaders["test"], accelerator, labels)
-        log.say("test (best checkpoint)\n" + format_report(result["test"]))
+        evaluations["test"] = _evaluate(model, eval_loaders["test"], accelerator, labels, test_split)
+        result["test"] = evaluations["test"].metrics
+    if main:
+        _write_reports(run, evaluations, tcfg.loss_curve, log)
     tokens = int(accelerator.reduce(real_tokens, reduction="sum"))
     result["train"] = {"seconds": round(train_seconds, 2), "optimizer_steps": global_step, "epochs": epoch + 1,
                        "examples_per_s": round(len(train_split) * (epoch + 1) / train_seconds, 2),
@@ -177,9 +181,20 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
     return run
 
 
-def _evaluate(model, loader, accelerator, labels: data_mod.LabelMap) -> dict[str, Any]:
+def _evaluate(model, loader, accelerator, labels: data_mod.LabelMap, split: data_mod.Split) -> Evaluation:
     logits, gold, loss = predict_logits(model, loader, accelerator)
-    return compute_metrics(gold.tolist(), logits.argmax(-1).tolist(), labels.names, loss)
+    return score(split.texts, split.pairs, labels.names, logits, gold, loss)
+
+
+def _write_reports(run: Path, evaluations: dict[str, Evaluation], loss_curve: bool, log: _Log) -> None:
+    """RUN/reports/<split>/ for the best checkpoint's validation and test scores, loss.png, and the test table."""
+    for name, evaluation in evaluations.items():
+        report.write_report(run / runs.REPORTS_DIR / name, evaluation)
+    if loss_curve:
+        report.write_loss_curve(run)
+    if not log.quiet:
+        shown = "test" if "test" in evaluations else "validation"
+        report.print_report(evaluations[shown].metrics, file=sys.stderr, title=f"{shown} (best checkpoint)")
 
 
 def _load_best(model, folder: Path) -> None:
