@@ -90,7 +90,9 @@ def confusion_figure(confusion: dict[str, Any]):
         fig.colorbar(image, ax=ax, shrink=0.8)
         ax.set(title=title, xlabel="predicted label", ylabel="gold label",
                xticks=range(n), yticks=range(n), xticklabels=names, yticklabels=names)
-        ax.tick_params(axis="x", labelrotation=45 if n > 4 or max(map(len, names)) > 8 else 0)
+        if n > 4 or max(map(len, names)) > 8:  # slanted, each label ending under its column
+            for label in ax.get_xticklabels():
+                label.set(rotation=45, horizontalalignment="right", rotation_mode="anchor")
         if n <= ANNOTATE_MAX_CLASSES:
             threshold = values.max() / 2
             for i in range(n):
