@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from bertcls.evaluate import compute_metrics, is_better, reliability, softmax
+from bertcls.evaluate import compute_metrics, is_better, reliability
+from bertcls.predict import softmax
 
 
 def test_metrics_match_hand_computed_values():

@@ -72,39 +72,60 @@ def train(
 @_error_boundary
 def predict(
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify; `-` reads one text per line from stdin.", show_default=False)] = None,
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Run folder or model folder. Default: $BERTCLS_MODEL, else the newest finished run under ./runs.")] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Run folder, model folder or exported ONNX folder. Default: $BERTCLS_MODEL, else the newest finished run under ./runs.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Predict every row of a csv/tsv/jsonl file (any size, streamed).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="With --file: write the rows plus predictions here (csv/tsv/jsonl); default: JSON lines on stdout.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="With --file: the text column (default: the run's data.text_column, else `text`).")] = None,
+    text_pair_column: Annotated[str | None, typer.Option(help="With --file: the second text column (default: the run's data.text_pair_column).")] = None,
     pair: Annotated[list[str] | None, typer.Option("--pair", help="Second segment for sentence-pair models, one per text.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, help="Also give the K most probable labels with their scores.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line: text, label, score, probabilities.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Say which model is used and which texts were truncated.")] = False,
     debug: Debug = False,
 ) -> None:
-    """Print `label<TAB>score` for each text (or JSON lines with --json)."""
+    """Print `label<TAB>score` for each text (or JSON lines with --json); with --file, write every row plus its prediction."""
     from bertcls import runs
     from bertcls.errors import DataError
 
     texts = list(texts or [])
+    if file is not None and texts:
+        raise DataError("give texts or --file, not both")
+    if file is None and output is not None:
+        raise DataError("--output goes with --file; for texts on the command line, redirect stdout")
     if texts == ["-"]:
         texts = [line.rstrip("\r\n") for line in sys.stdin]
-    if not texts:
-        raise DataError("no texts given; pass texts as arguments, or `-` to read one per line from stdin")
+    if file is None and not texts:
+        raise DataError("no texts given; pass texts as arguments, `-` to read one per line from stdin, or --file FILE")
     if pair and len(pair) != len(texts):
         raise DataError(f"--pair given {len(pair)} time(s) for {len(texts)} text(s); give one --pair per text")
     path, why = runs.find_model(model)
     if model is None or verbose:
         typer.echo(f"model: {path} ({why})", err=True)
-    from bertcls.predict import Predictor
+    from bertcls.predict import load_predictor
 
-    predictor = Predictor.load(path, device=device, batch_size=batch_size)
-    for text, result in zip(texts, predictor.predict(texts, pair), strict=False):
+    predictor = load_predictor(path, device=device, batch_size=batch_size)
+    if file is not None:
+        from bertcls.predict_file import predict_file
+
+        saved = (runs.read_run_config(path) or {}).get("data") or {}
+        rows = predict_file(predictor, file, output, text_column=text_column or saved.get("text_column", "text"),
+                            pair_column=text_pair_column or saved.get("text_pair_column"), top_k=top_k)
+        typer.echo(f"predicted {rows:,} rows" + (f" -> {output}" if output else ""), err=True)
+        return
+    for text, result in zip(texts, predictor.predict(texts, pair), strict=True):
         if verbose and result.truncated:
             typer.echo(f"note: text truncated to {predictor.max_length} tokens: {text[:60]!r}...", err=True)
+        best = result.top(top_k) if top_k else [(result.label, result.score)]
         if as_json:
-            typer.echo(json.dumps({"text": text, "label": result.label, "score": round(result.score, 6),
-                                   "probabilities": {k: round(v, 6) for k, v in result.probabilities.items()}}, ensure_ascii=False))
+            record = {"text": text, "label": result.label, "score": round(result.score, 6),
+                      "probabilities": {k: round(v, 6) for k, v in result.probabilities.items()}}
+            if top_k:
+                record["top_k"] = [{"label": label, "score": round(score, 6)} for label, score in best]
+            typer.echo(json.dumps(record, ensure_ascii=False))
         else:
-            typer.echo(f"{result.label}\t{result.score:.4f}")
+            typer.echo("\t".join(f"{label}\t{score:.4f}" for label, score in best))
 
 
 @app.command()

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bertcls.predict import softmax
+
 # Equal-width confidence bins of the reliability diagram and the expected calibration error.
 CALIBRATION_BINS = 15
 
@@ -99,12 +101,6 @@ def predict_logits(model, loader, accelerator=None) -> tuple[np.ndarray, np.ndar
     if labels_all is not None:
         mean_loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits_all), torch.from_numpy(labels_all)))
     return logits_all, labels_all, mean_loss
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 @dataclass

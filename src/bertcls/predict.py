@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 # Fallback when neither the run's config nor the tokenizer names a sensible limit.
 DEFAULT_MAX_LENGTH = 512
 
@@ -20,6 +22,21 @@ class Prediction:
     score: float
     probabilities: dict[str, float] = field(repr=False)
     truncated: bool = False
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        """The k most probable labels with their probabilities, best first."""
+        return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def load_predictor(path: str | Path, device: str = "auto", batch_size: int = 64):
+    """A Predictor for a run or model folder."""
+    return Predictor.load(path, device=device, batch_size=batch_size)
 
 
 class Predictor:
@@ -52,8 +69,6 @@ class Predictor:
         return self._run(texts, pairs)[0]
 
     def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[Prediction]:
-        from bertcls.evaluate import softmax
-
         if not texts:
             return []
         logits, lengths = self._run(texts, pairs)

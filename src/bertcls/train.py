@@ -80,7 +80,7 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
         runs.write_atomic(run / runs.CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     # Build the model after seeding so the seed also controls its initialisation.
     set_seed(cfg.seed)
-    model, tokenizer = load_model(cfg.model, labels.id2label, cfg.data.max_length, train_split.texts)
+    model, tokenizer = load_model(cfg.model, labels.id2label, cfg.data.max_length, train_split.texts + (train_split.pairs or []))
     encoded = {name: data_mod.encode(split, tokenizer, cfg.data.max_length, labels)
                for name, split in (("train", train_split), ("validation", val_split), ("test", test_split)) if split is not None}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
