@@ -33,6 +33,23 @@ def _float_from_yaml(value: Any) -> Any:
 Float = Annotated[float, BeforeValidator(_float_from_yaml)]
 
 
+def _class_weights(value: Any) -> Any:
+    """`none`, `balanced`, or {label: weight >= 0} with label names as strings (YAML may give integers)."""
+    if value in ("none", "balanced"):
+        return value
+    if not isinstance(value, dict) or not value:
+        raise ValueError(f"training.class_weights: expected none, balanced or a mapping {{label: weight}} (got {value!r})")
+    weights = {}
+    for label, weight in value.items():
+        weight = _float_from_yaml(weight)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ValueError(f"training.class_weights.{label}: a weight must be a number >= 0 (got {weight!r})")
+        weights[str(label)] = float(weight)
+    if not any(weights.values()):
+        raise ValueError("training.class_weights: at least one weight must be above 0")
+    return weights
+
+
 class Section(BaseModel):
     # strict: a string "3" is not an int; extra="forbid": a misspelt key is an error.
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
@@ -72,6 +89,8 @@ class TrainingConfig(Section):
     metric_for_best: Literal[METRICS] = Field("f1_macro", description="Validation metric that picks the best checkpoint.")  # type: ignore[valid-type]
     log_every_steps: int = Field(50, ge=1, description="Write a training log line every this many optimizer steps.")
     num_threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for torch; null = torch's default.")
+    class_weights: Annotated[str | dict[str, float], BeforeValidator(_class_weights)] = Field(
+        "none", description="Weighted cross-entropy: none, balanced (n / (classes x class count)), or {label: weight} (others weigh 1).")
     loss_curve: bool = Field(True, description="Draw RUN/loss.png (training and validation loss) from log.jsonl at the end.")
 
 

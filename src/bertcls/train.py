@@ -21,6 +21,7 @@ from bertcls import report, runs
 from bertcls.config import Config, TrainingConfig
 from bertcls.errors import ConfigError, TrainingError
 from bertcls.evaluate import Evaluation, is_better, predict_logits, score
+from bertcls.loss import build_loss
 from bertcls.model import load_model, save_model
 
 
@@ -89,6 +90,7 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
     eval_loaders = {name: data_mod.loader(enc, pad_id, data_mod.sorted_batches(enc.lengths, tcfg.eval_batch_size))
                     for name, enc in encoded.items() if name != "train"}
 
+    compute_loss = build_loss(tcfg.class_weights, labels.names, encoded["train"].labels, accelerator.device)
     optimizer = build_optimizer(model, tcfg, fused=accelerator.device.type == "cuda")
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     eval_loaders = {name: accelerator.prepare(dl) for name, dl in eval_loaders.items()}
@@ -115,7 +117,7 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
         for batch in train_loader:
             batch.pop("index")
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                loss = compute_loss(model, batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and tcfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)

@@ -1,0 +1,43 @@
+"""The training loss: `training.class_weights` and the training labels in, a `loss(model, batch)` function out.
+
+none: the model's own loss (cross-entropy). balanced: class c weighs n / (k * n_c) — rare classes
+count more, as scikit-learn's `class_weight="balanced"`. A mapping gives weights by label name;
+labels it leaves out weigh 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from bertcls.errors import ConfigError
+
+
+def class_weights(setting: str | dict[Any, float], names: Sequence[str], train_ids: Sequence[int]) -> list[float] | None:
+    """One weight per label id, or None for an unweighted loss."""
+    if setting == "none":
+        return None
+    if setting == "balanced":
+        counts = torch.bincount(torch.tensor(list(train_ids)), minlength=len(names)).double()
+        return (counts.sum() / (len(names) * counts.clamp(min=1))).tolist()
+    given = {str(k): float(v) for k, v in setting.items()}
+    unknown = sorted(given.keys() - set(names))
+    if unknown:
+        raise ConfigError(f"training.class_weights: no label {', '.join(map(repr, unknown))} in train (labels: {', '.join(names)})")
+    return [given.get(name, 1.0) for name in names]
+
+
+def build_loss(setting: str | dict[Any, float], names: Sequence[str], train_ids: Sequence[int], device) -> Callable[[Any, dict], torch.Tensor]:
+    """`loss(model, batch)` for the training loop; the batch holds the labels."""
+    weights = class_weights(setting, names, train_ids)
+    if weights is None:
+        return lambda model, batch: model(**batch).loss
+    weight = torch.tensor(weights, dtype=torch.float32, device=device)
+
+    def weighted(model, batch: dict) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return torch.nn.functional.cross_entropy(model(**inputs).logits.float(), batch["labels"], weight=weight)
+
+    return weighted
