@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bertcls.predict import softmax
+from bertcls.predict import sigmoid, softmax
 
 # Equal-width confidence bins of the reliability diagram and the expected calibration error.
 CALIBRATION_BINS = 15
@@ -97,10 +97,16 @@ def predict_logits(model, loader, accelerator=None) -> tuple[np.ndarray, np.ndar
     order = torch.cat(index_parts).argsort()
     logits_all = torch.cat(logits_parts)[order].numpy()
     labels_all = torch.cat(label_parts)[order].numpy() if label_parts else None
-    mean_loss = None
-    if labels_all is not None:
-        mean_loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits_all), torch.from_numpy(labels_all)))
+    mean_loss = None if labels_all is None else loss_of(logits_all, labels_all)
     return logits_all, labels_all, mean_loss
+
+
+def loss_of(logits: np.ndarray, gold: np.ndarray) -> float:
+    """Mean cross-entropy (gold ids), or mean binary cross-entropy over every label (multi-label 0/1 rows)."""
+    logits_t, gold_t = torch.from_numpy(np.asarray(logits, dtype=np.float32)), torch.from_numpy(np.asarray(gold))
+    if gold_t.ndim == 2:
+        return float(torch.nn.functional.binary_cross_entropy_with_logits(logits_t, gold_t.float()))
+    return float(torch.nn.functional.cross_entropy(logits_t, gold_t.long()))
 
 
 @dataclass
@@ -113,15 +119,66 @@ class Evaluation:
     gold: np.ndarray
     probs: np.ndarray
     metrics: dict[str, Any]
+    threshold: float | None = None  # multi-label only: a label is predicted when its probability is >= this
+
+    @property
+    def multi_label(self) -> bool:
+        return self.threshold is not None
 
 
 def score(texts: Sequence[str], pairs: Sequence[str] | None, names: Sequence[str], logits: np.ndarray,
-          gold: Sequence[int], loss: float | None = None) -> Evaluation:
-    """Probabilities and metrics from logits and gold ids."""
-    probs = softmax(logits)
+          gold, loss: float | None = None, *, multi_label: bool = False, threshold: float = 0.5, tune: bool = False) -> Evaluation:
+    """Probabilities and metrics from logits and gold ids (single-label) or 0/1 rows (multi-label).
+
+    Multi-label with `tune`: the threshold with the best micro-F1 on these rows replaces `threshold`.
+    """
     gold = np.asarray(gold)
-    metrics = compute_metrics(gold.tolist(), probs.argmax(-1).tolist(), names, loss, probs)
-    return Evaluation(texts, pairs, list(names), gold, probs, metrics)
+    if not multi_label:
+        probs = softmax(logits)
+        metrics = compute_metrics(gold.tolist(), probs.argmax(-1).tolist(), names, loss, probs)
+        return Evaluation(texts, pairs, list(names), gold, probs, metrics)
+    probs = sigmoid(logits)
+    if tune:
+        threshold = tune_threshold(gold, probs)
+    return Evaluation(texts, pairs, list(names), gold, probs, multilabel_metrics(gold, probs, names, threshold, loss), threshold)
+
+
+# Candidate thresholds for tuning: 0.05, 0.10, ..., 0.95.
+THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)
+
+
+def tune_threshold(gold: np.ndarray, probs: np.ndarray) -> float:
+    """The candidate threshold with the best micro-F1 (ties: the one closest to 0.5)."""
+    from sklearn.metrics import f1_score
+
+    scores = [(f1_score(gold, probs >= t, average="micro", zero_division=0), -abs(t - 0.5), float(t)) for t in THRESHOLDS]
+    return max(scores)[2]
+
+
+def multilabel_metrics(gold: np.ndarray, probs: np.ndarray, names: Sequence[str], threshold: float,
+                       loss: float | None = None) -> dict[str, Any]:
+    """Subset accuracy (as `accuracy`: every label of a row right), Hamming loss, precision/recall/F1
+    (macro, micro, weighted), per-label counts, and the calibration error over every (row, label)."""
+    from sklearn.metrics import accuracy_score, hamming_loss, multilabel_confusion_matrix, precision_recall_fscore_support
+
+    gold, pred = gold.astype(int), (probs >= threshold).astype(int)
+    metrics: dict[str, Any] = {"num_examples": len(gold), "threshold": float(threshold),
+                               "accuracy": float(accuracy_score(gold, pred)), "hamming_loss": float(hamming_loss(gold, pred))}
+    if loss is not None:
+        metrics["loss"] = float(loss)
+    for average in ("macro", "micro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(gold, pred, average=average, zero_division=0)
+        metrics.update({f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)})
+    p, r, f, s = precision_recall_fscore_support(gold, pred, average=None, zero_division=0)
+    counts = multilabel_confusion_matrix(gold, pred)  # per label [[tn, fp], [fn, tp]]
+    metrics["per_class"] = {
+        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i]),
+               "tp": int(counts[i][1][1]), "fp": int(counts[i][0][1]), "fn": int(counts[i][1][0]), "tn": int(counts[i][0][0])}
+        for i, name in enumerate(names)
+    }
+    flat_p, flat_gold = probs.ravel(), gold.ravel().astype(bool)
+    metrics["ece"] = reliability(np.maximum(flat_p, 1 - flat_p), (flat_p >= threshold) == flat_gold)["ece"]
+    return metrics
 
 
 def evaluate_file(model_path, data_file: str, *, text_column: str | None = None, text_pair_column: str | None = None,
@@ -140,11 +197,14 @@ def evaluate_file(model_path, data_file: str, *, text_column: str | None = None,
         text_column=text_column or saved.get("text_column", "text"),
         text_pair_column=text_pair_column or saved.get("text_pair_column"),
         label_column=label_column or saved.get("label_column", "label"),
+        label_separator=saved.get("label_separator", ";"),
     )
     predictor = Predictor.load(model_path, device=device, batch_size=batch_size)
+    if predictor.multi_label:
+        columns = columns.model_copy(update={"task": "multi_label"})
     split = read_split(data_file, columns, "evaluate")
     names = [predictor.id2label[i] for i in sorted(predictor.id2label)]
-    gold = LabelMap(tuple(names)).encode(split.labels, f"evaluate ({data_file})")
+    gold = LabelMap(tuple(names), predictor.multi_label).encode(split.labels, f"evaluate ({data_file})")
     logits = predictor.logits(split.texts, split.pairs)
-    loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.tensor(gold)))
-    return score(split.texts, split.pairs, names, logits, gold, loss)
+    return score(split.texts, split.pairs, names, logits, gold, loss_of(logits, np.asarray(gold)),
+                 multi_label=predictor.multi_label, threshold=predictor.threshold)

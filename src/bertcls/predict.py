@@ -16,12 +16,20 @@ import numpy as np
 DEFAULT_MAX_LENGTH = 512
 
 
+# Where a saved multi-label model keeps its decision threshold (in config.json, beside id2label).
+THRESHOLD_KEY = "multi_label_threshold"
+DEFAULT_THRESHOLD = 0.5
+
+
 @dataclass
 class Prediction:
+    """The most probable label and its probability; for multi-label models also every label at or above the threshold."""
+
     label: str
     score: float
     probabilities: dict[str, float] = field(repr=False)
     truncated: bool = False
+    labels: list[str] | None = None
 
     def top(self, k: int) -> list[tuple[str, float]]:
         """The k most probable labels with their probabilities, best first."""
@@ -32,6 +40,24 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def to_predictions(logits: np.ndarray, lengths: Sequence[int], id2label: dict[int, str], max_length: int,
+                   threshold: float | None = None) -> list[Prediction]:
+    """Softmax (or, with a multi-label threshold, sigmoid) rows -> Predictions."""
+    probs = softmax(logits) if threshold is None else sigmoid(logits)
+    results = []
+    for row, length in zip(probs, lengths, strict=True):
+        best = int(row.argmax())
+        above = None if threshold is None else [id2label[k] for k in np.argsort(-row, kind="stable") if row[k] >= threshold]
+        results.append(Prediction(label=id2label[best], score=float(row[best]),
+                                  probabilities={id2label[k]: float(p) for k, p in enumerate(row)},
+                                  truncated=length >= max_length, labels=above))
+    return results
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
 
 
 def load_predictor(path: str | Path, device: str = "auto", batch_size: int = 64):
@@ -46,6 +72,8 @@ class Predictor:
         self.max_length = max_length
         self.batch_size = batch_size
         self.id2label = {int(k): v for k, v in model.config.id2label.items()}
+        self.multi_label = model.config.problem_type == "multi_label_classification"
+        self.threshold = float(getattr(model.config, THRESHOLD_KEY, DEFAULT_THRESHOLD)) if self.multi_label else None
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", batch_size: int = 64) -> Predictor:
@@ -72,15 +100,7 @@ class Predictor:
         if not texts:
             return []
         logits, lengths = self._run(texts, pairs)
-        results = []
-        for row, length in zip(softmax(logits), lengths, strict=False):
-            best = int(row.argmax())
-            results.append(Prediction(
-                label=self.id2label[best], score=float(row[best]),
-                probabilities={self.id2label[k]: float(p) for k, p in enumerate(row)},
-                truncated=length >= self.max_length,
-            ))
-        return results
+        return to_predictions(logits, lengths, self.id2label, self.max_length, self.threshold)
 
     def _run(self, texts: Sequence[str], pairs: Sequence[str] | None):
         from bertcls.data import Split, encode, loader, sorted_batches

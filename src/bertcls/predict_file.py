@@ -84,7 +84,9 @@ def texts_of(chunk: list[dict[str, Any]], column: str, first_row: int, path: Pat
 
 def prediction_fields(result, top_k: int | None) -> dict[str, Any]:
     """The columns a prediction adds to its row: predicted, score, and with top_k the K best labels and scores."""
-    fields: dict[str, Any] = {PREDICTED: result.label, SCORE: round(result.score, 6)}
+    # multi-label: every label at or above the threshold (a list; joined with ";" in csv/tsv)
+    predicted = result.labels if result.labels is not None else result.label
+    fields: dict[str, Any] = {PREDICTED: predicted, SCORE: round(result.score, 6)}
     if top_k:
         for rank, (label, prob) in enumerate(result.top(top_k), start=1):
             fields[f"label_{rank}"], fields[f"score_{rank}"] = label, round(prob, 6)
@@ -113,7 +115,7 @@ class _Writer:
             options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "escapechar": "\\"} if self.kind == "tsv" else {}
             self.csv = csv.DictWriter(self.file, fieldnames=list(rows[0]), extrasaction="ignore", **options)
             self.csv.writeheader()
-        self.csv.writerows(rows)
+        self.csv.writerows({k: ";".join(v) if isinstance(v, list) else v for k, v in row.items()} for row in rows)
 
     def close(self, ok: bool) -> None:
         if not self.path:

@@ -1,7 +1,7 @@
 """Reports: an `Evaluation` in, files out (predictions.csv and PNG figures) and a per-class table on the terminal.
 
     DIR/predictions.csv        text, [text_pair,] gold, predicted, score, prob_<label> per label
-    DIR/confusion_matrix.png   counts and row-normalised, side by side
+    DIR/confusion_matrix.png   counts and row-normalised, side by side (multi-label: one 2x2 per label)
     DIR/pr_curve.png           binary tasks: precision-recall curve (average precision in metrics.json)
     DIR/roc_curve.png          binary tasks: ROC curve (AUC in metrics.json)
     DIR/reliability.png        accuracy per confidence bin (expected calibration error in metrics.json)
@@ -37,7 +37,8 @@ def write_report(folder: Path, ev: Evaluation) -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = [_write_predictions(folder / PREDICTIONS_FILE, ev)]
-    written.append(_save(confusion_figure(ev.metrics["confusion_matrix"]), folder / CONFUSION_FILE))
+    figure = multilabel_confusion_figure(ev.metrics["per_class"]) if ev.multi_label else confusion_figure(ev.metrics["confusion_matrix"])
+    written.append(_save(figure, folder / CONFUSION_FILE))
     if "roc_auc" in ev.metrics:
         written.append(_save(roc_figure(ev), folder / ROC_FILE))
         written.append(_save(pr_figure(ev), folder / PR_FILE))
@@ -49,10 +50,15 @@ def _write_predictions(path: Path, ev: Evaluation) -> Path:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["text"] + (["text_pair"] if ev.pairs is not None else []) + ["gold", "predicted", "score"] + [f"prob_{n}" for n in ev.names])
-    predicted = ev.probs.argmax(axis=1)
+    best = ev.probs.argmax(axis=1)
     for i, text in enumerate(ev.texts):
         row = [text] + ([ev.pairs[i]] if ev.pairs is not None else [])
-        row += [ev.names[ev.gold[i]], ev.names[predicted[i]], f"{ev.probs[i, predicted[i]]:.6f}"] + [f"{p:.6f}" for p in ev.probs[i]]
+        if ev.multi_label:  # labels joined with ";", the score is the top label's probability
+            gold = ";".join(n for n, g in zip(ev.names, ev.gold[i], strict=True) if g)
+            predicted = ";".join(n for n, p in zip(ev.names, ev.probs[i], strict=True) if p >= ev.threshold)
+        else:
+            gold, predicted = ev.names[ev.gold[i]], ev.names[best[i]]
+        row += [gold, predicted, f"{ev.probs[i, best[i]]:.6f}"] + [f"{p:.6f}" for p in ev.probs[i]]
         writer.writerow(row)
     runs.write_atomic(path, buffer.getvalue())
     return path
@@ -102,6 +108,27 @@ def confusion_figure(confusion: dict[str, Any]):
     return fig
 
 
+def multilabel_confusion_figure(per_class: dict[str, dict[str, Any]]):
+    """Multi-label: one 2x2 matrix per label (rows: gold no/yes, columns: predicted no/yes)."""
+    names = list(per_class)
+    cols = min(len(names), 5)
+    rows = -(-len(names) // cols)
+    fig = _figure(2.6 * cols, 2.5 * rows + 0.4)
+    fig.suptitle("Confusion per label (rows: gold, columns: predicted)")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, name in zip(axes, names, strict=False):
+        c = per_class[name]
+        values = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
+        ax.imshow(values, cmap="Blues", vmin=0, vmax=max(int(values.max()), 1))
+        ax.set(title=name[:24], xticks=[0, 1], yticks=[0, 1], xticklabels=["no", "yes"], yticklabels=["no", "yes"])
+        for i in range(2):
+            for j in range(2):
+                ax.text(j, i, str(values[i, j]), ha="center", va="center", color="white" if values[i, j] > values.max() / 2 else "black")
+    for ax in axes[len(names):]:
+        ax.set_axis_off()
+    return fig
+
+
 def roc_figure(ev: Evaluation):
     from sklearn.metrics import roc_curve
 
@@ -131,8 +158,15 @@ def pr_figure(ev: Evaluation):
 
 
 def reliability_figure(ev: Evaluation):
-    """Accuracy against mean confidence per bin, over a histogram of how many rows fall in each bin."""
-    bins = reliability(ev.probs.max(axis=1), ev.probs.argmax(axis=1) == ev.gold)
+    """Accuracy against mean confidence per bin, over a histogram of how many rows fall in each bin.
+
+    Multi-label: every (row, label) decision counts, its confidence being max(p, 1 - p).
+    """
+    if ev.multi_label:
+        flat = ev.probs.ravel()
+        bins = reliability(np.maximum(flat, 1 - flat), (flat >= ev.threshold) == ev.gold.ravel().astype(bool))
+    else:
+        bins = reliability(ev.probs.max(axis=1), ev.probs.argmax(axis=1) == ev.gold)
     edges, width = bins["edges"], bins["edges"][1] - bins["edges"][0]
     filled = bins["counts"] > 0
     fig = _figure(4.6, 5.4)
@@ -142,7 +176,8 @@ def reliability_figure(ev: Evaluation):
     top.set(title=f"Reliability (ECE {bins['ece']:.4f})", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
     top.legend(loc="upper left")
     bottom.bar(edges[:-1], bins["counts"], width=width, align="edge", edgecolor="black", color="grey")
-    bottom.set(xlabel="confidence (probability of the predicted label)", ylabel="rows")
+    bottom.set(xlabel="confidence (probability of the decision)" if ev.multi_label else "confidence (probability of the predicted label)",
+               ylabel="decisions" if ev.multi_label else "rows")
     return fig
 
 
@@ -183,7 +218,7 @@ def print_report(metrics: dict[str, Any], file: IO[str] | None = None, title: st
         table.add_row(name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(m["support"]))
     console.print(table)
     console.print(headline(metrics))
-    worst = worst_confusions(metrics["confusion_matrix"])
+    worst = worst_confusions(metrics["confusion_matrix"]) if "confusion_matrix" in metrics else []
     if worst:
         console.print("worst confusions (gold → predicted):")
         for gold, predicted, count, share in worst:
@@ -191,8 +226,12 @@ def print_report(metrics: dict[str, Any], file: IO[str] | None = None, title: st
 
 
 def headline(metrics: dict[str, Any]) -> str:
-    keys = ("accuracy", "f1_macro", "f1_weighted", "roc_auc", "pr_auc", "ece", "loss")
-    return " | ".join([f"{k} {metrics[k]:.4f}" for k in keys if k in metrics] + [f"examples {metrics['num_examples']}"])
+    if "hamming_loss" in metrics:  # multi-label
+        keys = ("accuracy", "hamming_loss", "f1_micro", "f1_macro", "ece", "loss", "threshold")
+        names = {"accuracy": "subset accuracy"}
+    else:
+        keys, names = ("accuracy", "f1_macro", "f1_weighted", "roc_auc", "pr_auc", "ece", "loss"), {}
+    return " | ".join([f"{names.get(k, k)} {metrics[k]:.4f}" for k in keys if k in metrics] + [f"examples {metrics['num_examples']}"])
 
 
 def worst_confusions(confusion: dict[str, Any], top: int = WORST_CONFUSIONS) -> list[tuple[str, str, int, float]]:

@@ -81,7 +81,8 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
         runs.write_atomic(run / runs.CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     # Build the model after seeding so the seed also controls its initialisation.
     set_seed(cfg.seed)
-    model, tokenizer = load_model(cfg.model, labels.id2label, cfg.data.max_length, train_split.texts + (train_split.pairs or []))
+    model, tokenizer = load_model(cfg.model, labels.id2label, cfg.data.max_length, train_split.texts + (train_split.pairs or []),
+                                  multi_label=labels.multi_label)
     encoded = {name: data_mod.encode(split, tokenizer, cfg.data.max_length, labels)
                for name, split in (("train", train_split), ("validation", val_split), ("test", test_split)) if split is not None}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -144,7 +145,7 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
                 window_loss.zero_()
                 window_batches, window_start, window_examples = 0, time.perf_counter(), 0
 
-        evaluation = _evaluate(model, eval_loaders["validation"], accelerator, labels, val_split)
+        evaluation = _evaluate(model, eval_loaders["validation"], accelerator, labels, val_split, tcfg.threshold, tcfg.tune_threshold)
         metrics = evaluation.metrics
         value = metrics[tcfg.metric_for_best]
         log.write({"step": global_step, "epoch": epoch + 1, "split": "validation",
@@ -154,7 +155,7 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
         if is_better(tcfg.metric_for_best, value, best_value):
             best_value, best_epoch, best_eval, evals_since_best = value, epoch + 1, evaluation, 0
             if main:
-                save_model(accelerator.unwrap_model(model), tokenizer, run / runs.MODEL_DIR)
+                save_model(accelerator.unwrap_model(model), tokenizer, run / runs.MODEL_DIR, threshold=evaluation.threshold)
             accelerator.wait_for_everyone()
         else:
             evals_since_best += 1
@@ -168,7 +169,7 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
     evaluations = {"validation": best_eval}
     if "test" in eval_loaders:
         _load_best(accelerator.unwrap_model(model), run / runs.MODEL_DIR)
-        evaluations["test"] = _evaluate(model, eval_loaders["test"], accelerator, labels, test_split)
+        evaluations["test"] = _evaluate(model, eval_loaders["test"], accelerator, labels, test_split, best_eval.threshold or tcfg.threshold, False)
         result["test"] = evaluations["test"].metrics
     if main:
         _write_reports(run, evaluations, tcfg.loss_curve, log)
@@ -183,9 +184,10 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
     return run
 
 
-def _evaluate(model, loader, accelerator, labels: data_mod.LabelMap, split: data_mod.Split) -> Evaluation:
+def _evaluate(model, loader, accelerator, labels: data_mod.LabelMap, split: data_mod.Split, threshold: float, tune: bool) -> Evaluation:
+    """Score a split; multi-label decisions use `threshold`, or with `tune` the best one for micro-F1 on this split."""
     logits, gold, loss = predict_logits(model, loader, accelerator)
-    return score(split.texts, split.pairs, labels.names, logits, gold, loss)
+    return score(split.texts, split.pairs, labels.names, logits, gold, loss, multi_label=labels.multi_label, threshold=threshold, tune=tune)
 
 
 def _write_reports(run: Path, evaluations: dict[str, Evaluation], loss_curve: bool, log: _Log) -> None:
