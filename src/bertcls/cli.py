@@ -1,4 +1,4 @@
-"""The command line: `bertcls train | predict | evaluate`, and the one place errors become exit codes.
+"""The command line: `bertcls train | predict | evaluate | export`, and the one place errors become exit codes.
 
 Heavy libraries (torch, transformers, datasets) are imported inside the commands, so `--help`
 and argument errors answer at once.
@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import traceback
+from enum import Enum
 from functools import wraps
 from pathlib import Path
 from typing import Annotated
@@ -161,6 +162,38 @@ def evaluate(
         written = report.write_report(output, evaluation)
         runs.write_json(output / runs.METRICS_FILE, evaluation.metrics)
         typer.echo(f"wrote {output}: {', '.join(p.name for p in written)}, {runs.METRICS_FILE}", err=True)
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+
+
+class Quantization(str, Enum):
+    int8 = "int8"
+
+
+@app.command()
+@_error_boundary
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="A new folder for the exported model.", show_default=False)],
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Run folder or model folder (default as for predict).")] = None,
+    format_: Annotated[ExportFormat, typer.Option("--format", help="Export format.")] = ExportFormat.onnx,
+    quantize: Annotated[Quantization | None, typer.Option(help="Dynamic int8 quantization of the weights (smaller, faster on CPU).")] = None,
+    debug: Debug = False,
+) -> None:
+    """Export a trained model to ONNX; `bertcls predict --model OUTPUT` then runs it without torch."""
+    from bertcls import runs
+    from bertcls.export import FP32_TOLERANCE, export_onnx
+
+    path, why = runs.find_model(model)
+    if model is None:
+        typer.echo(f"model: {path} ({why})", err=True)
+    result = export_onnx(path, output, quantize.value if quantize else None)
+    diff = result["max_abs_logit_diff"]
+    typer.echo(f"wrote {output} ({'int8' if quantize else 'fp32'}); largest logit difference from PyTorch on check texts: {diff:.2e}", err=True)
+    if not quantize and diff > FP32_TOLERANCE:
+        typer.echo(f"warning: above the expected {FP32_TOLERANCE:g}; compare predictions before relying on the export", err=True)
+    typer.echo(str(output))
 
 
 def _version(value: bool) -> None:

@@ -189,7 +189,7 @@ def evaluate_file(model_path, data_file: str, *, text_column: str | None = None,
     from bertcls import runs
     from bertcls.config import DataConfig
     from bertcls.data import LabelMap, read_split
-    from bertcls.predict import Predictor
+    from bertcls.predict import load_predictor
 
     saved = (runs.read_run_config(Path(model_path)) or {}).get("data") or {}
     columns = DataConfig(
@@ -199,7 +199,7 @@ def evaluate_file(model_path, data_file: str, *, text_column: str | None = None,
         label_column=label_column or saved.get("label_column", "label"),
         label_separator=saved.get("label_separator", ";"),
     )
-    predictor = Predictor.load(model_path, device=device, batch_size=batch_size)
+    predictor = load_predictor(model_path, device=device, batch_size=batch_size)
     if predictor.multi_label:
         columns = columns.model_copy(update={"task": "multi_label"})
     split = read_split(data_file, columns, "evaluate")

@@ -1,7 +1,9 @@
-"""Prediction: a run folder (or any Hugging Face classifier folder) and texts in, labels and scores out.
+"""Prediction: a run folder, any Hugging Face classifier folder, or an exported ONNX folder, and texts
+in; labels and scores out.
 
-Texts are tokenised in one batch call, sorted by length so each batch pads little, run under
-`torch.inference_mode`, and returned in input order.
+Texts are tokenised in one batch call, sorted by length so each batch pads little, run (under
+`torch.inference_mode`, or in onnxruntime), and returned in input order. The ONNX path imports
+neither torch nor transformers: onnxruntime, `tokenizers` and numpy start in a fraction of the time.
 """
 
 from __future__ import annotations
@@ -61,8 +63,85 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 def load_predictor(path: str | Path, device: str = "auto", batch_size: int = 64):
-    """A Predictor for a run or model folder."""
+    """An OnnxPredictor for a folder `bertcls export` wrote, else a (PyTorch) Predictor for a run or model folder."""
+    if (Path(path) / ONNX_FILE).is_file():
+        return OnnxPredictor.load(path, batch_size=batch_size)
     return Predictor.load(path, device=device, batch_size=batch_size)
+
+
+# The names bertcls.export writes (repeated here so this module needs nothing heavy).
+ONNX_FILE = "model.onnx"
+ONNX_META = "bertcls-onnx.json"
+
+
+class OnnxPredictor:
+    """An exported folder run by onnxruntime on the CPU, with the `tokenizers` tokenizer: same results as Predictor."""
+
+    def __init__(self, session, tokenizer, config: dict, meta: dict, batch_size: int = 64) -> None:
+        self.session = session
+        self.tokenizer = tokenizer
+        self.max_length = int(meta["max_length"])
+        self.inputs = list(meta["inputs"])
+        self.pad_id = int(meta.get("pad_token_id") or 0)
+        self.batch_size = batch_size
+        self.id2label = {int(k): v for k, v in config["id2label"].items()}
+        self.multi_label = config.get("problem_type") == "multi_label_classification"
+        self.threshold = float(config.get(THRESHOLD_KEY, DEFAULT_THRESHOLD)) if self.multi_label else None
+
+    @classmethod
+    def load(cls, path: str | Path, batch_size: int = 64) -> OnnxPredictor:
+        import json
+
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        from bertcls.errors import ModelError
+
+        folder = Path(path)
+        try:
+            meta = json.loads((folder / ONNX_META).read_text(encoding="utf-8"))
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"{folder}: not a complete `bertcls export` folder ({exc}); export it again") from None
+        tokenizer.enable_truncation(int(meta["max_length"]))
+        tokenizer.no_padding()
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only
+        session = onnxruntime.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        return cls(session, tokenizer, config, meta, batch_size)
+
+    def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
+        return self._run(texts, pairs)[0]
+
+    def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[Prediction]:
+        if not texts:
+            return []
+        logits, lengths = self._run(texts, pairs)
+        return to_predictions(logits, lengths, self.id2label, self.max_length, self.threshold)
+
+    def _run(self, texts: Sequence[str], pairs: Sequence[str] | None):
+        items = list(zip(texts, pairs, strict=True)) if pairs is not None else list(texts)
+        encodings = self.tokenizer.encode_batch(items)
+        lengths = [len(e.ids) for e in encodings]
+        order = sorted(range(len(encodings)), key=lambda i: -lengths[i])  # similar lengths together: little padding
+        out = None
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            width = max(lengths[i] for i in rows)
+            feed = {name: np.zeros((len(rows), width), dtype=np.int64) for name in self.inputs}
+            feed["input_ids"].fill(self.pad_id)
+            for j, i in enumerate(rows):
+                e, n = encodings[i], lengths[i]
+                feed["input_ids"][j, :n] = e.ids
+                feed["attention_mask"][j, :n] = 1
+                if "token_type_ids" in feed:
+                    feed["token_type_ids"][j, :n] = e.type_ids
+            logits = self.session.run(["logits"], feed)[0]
+            if out is None:
+                out = np.empty((len(encodings), logits.shape[1]), dtype=np.float32)
+            out[rows] = logits
+        return out, lengths
 
 
 class Predictor:
