@@ -176,9 +176,14 @@ def multilabel_metrics(gold: np.ndarray, probs: np.ndarray, names: Sequence[str]
                "tp": int(counts[i][1][1]), "fp": int(counts[i][0][1]), "fn": int(counts[i][1][0]), "tn": int(counts[i][0][0])}
         for i, name in enumerate(names)
     }
-    flat_p, flat_gold = probs.ravel(), gold.ravel().astype(bool)
-    metrics["ece"] = reliability(np.maximum(flat_p, 1 - flat_p), (flat_p >= threshold) == flat_gold)["ece"]
+    metrics["ece"] = reliability(*decisions(gold, probs, threshold))["ece"]
     return metrics
+
+
+def decisions(gold: np.ndarray, probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-label, every (row, label) decision: its confidence (p if predicted, else 1 - p) and whether it is right."""
+    p, predicted = probs.ravel(), probs.ravel() >= threshold
+    return np.where(predicted, p, 1 - p), predicted == gold.ravel().astype(bool)
 
 
 def evaluate_file(model_path, data_file: str, *, text_column: str | None = None, text_pair_column: str | None = None,

@@ -20,7 +20,7 @@ from typing import IO, Any
 import numpy as np
 
 from bertcls import runs
-from bertcls.evaluate import Evaluation, reliability
+from bertcls.evaluate import Evaluation, decisions, reliability
 
 PREDICTIONS_FILE = "predictions.csv"
 CONFUSION_FILE = "confusion_matrix.png"
@@ -120,7 +120,7 @@ def multilabel_confusion_figure(per_class: dict[str, dict[str, Any]]):
         c = per_class[name]
         values = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
         ax.imshow(values, cmap="Blues", vmin=0, vmax=max(int(values.max()), 1))
-        ax.set(title=name[:24], xticks=[0, 1], yticks=[0, 1], xticklabels=["no", "yes"], yticklabels=["no", "yes"])
+        ax.set(title=name[:24], xlabel="predicted", ylabel="gold", xticks=[0, 1], yticks=[0, 1], xticklabels=["no", "yes"], yticklabels=["no", "yes"])
         for i in range(2):
             for j in range(2):
                 ax.text(j, i, str(values[i, j]), ha="center", va="center", color="white" if values[i, j] > values.max() / 2 else "black")
@@ -160,11 +160,10 @@ def pr_figure(ev: Evaluation):
 def reliability_figure(ev: Evaluation):
     """Accuracy against mean confidence per bin, over a histogram of how many rows fall in each bin.
 
-    Multi-label: every (row, label) decision counts, its confidence being max(p, 1 - p).
+    Multi-label: every (row, label) decision counts, its confidence being p if predicted, else 1 - p.
     """
     if ev.multi_label:
-        flat = ev.probs.ravel()
-        bins = reliability(np.maximum(flat, 1 - flat), (flat >= ev.threshold) == ev.gold.ravel().astype(bool))
+        bins = reliability(*decisions(ev.gold, ev.probs, ev.threshold))
     else:
         bins = reliability(ev.probs.max(axis=1), ev.probs.argmax(axis=1) == ev.gold)
     edges, width = bins["edges"], bins["edges"][1] - bins["edges"][0]
