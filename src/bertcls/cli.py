@@ -66,7 +66,8 @@ def train(
     from bertcls.train import train as run_training
 
     run = run_training(cfg, overwrite=overwrite, quiet=quiet)
-    typer.echo(str(run))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch: once, from the main process
+        typer.echo(str(run))
 
 
 @app.command()

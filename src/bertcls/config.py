@@ -87,6 +87,7 @@ class TrainingConfig(Section):
     max_grad_norm: Float | None = Field(1.0, gt=0.0, description="Clip the gradient norm to this; null = no clipping.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$", description="auto | cpu | cuda | cuda:N.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 where the hardware runs it natively, else fp32.")
+    fsdp: bool = Field(False, description="Shard weights, gradients and optimizer state across GPUs (FSDP2) for models too big for one; needs >= 2 GPU processes.")
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many evaluations without improvement; null = off.")
     metric_for_best: Literal[METRICS] = Field("f1_macro", description="Validation metric that picks the best checkpoint.")  # type: ignore[valid-type]
     log_every_steps: int = Field(50, ge=1, description="Write a training log line every this many optimizer steps.")

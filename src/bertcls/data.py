@@ -1,7 +1,8 @@
 """Data: files (or hub datasets) in, checked splits, a sorted label map and padded batches out.
 
-Texts are tokenised once, in batch, and cached by `datasets`; batches are grouped by length so
-each one is padded only to its own longest sequence.
+Files are read through `datasets` (its Arrow cache is file-locked, so launched processes may
+read at once); texts are tokenised in memory, in batch, by each process, with no cache to race
+on. Batches are grouped by length so each one is padded only to its own longest sequence.
 """
 
 from __future__ import annotations
@@ -278,6 +279,9 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
 
     Shuffle all indices, cut them into mega-batches of `MEGABATCH_FACTOR` batches, sort each by
     length and cut it into batches, then shuffle the batches. Same seed and epoch, same order.
+    The one short batch (if any) always comes last: Accelerate shards batches across processes
+    in groups of N and tops up only a short *last* batch; a short batch inside the epoch would
+    make it drop that whole group of batches.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int) -> None:
@@ -300,8 +304,11 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         for start in range(0, len(order), mega):
             chunk = sorted(order[start:start + mega], key=lambda i: -self.lengths[i])
             batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        for b in torch.randperm(len(batches), generator=generator).tolist():
+        full = len(self.lengths) // self.batch_size  # the short batch, if any, is batches[-1]
+        for b in torch.randperm(full, generator=generator).tolist():
             yield batches[b]
+        if len(batches) > full:
+            yield batches[-1]
 
 
 def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

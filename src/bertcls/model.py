@@ -129,9 +129,10 @@ def load_trained(path: str | Path):
     return model.eval(), tokenizer
 
 
-def save_model(model, tokenizer, dest: Path, threshold: float | None = None) -> None:
+def save_model(model, tokenizer, dest: Path, state_dict: dict | None = None, threshold: float | None = None) -> None:
     """Write `dest` atomically: a complete new folder replaces the old one, never a half-written one.
 
+    `state_dict`: the full weights when `model` itself holds only a shard of them (FSDP).
     A multi-label model's decision `threshold` goes into its config.json (`multi_label_threshold`).
     """
     from bertcls.predict import THRESHOLD_KEY
@@ -140,7 +141,7 @@ def save_model(model, tokenizer, dest: Path, threshold: float | None = None) -> 
         setattr(model.config, THRESHOLD_KEY, float(threshold))
     dest = Path(dest)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     _fsync_tree(tmp)
     old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"

@@ -56,16 +56,22 @@ def is_finished(run: Path) -> bool:
     return (Path(run) / METRICS_FILE).is_file() and (Path(run) / MODEL_DIR).is_dir()
 
 
+def check_run_dir(run: Path, overwrite: bool) -> None:
+    """Refuse a file, or a finished run unless `overwrite`; reads only, so every process may call it."""
+    run = Path(run)
+    if run.exists() and not run.is_dir():
+        raise RunError(f"output_dir {run} is a file; choose a folder")
+    if is_finished(run) and not overwrite:
+        raise RunError(f"output_dir {run} already holds a finished run; pass --overwrite or choose another output_dir")
+
+
 def prepare_run_dir(run: Path, overwrite: bool) -> None:
     """Create the run folder; refuse to replace a finished run unless `overwrite`.
 
     With `overwrite`, only the files bertcls writes are removed; anything else stays.
     """
     run = Path(run)
-    if run.exists() and not run.is_dir():
-        raise RunError(f"output_dir {run} is a file; choose a folder")
-    if is_finished(run) and not overwrite:
-        raise RunError(f"output_dir {run} already holds a finished run; pass --overwrite or choose another output_dir")
+    check_run_dir(run, overwrite)
     run.mkdir(parents=True, exist_ok=True)
     if overwrite:
         import shutil

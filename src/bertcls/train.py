@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from bertcls import data as data_mod
-from bertcls import report, runs
+from bertcls import distributed, report, runs
 from bertcls.config import Config, TrainingConfig
 from bertcls.errors import ConfigError, TrainingError
 from bertcls.evaluate import Evaluation, is_better, predict_logits, score
@@ -38,12 +38,14 @@ def make_accelerator(cfg: TrainingConfig):
             raise ConfigError(f"training.device: {cfg.device} does not exist ({torch.cuda.device_count()} CUDA device(s))")
         torch.cuda.set_device(index)
     on_cpu = cfg.device == "cpu" or not cuda
+    distributed.check_launch(cfg, on_cpu, distributed.launched_processes())
     precision = resolve_precision(cfg.precision, on_cpu)
     if precision == "fp16" and on_cpu:
         raise ConfigError("training.precision: fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    # cpu=True also under torchrun: Accelerate then joins the launched processes over gloo.
     return Accelerator(cpu=on_cpu, mixed_precision=mixed, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                       step_scheduler_with_optimizer=False)
+                       step_scheduler_with_optimizer=False, fsdp_plugin=distributed.fsdp_plugin(cfg))
 
 
 def resolve_precision(precision: str, on_cpu: bool) -> str:
@@ -72,6 +74,7 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
     run = Path(cfg.output_dir)
     # Validate everything cheap (files, columns, labels, device) before anything expensive.
     train_split, val_split, test_split, labels = data_mod.load_splits(cfg.data, cfg.seed)
+    runs.check_run_dir(run, overwrite)  # on every process, so all stop together on a taken folder
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     accelerator = make_accelerator(tcfg)
@@ -79,6 +82,7 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
     if main:
         runs.prepare_run_dir(run, overwrite)
         runs.write_atomic(run / runs.CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    accelerator.wait_for_everyone()  # the folder is ready before any process goes on
     # Build the model after seeding so the seed also controls its initialisation.
     set_seed(cfg.seed)
     model, tokenizer = load_model(cfg.model, labels.id2label, cfg.data.max_length, train_split.texts + (train_split.pairs or []),
@@ -93,6 +97,7 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
 
     compute_loss = build_loss(tcfg.class_weights, labels.names, encoded["train"].labels, accelerator.device)
     optimizer = build_optimizer(model, tcfg, fused=accelerator.device.type == "cuda")
+    distributed.set_shard_units(accelerator, model)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     eval_loaders = {name: accelerator.prepare(dl) for name, dl in eval_loaders.items()}
     steps_per_epoch = math.ceil(len(train_loader) / tcfg.gradient_accumulation_steps)
@@ -154,8 +159,9 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
                 f"accuracy {metrics['accuracy']:.4f} | f1_macro {metrics['f1_macro']:.4f}")
         if is_better(tcfg.metric_for_best, value, best_value):
             best_value, best_epoch, best_eval, evals_since_best = value, epoch + 1, evaluation, 0
+            state = distributed.full_state_dict(accelerator, model)  # every process: a collective under FSDP
             if main:
-                save_model(accelerator.unwrap_model(model), tokenizer, run / runs.MODEL_DIR, threshold=evaluation.threshold)
+                save_model(accelerator.unwrap_model(model), tokenizer, run / runs.MODEL_DIR, state, threshold=evaluation.threshold)
             accelerator.wait_for_everyone()
         else:
             evals_since_best += 1
@@ -168,7 +174,7 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
     result: dict[str, Any] = {"best_epoch": best_epoch, "metric_for_best": tcfg.metric_for_best, "validation": best_eval.metrics}
     evaluations = {"validation": best_eval}
     if "test" in eval_loaders:
-        _load_best(accelerator.unwrap_model(model), run / runs.MODEL_DIR)
+        distributed.load_full_state(accelerator, model, run / runs.MODEL_DIR)
         evaluations["test"] = _evaluate(model, eval_loaders["test"], accelerator, labels, test_split, best_eval.threshold or tcfg.threshold, False)
         result["test"] = evaluations["test"].metrics
     if main:
@@ -177,6 +183,8 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False) -> Pa
     result["train"] = {"seconds": round(train_seconds, 2), "optimizer_steps": global_step, "epochs": epoch + 1,
                        "examples_per_s": round(len(train_split) * (epoch + 1) / train_seconds, 2),
                        "real_tokens_per_s": round(tokens / train_seconds, 1)}
+    if accelerator.device.type == "cuda":
+        result["train"]["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**20, 1)
     if main:
         runs.write_json(run / runs.METRICS_FILE, result)  # last: its presence marks the run finished
     log.say(f"run folder: {run}")
@@ -199,13 +207,6 @@ def _write_reports(run: Path, evaluations: dict[str, Evaluation], loss_curve: bo
     if not log.quiet:
         shown = "test" if "test" in evaluations else "validation"
         report.print_report(evaluations[shown].metrics, file=sys.stderr, title=f"{shown} (best checkpoint)")
-
-
-def _load_best(model, folder: Path) -> None:
-    from safetensors.torch import load_file
-
-    state = load_file(folder / "model.safetensors")
-    model.load_state_dict(state, strict=False)
 
 
 def _progress(total: int, disable: bool):

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# GPU check: train configs/sst2-minilm.yaml in fp32 and bf16 on this machine's GPU(s); print
+# samples/s, real (non-pad) tokens/s, peak GPU memory and test accuracy for each.
+#
+# Usage: scripts/gpu_check.sh MODEL_DIR SST2_DIR [NPROC] [--set KEY=VALUE ...]
+#   MODEL_DIR  all-MiniLM-L6-v2 as a model folder (bash ../shared/scripts/get-minilm.sh makes one)
+#   SST2_DIR   holds train.tsv, dev.tsv, test.tsv (header `sentence<TAB>label`)
+#   NPROC      processes (GPUs) to launch with torchrun; default 1 (no launcher)
+# Uses the torch already installed (a CUDA build). Installs bertcls with `pip install -e .`;
+# offline, set WHEELHOUSE=DIR to install the other dependencies from wheels in DIR.
+set -euo pipefail
+usage="usage: gpu_check.sh MODEL_DIR SST2_DIR [NPROC] [--set KEY=VALUE ...]"
+model="$(realpath "${1:?$usage}")"
+data="$(realpath "${2:?$usage}")"
+shift 2
+nproc=1
+if [[ "${1:-}" =~ ^[0-9]+$ ]]; then nproc="$1"; shift; fi
+out="$(realpath -m "${OUT:-gpu-check}")"
+cd "$(dirname "$0")/.."
+python="${PYTHON:-python3}"
+
+"$python" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, '|', torch.cuda.get_device_name(0), '|', torch.cuda.device_count(), 'GPU(s)')"
+if "$python" -c "import transformers, accelerate, datasets, sklearn, typer, pydantic, safetensors" 2>/dev/null; then
+  "$python" -m pip install --quiet --no-deps -e .
+else
+  "$python" -m pip install --quiet ${WHEELHOUSE:+--no-index --find-links "$WHEELHOUSE"} -e .
+fi
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+launch=("$python" -m bertcls)
+if [ "$nproc" -gt 1 ]; then launch=("$python" -m torch.distributed.run --standalone --nproc_per_node "$nproc" -m bertcls); fi
+
+for precision in fp32 bf16; do
+  echo "== $precision: ${launch[*]} train configs/sst2-minilm.yaml" >&2
+  "${launch[@]}" train configs/sst2-minilm.yaml --overwrite --quiet \
+    --set model.name="$model" --set data.train="$data/train.tsv" --set data.validation="$data/dev.tsv" \
+    --set data.test="$data/test.tsv" --set output_dir="$out/$precision" --set training.precision="$precision" \
+    --set training.device=cuda --set training.num_threads=null "$@" >/dev/null
+done
+
+"$python" - "$out" "$nproc" <<'PY'
+import json, sys
+from pathlib import Path
+out, nproc = Path(sys.argv[1]), sys.argv[2]
+print(f"{'precision':<10} {'processes':>9} {'samples/s':>10} {'tokens/s':>11} {'peak GPU MiB':>13} {'test acc':>9}")
+for precision in ("fp32", "bf16"):
+    m = json.loads((out / precision / "metrics.json").read_text())
+    t = m["train"]
+    print(f"{precision:<10} {nproc:>9} {t['examples_per_s']:>10.1f} {t['real_tokens_per_s']:>11.0f} "
+          f"{t.get('peak_gpu_memory_mb', float('nan')):>13.0f} {m['test']['accuracy']:>9.4f}")
+PY

@@ -1,0 +1,95 @@
+"""Many processes: the launcher's environment in; FSDP settings, and the best checkpoint's weights
+saved from and loaded back into a (possibly sharded) model, out.
+
+`torchrun` and `accelerate launch` start one process per device and describe the group in
+environment variables (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); Accelerate reads
+them. Only the main process (global rank 0) reads or writes the run folder, so a multi-machine
+run needs no shared filesystem.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bertcls.config import TrainingConfig
+from bertcls.errors import ConfigError
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started (1 when run plainly), known before any setup."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_launch(cfg: TrainingConfig, on_cpu: bool, processes: int) -> None:
+    """Refuse settings that cannot work with this launch, before the process group is set up."""
+    if processes > 1 and cfg.device.startswith("cuda:"):
+        raise ConfigError(f"training.device: {cfg.device} pins one GPU, but {processes} processes were launched and each "
+                          "takes its own GPU (LOCAL_RANK); use auto or cuda, and choose GPUs with CUDA_VISIBLE_DEVICES")
+    if cfg.fsdp and on_cpu:
+        raise ConfigError("training.fsdp: sharding needs CUDA GPUs (Accelerate runs CPU processes as plain data "
+                          "parallel); set training.fsdp: false on the CPU")
+    if cfg.fsdp and processes < 2:
+        raise ConfigError("training.fsdp: shards the model across processes, but this is one process; launch with "
+                          "`torchrun --nproc_per_node N -m bertcls train ...` (N >= 2) or set training.fsdp: false")
+
+
+def fsdp_plugin(cfg: TrainingConfig):
+    """FSDP2 (per-parameter sharding): each transformer layer is its own shard unit, weights are
+    gathered for a layer's forward/backward and freed after; the saved checkpoint is a full one."""
+    if not cfg.fsdp:
+        return None
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    # transformer_based_wrap with no class names: Accelerate wraps the model's `_no_split_modules`
+    # (BertLayer, RobertaLayer, ...), the unit that transformers itself never splits.
+    return FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+                                          reshard_after_forward=True, state_dict_type="FULL_STATE_DICT")
+
+
+def set_shard_units(accelerator, model) -> None:
+    """Under FSDP, shard the model layer by layer: its `_no_split_modules` (BertLayer, ...) minus
+    the embeddings, which Accelerate shards on their own (transformers lists BertEmbeddings too,
+    and sharding the word embeddings a second time fails). Call before `prepare`."""
+    if accelerator.distributed_type != "FSDP":
+        return
+    names = [name for name in getattr(model, "_no_split_modules", None) or [] if not name.endswith("Embeddings")]
+    accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap = names
+
+
+def full_state_dict(accelerator, model) -> dict:
+    """The whole model's weights, complete on the main process. Under FSDP this is a collective:
+    every process must call it, and at the same point."""
+    if _is_fsdp2(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, cpu_offload=True))
+    return accelerator.get_state_dict(model)  # DDP, one process, or FSDP1 from an `accelerate launch --use_fsdp` config
+
+
+def load_full_state(accelerator, model, folder: Path) -> None:
+    """Load the weights the main process saved in `folder` into every process's model.
+
+    Only the main process reads the file; the others receive the weights from it, so no shared
+    filesystem is needed, and a sharded (FSDP) model gets just its own shards.
+    """
+    from safetensors.torch import load_file
+
+    state = load_file(Path(folder) / "model.safetensors") if accelerator.is_main_process else {}
+    if accelerator.num_processes == 1:
+        accelerator.unwrap_model(model).load_state_dict(state, strict=False)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    sharded = _is_fsdp2(model) or accelerator.distributed_type == "FSDP"
+    target = model if sharded else accelerator.unwrap_model(model)
+    for module in target.modules():  # FSDP2 keeps the root's weights gathered after a forward; shard them back first
+        if _is_fsdp2(module):
+            module.reshard()
+    set_model_state_dict(target, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False))
+
+
+def _is_fsdp2(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)

@@ -1,0 +1,189 @@
+"""Many processes: two-process CPU runs (gloo) under torchrun, sharding of our batch samplers, refusals."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bertcls import runs
+from bertcls.cli import app
+from bertcls.config import TrainingConfig, load_config
+from bertcls.data import LengthGroupedBatches, sorted_batches
+from bertcls.distributed import check_launch
+from bertcls.errors import ConfigError
+from bertcls.train import train
+from conftest import make_config, toy_rows, write_csv
+
+
+def _torchrun(nproc: int, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "bertcls", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _evaluate(run: Path, data: Path, batch_size: int) -> dict:
+    out = run.parent / f"eval-{data.stem}"
+    result = CliRunner().invoke(app, ["evaluate", str(data), "--model", str(run), "--output", str(out), "--batch-size", str(batch_size), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return json.loads((out / runs.METRICS_FILE).read_text())
+
+
+# One thread per process: the test machines are small and shared, and oversubscribed threads
+# make a tiny model ten times slower.
+TRAINING = {"epochs": 6, "eval_batch_size": 8, "num_threads": 1}
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """Per-device batch 8 on 2 processes; 61 validation and 67 test rows in batches of 8, so the
+    last batch is short and the test set has an odd number of batches (one process runs out first)."""
+    folder = tmp_path_factory.mktemp("ddp")
+    data = {
+        "train": write_csv(folder / "train.csv", toy_rows(240, 0)),
+        "validation": write_csv(folder / "validation.csv", toy_rows(61, 1)),
+        "test": write_csv(folder / "test.csv", toy_rows(67, 2)),
+    }
+    config = make_config(folder, data, training={**TRAINING, "batch_size": 8})
+    result = _torchrun(2, "train", str(config), cwd=folder)
+    return folder, data, result
+
+
+def test_two_processes_train_and_write_one_run_folder_once(two_process_run):
+    folder, _, result = two_process_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = folder / "run"
+    assert result.stdout.splitlines() == [str(run)]  # printed by the main process only
+    assert result.stderr.count("effective batch 16") == 1  # 8 per device x 2 processes; logged once
+    names = {p.name for p in run.iterdir()}
+    assert set(runs.RUN_FILES) <= names and not [n for n in names if n.startswith(".")]  # no stray temp files
+    log = [json.loads(line) for line in (run / runs.LOG_FILE).read_text().splitlines()]
+    assert [r["epoch"] for r in log if r.get("split") == "validation"] == [1, 2, 3, 4, 5, 6]  # one writer
+    metrics = json.loads((run / runs.METRICS_FILE).read_text())
+    assert metrics["train"]["optimizer_steps"] == 6 * 15  # 240 rows / (8 x 2) per step
+    assert metrics["validation"]["num_examples"] == 61 and metrics["test"]["num_examples"] == 67
+
+
+def test_two_process_metrics_equal_a_single_process_evaluation_of_the_checkpoint(two_process_run):
+    # Same batches (eval batch 8, length-sorted) in one process: the same logits, so the same
+    # metrics to the last bit, loss included; a padded duplicate or a lost row would show.
+    folder, data, result = two_process_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((folder / "run" / runs.METRICS_FILE).read_text())
+    # The best epoch is not the last: test metrics also show that every process scored the
+    # test set with the best weights, which only the main process read from disk.
+    assert metrics["best_epoch"] < 6
+    assert _evaluate(folder / "run", data["validation"], 8) == metrics["validation"]
+    assert _evaluate(folder / "run", data["test"], 8) == metrics["test"]
+
+
+def test_two_processes_with_batch_b_learn_like_one_process_with_batch_2b(two_process_run, tmp_path):
+    # Same effective batch, steps and schedule, but not the same run: the batches of 8 are grouped
+    # by length differently from batches of 16, and each process draws the same dropout masks.
+    # Both must learn the toy task (>= 0.9) and land within 0.1 accuracy (6 of 60 test rows).
+    folder, data, result = two_process_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = json.loads((folder / "run" / runs.METRICS_FILE).read_text())
+    one_run = train(load_config(make_config(tmp_path, data, training={**TRAINING, "batch_size": 16})), quiet=True)
+    one = json.loads((one_run / runs.METRICS_FILE).read_text())
+    assert one["train"]["optimizer_steps"] == two["train"]["optimizer_steps"]
+    for split in ("validation", "test"):
+        assert two[split]["accuracy"] >= 0.9 and one[split]["accuracy"] >= 0.9, (split, two[split]["accuracy"], one[split]["accuracy"])
+        assert abs(two[split]["accuracy"] - one[split]["accuracy"]) <= 0.1
+
+
+def test_accelerate_launch_runs_the_same_config_the_same_way(two_process_run):
+    # `accelerate launch --multi_gpu` is Accelerate's torchrun-based launcher (on a CPU, too):
+    # same config, seed and process count as the torchrun run, so the same metrics on the CPU.
+    folder, _, result = two_process_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "bertcls", "train", str(folder / "config.yaml"), "--set", f"output_dir={folder / 'accelerate'}"]
+    launched = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert launched.stdout.splitlines() == [str(folder / "accelerate")]
+    torchrun_metrics = json.loads((folder / "run" / runs.METRICS_FILE).read_text())
+    accelerate_metrics = json.loads((folder / "accelerate" / runs.METRICS_FILE).read_text())
+    for key in ("best_epoch", "validation", "test"):
+        assert accelerate_metrics[key] == torchrun_metrics[key], key
+
+
+@pytest.mark.slow
+def test_fsdp_path_on_cpu_processes_matches_data_parallel(two_process_run, tmp_path):
+    # FSDP2 forced onto the two gloo processes (see fsdp_on_cpu.py): the same run as the DDP one
+    # up to float rounding, and its checkpoint scores exactly as recorded (best epoch < last,
+    # so the best weights were broadcast back into the shards).
+    folder, data, result = two_process_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(Path(__file__).parent / "fsdp_on_cpu.py"), str(folder / "config.yaml"), f"output_dir={tmp_path / 'fsdp'}"]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fsdp = json.loads((tmp_path / "fsdp" / runs.METRICS_FILE).read_text())
+    ddp = json.loads((folder / "run" / runs.METRICS_FILE).read_text())
+    assert fsdp["best_epoch"] == ddp["best_epoch"] < 6
+    assert fsdp["test"]["accuracy"] == ddp["test"]["accuracy"]
+    assert fsdp["test"]["loss"] == pytest.approx(ddp["test"]["loss"], abs=1e-3)
+    assert _evaluate(tmp_path / "fsdp", data["test"], 8) == fsdp["test"]
+
+
+@pytest.mark.parametrize("rows", [240, 250, 241, 33, 10])
+@pytest.mark.parametrize("processes", [2, 3])
+def test_training_batches_shard_across_processes_without_losing_rows(rows, processes):
+    # Accelerate shards a batch sampler in groups of N batches and tops up only a short *last*
+    # batch: every row must be trained on each epoch, and each process must get len() batches.
+    from accelerate.data_loader import BatchSamplerShard
+
+    lengths = [(i * 7919) % 29 + 3 for i in range(rows)]
+    for epoch in range(4):
+        sampler = LengthGroupedBatches(lengths, batch_size=16, seed=3)
+        sampler.set_epoch(epoch)
+        shards = [list(BatchSamplerShard(sampler, processes, rank)) for rank in range(processes)]
+        assert {i for shard in shards for batch in shard for i in batch} == set(range(rows))
+        assert all(len(shard) == len(BatchSamplerShard(sampler, processes, 0)) for shard in shards)
+
+
+@pytest.mark.parametrize("rows", [61, 67, 5])
+def test_evaluation_batches_shard_to_the_same_count_on_every_process(rows):
+    # DDP and FSDP forward passes are collectives: every process must run the same number.
+    from accelerate.data_loader import BatchSamplerShard
+
+    batches = sorted_batches([(i * 31) % 17 + 1 for i in range(rows)], 8)
+    shards = [list(BatchSamplerShard(batches, 2, rank)) for rank in range(2)]
+    assert len(shards[0]) == len(shards[1])
+    assert {i for shard in shards for batch in shard for i in batch} == set(range(rows))
+
+
+def test_fsdp_is_refused_where_it_cannot_work():
+    with pytest.raises(ConfigError, match="training.fsdp: sharding needs CUDA GPUs"):
+        check_launch(TrainingConfig(fsdp=True), on_cpu=True, processes=2)
+    with pytest.raises(ConfigError, match="training.fsdp: .*this is one process; launch with `torchrun"):
+        check_launch(TrainingConfig(fsdp=True), on_cpu=False, processes=1)
+    check_launch(TrainingConfig(fsdp=True), on_cpu=False, processes=2)  # accepted
+
+
+def test_a_pinned_gpu_is_refused_under_a_multi_process_launch():
+    with pytest.raises(ConfigError, match=r"training.device: cuda:1 pins one GPU, but 2 processes"):
+        check_launch(TrainingConfig(device="cuda:1"), on_cpu=False, processes=2)
+
+
+def test_fsdp_on_cpu_is_a_one_line_cli_error(tmp_path, toy_data):
+    config = make_config(tmp_path, toy_data, training={"fsdp": True, "device": "cpu"})
+    result = CliRunner().invoke(app, ["train", str(config)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == ("Error: training.fsdp: sharding needs CUDA GPUs (Accelerate runs CPU processes as plain "
+                                     "data parallel); set training.fsdp: false on the CPU")
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
+
+
+def test_fp16_on_cpu_is_a_one_line_cli_error(tmp_path, toy_data):
+    config = make_config(tmp_path, toy_data, training={"precision": "fp16", "device": "cpu"})
+    result = CliRunner().invoke(app, ["train", str(config)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == "Error: training.precision: fp16 needs a CUDA device; use bf16 or fp32 on the CPU"
