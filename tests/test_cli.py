@@ -36,6 +36,9 @@ def test_train_then_predict_end_to_end(tmp_path, toy_data):
     evaluated = bertcls("evaluate", toy_data["test"], "--model", run, "--output", tmp_path / "eval", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["accuracy"] >= 0.8
+    assert {p.name for p in (tmp_path / "eval").iterdir()} == {"metrics.json", "predictions.csv", "confusion_matrix.png", "roc_curve.png",
+                                                               "pr_curve.png", "reliability.png"}
+    assert "worst confusions" in evaluated.stdout or "f1" in evaluated.stdout
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from bertcls.evaluate import compute_metrics, format_report, is_better, softmax
+from bertcls.evaluate import compute_metrics, is_better, reliability
+from bertcls.predict import softmax
 
 
 def test_metrics_match_hand_computed_values():
@@ -33,6 +34,19 @@ def test_softmax_rows_sum_to_one():
     assert np.allclose(p.sum(axis=1), 1) and p[0, 0] == pytest.approx(1.0) and p[1, 0] == pytest.approx(0.5)
 
 
-def test_report_lists_every_class():
-    report = format_report(compute_metrics([0, 1], [0, 1], ["neg", "pos"]))
-    assert "neg" in report and "pos" in report and "accuracy 1.0000" in report
+def test_probabilities_add_calibration_error_and_binary_aucs():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]])
+    m = compute_metrics([0, 1, 1, 0], probs.argmax(1).tolist(), ["neg", "pos"], probs=probs)
+    # gold positive scores 0.2, 0.7; gold negative 0.1, 0.6: 3 of 4 pairs ranked right
+    assert m["roc_auc"] == pytest.approx(0.75) and m["positive_label"] == "pos"
+    assert m["pr_auc"] == pytest.approx((1 + 2 / 3) / 2)  # ranked 0.7+ 0.6- 0.2+ 0.1-: precision 1 and 2/3 at the positives
+    assert 0 <= m["ece"] <= 1
+    three = compute_metrics([0, 1, 2], [0, 1, 2], ["a", "b", "c"], probs=np.eye(3))
+    assert "roc_auc" not in three and three["ece"] == pytest.approx(0.0)
+
+
+def test_expected_calibration_error_by_hand():
+    # bin [0.6, 0.667): confidences 0.6, 0.6, one right -> |0.5 - 0.6| ; bin [0.933, 1]: 1.0 right -> 0
+    r = reliability(np.array([0.6, 0.6, 1.0]), np.array([True, False, True]))
+    assert r["ece"] == pytest.approx(2 / 3 * 0.1)
+    assert r["counts"].sum() == 3 and r["counts"][-1] == 1

@@ -41,6 +41,11 @@ def test_a_finished_run_is_not_overwritten_without_asking(tmp_path, toy_data):
     assert (run / "notes.txt").read_text() == "mine"  # never delete what bertcls did not write
 
 
+def test_loss_curve_can_be_turned_off(tmp_path, toy_data):
+    run = train(load_config(make_config(tmp_path, toy_data, training={"epochs": 1, "loss_curve": False})), quiet=True)
+    assert not (run / runs.LOSS_FILE).exists() and (run / runs.REPORTS_DIR / "test" / "confusion_matrix.png").is_file()
+
+
 def test_gradient_accumulation_and_early_stopping(tmp_path, toy_data):
     cfg = load_config(make_config(tmp_path, toy_data, training={"epochs": 6, "gradient_accumulation_steps": 3, "early_stopping_patience": 1,
                                                                  "learning_rate": 1e-6, "metric_for_best": "loss"}))

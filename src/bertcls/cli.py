@@ -1,4 +1,4 @@
-"""The command line: `bertcls train | predict | evaluate`, and the one place errors become exit codes.
+"""The command line: `bertcls train | predict | evaluate | export`, and the one place errors become exit codes.
 
 Heavy libraries (torch, transformers, datasets) are imported inside the commands, so `--help`
 and argument errors answer at once.
@@ -11,6 +11,7 @@ import os
 import shlex
 import sys
 import traceback
+from enum import Enum
 from functools import wraps
 from pathlib import Path
 from typing import Annotated
@@ -95,39 +96,65 @@ def train(
 @_error_boundary
 def predict(
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify; `-` reads one text per line from stdin.", show_default=False)] = None,
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Run folder or model folder. Default: $BERTCLS_MODEL, else the newest finished run under ./runs.")] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Run folder, model folder or exported ONNX folder. Default: $BERTCLS_MODEL, else the newest finished run under ./runs.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Predict every row of a csv/tsv/jsonl file (any size, streamed).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="With --file: write the rows plus predictions here (csv/tsv/jsonl); default: JSON lines on stdout.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="With --file: the text column (default: the run's data.text_column, else `text`).")] = None,
+    text_pair_column: Annotated[str | None, typer.Option(help="With --file: the second text column (default: the run's data.text_pair_column).")] = None,
     pair: Annotated[list[str] | None, typer.Option("--pair", help="Second segment for sentence-pair models, one per text.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, help="Also give the K most probable labels with their scores.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line: text, label, score, probabilities.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (an exported ONNX folder always runs on the CPU)")] = "auto",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Say which model is used and which texts were truncated.")] = False,
     debug: Debug = False,
 ) -> None:
-    """Print `label<TAB>score` for each text (or JSON lines with --json)."""
+    """Print `label<TAB>score` for each text (or JSON lines with --json); with --file, write every row plus its prediction."""
     from bertcls import runs
     from bertcls.errors import DataError
 
     texts = list(texts or [])
+    if file is not None and texts:
+        raise DataError("give texts or --file, not both")
+    if file is None and output is not None:
+        raise DataError("--output goes with --file; for texts on the command line, redirect stdout")
     if texts == ["-"]:
         texts = [line.rstrip("\r\n") for line in sys.stdin]
-    if not texts:
-        raise DataError("no texts given; pass texts as arguments, or `-` to read one per line from stdin")
+    if file is None and not texts:
+        raise DataError("no texts given; pass texts as arguments, `-` to read one per line from stdin, or --file FILE")
     if pair and len(pair) != len(texts):
         raise DataError(f"--pair given {len(pair)} time(s) for {len(texts)} text(s); give one --pair per text")
     path, why = runs.find_model(model)
     if model is None or verbose:
         typer.echo(f"model: {path} ({why})", err=True)
-    from bertcls.predict import Predictor
+    from bertcls.predict import load_predictor
 
-    predictor = Predictor.load(path, device=device, batch_size=batch_size)
-    for text, result in zip(texts, predictor.predict(texts, pair), strict=False):
+    predictor = load_predictor(path, device=device, batch_size=batch_size)
+    if file is not None:
+        from bertcls.predict_file import predict_file
+
+        saved = (runs.read_run_config(path) or {}).get("data") or {}
+        rows = predict_file(predictor, file, output, text_column=text_column or saved.get("text_column", "text"),
+                            pair_column=text_pair_column or saved.get("text_pair_column"), top_k=top_k)
+        typer.echo(f"predicted {rows:,} rows" + (f" -> {output}" if output else ""), err=True)
+        return
+    for text, result in zip(texts, predictor.predict(texts, pair), strict=True):
         if verbose and result.truncated:
             typer.echo(f"note: text truncated to {predictor.max_length} tokens: {text[:60]!r}...", err=True)
-        if as_json:
-            typer.echo(json.dumps({"text": text, "label": result.label, "score": round(result.score, 6),
-                                   "probabilities": {k: round(v, 6) for k, v in result.probabilities.items()}}, ensure_ascii=False))
+        if result.labels is not None and not top_k:  # multi-label: every label at or above the threshold
+            best = [(label, result.probabilities[label]) for label in result.labels]
         else:
-            typer.echo(f"{result.label}\t{result.score:.4f}")
+            best = result.top(top_k) if top_k else [(result.label, result.score)]
+        if as_json:
+            record = {"text": text, "label": result.label, "score": round(result.score, 6),
+                      "probabilities": {k: round(v, 6) for k, v in result.probabilities.items()}}
+            if result.labels is not None:
+                record["labels"] = result.labels
+            if top_k:
+                record["top_k"] = [{"label": label, "score": round(score, 6)} for label, score in best]
+            typer.echo(json.dumps(record, ensure_ascii=False))
+        else:
+            typer.echo("\t".join(f"{label}\t{score:.4f}" for label, score in best))
 
 
 @app.command()
@@ -135,7 +162,7 @@ def predict(
 def evaluate(
     data_file: Annotated[str, typer.Argument(help="A labelled csv/tsv/json/jsonl/parquet file.", show_default=False)],
     model: Annotated[Path | None, typer.Option("--model", "-m", help="Run folder or model folder (default as for predict).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write metrics.json into this folder.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write metrics.json, predictions.csv and figures into this folder.")] = None,
     text_column: Annotated[str | None, typer.Option(help="Text column (default: the run's data.text_column, else `text`).")] = None,
     text_pair_column: Annotated[str | None, typer.Option(help="Second text column (default: the run's).")] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column (default: the run's data.label_column, else `label`).")] = None,
@@ -144,19 +171,52 @@ def evaluate(
     debug: Debug = False,
 ) -> None:
     """Score a labelled file with a trained model and print its metrics."""
-    from bertcls import runs
-    from bertcls.evaluate import evaluate_file, format_report
+    from bertcls import report, runs
+    from bertcls.evaluate import evaluate_file
 
     path, why = runs.find_model(model)
     if model is None:
         typer.echo(f"model: {path} ({why})", err=True)
-    metrics = evaluate_file(path, data_file, text_column=text_column, text_pair_column=text_pair_column,
-                            label_column=label_column, device=device, batch_size=batch_size)
-    typer.echo(format_report(metrics))
+    evaluation = evaluate_file(path, data_file, text_column=text_column, text_pair_column=text_pair_column,
+                               label_column=label_column, device=device, batch_size=batch_size)
+    report.print_report(evaluation.metrics)
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
-        runs.write_json(output / runs.METRICS_FILE, metrics)
-        typer.echo(f"wrote {output / runs.METRICS_FILE}", err=True)
+        written = report.write_report(output, evaluation)
+        runs.write_json(output / runs.METRICS_FILE, evaluation.metrics)
+        typer.echo(f"wrote {output}: {', '.join(p.name for p in written)}, {runs.METRICS_FILE}", err=True)
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+
+
+class Quantization(str, Enum):
+    int8 = "int8"
+
+
+@app.command()
+@_error_boundary
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="A new folder for the exported model.", show_default=False)],
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Run folder or model folder (default as for predict).")] = None,
+    format_: Annotated[ExportFormat, typer.Option("--format", help="Export format.")] = ExportFormat.onnx,
+    quantize: Annotated[Quantization | None, typer.Option(help="Dynamic int8 quantization of the weights (smaller, faster on CPU).")] = None,
+    debug: Debug = False,
+) -> None:
+    """Export a trained model to ONNX; `bertcls predict --model OUTPUT` then runs it without torch."""
+    from bertcls import runs
+    from bertcls.export import FP32_TOLERANCE, export_onnx
+
+    path, why = runs.find_model(model)
+    if model is None:
+        typer.echo(f"model: {path} ({why})", err=True)
+    result = export_onnx(path, output, quantize.value if quantize else None)
+    diff = result["max_abs_logit_diff"]
+    typer.echo(f"wrote {output} ({'int8' if quantize else 'fp32'}); largest logit difference from PyTorch on check texts: {diff:.2e}", err=True)
+    if not quantize and diff > FP32_TOLERANCE:
+        typer.echo(f"warning: above the expected {FP32_TOLERANCE:g}; compare predictions before relying on the export", err=True)
+    typer.echo(str(output))
 
 
 def _version(value: bool) -> None:

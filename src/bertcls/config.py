@@ -33,6 +33,23 @@ def _float_from_yaml(value: Any) -> Any:
 Float = Annotated[float, BeforeValidator(_float_from_yaml)]
 
 
+def _class_weights(value: Any) -> Any:
+    """`none`, `balanced`, or {label: weight >= 0} with label names as strings (YAML may give integers)."""
+    if value in ("none", "balanced"):
+        return value
+    if not isinstance(value, dict) or not value:
+        raise ValueError(f"training.class_weights: expected none, balanced or a mapping {{label: weight}} (got {value!r})")
+    weights = {}
+    for label, weight in value.items():
+        weight = _float_from_yaml(weight)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ValueError(f"training.class_weights.{label}: a weight must be a number >= 0 (got {weight!r})")
+        weights[str(label)] = float(weight)
+    if not any(weights.values()):
+        raise ValueError("training.class_weights: at least one weight must be above 0")
+    return weights
+
+
 class Section(BaseModel):
     # strict: a string "3" is not an int; extra="forbid": a misspelt key is an error.
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
@@ -45,6 +62,8 @@ class DataConfig(Section):
     text_column: str = Field("text", min_length=1, description="Column holding the text.")
     text_pair_column: str | None = Field(None, description="Optional column with a second text (sentence-pair tasks).")
     label_column: str = Field("label", min_length=1, description="Column holding the label (string or integer).")
+    task: Literal["single_label", "multi_label"] = Field("single_label", description="single_label: one label per row; multi_label: any number of labels per row.")
+    label_separator: str = Field(";", min_length=1, description="multi_label in csv/tsv: the labels of a row in one string, separated by this.")
     validation_split: Float = Field(0.1, gt=0.0, lt=1.0, description="Share of train held out when no validation file is given.")
     max_length: int = Field(128, ge=8, le=8192, description="Longest input in tokens; longer texts are truncated.")
     max_train_samples: int | None = Field(None, ge=2, description="Use only the first N rows of train (quick experiments); null = all.")
@@ -75,6 +94,11 @@ class TrainingConfig(Section):
     num_threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for torch; null = torch's default.")
     save_every_steps: int | None = Field(None, ge=1, description="Write a resumable checkpoint every N optimizer steps; null = after each epoch.")
     keep_checkpoints: int = Field(1, ge=1, le=1000, description="Resumable checkpoints to keep (the newest), besides the best model/.")
+    class_weights: Annotated[str | dict[str, float], BeforeValidator(_class_weights)] = Field(
+        "none", description="Weighted cross-entropy: none, balanced (n / (classes x class count)), or {label: weight} (others weigh 1).")
+    threshold: Float = Field(0.5, gt=0.0, lt=1.0, description="multi_label: a label is predicted when its probability is at least this.")
+    tune_threshold: bool = Field(False, description="multi_label: pick the threshold with the best micro-F1 on validation instead; saved with the model.")
+    loss_curve: bool = Field(True, description="Draw RUN/loss.png (training and validation loss) from log.jsonl at the end.")
 
 
 class Config(Section):

@@ -119,20 +119,26 @@ def _read_error(path: Path, exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class LabelMap:
-    """Label names in a fixed, sorted order; a label's id is its position."""
+    """Label names in a fixed, sorted order; a label's id is its position.
+
+    Single-label: one value per row, encoded as its id. Multi-label: a list of values per row,
+    encoded as a 0/1 vector over the names.
+    """
 
     names: tuple[str, ...]
+    multi_label: bool = False
 
     @classmethod
-    def from_values(cls, values: Sequence[Any], where: str = "train") -> LabelMap:
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            names = tuple(str(v) for v in sorted(set(values)))  # numeric order: 2 before 10
+    def from_values(cls, values: Sequence[Any], where: str = "train", multi_label: bool = False) -> LabelMap:
+        distinct = {v for row in values for v in row} if multi_label else set(values)
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in distinct):
+            names = tuple(str(v) for v in sorted(distinct))  # numeric order: 2 before 10
         else:
-            names = tuple(sorted({str(v) for v in values}))  # labels compare as text: 1 and "1" are one label
+            names = tuple(sorted({str(v) for v in distinct}))  # labels compare as text: 1 and "1" are one label
         if len(names) < 2:
             only = names[0] if names else "none"
             raise DataError(f"{where}: only one class ({only!r}); a classifier needs at least two labels")
-        return cls(names)
+        return cls(names, multi_label)
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -142,12 +148,15 @@ class LabelMap:
     def label2id(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.names)}
 
-    def encode(self, values: Sequence[Any], where: str) -> list[int]:
+    def encode(self, values: Sequence[Any], where: str) -> list[int] | list[list[float]]:
         ids = self.label2id
-        unknown = sorted({str(v) for v in values} - ids.keys())
+        seen = {str(v) for row in values for v in row} if self.multi_label else {str(v) for v in values}
+        unknown = sorted(seen - ids.keys())
         if unknown:
             shown = ", ".join(repr(u) for u in unknown[:5])
             raise DataError(f"{where}: labels not seen in train: {shown}; the model can only predict {', '.join(self.names)}")
+        if self.multi_label:
+            return [[1.0 if name in {str(v) for v in row} else 0.0 for name in self.names] for row in values]
         return [ids[str(v)] for v in values]
 
 
@@ -183,7 +192,11 @@ def read_split(source: str, cfg: DataConfig, name: str, *, labelled: bool = True
     rows = table.select_columns(columns).to_dict()
     texts = _checked_texts(rows[cfg.text_column], where, cfg.text_column)
     pairs = _checked_texts(rows[cfg.text_pair_column], where, cfg.text_pair_column) if cfg.text_pair_column else None
-    labels = _checked_labels(rows[cfg.label_column], where, cfg.label_column) if labelled else None
+    labels = None
+    if labelled and cfg.task == "multi_label":
+        labels = _checked_label_lists(rows[cfg.label_column], where, cfg.label_column, cfg.label_separator)
+    elif labelled:
+        labels = _checked_labels(rows[cfg.label_column], where, cfg.label_column)
     return Split(name, texts, pairs, labels)
 
 
@@ -201,17 +214,34 @@ def _checked_labels(values: list[Any], where: str, column: str) -> list[Any]:
         rows = ", ".join(str(i + 1) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
         raise DataError(f"{where}: {len(bad)} missing label(s) in column {column!r} (data rows {rows}); label them or remove those rows")
     if any(isinstance(v, (list, dict)) for v in values):
-        raise DataError(f"{where}: column {column!r} holds lists or objects; single-label classification needs one label per row")
+        raise DataError(f"{where}: column {column!r} holds lists or objects; single-label classification needs one label per row; for several labels per row set data.task: multi_label")
     if any(isinstance(v, float) and not v.is_integer() for v in values):
         raise DataError(f"{where}: column {column!r} holds fractional numbers; labels must be names or integers")
     values = [int(v) if isinstance(v, float) else v for v in values]  # 1.0 is the label 1
     return [v.strip() if isinstance(v, str) else v for v in values]
 
 
+def _checked_label_lists(values: list[Any], where: str, column: str, separator: str) -> list[list[str]]:
+    """Multi-label: a list per row (json/jsonl), or one string split on `separator` (csv/tsv); an empty list is allowed."""
+    rows = []
+    for i, value in enumerate(values):
+        if value is None:
+            value = []
+        elif isinstance(value, str):
+            value = value.split(separator)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise DataError(f"{where}: data row {i + 1} of column {column!r} is a {type(value).__name__}; give a list of labels "
+                            f"or a string of labels separated by data.label_separator ({separator!r})")
+        rows.append(sorted({str(int(v) if isinstance(v, float) and v.is_integer() else v).strip() for v in value} - {""}))
+    return rows
+
+
 def load_splits(cfg: DataConfig, seed: int) -> tuple[Split, Split, Split | None, LabelMap]:
     """train, validation (a file or a stratified share of train), optional test, and the label map."""
     train = read_split(cfg.train, cfg, "train", max_rows=cfg.max_train_samples)
-    labels = LabelMap.from_values(train.labels, f"train ({cfg.train})")
+    labels = LabelMap.from_values(train.labels, f"train ({cfg.train})", multi_label=cfg.task == "multi_label")
     if cfg.validation:
         validation = read_split(cfg.validation, cfg, "validation", max_rows=cfg.max_validation_samples)
     else:
@@ -232,7 +262,8 @@ def split_off(split: Split, share: float, seed: int) -> tuple[Split, Split]:
     n_held = math.ceil(len(split) * share)
     if n_held < 1 or len(split) - n_held < 2:
         raise DataError(f"train: {len(split)} rows are too few to hold out data.validation_split={share}; add rows or give data.validation")
-    stratify = split.labels if min(Counter(map(str, split.labels)).values()) >= 2 and n_held >= len(set(map(str, split.labels))) else None
+    multi_label = any(isinstance(v, list) for v in split.labels)
+    stratify = split.labels if not multi_label and min(Counter(map(str, split.labels)).values()) >= 2 and n_held >= len(set(map(str, split.labels))) else None
     keep, held = train_test_split(list(range(len(split))), test_size=n_held, random_state=seed, stratify=stratify)
     return _subset(split, sorted(keep), "train"), _subset(split, sorted(held), "validation")
 
@@ -250,7 +281,7 @@ class Encoded:
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
-    labels: list[int] | None
+    labels: list[int] | list[list[float]] | None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -335,7 +366,9 @@ class Collator:
                 types[j, : len(row)] = torch.tensor(row, dtype=torch.long)
             batch["token_type_ids"] = types
         if self.encoded.labels is not None:
-            batch["labels"] = torch.tensor([self.encoded.labels[i] for i in indices], dtype=torch.long)
+            rows = [self.encoded.labels[i] for i in indices]
+            # multi-label rows are 0/1 vectors: BCE wants them as floats
+            batch["labels"] = torch.tensor(rows, dtype=torch.float32 if isinstance(rows[0], list) else torch.long)
         return batch
 
 

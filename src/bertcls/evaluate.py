@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from bertcls.predict import sigmoid, softmax
 
-def compute_metrics(labels: Sequence[int], preds: Sequence[int], names: Sequence[str], loss: float | None = None) -> dict[str, Any]:
-    """Accuracy, precision/recall/F1 (macro, micro, weighted), a per-class report and the confusion matrix."""
+# Equal-width confidence bins of the reliability diagram and the expected calibration error.
+CALIBRATION_BINS = 15
+
+
+def compute_metrics(labels: Sequence[int], preds: Sequence[int], names: Sequence[str], loss: float | None = None,
+                    probs: np.ndarray | None = None) -> dict[str, Any]:
+    """Accuracy, precision/recall/F1 (macro, micro, weighted), a per-class report and the confusion matrix;
+    with class probabilities also the expected calibration error and, for two classes, ROC and PR AUCs."""
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
     ids = list(range(len(names)))
@@ -25,7 +33,36 @@ def compute_metrics(labels: Sequence[int], preds: Sequence[int], names: Sequence
         name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, name in enumerate(names)
     }
     metrics["confusion_matrix"] = {"labels": list(names), "matrix": confusion_matrix(labels, preds, labels=ids).tolist()}
+    if probs is not None:
+        metrics.update(probability_metrics(np.asarray(labels), probs, names))
     return metrics
+
+
+def probability_metrics(gold: np.ndarray, probs: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """Expected calibration error of the top-class confidence; ROC AUC and average precision when binary."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == gold
+    out: dict[str, Any] = {"ece": reliability(confidence, correct)["ece"]}
+    if len(names) == 2 and len(set(gold.tolist())) == 2:  # AUCs need both classes present
+        positive = gold == 1  # the second label in sorted order is the positive class
+        out.update({"positive_label": names[1], "roc_auc": float(roc_auc_score(positive, probs[:, 1])),
+                    "pr_auc": float(average_precision_score(positive, probs[:, 1]))})
+    return out
+
+
+def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+    """Per equal-width confidence bin: count, mean confidence and accuracy; and the expected calibration
+    error, sum over bins of (share of rows) x |accuracy - confidence|."""
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    conf_sum = np.bincount(which, weights=confidence, minlength=bins)
+    hit_sum = np.bincount(which, weights=correct.astype(float), minlength=bins)
+    filled = counts > 0
+    mean_conf = np.divide(conf_sum, counts, out=np.zeros(bins), where=filled)
+    accuracy = np.divide(hit_sum, counts, out=np.zeros(bins), where=filled)
+    ece = float(np.sum(counts / max(len(confidence), 1) * np.abs(accuracy - mean_conf)))
+    return {"edges": np.linspace(0, 1, bins + 1), "counts": counts, "confidence": mean_conf, "accuracy": accuracy, "ece": ece}
 
 
 def is_better(metric: str, new: float, best: float | None) -> bool:
@@ -65,10 +102,16 @@ def _predict_logits(model, loader, accelerator):
     order = index.argsort()
     logits_all = logits[order].cpu().numpy()
     labels_all = labels[order].cpu().numpy() if labels is not None else None
-    mean_loss = None
-    if labels_all is not None:
-        mean_loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits_all), torch.from_numpy(labels_all)))
+    mean_loss = None if labels_all is None else loss_of(logits_all, labels_all)
     return logits_all, labels_all, mean_loss
+
+
+def loss_of(logits: np.ndarray, gold: np.ndarray) -> float:
+    """Mean cross-entropy (gold ids), or mean binary cross-entropy over every label (multi-label 0/1 rows)."""
+    logits_t, gold_t = torch.from_numpy(np.asarray(logits, dtype=np.float32)), torch.from_numpy(np.asarray(gold))
+    if gold_t.ndim == 2:
+        return float(torch.nn.functional.binary_cross_entropy_with_logits(logits_t, gold_t.float()))
+    return float(torch.nn.functional.cross_entropy(logits_t, gold_t.long()))
 
 
 def _gather_rows(accelerator, logits: torch.Tensor, index: torch.Tensor, labels: torch.Tensor | None):
@@ -90,30 +133,92 @@ def _gather_rows(accelerator, logits: torch.Tensor, index: torch.Tensor, labels:
     return logits[keep], index[keep], (labels[keep] if labels is not None else None)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+@dataclass
+class Evaluation:
+    """One scored split: its rows (input order), gold label ids, class probabilities and metrics."""
+
+    texts: Sequence[str]
+    pairs: Sequence[str] | None
+    names: list[str]
+    gold: np.ndarray
+    probs: np.ndarray
+    metrics: dict[str, Any]
+    threshold: float | None = None  # multi-label only: a label is predicted when its probability is >= this
+
+    @property
+    def multi_label(self) -> bool:
+        return self.threshold is not None
 
 
-def format_report(metrics: dict[str, Any]) -> str:
-    """A per-class precision/recall/F1/support table and the headline figures, for the terminal."""
-    rows = [f"{'label':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
-    for name, m in metrics["per_class"].items():
-        rows.append(f"{name[:20]:<20} {m['precision']:>9.4f} {m['recall']:>9.4f} {m['f1']:>9.4f} {m['support']:>9d}")
-    rows.append(f"accuracy {metrics['accuracy']:.4f} | f1_macro {metrics['f1_macro']:.4f} | f1_weighted {metrics['f1_weighted']:.4f} | examples {metrics['num_examples']}")
-    return "\n".join(rows)
+def score(texts: Sequence[str], pairs: Sequence[str] | None, names: Sequence[str], logits: np.ndarray,
+          gold, loss: float | None = None, *, multi_label: bool = False, threshold: float = 0.5, tune: bool = False) -> Evaluation:
+    """Probabilities and metrics from logits and gold ids (single-label) or 0/1 rows (multi-label).
+
+    Multi-label with `tune`: the threshold with the best micro-F1 on these rows replaces `threshold`.
+    """
+    gold = np.asarray(gold)
+    if not multi_label:
+        probs = softmax(logits)
+        metrics = compute_metrics(gold.tolist(), probs.argmax(-1).tolist(), names, loss, probs)
+        return Evaluation(texts, pairs, list(names), gold, probs, metrics)
+    probs = sigmoid(logits)
+    if tune:
+        threshold = tune_threshold(gold, probs)
+    return Evaluation(texts, pairs, list(names), gold, probs, multilabel_metrics(gold, probs, names, threshold, loss), threshold)
+
+
+# Candidate thresholds for tuning: 0.05, 0.10, ..., 0.95.
+THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)
+
+
+def tune_threshold(gold: np.ndarray, probs: np.ndarray) -> float:
+    """The candidate threshold with the best micro-F1 (ties: the one closest to 0.5)."""
+    from sklearn.metrics import f1_score
+
+    scores = [(f1_score(gold, probs >= t, average="micro", zero_division=0), -abs(t - 0.5), float(t)) for t in THRESHOLDS]
+    return max(scores)[2]
+
+
+def multilabel_metrics(gold: np.ndarray, probs: np.ndarray, names: Sequence[str], threshold: float,
+                       loss: float | None = None) -> dict[str, Any]:
+    """Subset accuracy (as `accuracy`: every label of a row right), Hamming loss, precision/recall/F1
+    (macro, micro, weighted), per-label counts, and the calibration error over every (row, label)."""
+    from sklearn.metrics import accuracy_score, hamming_loss, multilabel_confusion_matrix, precision_recall_fscore_support
+
+    gold, pred = gold.astype(int), (probs >= threshold).astype(int)
+    metrics: dict[str, Any] = {"num_examples": len(gold), "threshold": float(threshold),
+                               "accuracy": float(accuracy_score(gold, pred)), "hamming_loss": float(hamming_loss(gold, pred))}
+    if loss is not None:
+        metrics["loss"] = float(loss)
+    for average in ("macro", "micro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(gold, pred, average=average, zero_division=0)
+        metrics.update({f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)})
+    p, r, f, s = precision_recall_fscore_support(gold, pred, average=None, zero_division=0)
+    counts = multilabel_confusion_matrix(gold, pred)  # per label [[tn, fp], [fn, tp]]
+    metrics["per_class"] = {
+        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i]),
+               "tp": int(counts[i][1][1]), "fp": int(counts[i][0][1]), "fn": int(counts[i][1][0]), "tn": int(counts[i][0][0])}
+        for i, name in enumerate(names)
+    }
+    metrics["ece"] = reliability(*decisions(gold, probs, threshold))["ece"]
+    return metrics
+
+
+def decisions(gold: np.ndarray, probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-label, every (row, label) decision: its confidence (p if predicted, else 1 - p) and whether it is right."""
+    p, predicted = probs.ravel(), probs.ravel() >= threshold
+    return np.where(predicted, p, 1 - p), predicted == gold.ravel().astype(bool)
 
 
 def evaluate_file(model_path, data_file: str, *, text_column: str | None = None, text_pair_column: str | None = None,
-                  label_column: str | None = None, device: str = "auto", batch_size: int = 64) -> dict[str, Any]:
+                  label_column: str | None = None, device: str = "auto", batch_size: int = 64) -> Evaluation:
     """Metrics of a trained model on a labelled file, read with the run's column mapping unless overridden."""
     from pathlib import Path
 
     from bertcls import runs
     from bertcls.config import DataConfig
     from bertcls.data import LabelMap, read_split
-    from bertcls.predict import Predictor
+    from bertcls.predict import load_predictor
 
     saved = (runs.read_run_config(Path(model_path)) or {}).get("data") or {}
     columns = DataConfig(
@@ -121,11 +226,14 @@ def evaluate_file(model_path, data_file: str, *, text_column: str | None = None,
         text_column=text_column or saved.get("text_column", "text"),
         text_pair_column=text_pair_column or saved.get("text_pair_column"),
         label_column=label_column or saved.get("label_column", "label"),
+        label_separator=saved.get("label_separator", ";"),
     )
-    predictor = Predictor.load(model_path, device=device, batch_size=batch_size)
+    predictor = load_predictor(model_path, device=device, batch_size=batch_size)
+    if predictor.multi_label:
+        columns = columns.model_copy(update={"task": "multi_label"})
     split = read_split(data_file, columns, "evaluate")
     names = [predictor.id2label[i] for i in sorted(predictor.id2label)]
-    gold = LabelMap(tuple(names)).encode(split.labels, f"evaluate ({data_file})")
+    gold = LabelMap(tuple(names), predictor.multi_label).encode(split.labels, f"evaluate ({data_file})")
     logits = predictor.logits(split.texts, split.pairs)
-    loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.tensor(gold)))
-    return compute_metrics(gold, logits.argmax(-1).tolist(), names, loss)
+    return score(split.texts, split.pairs, names, logits, gold, loss_of(logits, np.asarray(gold)),
+                 multi_label=predictor.multi_label, threshold=predictor.threshold)

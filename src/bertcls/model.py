@@ -61,18 +61,21 @@ def build_tiny_tokenizer(texts: Sequence[str], model_max_length: int = 512):
     )
 
 
-def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, texts: Sequence[str] = ()):
+def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, texts: Sequence[str] = (), multi_label: bool = False):
     """(model, tokenizer) for training: a fresh head with `len(id2label)` outputs on the named encoder.
+
+    multi_label sets problem_type, so the model's own loss is BCE and `pipeline` applies a sigmoid.
 
     Call after seeding: the seed then also fixes the head's (and the tiny model's) initialisation.
     """
     transformers = _quiet_transformers()
     label2id = {name: i for i, name in id2label.items()}
+    problem_type = "multi_label_classification" if multi_label else "single_label_classification"
     if cfg.name == "tiny":
         tokenizer = build_tiny_tokenizer(texts, model_max_length=max(512, max_length))
         config = transformers.BertConfig(
             vocab_size=len(tokenizer), max_position_embeddings=max(512, max_length), num_labels=len(id2label),
-            id2label=id2label, label2id=label2id, pad_token_id=tokenizer.pad_token_id, **TINY,
+            id2label=id2label, label2id=label2id, pad_token_id=tokenizer.pad_token_id, problem_type=problem_type, **TINY,
         )
         return transformers.BertForSequenceClassification(config), tokenizer
     _check_model_source(cfg.name)
@@ -83,7 +86,7 @@ def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, text
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
-            cfg.name, num_labels=len(id2label), id2label=id2label, label2id=label2id,
+            cfg.name, num_labels=len(id2label), id2label=id2label, label2id=label2id, problem_type=problem_type,
             ignore_mismatched_sizes=True,  # a checkpoint fine-tuned on other labels gets a fresh head
             trust_remote_code=cfg.trust_remote_code,
         )
@@ -123,13 +126,17 @@ def load_trained(path: str | Path):
     return model.eval(), tokenizer
 
 
-def save_model(model, tokenizer, dest: Path, state_dict: dict | None = None) -> None:
+def save_model(model, tokenizer, dest: Path, state_dict: dict | None = None, threshold: float | None = None) -> None:
     """Write `dest` atomically: a complete new folder replaces the old one, never a half-written one.
 
     `state_dict`: the full weights when `model` itself holds only a shard of them (FSDP).
+    A multi-label model's decision `threshold` goes into its config.json (`multi_label_threshold`).
     """
+    from bertcls.predict import THRESHOLD_KEY
     from bertcls.runs import publish_dir, temp_dir_for
 
+    if threshold is not None:
+        setattr(model.config, THRESHOLD_KEY, float(threshold))
     tmp = temp_dir_for(dest)
     model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)

@@ -9,6 +9,8 @@
         rng-R.pt            process R's python, numpy, torch and CUDA random states, loss window
                             and token count (one file per process: each draws its own dropout)
         state.json          epoch, position in the epoch's data order, step, best so far, config
+    RUN/reports/        validation/ and test/: predictions.csv and figures (see bertcls.report)
+    RUN/loss.png        training and validation loss (training.loss_curve)
     RUN/metrics.json    validation (best checkpoint) and test metrics; written last, so a
                         folder without it is an unfinished run
 
@@ -31,7 +33,9 @@ CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.jsonl"
 MODEL_DIR = "model"
 METRICS_FILE = "metrics.json"
-RUN_FILES = (CONFIG_FILE, LOG_FILE, MODEL_DIR, METRICS_FILE)
+REPORTS_DIR = "reports"
+LOSS_FILE = "loss.png"
+RUN_FILES = (CONFIG_FILE, LOG_FILE, MODEL_DIR, REPORTS_DIR, LOSS_FILE, METRICS_FILE)
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_OPTIMIZER = "optimizer.pt"
@@ -43,13 +47,13 @@ DEFAULT_RUNS_ROOT = "runs"
 MODEL_ENV = "BERTCLS_MODEL"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a file whole or not at all: temp file in the same folder, fsync, rename."""
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write a file (text or bytes) whole or not at all: temp file in the same folder, fsync, rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "wb") if isinstance(text, bytes) else os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

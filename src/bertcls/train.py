@@ -18,10 +18,11 @@ import yaml
 
 from bertcls import checkpoint as ckpt
 from bertcls import data as data_mod
-from bertcls import distributed, faults, runs
+from bertcls import distributed, faults, report, runs
 from bertcls.config import Config, TrainingConfig
 from bertcls.errors import ConfigError, TrainingError
-from bertcls.evaluate import compute_metrics, format_report, is_better, predict_logits
+from bertcls.evaluate import Evaluation, is_better, predict_logits, score
+from bertcls.loss import build_loss
 from bertcls.model import load_model, save_model
 
 
@@ -99,7 +100,8 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
     accelerator.wait_for_everyone()  # the folder is ready before any process goes on
     # Build the model after seeding so the seed also controls its initialisation.
     set_seed(cfg.seed)
-    model, tokenizer = load_model(cfg.model, labels.id2label, cfg.data.max_length, train_split.texts)
+    model, tokenizer = load_model(cfg.model, labels.id2label, cfg.data.max_length, train_split.texts + (train_split.pairs or []),
+                                  multi_label=labels.multi_label)
     encoded = {name: data_mod.encode(split, tokenizer, cfg.data.max_length, labels)
                for name, split in (("train", train_split), ("validation", val_split), ("test", test_split)) if split is not None}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -108,6 +110,7 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
     eval_loaders = {name: data_mod.loader(enc, pad_id, data_mod.sorted_batches(enc.lengths, tcfg.eval_batch_size))
                     for name, enc in encoded.items() if name != "train"}
 
+    compute_loss = build_loss(tcfg.class_weights, labels.names, encoded["train"].labels, accelerator.device)
     optimizer = build_optimizer(model, tcfg, fused=accelerator.device.type == "cuda")
     distributed.set_shard_units(accelerator, model)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
@@ -161,7 +164,7 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
         for i, batch in enumerate(skip_first_batches(train_loader, skip) if skip else train_loader, start=skip):
             batch.pop("index")
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                loss = compute_loss(model, batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and tcfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
@@ -194,7 +197,8 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
                 if stopping:
                     raise stop.interrupted(global_step, saved)
 
-        metrics = _evaluate(model, eval_loaders["validation"], accelerator, labels)
+        evaluation = _evaluate(model, eval_loaders["validation"], accelerator, labels, val_split, tcfg.threshold, tcfg.tune_threshold)
+        metrics = evaluation.metrics
         value = metrics[tcfg.metric_for_best]
         log.write({"step": global_step, "epoch": epoch + 1, "split": "validation",
                    **{k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}})
@@ -204,7 +208,7 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
             best_value, best_epoch, best_metrics, evals_since_best = value, epoch + 1, metrics, 0
             weights = distributed.full_state_dict(accelerator, model)  # every process: a collective under FSDP
             if main:
-                save_model(accelerator.unwrap_model(model), tokenizer, run / runs.MODEL_DIR, weights)
+                save_model(accelerator.unwrap_model(model), tokenizer, run / runs.MODEL_DIR, weights, threshold=evaluation.threshold)
             accelerator.wait_for_everyone()
         else:
             evals_since_best += 1
@@ -220,11 +224,16 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
     progress.close()
     train_seconds = time.perf_counter() - started
 
-    result: dict[str, Any] = {"best_epoch": best_epoch, "metric_for_best": tcfg.metric_for_best, "validation": best_metrics}
+    # Score the best checkpoint again (its predictions feed the reports; a resumed run holds only its metrics).
+    distributed.load_full_state(accelerator, model, run / runs.MODEL_DIR)
+    best = _evaluate(model, eval_loaders["validation"], accelerator, labels, val_split, tcfg.threshold, tcfg.tune_threshold)
+    evaluations = {"validation": best}
     if "test" in eval_loaders:
-        distributed.load_full_state(accelerator, model, run / runs.MODEL_DIR)
-        result["test"] = _evaluate(model, eval_loaders["test"], accelerator, labels)
-        log.say("test (best checkpoint)\n" + format_report(result["test"]))
+        evaluations["test"] = _evaluate(model, eval_loaders["test"], accelerator, labels, test_split, best.threshold or tcfg.threshold, False)
+    result: dict[str, Any] = {"best_epoch": best_epoch, "metric_for_best": tcfg.metric_for_best,
+                              **{name: evaluation.metrics for name, evaluation in evaluations.items()}}
+    if main:
+        _write_reports(run, evaluations, tcfg.loss_curve, log)
     tokens = int(accelerator.reduce(real_tokens, reduction="sum"))
     result["train"] = {"seconds": round(train_seconds, 2), "optimizer_steps": global_step, "epochs": epoch + 1,
                        "examples_per_s": round(len(train_split) * (epoch + 1) / train_seconds, 2),
@@ -238,9 +247,21 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
     return run
 
 
-def _evaluate(model, loader, accelerator, labels: data_mod.LabelMap) -> dict[str, Any]:
+def _evaluate(model, loader, accelerator, labels: data_mod.LabelMap, split: data_mod.Split, threshold: float, tune: bool) -> Evaluation:
+    """Score a split; multi-label decisions use `threshold`, or with `tune` the best one for micro-F1 on this split."""
     logits, gold, loss = predict_logits(model, loader, accelerator)
-    return compute_metrics(gold.tolist(), logits.argmax(-1).tolist(), labels.names, loss)
+    return score(split.texts, split.pairs, labels.names, logits, gold, loss, multi_label=labels.multi_label, threshold=threshold, tune=tune)
+
+
+def _write_reports(run: Path, evaluations: dict[str, Evaluation], loss_curve: bool, log: _Log) -> None:
+    """RUN/reports/<split>/ for the best checkpoint's validation and test scores, loss.png, and the test table."""
+    for name, evaluation in evaluations.items():
+        report.write_report(run / runs.REPORTS_DIR / name, evaluation)
+    if loss_curve:
+        report.write_loss_curve(run)
+    if not log.quiet:
+        shown = "test" if "test" in evaluations else "validation"
+        report.print_report(evaluations[shown].metrics, file=sys.stderr, title=f"{shown} (best checkpoint)")
 
 
 def _nonfinite_loss(loss: float, step: int, lr: float, run: Path) -> TrainingError:

@@ -1,0 +1,112 @@
+"""Export: a trained run (or model folder) in, an ONNX folder out that `bertcls predict` runs without torch.
+
+    DIR/model.onnx        the classifier: input_ids, attention_mask[, token_type_ids] -> logits,
+                          batch and sequence axes dynamic (fp32, or int8 weights with --quantize)
+    DIR/tokenizer.json    the fast tokenizer, read with `tokenizers` alone
+    DIR/config.json       the model's config: id2label, problem_type, multi_label_threshold
+    DIR/bertcls-onnx.json what predict needs besides: max_length, input names, quantization
+    DIR/config.yaml       the run's config (when exporting a run), for its column mapping
+
+Needs the optional extra `bertcls[onnx]` (onnx, onnxruntime, onnxscript).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from bertcls.errors import ModelError, RunError, first_line
+
+ONNX_FILE = "model.onnx"
+ONNX_META = "bertcls-onnx.json"
+# Texts used to check the exported model against PyTorch (the logits must agree within FP32_TOLERANCE).
+CHECK_TEXTS = ["a short one", "a somewhat longer text, with punctuation, to vary the lengths in the batch", "x"]
+FP32_TOLERANCE = 1e-4
+OPSET = 18
+
+
+def _require_onnx() -> None:
+    missing = [name for name in ("onnx", "onnxruntime", "onnxscript") if not _importable(name)]
+    if missing:
+        raise ModelError(f"export needs {', '.join(missing)}; install them with: pip install 'bertcls[onnx]'")
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None = None) -> dict[str, Any]:
+    """Write an ONNX folder for `model_path`; return what was checked (max logit difference against PyTorch)."""
+    import torch
+
+    from bertcls import runs
+    from bertcls.model import load_trained
+    from bertcls.predict import Predictor
+
+    _require_onnx()
+    output = Path(output)
+    if output.exists() and any(output.iterdir()):
+        raise RunError(f"--output {output} is not empty; choose a new folder")
+    predictor = Predictor.load(model_path, device="cpu")
+    model, tokenizer = load_trained(model_path)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"{runs.model_dir(model_path)}: the tokenizer has no fast (tokenizer.json) version, which the ONNX predictor needs")
+    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names else [])
+
+    class Logits(torch.nn.Module):
+        """Positional inputs in, logits out: the plain signature an ONNX graph wants."""
+
+        def __init__(self, inner) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+
+    example = tokenizer(CHECK_TEXTS[:2], padding=True, truncation=True, max_length=predictor.max_length, return_tensors="pt")
+    batch, sequence = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=1, max=predictor.max_length)
+    output.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" and the like
+    with tempfile.TemporaryDirectory(dir=output) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter about axis names and deprecated pytree classes
+        fp32 = Path(tmp) / ONNX_FILE
+        try:
+            with torch.inference_mode():
+                torch.onnx.export(Logits(model).eval(), tuple(example[name] for name in inputs), str(fp32), input_names=inputs,
+                                  output_names=["logits"], dynamic_shapes=tuple({0: batch, 1: sequence} for _ in inputs),
+                                  opset_version=OPSET, dynamo=True, external_data=False, verbose=False)
+        except Exception as exc:  # torch.export raises many kinds; all mean this architecture does not export
+            raise ModelError(f"{runs.model_dir(model_path)}: torch.onnx.export failed ({first_line(exc)}); --debug shows why") from exc
+        if quantize == "int8":
+            from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+
+            prepared = Path(tmp) / "prepared.onnx"  # shape inference and graph clean-up first, as onnxruntime advises
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+            quantize_dynamic(str(prepared), str(output / ONNX_FILE), weight_type=QuantType.QInt8)
+        else:
+            shutil.move(str(fp32), output / ONNX_FILE)
+    tokenizer.backend_tokenizer.save(str(output / "tokenizer.json"))
+    model.config.save_pretrained(output)
+    if (Path(model_path) / runs.CONFIG_FILE).is_file():  # the run's column mapping, for predict --file and evaluate
+        shutil.copyfile(Path(model_path) / runs.CONFIG_FILE, output / runs.CONFIG_FILE)
+    meta = {"max_length": predictor.max_length, "inputs": inputs, "quantize": quantize, "opset": OPSET,
+            "source": str(Path(model_path).resolve()), "pad_token_id": tokenizer.pad_token_id or 0}
+    (output / ONNX_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return {"max_abs_logit_diff": check_against_pytorch(predictor, output), **meta}
+
+
+def check_against_pytorch(predictor, folder: Path) -> float:
+    """The largest absolute difference between PyTorch's and the exported model's logits on CHECK_TEXTS."""
+    from bertcls.predict import OnnxPredictor
+
+    onnx = OnnxPredictor.load(folder)
+    reference = predictor.logits(CHECK_TEXTS)
+    return float(abs(onnx.logits(CHECK_TEXTS) - reference).max())

@@ -1,0 +1,54 @@
+"""The training loss: `training.class_weights` and the training labels in, a `loss(model, batch)` function out.
+
+none: the model's own loss (cross-entropy; binary cross-entropy for multi-label). balanced: class c
+weighs n / (k * n_c) — rare classes count more, as scikit-learn's `class_weight="balanced"`. A
+mapping gives weights by label name; labels it leaves out weigh 1. Multi-label: the weight of a
+label multiplies its positive term (`pos_weight`); balanced = negatives / positives per label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from bertcls.errors import ConfigError
+
+
+def class_weights(setting: str | dict[Any, float], names: Sequence[str], train_ids: Sequence[int]) -> list[float] | None:
+    """One weight per label id, or None for an unweighted loss."""
+    if setting == "none":
+        return None
+    if setting == "balanced" and _multi_label(train_ids):
+        positives = torch.tensor(train_ids, dtype=torch.float64).sum(dim=0)
+        return ((len(train_ids) - positives) / positives.clamp(min=1)).tolist()
+    if setting == "balanced":
+        counts = torch.bincount(torch.tensor(list(train_ids)), minlength=len(names)).double()
+        return (counts.sum() / (len(names) * counts.clamp(min=1))).tolist()
+    given = {str(k): float(v) for k, v in setting.items()}
+    unknown = sorted(given.keys() - set(names))
+    if unknown:
+        raise ConfigError(f"training.class_weights: no label {', '.join(map(repr, unknown))} in train (labels: {', '.join(names)})")
+    return [given.get(name, 1.0) for name in names]
+
+
+def build_loss(setting: str | dict[Any, float], names: Sequence[str], train_ids: Sequence[int], device) -> Callable[[Any, dict], torch.Tensor]:
+    """`loss(model, batch)` for the training loop; the batch holds the labels."""
+    weights = class_weights(setting, names, train_ids)
+    if weights is None:
+        return lambda model, batch: model(**batch).loss
+    weight = torch.tensor(weights, dtype=torch.float32, device=device)
+    multi_label = _multi_label(train_ids)
+
+    def weighted(model, batch: dict) -> torch.Tensor:
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+        if multi_label:
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["labels"], pos_weight=weight)
+        return torch.nn.functional.cross_entropy(logits, batch["labels"], weight=weight)
+
+    return weighted
+
+
+def _multi_label(train_ids: Sequence) -> bool:
+    return len(train_ids) > 0 and isinstance(train_ids[0], list)

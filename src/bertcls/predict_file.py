@@ -1,0 +1,160 @@
+"""Predicting over a file: a csv/tsv/jsonl file of any size in, the same rows with predictions out.
+
+Rows are read CHUNK_ROWS at a time, so memory stays flat however large the file; within a chunk
+the predictor sorts texts by length (little padding) and hands results back in input order, so
+the output keeps the input's row order and every input column.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from bertcls.errors import DataError
+
+CHUNK_ROWS = 10_000
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
+PREDICTED, SCORE = "predicted", "score"
+
+
+def file_format(path: Path, what: str) -> str:
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{what} {path}: unsupported extension '{path.suffix}'; use one of {', '.join(FORMATS)} (jsonl, not json, streams)")
+    return kind
+
+
+def read_chunks(path: Path, chunk_rows: int = CHUNK_ROWS, on_bytes=None) -> Iterator[list[dict[str, Any]]]:
+    """Rows of `path` as dicts, `chunk_rows` at a time; `on_bytes(n)` is told how far into the file we are."""
+    kind = file_format(path, "--file")
+    if not path.is_file():
+        raise DataError(f"--file {path}: no such file")
+    with open(path, "rb") as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+        if kind == "jsonl":
+            rows = (_json_row(line, n, path) for n, line in enumerate(text, start=1) if line.strip())
+        else:
+            # tsv as in training: GLUE-style, quote characters are part of the text.
+            options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if kind == "tsv" else {}
+            rows = csv.DictReader(text, **options)
+        chunk: list[dict[str, Any]] = []
+        try:
+            for row in rows:
+                chunk.append(row)
+                if len(chunk) == chunk_rows:
+                    yield chunk
+                    chunk = []
+                    if on_bytes:
+                        on_bytes(raw.tell())
+        except UnicodeDecodeError as exc:
+            raise DataError(f"--file {path}: not UTF-8 text (undecodable byte near offset {raw.tell() - len(exc.object) + exc.start}); re-save it as UTF-8") from None
+        if chunk:
+            yield chunk
+        if on_bytes:
+            on_bytes(raw.tell())
+
+
+def _json_row(line: str, number: int, path: Path) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"--file {path}: line {number} is not valid JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise DataError(f"--file {path}: line {number} is not a JSON object")
+    return row
+
+
+def texts_of(chunk: list[dict[str, Any]], column: str, first_row: int, path: Path, option: str) -> list[str]:
+    if column not in chunk[0]:
+        raise DataError(f"--file {path}: no column {column!r} (columns: {', '.join(map(str, chunk[0]))}); pass {option}")
+    texts = []
+    for i, row in enumerate(chunk):
+        value = row.get(column)
+        if value is None:
+            raise DataError(f"--file {path}: data row {first_row + i + 1} has no {column!r}; fill it in or remove the row")
+        texts.append(value if isinstance(value, str) else str(value))
+    return texts
+
+
+def prediction_fields(result, top_k: int | None) -> dict[str, Any]:
+    """The columns a prediction adds to its row: predicted, score, and with top_k the K best labels and scores."""
+    # multi-label: every label at or above the threshold (a list; joined with ";" in csv/tsv)
+    predicted = result.labels if result.labels is not None else result.label
+    fields: dict[str, Any] = {PREDICTED: predicted, SCORE: round(result.score, 6)}
+    if top_k:
+        for rank, (label, prob) in enumerate(result.top(top_k), start=1):
+            fields[f"label_{rank}"], fields[f"score_{rank}"] = label, round(prob, 6)
+    return fields
+
+
+class _Writer:
+    """CSV/TSV or JSON lines, to a file (written under a temporary name, renamed when complete) or stdout."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.kind = file_format(path, "--output") if path else "jsonl"
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = path.with_name(f".{path.name}.partial")
+            self.file: IO[str] = open(self.tmp, "w", encoding="utf-8", newline="")
+        else:
+            self.file = sys.stdout
+        self.csv: csv.DictWriter | None = None
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        if self.kind == "jsonl":
+            self.file.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            return
+        if self.csv is None:
+            options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "escapechar": "\\"} if self.kind == "tsv" else {}
+            self.csv = csv.DictWriter(self.file, fieldnames=list(rows[0]), extrasaction="ignore", **options)
+            self.csv.writeheader()
+        self.csv.writerows({k: ";".join(v) if isinstance(v, list) else v for k, v in row.items()} for row in rows)
+
+    def close(self, ok: bool) -> None:
+        if not self.path:
+            self.file.flush()
+            return
+        self.file.close()
+        if ok:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def predict_file(predictor, source: Path, output: Path | None, *, text_column: str, pair_column: str | None = None,
+                 top_k: int | None = None, chunk_rows: int = CHUNK_ROWS, progress: bool = True) -> int:
+    """Predict every row of `source` and write rows + predictions to `output` (stdout as JSON lines if None); return the row count."""
+    from tqdm.auto import tqdm
+
+    source = Path(source)
+    if output is not None:
+        file_format(output, "--output")
+        if output.resolve() == source.resolve():
+            raise DataError(f"--output {output} is the input file; write the predictions somewhere else")
+    bar = tqdm(total=source.stat().st_size if source.is_file() else None, unit="B", unit_scale=True, desc="predict",
+               disable=None if progress else True, leave=False)
+    writer, rows_done, ok = _Writer(output), 0, False
+    try:
+        for chunk in read_chunks(source, chunk_rows, on_bytes=lambda pos: bar.update(pos - bar.n)):
+            texts = texts_of(chunk, text_column, rows_done, source, "--text-column")
+            pairs = texts_of(chunk, pair_column, rows_done, source, "--text-pair-column") if pair_column else None
+            taken = {PREDICTED, SCORE} & set(chunk[0])
+            if taken:
+                raise DataError(f"--file {source}: already has column(s) {', '.join(sorted(taken))}, which the output adds; rename them")
+            results = predictor.predict(texts, pairs)
+            writer.write([{**row, **prediction_fields(result, top_k)} for row, result in zip(chunk, results, strict=True)])
+            rows_done += len(chunk)
+        if rows_done == 0:
+            raise DataError(f"--file {source}: no rows")
+        ok = True
+    finally:
+        writer.close(ok)
+        bar.close()
+    return rows_done

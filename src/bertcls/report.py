@@ -1,0 +1,241 @@
+"""Reports: an `Evaluation` in, files out (predictions.csv and PNG figures) and a per-class table on the terminal.
+
+    DIR/predictions.csv        text, [text_pair,] gold, predicted, score, prob_<label> per label
+    DIR/confusion_matrix.png   counts and row-normalised, side by side (multi-label: one 2x2 per label)
+    DIR/pr_curve.png           binary tasks: precision-recall curve (average precision in metrics.json)
+    DIR/roc_curve.png          binary tasks: ROC curve (AUC in metrics.json)
+    DIR/reliability.png        accuracy per confidence bin (expected calibration error in metrics.json)
+
+Figures use matplotlib's Agg canvas directly (no pyplot, no display needed).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from bertcls import runs
+from bertcls.evaluate import Evaluation, decisions, reliability
+
+PREDICTIONS_FILE = "predictions.csv"
+CONFUSION_FILE = "confusion_matrix.png"
+PR_FILE = "pr_curve.png"
+ROC_FILE = "roc_curve.png"
+RELIABILITY_FILE = "reliability.png"
+# Above this many classes the confusion matrix cells are too small to print numbers in.
+ANNOTATE_MAX_CLASSES = 20
+WORST_CONFUSIONS = 5
+
+
+def write_report(folder: Path, ev: Evaluation) -> list[Path]:
+    """Write every report file for `ev` into `folder`; return the paths written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [_write_predictions(folder / PREDICTIONS_FILE, ev)]
+    figure = multilabel_confusion_figure(ev.metrics["per_class"]) if ev.multi_label else confusion_figure(ev.metrics["confusion_matrix"])
+    written.append(_save(figure, folder / CONFUSION_FILE))
+    if "roc_auc" in ev.metrics:
+        written.append(_save(roc_figure(ev), folder / ROC_FILE))
+        written.append(_save(pr_figure(ev), folder / PR_FILE))
+    written.append(_save(reliability_figure(ev), folder / RELIABILITY_FILE))
+    return written
+
+
+def _write_predictions(path: Path, ev: Evaluation) -> Path:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["text"] + (["text_pair"] if ev.pairs is not None else []) + ["gold", "predicted", "score"] + [f"prob_{n}" for n in ev.names])
+    best = ev.probs.argmax(axis=1)
+    for i, text in enumerate(ev.texts):
+        row = [text] + ([ev.pairs[i]] if ev.pairs is not None else [])
+        if ev.multi_label:  # labels joined with ";", the score is the top label's probability
+            gold = ";".join(n for n, g in zip(ev.names, ev.gold[i], strict=True) if g)
+            predicted = ";".join(n for n, p in zip(ev.names, ev.probs[i], strict=True) if p >= ev.threshold)
+        else:
+            gold, predicted = ev.names[ev.gold[i]], ev.names[best[i]]
+        row += [gold, predicted, f"{ev.probs[i, best[i]]:.6f}"] + [f"{p:.6f}" for p in ev.probs[i]]
+        writer.writerow(row)
+    runs.write_atomic(path, buffer.getvalue())
+    return path
+
+
+# ---------------------------------------------------------------------------- figures
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    runs.write_atomic(path, buffer.getvalue())
+    return path
+
+
+def confusion_figure(confusion: dict[str, Any]):
+    """Counts (left) and row-normalised shares (right): row = gold label, column = predicted label."""
+    names, counts = confusion["labels"], np.asarray(confusion["matrix"])
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    n = len(names)
+    side = min(max(3.2, 0.45 * n + 1.8), 14)
+    fig = _figure(2 * side + 1.2, side + 0.3)
+    fig.suptitle("Confusion matrix (rows: gold label, columns: predicted label)")
+    for ax, values, title, fmt in zip(fig.subplots(1, 2), (counts, shares), ("counts", "row-normalised"), ("d", ".2f"), strict=True):
+        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if fmt == ".2f" else max(int(values.max()), 1))
+        fig.colorbar(image, ax=ax, shrink=0.8)
+        ax.set(title=title, xlabel="predicted label", ylabel="gold label",
+               xticks=range(n), yticks=range(n), xticklabels=names, yticklabels=names)
+        if n > 4 or max(map(len, names)) > 8:  # slanted, each label ending under its column
+            for label in ax.get_xticklabels():
+                label.set(rotation=45, horizontalalignment="right", rotation_mode="anchor")
+        if n <= ANNOTATE_MAX_CLASSES:
+            threshold = values.max() / 2
+            for i in range(n):
+                for j in range(n):
+                    ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=9,
+                            color="white" if values[i, j] > threshold else "black")
+    return fig
+
+
+def multilabel_confusion_figure(per_class: dict[str, dict[str, Any]]):
+    """Multi-label: one 2x2 matrix per label (rows: gold no/yes, columns: predicted no/yes)."""
+    names = list(per_class)
+    cols = min(len(names), 5)
+    rows = -(-len(names) // cols)
+    fig = _figure(2.6 * cols, 2.5 * rows + 0.4)
+    fig.suptitle("Confusion per label (rows: gold, columns: predicted)")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, name in zip(axes, names, strict=False):
+        c = per_class[name]
+        values = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
+        ax.imshow(values, cmap="Blues", vmin=0, vmax=max(int(values.max()), 1))
+        ax.set(title=name[:24], xlabel="predicted", ylabel="gold", xticks=[0, 1], yticks=[0, 1], xticklabels=["no", "yes"], yticklabels=["no", "yes"])
+        for i in range(2):
+            for j in range(2):
+                ax.text(j, i, str(values[i, j]), ha="center", va="center", color="white" if values[i, j] > values.max() / 2 else "black")
+    for ax in axes[len(names):]:
+        ax.set_axis_off()
+    return fig
+
+
+def roc_figure(ev: Evaluation):
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(ev.gold == 1, ev.probs[:, 1])
+    fig = _figure(4.6, 4.2)
+    ax = fig.subplots()
+    ax.plot(fpr, tpr, lw=2, label=f"AUC {ev.metrics['roc_auc']:.4f}")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.set(title=f"ROC curve (positive: {ev.names[1]})", xlabel="false positive rate", ylabel="true positive rate",
+           xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(loc="lower right")
+    return fig
+
+
+def pr_figure(ev: Evaluation):
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, _ = precision_recall_curve(ev.gold == 1, ev.probs[:, 1])
+    base = float(np.mean(ev.gold == 1))
+    fig = _figure(4.6, 4.2)
+    ax = fig.subplots()
+    ax.step(recall, precision, where="post", lw=2, label=f"average precision {ev.metrics['pr_auc']:.4f}")
+    ax.axhline(base, ls="--", color="grey", lw=1, label=f"chance ({base:.2f})")
+    ax.set(title=f"Precision-recall (positive: {ev.names[1]})", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(loc="lower left")
+    return fig
+
+
+def reliability_figure(ev: Evaluation):
+    """Accuracy against mean confidence per bin, over a histogram of how many rows fall in each bin.
+
+    Multi-label: every (row, label) decision counts, its confidence being p if predicted, else 1 - p.
+    """
+    if ev.multi_label:
+        bins = reliability(*decisions(ev.gold, ev.probs, ev.threshold))
+    else:
+        bins = reliability(ev.probs.max(axis=1), ev.probs.argmax(axis=1) == ev.gold)
+    edges, width = bins["edges"], bins["edges"][1] - bins["edges"][0]
+    filled = bins["counts"] > 0
+    fig = _figure(4.6, 5.4)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    top.bar(edges[:-1][filled], bins["accuracy"][filled], width=width, align="edge", edgecolor="black", alpha=0.8, label="accuracy")
+    top.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    top.set(title=f"Reliability (ECE {bins['ece']:.4f})", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    top.legend(loc="upper left")
+    bottom.bar(edges[:-1], bins["counts"], width=width, align="edge", edgecolor="black", color="grey")
+    bottom.set(xlabel="confidence (probability of the decision)" if ev.multi_label else "confidence (probability of the predicted label)",
+               ylabel="decisions" if ev.multi_label else "rows")
+    return fig
+
+
+def loss_figure(log_path: Path):
+    """Training loss per logged step and validation loss per evaluation, from a run's log.jsonl."""
+    records = [json.loads(line) for line in Path(log_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in records if "split" not in r and "loss" in r]
+    valid = [(r["step"], r["loss"]) for r in records if r.get("split") == "validation" and "loss" in r]
+    fig = _figure(6, 4)
+    ax = fig.subplots()
+    if train:
+        ax.plot(*zip(*train, strict=True), lw=1.5, label="training (mean over logging window)")
+    if valid:
+        ax.plot(*zip(*valid, strict=True), marker="o", lw=1.5, label="validation")
+    ax.set(title="Loss", xlabel="optimizer step", ylabel="loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def write_loss_curve(run: Path) -> Path:
+    return _save(loss_figure(Path(run) / runs.LOG_FILE), Path(run) / runs.LOSS_FILE)
+
+
+# ---------------------------------------------------------------------------- terminal
+
+def print_report(metrics: dict[str, Any], file: IO[str] | None = None, title: str | None = None) -> None:
+    """A per-class precision/recall/F1/support table, the headline figures and the worst confusions."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=file, highlight=False, soft_wrap=True)
+    table = Table(title=title, title_justify="left")
+    table.add_column("label")
+    for name in ("precision", "recall", "f1", "support"):
+        table.add_column(name, justify="right")
+    for name, m in metrics["per_class"].items():
+        table.add_row(name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(m["support"]))
+    console.print(table)
+    console.print(headline(metrics))
+    worst = worst_confusions(metrics["confusion_matrix"]) if "confusion_matrix" in metrics else []
+    if worst:
+        console.print("worst confusions (gold → predicted):")
+        for gold, predicted, count, share in worst:
+            console.print(f"  {gold} → {predicted}: {count} ({share:.1%} of {gold})")
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    if "hamming_loss" in metrics:  # multi-label
+        keys = ("accuracy", "hamming_loss", "f1_micro", "f1_macro", "ece", "loss", "threshold")
+        names = {"accuracy": "subset accuracy"}
+    else:
+        keys, names = ("accuracy", "f1_macro", "f1_weighted", "roc_auc", "pr_auc", "ece", "loss"), {}
+    return " | ".join([f"{names.get(k, k)} {metrics[k]:.4f}" for k in keys if k in metrics] + [f"examples {metrics['num_examples']}"])
+
+
+def worst_confusions(confusion: dict[str, Any], top: int = WORST_CONFUSIONS) -> list[tuple[str, str, int, float]]:
+    """The largest off-diagonal cells: (gold, predicted, count, share of the gold label's rows)."""
+    names, counts = confusion["labels"], np.asarray(confusion["matrix"])
+    cells = [(int(counts[i, j]), i, j) for i in range(len(names)) for j in range(len(names)) if i != j and counts[i, j] > 0]
+    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return [(names[i], names[j], count, count / counts[i].sum()) for count, i, j in cells[:top]]

@@ -1,0 +1,75 @@
+"""bertcls export --format onnx: same logits as PyTorch, int8 close, and predict runs it without torch."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from bertcls.cli import app
+from bertcls.errors import ModelError, RunError
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+runner = CliRunner()
+TEXTS = ["a wonderful film", "dreadful acting", "the plot was great and the cast superb", "boring", "great " * 100, "😀 映画"]
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("exported")
+    for name, extra in (("fp32", []), ("int8", ["--quantize", "int8"])):
+        result = runner.invoke(app, ["export", "--model", str(trained_run), "--format", "onnx", "--output", str(folder / name), *extra])
+        assert result.exit_code == 0, result.output
+    return folder
+
+
+def test_fp32_logits_match_pytorch(trained_run, exported):
+    from bertcls.predict import OnnxPredictor, Predictor
+
+    torch_logits = Predictor.load(trained_run, batch_size=4).logits(TEXTS)
+    onnx_logits = OnnxPredictor.load(exported / "fp32", batch_size=4).logits(TEXTS)
+    assert abs(onnx_logits - torch_logits).max() < 1e-4
+    assert {p.name for p in (exported / "fp32").iterdir()} == {"model.onnx", "tokenizer.json", "config.json", "bertcls-onnx.json", "config.yaml"}
+
+
+def test_predict_gives_the_same_output_with_an_exported_folder(trained_run, exported):
+    outputs = [runner.invoke(app, ["predict", "-m", str(m), "--json", *TEXTS]) for m in (trained_run, exported / "fp32")]
+    assert all(o.exit_code == 0 for o in outputs), [o.output for o in outputs]
+    torch_rows, onnx_rows = ([json.loads(line) for line in o.stdout.splitlines()] for o in outputs)
+    assert [r["label"] for r in torch_rows] == [r["label"] for r in onnx_rows]
+    assert [r["score"] for r in torch_rows] == pytest.approx([r["score"] for r in onnx_rows], abs=1e-4)
+
+
+def test_int8_is_smaller_and_as_accurate(trained_run, exported, tmp_path):
+    assert (exported / "int8" / "model.onnx").stat().st_size < 0.5 * (exported / "fp32" / "model.onnx").stat().st_size
+    test_file = trained_run.parent / "test.csv"
+    accuracy = {}
+    for name, model in (("torch", trained_run), ("int8", exported / "int8")):
+        result = runner.invoke(app, ["evaluate", str(test_file), "-m", str(model), "-o", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        accuracy[name] = json.loads((tmp_path / name / "metrics.json").read_text())["accuracy"]
+    assert abs(accuracy["int8"] - accuracy["torch"]) <= 1 / 60  # at most one of the 60 test rows differs
+
+
+def test_onnx_predict_imports_neither_torch_nor_transformers(exported):
+    code = ("import sys\nfrom bertcls.cli import app\n"
+            f"try:\n    app(['predict', '--model', {str(exported / 'fp32')!r}, 'a wonderful film'])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'accelerate') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    prediction, heavy_modules = done.stdout.splitlines()
+    assert prediction.startswith("positive\t") and heavy_modules == "[]"
+
+
+def test_export_refuses_a_non_empty_folder_and_says_what_to_install(trained_run, tmp_path, monkeypatch):
+    from bertcls import export
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    with pytest.raises(RunError, match="is not empty"):
+        export.export_onnx(trained_run, tmp_path / "taken")
+    monkeypatch.setattr(export, "_importable", lambda name: name != "onnxruntime")
+    with pytest.raises(ModelError, match=r"export needs onnxruntime; install them with: pip install 'bertcls\[onnx\]'"):
+        export.export_onnx(trained_run, tmp_path / "new")

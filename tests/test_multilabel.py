@@ -1,0 +1,124 @@
+"""Multi-label classification end to end: labels as lists or separated strings, sigmoid + BCE, thresholds."""
+
+import csv
+import json
+import random
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from bertcls.cli import app
+from bertcls.config import DataConfig, load_config
+from bertcls.data import LabelMap, read_split
+from bertcls.errors import DataError
+from bertcls.evaluate import multilabel_metrics, tune_threshold
+from bertcls.predict import Predictor
+from bertcls.train import train
+from conftest import FILLER, make_config, write_csv
+
+runner = CliRunner()
+TOPICS = {"food": ["cheese", "soup"], "music": ["guitar", "piano"], "sport": ["football", "tennis"]}
+
+
+def topic_rows(n, seed):
+    """Each topic present in a row adds one of its cue words; a row may have no topic at all."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        topics = sorted(t for t in TOPICS if rng.random() < 0.45)
+        words = rng.sample(FILLER, 2) + [rng.choice(TOPICS[t]) for t in topics]
+        rng.shuffle(words)
+        rows.append((" ".join(words), ";".join(topics)))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def multilabel_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("multilabel")
+    data = {name: write_csv(folder / f"{name}.csv", topic_rows(n, seed)) for name, n, seed in (("train", 300, 0), ("validation", 60, 1), ("test", 60, 2))}
+    config = make_config(folder, data, training={"epochs": 4, "batch_size": 8, "learning_rate": 3e-3, "tune_threshold": True})
+    return train(load_config(config, ["data.task=multi_label"]), quiet=True), data
+
+
+def test_multilabel_run_learns_and_saves_problem_type_and_threshold(multilabel_run):
+    run, _ = multilabel_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    test = metrics["test"]
+    assert test["f1_micro"] >= 0.8 and test["accuracy"] >= 0.6 and test["hamming_loss"] <= 0.15, test
+    assert set(test["per_class"]) == {"food", "music", "sport"} and "confusion_matrix" not in test
+    model_config = json.loads((run / "model" / "config.json").read_text())
+    assert model_config["problem_type"] == "multi_label_classification"
+    assert model_config["multi_label_threshold"] == metrics["validation"]["threshold"] == test["threshold"]
+    rows = list(csv.DictReader(open(run / "reports" / "test" / "predictions.csv", encoding="utf-8")))
+    assert list(rows[0])[-3:] == ["prob_food", "prob_music", "prob_sport"]
+    assert sum(r["gold"] == r["predicted"] for r in rows) >= 0.6 * len(rows)
+    assert (run / "reports" / "test" / "confusion_matrix.png").stat().st_size > 2000
+
+
+def test_predict_prints_every_label_above_the_threshold(multilabel_run):
+    run, _ = multilabel_run
+    threshold = json.loads((run / "model" / "config.json").read_text())["multi_label_threshold"]
+    texts = ["the cheese and the guitar", "the film was quite", "tennis and piano and soup"]
+    as_json = runner.invoke(app, ["predict", "-m", str(run), "--json", *texts])
+    as_text = runner.invoke(app, ["predict", "-m", str(run), *texts])
+    assert as_json.exit_code == 0 and as_text.exit_code == 0, as_json.output + as_text.output
+    for record, line in zip(map(json.loads, as_json.stdout.splitlines()), as_text.stdout.split("\n"), strict=False):
+        above = sorted((label for label, p in record["probabilities"].items() if p >= threshold), key=lambda k: -record["probabilities"][k])
+        assert record["labels"] == above and line.split("\t")[0::2] == (above or [""])
+    first = json.loads(as_json.stdout.splitlines()[0])
+    assert {"food", "music"} <= set(first["labels"])
+
+
+def test_evaluate_and_predict_file_on_multilabel(tmp_path, multilabel_run):
+    run, data = multilabel_run
+    result = runner.invoke(app, ["evaluate", str(data["test"]), "-m", str(run), "-o", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert "subset accuracy" in result.stdout and "hamming_loss" in result.stdout
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["f1_micro"] >= 0.85
+    result = runner.invoke(app, ["predict", "-m", str(run), "-f", str(data["test"]), "-o", str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 0, result.output
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert all(isinstance(r["predicted"], list) for r in out)
+    assert sum(";".join(sorted(r["predicted"])) == r["label"] for r in out) >= 0.6 * len(out)
+
+
+def test_the_checkpoint_is_multilabel_for_transformers_pipeline(multilabel_run):
+    from transformers import pipeline
+
+    run, _ = multilabel_run
+    scores = pipeline("text-classification", model=str(run / "model"), device="cpu", top_k=None)(["soup and piano"])[0]
+    ours = Predictor.load(run).predict(["soup and piano"])[0].probabilities
+    assert {s["label"]: s["score"] for s in scores} == pytest.approx(ours, abs=1e-5)  # the same sigmoid, not a softmax
+    assert sum(ours.values()) != pytest.approx(1.0, abs=1e-3)
+
+
+def test_labels_as_lists_in_jsonl_and_separated_strings_in_csv(tmp_path):
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text('{"text": "a", "label": ["x", "y"]}\n{"text": "b", "label": []}\n{"text": "c", "label": ["y"]}\n')
+    split = read_split(str(jsonl), DataConfig(train=str(jsonl), task="multi_label"), "train")
+    assert split.labels == [["x", "y"], [], ["y"]]
+    tsv = write_csv(tmp_path / "d.tsv", [("a", "x|y"), ("b", ""), ("c", " y ")], delimiter="\t")
+    split = read_split(str(tsv), DataConfig(train=str(tsv), task="multi_label", label_separator="|"), "train")
+    assert split.labels == [["x", "y"], [], ["y"]]
+    labels = LabelMap.from_values(split.labels, multi_label=True)
+    assert labels.names == ("x", "y") and labels.encode(split.labels, "train") == [[1.0, 1.0], [0.0, 0.0], [0.0, 1.0]]
+    with pytest.raises(DataError, match="labels not seen in train: 'z'"):
+        labels.encode([["z"]], "validation")
+
+
+def test_lists_without_multi_label_task_say_how_to_fix(tmp_path):
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text('{"text": "a", "label": ["x", "y"]}\n')
+    with pytest.raises(DataError, match="set data.task: multi_label"):
+        read_split(str(jsonl), DataConfig(train=str(jsonl)), "train")
+
+
+def test_multilabel_metrics_by_hand_and_threshold_tuning():
+    gold = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]])
+    probs = np.array([[0.9, 0.2, 0.4], [0.1, 0.8, 0.3], [0.7, 0.6, 0.1]])
+    m = multilabel_metrics(gold, probs, ["a", "b", "c"], 0.5)
+    # predicted: [1,0,0] [0,1,0] [1,1,0] -> rows 2 and 3 exact; one of 9 decisions wrong (row 1, c)
+    assert m["accuracy"] == pytest.approx(2 / 3) and m["hamming_loss"] == pytest.approx(1 / 9)
+    assert m["f1_micro"] == pytest.approx(2 * 4 / (2 * 4 + 1)) and m["per_class"]["c"]["fn"] == 1
+    assert tune_threshold(gold, probs) <= 0.4  # 0.4 catches row 1's c without any false positive

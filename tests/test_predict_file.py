@@ -1,0 +1,100 @@
+"""bertcls predict --file: streamed in chunks, input order and columns kept, csv/tsv/jsonl both ways."""
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from bertcls.cli import app
+from bertcls.errors import DataError
+from bertcls.predict import Prediction, Predictor
+from bertcls.predict_file import predict_file
+from conftest import toy_rows, write_csv
+
+runner = CliRunner()
+
+
+class CountingPredictor:
+    """Labels a text by its length; records how many texts each call got."""
+
+    def __init__(self):
+        self.calls = []
+
+    def predict(self, texts, pairs=None):
+        self.calls.append(len(texts))
+        return [Prediction("long" if len(t) > 30 else "short", 0.9, {"long": 0.9, "short": 0.1}) for t in texts]
+
+
+def test_rows_are_read_in_chunks_and_written_in_order(tmp_path):
+    rows = [(text, label, str(i)) for i, (text, label) in enumerate(toy_rows(20, 3))]
+    source = write_csv(tmp_path / "in.csv", rows, header=("text", "label", "id"))
+    predictor = CountingPredictor()
+    assert predict_file(predictor, source, tmp_path / "out.csv", text_column="text", chunk_rows=7, progress=False) == 20
+    assert predictor.calls == [7, 7, 6]  # never more than a chunk in memory
+    out = list(csv.DictReader(open(tmp_path / "out.csv", encoding="utf-8")))
+    assert [r["id"] for r in out] == [str(i) for i in range(20)] and list(out[0]) == ["text", "label", "id", "predicted", "score"]
+    assert [r["predicted"] for r in out] == ["long" if len(t) > 30 else "short" for t, _, _ in rows]
+
+
+def test_real_model_csv_to_csv_matches_predict_on_texts(tmp_path, trained_run):
+    rows = [(text, str(i)) for i, (text, _) in enumerate(toy_rows(50, 4))]
+    source = write_csv(tmp_path / "in.csv", rows, header=("text", "id"))
+    result = runner.invoke(app, ["predict", "--model", str(trained_run), "--file", str(source), "--output", str(tmp_path / "out.csv")])
+    assert result.exit_code == 0, result.output
+    out = list(csv.DictReader(open(tmp_path / "out.csv", encoding="utf-8")))
+    direct = Predictor.load(trained_run).predict([t for t, _ in rows])
+    assert [r["predicted"] for r in out] == [p.label for p in direct]
+    assert [float(r["score"]) for r in out] == pytest.approx([p.score for p in direct], abs=1e-5)
+    assert [r["id"] for r in out] == [i for _, i in rows]
+
+
+def test_tsv_to_jsonl_with_top_k_and_another_text_column(tmp_path, trained_run):
+    source = tmp_path / "in.tsv"
+    source.write_text('sentence\tn\nthe film was superb\t"1"\ndreadful\t2\n', encoding="utf-8")  # GLUE-style: quotes are text
+    result = runner.invoke(app, ["predict", "-m", str(trained_run), "-f", str(source), "-o", str(tmp_path / "out.jsonl"),
+                                 "--text-column", "sentence", "--top-k", "2"])
+    assert result.exit_code == 0, result.output
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["sentence"] for r in out] == ["the film was superb", "dreadful"] and [r["n"] for r in out] == ['"1"', "2"]
+    assert [r["predicted"] for r in out] == ["positive", "negative"]
+    assert out[0]["label_1"] == "positive" and out[0]["label_2"] == "negative" and out[0]["score_1"] >= out[0]["score_2"]
+
+
+def test_jsonl_in_and_json_lines_on_stdout(tmp_path, trained_run):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "superb", "meta": {"k": 1}}\n\n{"text": "awful", "meta": null}\n', encoding="utf-8")
+    result = runner.invoke(app, ["predict", "-m", str(trained_run), "-f", str(source)])
+    assert result.exit_code == 0, result.output
+    out = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [(r["predicted"], r["meta"]) for r in out] == [("positive", {"k": 1}), ("negative", None)]
+
+
+def test_texts_with_top_k(trained_run):
+    result = runner.invoke(app, ["predict", "-m", str(trained_run), "--top-k", "2", "superb"])
+    assert result.exit_code == 0, result.output
+    label1, score1, label2, score2 = result.stdout.strip().split("\t")
+    assert (label1, label2) == ("positive", "negative") and float(score1) + float(score2) == pytest.approx(1, abs=1e-3)
+
+
+@pytest.mark.parametrize("name, content, extra, message", [
+    ("in.csv", "body,label\nhi,x\n", [], "no column 'text' (columns: body, label); pass --text-column"),
+    ("in.json", "[]", [], "unsupported extension '.json'"),
+    ("in.jsonl", '{"text": "a"}\nnot json\n', [], "line 2 is not valid JSON"),
+    ("in.csv", "text,score\nhi,1\n", [], "already has column(s) score"),
+    ("in.csv", "text\n", [], "no rows"),
+    ("in.csv", "text\nhi\n", ["--output", "out.xlsx"], "unsupported extension '.xlsx'"),
+])
+def test_bad_files_are_one_line_errors_and_leave_no_output(tmp_path, trained_run, name, content, extra, message):
+    source = tmp_path / name
+    source.write_text(content, encoding="utf-8")
+    extra = [str(tmp_path / e) if e.startswith("out") else e for e in extra] or ["--output", str(tmp_path / "out.csv")]
+    result = runner.invoke(app, ["predict", "-m", str(trained_run), "-f", str(source), *extra])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not any(p.name.startswith(("out", ".out")) for p in tmp_path.iterdir())
+
+
+def test_output_may_not_overwrite_the_input(tmp_path):
+    source = write_csv(tmp_path / "in.csv", [("a", "b")])
+    with pytest.raises(DataError, match="is the input file"):
+        predict_file(CountingPredictor(), source, source, text_column="text", progress=False)
