@@ -8,11 +8,16 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import csv  # noqa: E402
+import json  # noqa: E402
 import random  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import yaml  # noqa: E402
+
+from bertcls import runs  # noqa: E402
 
 GOOD = ["great", "wonderful", "superb", "delightful", "brilliant", "moving", "charming", "excellent"]
 BAD = ["awful", "boring", "dreadful", "tedious", "clumsy", "dull", "painful", "terrible"]
@@ -85,3 +90,33 @@ def trained_run(tmp_path_factory) -> Path:
         "test": write_csv(folder / "test.csv", toy_rows(60, 2)),
     }
     return train(load_config(make_config(folder, data)), quiet=True)
+
+
+def wait_for(condition, process: subprocess.Popen, what: str) -> None:
+    """Poll `condition` until it holds; fail if the training process ends (or 240 s pass) first."""
+    deadline = time.monotonic() + 240
+    while not condition():
+        if process.poll() is not None:
+            stderr = process.stderr.read() if process.stderr else ""
+            pytest.fail(f"training ended (exit {process.returncode}) before {what}: {stderr}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    """`run` (interrupted and resumed) ended exactly like `reference`: weights, metrics and log."""
+    import torch
+    from safetensors.torch import load_file
+
+    ours, theirs = load_file(run / "model" / "model.safetensors"), load_file(reference / "model" / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours), "final weights differ from the uninterrupted run"
+    a, b = (json.loads((r / runs.METRICS_FILE).read_text()) for r in (run, reference))
+    assert a["validation"] == b["validation"] and a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
+    assert a["train"]["optimizer_steps"] == b["train"]["optimizer_steps"]
+    # the log reads as one run: every step once, with the same losses and learning rates
+    strip = lambda r: {k: v for k, v in json.loads(r).items() if k != "examples_per_s"}  # noqa: E731
+    assert [strip(r) for r in (run / runs.LOG_FILE).read_text().splitlines()] == \
+        [strip(r) for r in (reference / runs.LOG_FILE).read_text().splitlines()]

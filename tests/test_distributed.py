@@ -2,10 +2,12 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -16,14 +18,17 @@ from bertcls.data import LengthGroupedBatches, sorted_batches
 from bertcls.distributed import check_launch
 from bertcls.errors import ConfigError
 from bertcls.train import train
-from conftest import make_config, toy_rows, write_csv
+from conftest import assert_same_run, make_config, toy_rows, wait_for, write_csv
+
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _torchrun_cmd(nproc: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m", "bertcls", *args]
 
 
 def _torchrun(nproc: int, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "bertcls", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(_torchrun_cmd(nproc, *args), cwd=cwd, env=TORCHRUN_ENV, capture_output=True, text=True, timeout=300)
 
 
 def _evaluate(run: Path, data: Path, batch_size: int) -> dict:
@@ -112,6 +117,76 @@ def test_accelerate_launch_runs_the_same_config_the_same_way(two_process_run):
     accelerate_metrics = json.loads((folder / "accelerate" / runs.METRICS_FILE).read_text())
     for key in ("best_epoch", "validation", "test"):
         assert accelerate_metrics[key] == torchrun_metrics[key], key
+
+
+def _kill_launch(launch: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its workers (which run in sessions of their own), torchrun first: it
+    would otherwise stop or restart the workers."""
+    try:
+        processes = [psutil.Process(launch.pid), *psutil.Process(launch.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes[1:], timeout=30)
+    launch.wait()
+
+
+def test_two_processes_stopped_resumed_killed_and_resumed_end_like_the_uninterrupted_run(two_process_run, tmp_path, request):
+    # torchrun forwards a SIGTERM to every worker, and they may see it at different steps; here
+    # only rank 1 gets it, the extreme case: both must stop after the same step and rank 0 write
+    # one checkpoint. Then a resume under torchrun is SIGKILLed (torchrun and workers) after a
+    # mid-epoch checkpoint and resumed again. Each process restores its own random states
+    # (dropout), loss window and place in its shard of the batches: the end is the uninterrupted
+    # two-process run's, to the bit.
+    folder, _, reference = two_process_run
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    run = tmp_path / "run"
+    train_args = ["train", str(folder / "config.yaml"), "-q", "--set", f"output_dir={run}", "--set", "training.save_every_steps=7"]
+
+    def launch(*extra: str) -> subprocess.Popen:
+        return subprocess.Popen(_torchrun_cmd(2, *train_args, *extra), cwd=tmp_path, env=TORCHRUN_ENV,
+                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "stderr.txt", "w"), text=True)
+
+    stopped = launch()
+    request.addfinalizer(lambda: _kill_launch(stopped))  # a hang (processes that disagree) must not outlive the test
+    wait_for(lambda: (run / runs.LOG_FILE).is_file() and (run / runs.LOG_FILE).stat().st_size > 0, stopped, "the first logged step")
+    [rank1] = [p for p in psutil.Process(stopped.pid).children() if p.environ().get("RANK") == "1"]
+    rank1.send_signal(signal.SIGTERM)
+    assert stopped.wait(timeout=120) != 0
+    stderr = (tmp_path / "stderr.txt").read_text()
+    [checkpoint] = runs.checkpoints(run)  # keep_checkpoints=1, and never 7 steps in before the first log line at 5
+    step = json.loads((checkpoint / runs.CHECKPOINT_STATE).read_text())["global_step"]
+    assert stderr.count(f"stopped by SIGTERM after step {step}; resumable checkpoint: {checkpoint}") == 1, stderr[-3000:]
+    assert sorted(p.name for p in checkpoint.glob("rng-*.pt")) == ["rng-0.pt", "rng-1.pt"]
+    assert json.loads((run / runs.LOG_FILE).read_text().splitlines()[-1])["step"] <= step
+
+    killed = launch("--resume")
+    request.addfinalizer(lambda: _kill_launch(killed))
+    newer = lambda: [c for c in runs.checkpoints(run) if int(c.name.removeprefix(runs.CHECKPOINT_PREFIX)) > step]  # noqa: E731
+    wait_for(newer, killed, "a checkpoint after the resume")
+    _kill_launch(killed)
+    assert not (run / runs.METRICS_FILE).exists()
+    assert json.loads((runs.checkpoints(run)[-1] / runs.CHECKPOINT_STATE).read_text())["batches_done"] > 0  # mid-epoch
+
+    done = _torchrun(2, *train_args, "--resume", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_run(run, folder / "run")
+
+
+def test_resuming_with_another_number_of_processes_is_refused(two_process_run, tmp_path):
+    folder, _, reference = two_process_run
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    run = tmp_path / "run"
+    (run / "checkpoint-3").mkdir(parents=True)
+    (run / "checkpoint-3" / runs.CHECKPOINT_STATE).write_text(json.dumps({"global_step": 3, "processes": 2}))
+    result = CliRunner().invoke(app, ["train", str(folder / "config.yaml"), "--resume", "--set", f"output_dir={run}"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == ("Error: --resume: checkpoint-3 was written by 2 process(es) and this run has 1; resume with "
+                                     "the same number (torchrun --nproc_per_node 2 ..., or plainly for 1)")
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from bertcls.config import load_config
 from bertcls.errors import RunError
 from bertcls.faults import StopRequest, out_of_memory_hint
 from bertcls.train import train
-from conftest import make_config, toy_rows, write_csv
+from conftest import assert_same_run, make_config, toy_rows, wait_for, write_csv
 
 runner = CliRunner()
 # 240 rows / batch 16 = 15 steps an epoch: checkpoints every 4 steps fall mid-epoch. One thread:
@@ -58,30 +57,6 @@ def start(config: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.Popen([sys.executable, "-m", "bertcls", "train", str(config), "-q"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(condition, process: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + 240
-    while not condition():
-        if process.poll() is not None:
-            pytest.fail(f"training ended (exit {process.returncode}) before {what}: {process.stderr.read()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
-def assert_same_run(run: Path, reference: Path) -> None:
-    ours, theirs = load_file(run / "model" / "model.safetensors"), load_file(reference / "model" / "model.safetensors")
-    assert ours.keys() == theirs.keys()
-    assert all(torch.equal(ours[k], theirs[k]) for k in ours), "final weights differ from the uninterrupted run"
-    a, b = (json.loads((r / runs.METRICS_FILE).read_text()) for r in (run, reference))
-    assert a["validation"] == b["validation"] and a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
-    assert a["train"]["optimizer_steps"] == b["train"]["optimizer_steps"]
-    # the log reads as one run: every step once, with the same losses and learning rates
-    strip = lambda r: {k: v for k, v in json.loads(r).items() if k != "examples_per_s"}  # noqa: E731
-    assert [strip(r) for r in (run / runs.LOG_FILE).read_text().splitlines()] == \
-        [strip(r) for r in (reference / runs.LOG_FILE).read_text().splitlines()]
 
 
 def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, data, reference, keep_threads):
@@ -222,8 +197,8 @@ def test_checkpoint_files_load_without_pickle(tmp_path, data, keep_threads):
     run = train(load_config(make_config(tmp_path, data, training={**TRAINING, "epochs": 1})), quiet=True)
     folder = runs.checkpoints(run)[-1]
     assert sorted(p.name for p in folder.iterdir()) == sorted([runs.CHECKPOINT_WEIGHTS, runs.CHECKPOINT_OPTIMIZER,
-                                                               runs.CHECKPOINT_RNG, runs.CHECKPOINT_STATE])
-    for name in (runs.CHECKPOINT_OPTIMIZER, runs.CHECKPOINT_RNG):
+                                                               runs.CHECKPOINT_RNG.format(0), runs.CHECKPOINT_STATE])
+    for name in (runs.CHECKPOINT_OPTIMIZER, runs.CHECKPOINT_RNG.format(0)):
         torch.load(folder / name, weights_only=True)  # raises on anything but tensors and plain containers
     assert not [p for p in run.iterdir() if p.name.startswith(".")], "temporary files left behind"
 
@@ -327,7 +302,7 @@ def test_resume_on_cuda_with_scaler_and_cuda_rng(tmp_path, data, precision):
     assert process.returncode == 130, stderr
     saved = torch.load(runs.checkpoints(run)[-1] / runs.CHECKPOINT_OPTIMIZER, weights_only=True)
     assert (saved["scaler"] is not None) == (precision == "fp16")
-    assert "cuda" in torch.load(runs.checkpoints(run)[-1] / runs.CHECKPOINT_RNG, weights_only=True)
+    assert "cuda" in torch.load(runs.checkpoints(run)[-1] / runs.CHECKPOINT_RNG.format(0), weights_only=True)["rng"]
     result = runner.invoke(app, ["train", str(config), "--resume", "-q"])
     assert result.exit_code == 0, result.output
     ours, theirs = load_file(run / "model" / "model.safetensors"), load_file(ref / "model" / "model.safetensors")

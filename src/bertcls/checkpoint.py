@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bertcls import runs
+from bertcls import distributed, runs
 from bertcls.errors import RunError, first_line
 
 # Keys that may change between a checkpoint and its resume without changing what is trained.
@@ -25,11 +25,19 @@ HARMLESS_KEYS = frozenset({"output_dir", "training.log_every_steps", "training.n
                            "training.save_every_steps", "training.keep_checkpoints"})
 
 
-def save(run: Path, accelerator, model, optimizer, scheduler, *, state: dict[str, Any], config: dict[str, Any], keep: int) -> Path:
-    """Write RUN/checkpoint-<global_step> whole or not at all, then keep only the newest `keep`."""
+def save(run: Path, accelerator, model, optimizer, scheduler, *, state: dict[str, Any], own: dict[str, Any],
+         config: dict[str, Any], keep: int) -> Path:
+    """Write RUN/checkpoint-<global_step> whole or not at all, then keep only the newest `keep`.
+
+    A collective: every process calls it at the same step. `own` is this process's part of the
+    loop state (its loss window, its token count); it goes with the process's random states to
+    rng-<process>.pt. The main process gathers them and writes every file, so saving needs no
+    shared filesystem.
+    """
     from safetensors.torch import save_model
 
     dest = Path(run) / f"{runs.CHECKPOINT_PREFIX}{state['global_step']}"
+    per_process = _gather(accelerator, {**own, "rng": _rng_state()})
     if accelerator.is_main_process:
         tmp = runs.temp_dir_for(dest)
         try:
@@ -37,8 +45,10 @@ def save(run: Path, accelerator, model, optimizer, scheduler, *, state: dict[str
             scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
                        tmp / runs.CHECKPOINT_OPTIMIZER)
-            torch.save(_rng_state(), tmp / runs.CHECKPOINT_RNG)
-            (tmp / runs.CHECKPOINT_STATE).write_text(json.dumps({**state, "config": config}, indent=1), encoding="utf-8")
+            for index, part in enumerate(per_process):
+                torch.save(part, tmp / runs.CHECKPOINT_RNG.format(index))
+            state = {**state, "processes": accelerator.num_processes, "config": config}
+            (tmp / runs.CHECKPOINT_STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
             runs.publish_dir(tmp, dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -47,6 +57,15 @@ def save(run: Path, accelerator, model, optimizer, scheduler, *, state: dict[str
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return dest
+
+
+def _gather(accelerator, part: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every process's `part`, in process order (small: random states and a few numbers)."""
+    if accelerator.num_processes == 1:
+        return [part]
+    parts: list[Any] = [None] * accelerator.num_processes
+    torch.distributed.all_gather_object(parts, part)
+    return parts
 
 
 def find(run: Path, resume: bool | str | Path, config: dict[str, Any], data_fingerprint: str, force: bool) -> Path:
@@ -65,6 +84,10 @@ def find(run: Path, resume: bool | str | Path, config: dict[str, Any], data_fing
         if not (folder / runs.CHECKPOINT_STATE).is_file():
             raise RunError(f"--resume {folder}: not a checkpoint folder (no {runs.CHECKPOINT_STATE}); give RUN/{runs.CHECKPOINT_PREFIX}N")
     state = read_state(folder)
+    saved_by, processes = state.get("processes", 1), distributed.launched_processes()
+    if saved_by != processes:  # each process's position in the data order is its own
+        raise RunError(f"--resume: {folder.name} was written by {saved_by} process(es) and this run has {processes}; "
+                       f"resume with the same number (torchrun --nproc_per_node {saved_by} ..., or plainly for 1)")
     changed = config_differences(state.get("config") or {}, config)
     if changed and not force:
         raise RunError(f"--resume: the config differs from {folder.name}'s: {'; '.join(changed)}; undo the change, or pass --force")
@@ -85,7 +108,9 @@ def read_state(folder: Path) -> dict[str, Any]:
 
 
 def restore(folder: Path, run: Path, accelerator, model, optimizer, scheduler) -> dict[str, Any]:
-    """Load weights, optimizer/scheduler/scaler and random states from `folder`; return its loop state.
+    """Load weights, optimizer/scheduler/scaler and random states from `folder`; return its loop
+    state, with this process's own part (see `save`). Every process reads `folder`: a run over
+    many machines resumes from a shared filesystem.
 
     In `run`, log lines after the checkpoint's step and later checkpoints (a future that is being
     replaced) are dropped. Call last before the loop: it sets the random states the loop continues from.
@@ -95,9 +120,12 @@ def restore(folder: Path, run: Path, accelerator, model, optimizer, scheduler) -
     folder = Path(folder)
     state = read_state(folder)
     try:
-        load_model(accelerator.unwrap_model(model), str(folder / runs.CHECKPOINT_WEIGHTS), device=str(accelerator.device))
+        device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)  # safetensors refuses "cpu:0" (CPU processes)
+        load_model(accelerator.unwrap_model(model), str(folder / runs.CHECKPOINT_WEIGHTS), device=device)
         saved = torch.load(folder / runs.CHECKPOINT_OPTIMIZER, map_location="cpu", weights_only=True)
-        rng = torch.load(folder / runs.CHECKPOINT_RNG, map_location="cpu", weights_only=True)
+        own_file = folder / runs.CHECKPOINT_RNG.format(accelerator.process_index)
+        own = torch.load(own_file, map_location="cpu", weights_only=True)
+        rng = own.pop("rng")
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         if accelerator.scaler is not None and saved["scaler"] is not None:
@@ -112,7 +140,7 @@ def restore(folder: Path, run: Path, accelerator, model, optimizer, scheduler) -
         _trim_log(Path(run) / runs.LOG_FILE, step)
     accelerator.wait_for_everyone()
     _set_rng_state(rng)
-    return state
+    return {**state, **own}
 
 
 def fingerprint(texts, pairs, labels) -> str:

@@ -84,7 +84,9 @@ def train(
         run = run_training(cfg, overwrite=overwrite, quiet=quiet, resume=checkpoint or resume, force=force)
     except Interrupted as exc:
         again = ["bertcls", "train", str(config), *(a for item in set_ or [] for a in ("--set", item)), "--resume"]
-        typer.echo(f"{exc}\nresume with: {shlex.join(again)}", err=True)
+        if os.environ.get("RANK", "0") == "0":  # every process stops, the main one says so
+            launcher = " (under the same launcher, with the same number of processes)" if "RANK" in os.environ else ""
+            typer.echo(f"{exc}\nresume with: {shlex.join(again)}{launcher}", err=True)
         raise typer.Exit(exc.exit_code) from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch: once, from the main process
         typer.echo(str(run))

@@ -3,8 +3,8 @@ saved from and loaded back into a (possibly sharded) model, out.
 
 `torchrun` and `accelerate launch` start one process per device and describe the group in
 environment variables (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); Accelerate reads
-them. Only the main process (global rank 0) reads or writes the run folder, so a multi-machine
-run needs no shared filesystem.
+them. Only the main process (global rank 0) writes the run folder, so a multi-machine run needs
+no shared filesystem, except to resume: every process reads the checkpoint (`bertcls.checkpoint`).
 """
 
 from __future__ import annotations

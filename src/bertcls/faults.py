@@ -3,6 +3,7 @@ and running out of memory becomes a one-line hint instead of a stack trace."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -18,12 +19,20 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class StopRequest:
     """Once armed (the loop has started), the first SIGINT/SIGTERM asks the loop to stop after the
-    current optimizer step; a second one, or one before the loop, stops at once."""
+    current optimizer step; a second one, or one before the loop, stops at once.
+
+    Under many processes (torchrun forwards its signal to every worker) the processes may see the
+    signal at different steps; `agreed` makes them stop together, at the first step boundary
+    where any of them has it.
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.armed = False
         self._previous: dict[int, object] = {}
+        self._group = None
+        self._shared = False
+        self._agreed: int | None = None
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():  # Python only delivers signals there
@@ -38,14 +47,42 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signum is not None
 
+    def share(self, accelerator) -> None:
+        """With many processes, make `agreed` a collective over them. It runs on the CPU (gloo), so
+        it costs no GPU synchronisation: on NCCL it gets a gloo group of its own."""
+        if accelerator.num_processes == 1:
+            return
+        import torch.distributed as dist
+
+        self._shared = True
+        self._group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+    def agreed(self) -> bool:
+        """Whether to stop now: whether any process got a signal. Under many processes every
+        process must call this at the same points (once per optimizer step, once per epoch)."""
+        if not self._shared:
+            return self.requested
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([self.signum or 0], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)  # one int per step: cheap next to the gradients
+        # Another process got it: stop with it, under its name. Not recorded as our own signal, so
+        # that the same signal reaching us late (torchrun signals one worker after the other) is
+        # not taken for a second one, which would stop at once, in the middle of the checkpoint.
+        self._agreed = int(flag.item()) or None
+        return self._agreed is not None
+
     def interrupted(self, step: int, checkpoint: Path) -> Interrupted:
-        return Interrupted(signal.Signals(self.signum).name, step, checkpoint, 128 + self.signum)
+        signum = self.signum or self._agreed
+        return Interrupted(signal.Signals(signum).name, step, checkpoint, 128 + signum)
 
     def _handle(self, signum: int, frame) -> None:
         if self.armed and self.signum is None:
             self.signum = signum
-            print(f"\n{signal.Signals(signum).name}: stopping after this step to write a resumable checkpoint "
-                  "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun every process gets it: say it once
+                print(f"\n{signal.Signals(signum).name}: stopping after this step to write a resumable checkpoint "
+                      "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
             return
         if signum == signal.SIGINT:
             raise KeyboardInterrupt

@@ -6,7 +6,8 @@
     RUN/checkpoint-N/   a resumable checkpoint after optimizer step N (see `bertcls.checkpoint`):
         model.safetensors   the weights
         optimizer.pt        optimizer, scheduler and gradient-scaler state
-        rng.pt              python, numpy, torch and CUDA random states
+        rng-R.pt            process R's python, numpy, torch and CUDA random states, loss window
+                            and token count (one file per process: each draws its own dropout)
         state.json          epoch, position in the epoch's data order, step, best so far, config
     RUN/reports/        validation/ and test/: predictions.csv and figures (see bertcls.report)
     RUN/loss.png        training and validation loss (training.loss_curve)
@@ -38,7 +39,7 @@ RUN_FILES = (CONFIG_FILE, LOG_FILE, MODEL_DIR, REPORTS_DIR, LOSS_FILE, METRICS_F
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_OPTIMIZER = "optimizer.pt"
-CHECKPOINT_RNG = "rng.pt"
+CHECKPOINT_RNG = "rng-{}.pt"  # .format(process index)
 CHECKPOINT_STATE = "state.json"
 # Temporary names next to NAME, made by write_atomic, temp_dir_for and publish_dir.
 TEMP_PATTERNS = (".{}.*.tmp", ".{}.tmp-*", ".{}.old-*")

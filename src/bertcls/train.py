@@ -93,6 +93,7 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
         torch.set_num_threads(tcfg.num_threads)
     accelerator = make_accelerator(tcfg)
     main = accelerator.is_main_process
+    stop.share(accelerator)  # many processes stop at the same step
     if main:
         runs.prepare_run_dir(run, overwrite, resuming=resume_from is not None)
         runs.write_atomic(run / runs.CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -140,16 +141,16 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
 
     def save_checkpoint(epoch: int, batches_done: int) -> Path | None:
         """Everything the loop needs to continue after `batches_done` micro-batches of `epoch`."""
-        loss_sum = window_loss.item()
-        if not math.isfinite(loss_sum):
-            raise _nonfinite_loss(loss_sum, global_step, scheduler.get_last_lr()[0], run)
+        total = accelerator.reduce(window_loss, reduction="sum").item()  # all processes' losses: all refuse together
+        if not math.isfinite(total):
+            raise _nonfinite_loss(total, global_step, scheduler.get_last_lr()[0], run)
         if not resumable:
             return None
         return ckpt.save(run, accelerator, model, optimizer, scheduler, config=cfg.to_dict(), keep=tcfg.keep_checkpoints, state={
             "epoch": epoch, "batches_done": batches_done, "global_step": global_step, "best_value": best_value,
             "best_epoch": best_epoch, "best_metrics": best_metrics, "evals_since_best": evals_since_best,
-            "window": [loss_sum, window_batches, window_examples], "real_tokens": int(real_tokens),
-            "seconds": time.perf_counter() - started, "data_fingerprint": data_id})
+            "seconds": time.perf_counter() - started, "data_fingerprint": data_id},
+            own={"window": [window_loss.item(), window_batches, window_examples], "real_tokens": int(real_tokens)})
 
     stop.armed = True
     epoch = state.get("epoch", 0) - 1  # stays the last epoch trained when resuming after the final one
@@ -190,9 +191,10 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
                 window_loss.zero_()
                 window_batches, window_start, window_examples = 0, time.perf_counter(), 0
             last_batch = i + 1 == len(train_loader)  # the epoch's checkpoint comes after its evaluation
-            if stop.requested or (tcfg.save_every_steps and global_step % tcfg.save_every_steps == 0 and not last_batch):
+            stopping = stop.agreed()
+            if stopping or (tcfg.save_every_steps and global_step % tcfg.save_every_steps == 0 and not last_batch):
                 saved = save_checkpoint(epoch, i + 1)
-                if stop.requested:
+                if stopping:
                     raise stop.interrupted(global_step, saved)
 
         evaluation = _evaluate(model, eval_loaders["validation"], accelerator, labels, val_split, tcfg.threshold, tcfg.tune_threshold)
@@ -213,9 +215,10 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
             if tcfg.early_stopping_patience and evals_since_best >= tcfg.early_stopping_patience:
                 log.say(f"early stopping: no better {tcfg.metric_for_best} for {evals_since_best} evaluation(s)")
                 break
-        if stop.requested or not tcfg.save_every_steps or global_step % tcfg.save_every_steps == 0:
+        stopping = stop.agreed()
+        if stopping or not tcfg.save_every_steps or global_step % tcfg.save_every_steps == 0:
             saved = save_checkpoint(epoch + 1, 0)
-            if stop.requested:
+            if stopping:
                 raise stop.interrupted(global_step, saved)
     stop.armed = False
     progress.close()
