@@ -131,7 +131,9 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
     evals_since_best = evals_since_best or 0
     global_step, started = state.get("global_step", 0), time.perf_counter() - state.get("seconds", 0.0)
     real_tokens = torch.tensor(state.get("real_tokens", 0), device=accelerator.device)  # non-pad tokens trained on
-    progress = _progress(total_steps, disable=quiet or not main, initial=global_step)
+    # A live bar on a terminal; in a log file (CI, nohup, a cluster job) one line per log step instead.
+    bar = not (quiet or not main) and sys.stderr.isatty()
+    progress = _progress(total_steps, disable=not bar, initial=global_step)
     if resume_from:
         log.say(f"resumed from {resume_from} at step {global_step}")
 
@@ -188,6 +190,8 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
                           "examples_per_s": round(window_examples * accelerator.num_processes / elapsed, 2)}
                 log.write(record)
                 progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}", ex_s=f"{record['examples_per_s']:.1f}")
+                if not bar:
+                    log.say(f"step {global_step} | epoch {epoch + 1} | loss {mean_loss:.4f} | lr {record['lr']:.2e} | {record['examples_per_s']:.1f} ex/s")
                 window_loss.zero_()
                 window_batches, window_start, window_examples = 0, time.perf_counter(), 0
             last_batch = i + 1 == len(train_loader)  # the epoch's checkpoint comes after its evaluation
