@@ -77,6 +77,7 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line: text, label, score, probabilities.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16; auto: the run's training precision where this device runs it natively, else fp32.")] = "auto",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Say which model is used and which texts were truncated.")] = False,
     debug: Debug = False,
 ) -> None:
@@ -96,7 +97,9 @@ def predict(
         typer.echo(f"model: {path} ({why})", err=True)
     from bertcls.predict import Predictor
 
-    predictor = Predictor.load(path, device=device, batch_size=batch_size)
+    predictor = Predictor.load(path, device=device, batch_size=batch_size, precision=precision)
+    if verbose:
+        typer.echo(f"precision: {predictor.precision}", err=True)
     for text, result in zip(texts, predictor.predict(texts, pair), strict=False):
         if verbose and result.truncated:
             typer.echo(f"note: text truncated to {predictor.max_length} tokens: {text[:60]!r}...", err=True)
