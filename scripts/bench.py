@@ -293,15 +293,16 @@ def main() -> None:
     results: dict = {"workload": W1 | {"rows": args.rows}, "model": str(args.model), "machine": machine()}
     common = {"model": str(args.model), "data_dir": str(args.data_dir), "rows": args.rows}
     if "train" in parts:
+        # bertcls and Trainer jobs alternate, so a change in the machine's load hits both sides alike.
         train = results["train"] = {}
         train["bertcls"] = worker("bertcls", "bertcls: train() via the Python API", config=str(write_config(work, "bertcls-api", args)), **common)
+        train["Trainer"] = worker("trainer", "Trainer (defaults)", out=str(work / "trainer"), **common)
         cli_run = work / "bertcls-cli"
         train["bertcls train"] = run_child(py + ["-m", "bertcls", "train", str(write_config(work, "bertcls-cli", args)), "--quiet", "--overwrite"],
                                            env, "bertcls train (whole process)")
         cli_metrics = json.loads((cli_run / "metrics.json").read_text())
         train["bertcls train"].update({"loop_s": cli_metrics["train"]["seconds"], "accuracy": cli_metrics["test"]["accuracy"],
                                        "f1_macro": cli_metrics["test"]["f1_macro"]})
-        train["Trainer"] = worker("trainer", "Trainer (defaults)", out=str(work / "trainer"), **common)
         train["Trainer group_by_length"] = worker("trainer", "Trainer (group_by_length)", out=str(work / "trainer-g"), grouped=True, **common)
         if args.extra:
             train["Trainer group_by_length bf16"] = worker("trainer", "Trainer (group_by_length, bf16)", out=str(work / "trainer-gb"),
