@@ -75,3 +75,29 @@ def test_predict_without_any_model(tmp_path, monkeypatch):
 def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0 and all(c in result.output for c in ("train", "predict", "evaluate"))
+
+
+def test_predict_precision_option(trained_run):
+    result = runner.invoke(app, ["predict", "--model", str(trained_run), "--precision", "fp8", "great"])
+    assert result.exit_code == 2 and "Error: precision 'fp8': use one of auto, fp32, bf16, fp16" in result.output
+    result = runner.invoke(app, ["predict", "--model", str(trained_run), "--precision", "bf16", "-v", "a superb film"])
+    assert result.exit_code == 0, result.output
+    assert "precision: bf16" in result.output and "positive\t" in result.output
+
+
+# Start-up time: `--help` must not import torch; `predict` must not import what only training needs.
+HEAVY_FOR_HELP = ("torch", "transformers", "datasets", "sklearn", "accelerate", "bertcls.config")
+TRAINING_ONLY = ("datasets", "sklearn", "bertcls.config", "bertcls.train")
+
+
+def test_help_and_predict_import_only_what_they_need(trained_run):
+    probe = ("import sys, runpy\n"
+             "sys.argv = ['bertcls', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('bertcls', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "print(' '.join(sorted(m for m in {} if m in sys.modules)), file=sys.stderr)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for args, banned in ((["--help"], HEAVY_FOR_HELP), (["predict", "--model", str(trained_run), "great"], TRAINING_ONLY)):
+        done = subprocess.run([sys.executable, "-c", probe.format(banned), *args], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.strip().splitlines()[-1:] in ([], [""]), f"{args[0]} imported {done.stderr.strip().splitlines()[-1]}"

@@ -51,3 +51,20 @@ def test_default_model_is_the_newest_finished_run(tmp_path, monkeypatch):
     assert runs.find_model(None)[0].name == "new"
     monkeypatch.setenv(runs.MODEL_ENV, "somewhere")
     assert runs.find_model(None)[0].name == "somewhere"
+
+
+def test_precision_auto_follows_the_run_and_bf16_keeps_the_labels(trained_run):
+    fp32 = Predictor.load(trained_run)  # the toy run trained in fp32, so auto predicts in fp32
+    assert fp32.precision == "fp32"
+    bf16 = Predictor.load(trained_run, precision="bf16")
+    texts = ["a wonderful film", "dreadful acting", "the plot was great and the cast superb", "boring"]
+    assert [o.label for o in bf16.predict(texts)] == [o.label for o in fp32.predict(texts)]
+    assert bf16.logits(texts) == pytest.approx(fp32.logits(texts), abs=0.1)
+
+
+@pytest.mark.parametrize(("precision", "message"), [("fp8", "use one of auto, fp32, bf16, fp16"), ("fp16", "fp16 needs a CUDA device")])
+def test_bad_precision_is_a_config_error(trained_run, precision, message):
+    from bertcls.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        Predictor.load(trained_run, device="cpu", precision=precision)

@@ -106,6 +106,7 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line: text, label, score, probabilities.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (an exported ONNX folder always runs on the CPU)")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16; auto: the run's training precision where this device runs it natively, else fp32.")] = "auto",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Say which model is used and which texts were truncated.")] = False,
     debug: Debug = False,
 ) -> None:
@@ -129,7 +130,9 @@ def predict(
         typer.echo(f"model: {path} ({why})", err=True)
     from bertcls.predict import load_predictor
 
-    predictor = load_predictor(path, device=device, batch_size=batch_size)
+    predictor = load_predictor(path, device=device, batch_size=batch_size, precision=precision)
+    if verbose and hasattr(predictor, "precision"):
+        typer.echo(f"precision: {predictor.precision}", err=True)
     if file is not None:
         from bertcls.predict_file import predict_file
 

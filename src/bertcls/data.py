@@ -13,12 +13,14 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bertcls.config import DATA_EXTENSIONS, DataConfig
 from bertcls.errors import DataError, first_line
+
+if TYPE_CHECKING:  # config (pydantic) is imported where files are read, not on the predict path
+    from bertcls.config import DataConfig
 
 # How many batches are sorted together: big enough to keep padding small, small enough that
 # the order is still well shuffled (the Hugging Face Trainer uses the same factor).
@@ -49,6 +51,8 @@ def read_table(source: str, split: str = "train"):
         raise DataError(f"{path}: no such file")
     if not path.is_file():
         raise DataError(f"{path}: not a file")
+    from bertcls.config import DATA_EXTENSIONS
+
     kind = DATA_EXTENSIONS.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{path}: unsupported extension '{path.suffix}'; use one of {', '.join(DATA_EXTENSIONS)}")
@@ -97,6 +101,8 @@ def check_fields(path: Path, kind: str) -> None:
 
 
 def _is_local(source: str) -> bool:
+    from bertcls.config import DATA_EXTENSIONS
+
     path = Path(source)
     return path.is_absolute() or path.exists() or path.suffix.lower() in DATA_EXTENSIONS
 

@@ -54,7 +54,7 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
     output = Path(output)
     if output.exists() and any(output.iterdir()):
         raise RunError(f"--output {output} is not empty; choose a new folder")
-    predictor = Predictor.load(model_path, device="cpu")
+    predictor = Predictor.load(model_path, device="cpu", precision="fp32")  # the reference: exact fp32
     model, tokenizer = load_trained(model_path)
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"{runs.model_dir(model_path)}: the tokenizer has no fast (tokenizer.json) version, which the ONNX predictor needs")

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bertcls.config import ModelConfig
 from bertcls.errors import ModelError, first_line
+
+if TYPE_CHECKING:  # pydantic stays off the predict path: it costs start-up time and prediction never needs it
+    from bertcls.config import ModelConfig
 
 # The tiny BERT: the sizes of transformers' own BERT unit tests, big enough to learn a toy task.
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
@@ -110,6 +113,17 @@ def check_max_length(model_config, max_length: int, name: str) -> None:
     usable = limit - 2 if limit and getattr(model_config, "model_type", "") in {"roberta", "xlm-roberta", "camembert"} else limit
     if usable and max_length > usable:
         raise ModelError(f"data.max_length={max_length} is above what {name} supports ({usable} tokens); set data.max_length <= {usable}")
+
+
+def resolve_precision(precision: str, on_cpu: bool) -> str:
+    """auto: bf16 where the hardware computes it natively (recent CUDA GPUs, CPUs with AVX512-BF16/AMX), else fp32."""
+    import torch
+
+    if precision != "auto":
+        return precision
+    if on_cpu:
+        return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
 
 
 def load_trained(path: str | Path):

@@ -23,7 +23,7 @@ from bertcls.config import Config, TrainingConfig
 from bertcls.errors import ConfigError, TrainingError
 from bertcls.evaluate import Evaluation, is_better, predict_logits, score
 from bertcls.loss import build_loss
-from bertcls.model import load_model, save_model
+from bertcls.model import load_model, resolve_precision, save_model
 
 
 def make_accelerator(cfg: TrainingConfig):
@@ -47,15 +47,6 @@ def make_accelerator(cfg: TrainingConfig):
     # cpu=True also under torchrun: Accelerate then joins the launched processes over gloo.
     return Accelerator(cpu=on_cpu, mixed_precision=mixed, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                        step_scheduler_with_optimizer=False, fsdp_plugin=distributed.fsdp_plugin(cfg))
-
-
-def resolve_precision(precision: str, on_cpu: bool) -> str:
-    """auto: bf16 where the hardware computes it natively (recent CUDA GPUs, CPUs with AVX512-BF16/AMX), else fp32."""
-    if precision != "auto":
-        return precision
-    if on_cpu:
-        return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
 
 
 def build_optimizer(model, cfg: TrainingConfig, fused: bool) -> torch.optim.AdamW:
