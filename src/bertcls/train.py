@@ -123,7 +123,7 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
     global_step, started = state.get("global_step", 0), time.perf_counter() - state.get("seconds", 0.0)
     real_tokens = torch.tensor(state.get("real_tokens", 0), device=accelerator.device)  # non-pad tokens trained on
     # A live bar on a terminal; in a log file (CI, nohup, a cluster job) one line per log step instead.
-    bar = not (quiet or not main) and sys.stderr.isatty()
+    bar = not quiet and main and sys.stderr.isatty()
     progress = _progress(total_steps, disable=not bar, initial=global_step)
     if resume_from:
         log.say(f"resumed from {resume_from} at step {global_step}")
