@@ -162,7 +162,8 @@ class LabelMap:
             shown = ", ".join(repr(u) for u in unknown[:5])
             raise DataError(f"{where}: labels not seen in train: {shown}; the model can only predict {', '.join(self.names)}")
         if self.multi_label:
-            return [[1.0 if name in {str(v) for v in row} else 0.0 for name in self.names] for row in values]
+            hot = [{ids[str(v)] for v in row} for row in values]
+            return [[1.0 if i in row else 0.0 for i in range(len(self.names))] for row in hot]
         return [ids[str(v)] for v in values]
 
 

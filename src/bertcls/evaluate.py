@@ -25,9 +25,7 @@ def compute_metrics(labels: Sequence[int], preds: Sequence[int], names: Sequence
     metrics: dict[str, Any] = {"num_examples": len(labels), "accuracy": float(accuracy_score(labels, preds))}
     if loss is not None:
         metrics["loss"] = float(loss)
-    for average in ("macro", "micro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(labels, preds, labels=ids, average=average, zero_division=0)
-        metrics.update({f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)})
+    metrics.update(averaged_prf(labels, preds, labels=ids))
     p, r, f, s = precision_recall_fscore_support(labels, preds, labels=ids, average=None, zero_division=0)
     metrics["per_class"] = {
         name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, name in enumerate(names)
@@ -36,6 +34,17 @@ def compute_metrics(labels: Sequence[int], preds: Sequence[int], names: Sequence
     if probs is not None:
         metrics.update(probability_metrics(np.asarray(labels), probs, names))
     return metrics
+
+
+def averaged_prf(gold, pred, **options) -> dict[str, float]:
+    """precision_/recall_/f1_ macro, micro and weighted (single-label ids, or multi-label 0/1 rows)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    out: dict[str, float] = {}
+    for average in ("macro", "micro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(gold, pred, average=average, zero_division=0, **options)
+        out.update({f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)})
+    return out
 
 
 def probability_metrics(gold: np.ndarray, probs: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
@@ -190,9 +199,7 @@ def multilabel_metrics(gold: np.ndarray, probs: np.ndarray, names: Sequence[str]
                                "accuracy": float(accuracy_score(gold, pred)), "hamming_loss": float(hamming_loss(gold, pred))}
     if loss is not None:
         metrics["loss"] = float(loss)
-    for average in ("macro", "micro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(gold, pred, average=average, zero_division=0)
-        metrics.update({f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)})
+    metrics.update(averaged_prf(gold, pred))
     p, r, f, s = precision_recall_fscore_support(gold, pred, average=None, zero_division=0)
     counts = multilabel_confusion_matrix(gold, pred)  # per label [[tn, fp], [fn, tp]]
     metrics["per_class"] = {
