@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -82,6 +83,9 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
     runs.check_run_dir(run, overwrite, resuming=bool(resume))  # on every process, so all stop together on a taken folder
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
+    # oneDNN (CPU matmuls) keeps a primitive for each of the last 1,024 shapes it ran, and length-grouped batches
+    # bring dozens of shapes: a cap of 16 cut W1's peak RSS by about 190 MB at the same speed. Read at its first use.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
     accelerator = make_accelerator(tcfg)
     main = accelerator.is_main_process
     stop.share(accelerator)  # many processes stop at the same step
@@ -102,7 +106,9 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
                     for name, enc in encoded.items() if name != "train"}
 
     compute_loss = build_loss(tcfg.class_weights, labels.names, encoded["train"].labels, accelerator.device)
-    optimizer = build_optimizer(model, tcfg, fused=accelerator.device.type == "cuda")
+    # Fused AdamW: on the CPU torch otherwise takes its per-tensor loop; fused made the whole W1 loop 1.3x faster.
+    fused = accelerator.device.type in ("cpu", "cuda") and accelerator.distributed_type != "FSDP"
+    optimizer = build_optimizer(model, tcfg, fused=fused)
     distributed.set_shard_units(accelerator, model)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     eval_loaders = {name: accelerator.prepare(dl) for name, dl in eval_loaders.items()}
