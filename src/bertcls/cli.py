@@ -131,8 +131,8 @@ def predict(
     from bertcls.predict import load_predictor
 
     predictor = load_predictor(path, device=device, batch_size=batch_size, precision=precision)
-    if verbose and hasattr(predictor, "precision"):
-        typer.echo(f"precision: {predictor.precision}", err=True)
+    if verbose:
+        typer.echo(f"engine: {predictor.engine}" + (f" | precision: {predictor.precision}" if hasattr(predictor, "precision") else ""), err=True)
     if file is not None:
         from bertcls.predict_file import predict_file
 

@@ -1,4 +1,6 @@
-"""Export: a trained run (or model folder) in, an ONNX folder out that `bertcls predict` runs without torch.
+"""Export: a trained run (or model folder) in, an ONNX folder out that `bertcls predict` runs without torch;
+and the traced TorchScript graph training saves in the model folder, which `bertcls predict` runs
+without transformers (`save_torchscript`).
 
     DIR/model.onnx        the classifier: input_ids, attention_mask[, token_type_ids] -> logits,
                           batch and sequence axes dynamic (fp32, or int8 weights with --quantize)
@@ -60,17 +62,6 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
         raise ModelError(f"{runs.model_dir(model_path)}: the tokenizer has no fast (tokenizer.json) version, which the ONNX predictor needs")
     inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names else [])
 
-    class Logits(torch.nn.Module):
-        """Positional inputs in, logits out: the plain signature an ONNX graph wants."""
-
-        def __init__(self, inner) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask, token_type_ids=None):
-            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
-
     example = tokenizer(CHECK_TEXTS[:2], padding=True, truncation=True, max_length=predictor.max_length, return_tensors="pt")
     batch, sequence = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=1, max=predictor.max_length)
     output.mkdir(parents=True, exist_ok=True)
@@ -80,7 +71,7 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
         fp32 = Path(tmp) / ONNX_FILE
         try:
             with torch.inference_mode():
-                torch.onnx.export(Logits(model).eval(), tuple(example[name] for name in inputs), str(fp32), input_names=inputs,
+                torch.onnx.export(_logits_module(model).eval(), tuple(example[name] for name in inputs), str(fp32), input_names=inputs,
                                   output_names=["logits"], dynamic_shapes=tuple({0: batch, 1: sequence} for _ in inputs),
                                   opset_version=OPSET, dynamo=True, external_data=False, verbose=False)
         except Exception as exc:  # torch.export raises many kinds; all mean this architecture does not export
@@ -101,6 +92,67 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
             "source": str(Path(model_path).resolve()), "pad_token_id": tokenizer.pad_token_id or 0}
     (output / ONNX_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return {"max_abs_logit_diff": check_against_pytorch(predictor, output), **meta}
+
+
+def _logits_module(model):
+    """Positional inputs in, logits out: the plain signature an ONNX or TorchScript graph wants."""
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+
+    return Logits(model)
+
+
+def save_torchscript(model_path: str | Path) -> dict[str, Any]:
+    """Trace the model of a run (or model folder) on the CPU in fp32 and save the graph in its model
+    folder as `runs.TORCHSCRIPT_FILE`, with what TorchScriptPredictor needs (max_length, input names,
+    the weights' sizes, mtimes and sha256, so a graph whose weights were replaced is never used).
+
+    Tracing records the operations one batch went through. The example batch is padded, so the
+    attention mask is part of the graph, and the graph is checked end to end (tokenizer included)
+    against the model at other batch sizes and lengths, single texts and pairs, before it is put in
+    place. Raises ModelError when the model does not trace or the check fails.
+    """
+    import torch
+
+    from bertcls import runs
+    from bertcls.model import load_trained
+    from bertcls.predict import TORCHSCRIPT_META, Predictor, TorchScriptPredictor, run_max_length
+
+    folder = runs.model_dir(model_path)
+    model, tokenizer = load_trained(folder)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"{folder}: the tokenizer has no fast (tokenizer.json) version, which the traced graph's predictor needs")
+    max_length = run_max_length(model_path, tokenizer)
+    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names else [])
+    example = tokenizer(CHECK_TEXTS[:2], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    meta = {"max_length": max_length, "inputs": inputs, "pad_token_id": tokenizer.pad_token_id or 0,
+            "torch": torch.__version__, "weights": runs.weights_stamp(folder)}
+    reference = Predictor(model, tokenizer, max_length, precision="fp32")
+    with runs.atomic_file(folder / runs.TORCHSCRIPT_FILE) as tmp:
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TracerWarnings on shape checks that hold for every input; checked below
+                graph = torch.jit.trace(_logits_module(model).eval(), tuple(example[name] for name in inputs), check_trace=False)
+            torch.jit.save(graph, str(tmp), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
+        except Exception as exc:  # tracing fails in many ways, all meaning this architecture does not trace
+            raise ModelError(f"{folder}: torch.jit.trace failed ({first_line(exc)})") from exc
+        traced = TorchScriptPredictor.load(model_path, precision="fp32", graph=tmp)
+        if traced is None:
+            raise ModelError(f"{folder}: the traced graph could not be read back; it was not saved")
+        pairs = CHECK_TEXTS[::-1]
+        diff = max(float(abs(traced.logits(*args) - reference.logits(*args)).max())
+                   for args in ((CHECK_TEXTS, None), (CHECK_TEXTS, pairs), (CHECK_TEXTS[:1], None)))
+        if not diff <= FP32_TOLERANCE:
+            raise ModelError(f"{folder}: the traced graph's logits differ from the model's by {diff:.2g}; it was not saved")
+    return {"max_abs_logit_diff": diff, "file": str(folder / runs.TORCHSCRIPT_FILE)}
 
 
 def check_against_pytorch(predictor, folder: Path) -> float:

@@ -3,8 +3,9 @@ in; labels and scores out.
 
 Texts are tokenised in one batch call, sorted by length so each batch pads little, run (under
 `torch.inference_mode`, with bf16 autocast where the run trained in it and the hardware runs it
-natively, or in onnxruntime), and returned in input order. The ONNX path imports neither torch
-nor transformers: onnxruntime, `tokenizers` and numpy start in a fraction of the time.
+natively, or in onnxruntime), and returned in input order. Two paths skip transformers, whose
+import alone takes seconds: a run's traced TorchScript graph (torch and `tokenizers` only), and
+an exported ONNX folder (onnxruntime and `tokenizers`, no torch).
 """
 
 from __future__ import annotations
@@ -65,23 +66,60 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 def load_predictor(path: str | Path, device: str = "auto", batch_size: int = 64, precision: str = "auto"):
-    """An OnnxPredictor for a folder `bertcls export` wrote, else a (PyTorch) Predictor for a run or model folder.
+    """The fastest way to run `path` on `device`.
 
-    `device` and `precision` apply to the PyTorch path; an exported folder runs as exported, on the CPU.
+    - a folder `bertcls export` wrote: an OnnxPredictor (CPU; `device` and `precision` do not apply);
+    - on the CPU, a model whose traced graph (`runs.TORCHSCRIPT_FILE`, saved by training) matches its
+      weights: a TorchScriptPredictor, which starts without importing transformers;
+    - else a Predictor: the model through transformers, on `device`.
+    All three give the same labels; the logits of the first two agree with Predictor's within 1e-4.
     """
     if (Path(path) / ONNX_FILE).is_file():
         return OnnxPredictor.load(path, batch_size=batch_size)
+    device, precision = resolve_device_precision(path, device, precision)
+    if device == "cpu":
+        traced = TorchScriptPredictor.load(path, batch_size=batch_size, precision=precision)
+        if traced is not None:
+            return traced
     return Predictor.load(path, device=device, batch_size=batch_size, precision=precision)
+
+
+def resolve_device_precision(path: str | Path, device: str, precision: str) -> tuple[str, str]:
+    """`device` auto: cuda when there is a GPU. `precision` auto: the run's training.precision where this device
+    runs it natively (bf16 on CPUs with AVX512-BF16/AMX and recent GPUs), else fp32; a plain model folder follows
+    the hardware alone."""
+    import torch
+
+    from bertcls import runs
+    from bertcls.errors import ConfigError
+    from bertcls.model import resolve_precision
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    on_cpu = torch.device(device).type == "cpu"
+    if precision == "fp16" and on_cpu:
+        raise ConfigError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    if precision == "auto":
+        trained = ((runs.read_run_config(Path(path)) or {}).get("training") or {}).get("precision", "auto")
+        native = resolve_precision("auto", on_cpu)
+        # Follow the run (its validation and test scores were computed so) unless the hardware lacks it.
+        precision = native if trained in ("auto", native) else "fp32"
+    return device, precision
 
 
 # The names bertcls.export writes (repeated here so this module needs nothing heavy).
 ONNX_FILE = "model.onnx"
 ONNX_META = "bertcls-onnx.json"
+# Inside a traced graph file: what TorchScriptPredictor needs besides the graph (see bertcls.export.save_torchscript).
+TORCHSCRIPT_META = "bertcls.json"
 
 
 class _Predicts:
-    """What both predictors offer; each supplies `_run(texts, pairs) -> (logits, token lengths)`."""
+    """What every predictor offers; each supplies `_run(texts, pairs) -> (logits, token lengths)`."""
 
+    engine: str  # pytorch, torchscript or onnx: what runs the model
     id2label: dict[int, str]
     max_length: int
     threshold: float | None
@@ -97,11 +135,12 @@ class _Predicts:
         return to_predictions(logits, lengths, self.id2label, self.max_length, self.threshold)
 
 
-class OnnxPredictor(_Predicts):
-    """An exported folder run by onnxruntime on the CPU, with the `tokenizers` tokenizer: same results as Predictor."""
+class _TokenizersPredictor(_Predicts):
+    """A graph with positional inputs (input_ids, attention_mask[, token_type_ids]) -> logits, fed by the
+    `tokenizers` tokenizer alone: texts tokenised in one call, sorted by length, padded per batch, returned
+    in input order. Subclasses supply `_forward(feed: name -> int64 array) -> float32 logits`."""
 
-    def __init__(self, session, tokenizer, config: dict, meta: dict, batch_size: int = 64) -> None:
-        self.session = session
+    def __init__(self, tokenizer, config: dict, meta: dict, batch_size: int = 64) -> None:
         self.tokenizer = tokenizer
         self.max_length = int(meta["max_length"])
         self.inputs = list(meta["inputs"])
@@ -111,28 +150,21 @@ class OnnxPredictor(_Predicts):
         self.multi_label = config.get("problem_type") == "multi_label_classification"
         self.threshold = float(config.get(THRESHOLD_KEY, DEFAULT_THRESHOLD)) if self.multi_label else None
 
-    @classmethod
-    def load(cls, path: str | Path, batch_size: int = 64) -> OnnxPredictor:
+    @staticmethod
+    def _read(folder: Path, max_length: int):
+        """(config.json as a dict, the tokenizer from tokenizer.json, truncating at max_length, not padding)."""
         import json
 
-        import onnxruntime
         from tokenizers import Tokenizer
 
-        from bertcls.errors import ModelError
-
-        folder = Path(path)
-        try:
-            meta = json.loads((folder / ONNX_META).read_text(encoding="utf-8"))
-            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelError(f"{folder}: not a complete `bertcls export` folder ({exc}); export it again") from None
-        tokenizer.enable_truncation(int(meta["max_length"]))
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        tokenizer.enable_truncation(max_length)
         tokenizer.no_padding()
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3  # errors only
-        session = onnxruntime.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
-        return cls(session, tokenizer, config, meta, batch_size)
+        return config, tokenizer
+
+    def _forward(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
 
     def _run(self, texts: Sequence[str], pairs: Sequence[str] | None):
         items = list(zip(texts, pairs, strict=True)) if pairs is not None else list(texts)
@@ -151,14 +183,96 @@ class OnnxPredictor(_Predicts):
                 feed["attention_mask"][j, :n] = 1
                 if "token_type_ids" in feed:
                     feed["token_type_ids"][j, :n] = e.type_ids
-            logits = self.session.run(["logits"], feed)[0]
+            logits = self._forward(feed)
             if out is None:
                 out = np.empty((len(encodings), logits.shape[1]), dtype=np.float32)
             out[rows] = logits
         return out, lengths
 
 
+class OnnxPredictor(_TokenizersPredictor):
+    """An exported folder run by onnxruntime on the CPU, with the `tokenizers` tokenizer: same results as Predictor."""
+
+    engine = "onnx"
+
+    def __init__(self, session, tokenizer, config: dict, meta: dict, batch_size: int = 64) -> None:
+        super().__init__(tokenizer, config, meta, batch_size)
+        self.session = session
+
+    @classmethod
+    def load(cls, path: str | Path, batch_size: int = 64) -> OnnxPredictor:
+        import json
+
+        import onnxruntime
+
+        from bertcls.errors import ModelError
+
+        folder = Path(path)
+        try:
+            meta = json.loads((folder / ONNX_META).read_text(encoding="utf-8"))
+            config, tokenizer = cls._read(folder, int(meta["max_length"]))
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"{folder}: not a complete `bertcls export` folder ({exc}); export it again") from None
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only
+        session = onnxruntime.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        return cls(session, tokenizer, config, meta, batch_size)
+
+    def _forward(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(["logits"], feed)[0]
+
+
+class TorchScriptPredictor(_TokenizersPredictor):
+    """The traced graph training saves beside the weights, run by torch alone on the CPU: Predictor's
+    results (the same operations) without importing transformers, which costs seconds at start-up."""
+
+    engine = "torchscript"
+
+    def __init__(self, module, tokenizer, config: dict, meta: dict, batch_size: int = 64, precision: str = "fp32") -> None:
+        super().__init__(tokenizer, config, meta, batch_size)
+        self.module = module
+        self.precision = precision  # fp32, or bf16: the autocast dtype
+
+    @classmethod
+    def load(cls, path: str | Path, batch_size: int = 64, precision: str = "fp32", graph: Path | None = None) -> TorchScriptPredictor | None:
+        """None when the model folder has no traced graph, or its weights changed since it was traced.
+
+        `graph`: read the graph from this file instead (to check one before it is put in place).
+        """
+        import json
+
+        import torch
+
+        from bertcls import runs
+
+        folder = runs.model_dir(path)
+        file = graph or folder / runs.TORCHSCRIPT_FILE
+        if not file.is_file():
+            return None
+        extra = {TORCHSCRIPT_META: ""}
+        try:
+            module = torch.jit.load(str(file), map_location="cpu", _extra_files=extra)
+            meta = json.loads(extra[TORCHSCRIPT_META])
+            if not runs.same_weights(folder, meta["weights"]):
+                return None  # stale: the weights were replaced after tracing
+            config, tokenizer = cls._read(folder, int(meta["max_length"]))
+        except (OSError, RuntimeError, ValueError, KeyError):
+            return None  # unreadable (or from another torch): the transformers path still works
+        return cls(module.eval(), tokenizer, config, meta, batch_size, precision)
+
+    def _forward(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        dtype = torch.bfloat16 if self.precision == "bf16" else None
+        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            return self.module(*(torch.from_numpy(feed[name]) for name in self.inputs)).float().numpy()
+
+
 class Predictor(_Predicts):
+    """The model through transformers, on any device."""
+
+    engine = "pytorch"
+
     def __init__(self, model, tokenizer, max_length: int, batch_size: int = 64, precision: str = "fp32") -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -171,33 +285,12 @@ class Predictor(_Predicts):
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", batch_size: int = 64, precision: str = "auto") -> Predictor:
-        """`precision` auto: the run's training.precision where this device runs it natively (bf16 on CPUs with
-        AVX512-BF16/AMX and recent GPUs), else fp32; a plain model folder follows the hardware alone."""
-        import torch
+        """The model through transformers; `device` and `precision` as `resolve_device_precision` says."""
+        from bertcls.model import load_trained
 
-        from bertcls import runs
-        from bertcls.errors import ConfigError
-        from bertcls.model import load_trained, resolve_precision
-
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        on_cpu = torch.device(device).type == "cpu"
-        if precision == "fp16" and on_cpu:
-            raise ConfigError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+        device, precision = resolve_device_precision(path, device, precision)
         model, tokenizer = load_trained(path)
-        run_config = runs.read_run_config(Path(path)) or {}
-        max_length = (run_config.get("data") or {}).get("max_length")
-        if not max_length:
-            limit = getattr(tokenizer, "model_max_length", DEFAULT_MAX_LENGTH)
-            max_length = limit if isinstance(limit, int) and limit <= 8192 else DEFAULT_MAX_LENGTH
-        if precision == "auto":
-            trained = (run_config.get("training") or {}).get("precision", "auto")
-            native = resolve_precision("auto", on_cpu)
-            # Follow the run (its validation and test scores were computed so) unless the hardware lacks it.
-            precision = native if trained in ("auto", native) else "fp32"
-        return cls(model.to(device), tokenizer, max_length, batch_size, precision)
+        return cls(model.to(device), tokenizer, run_max_length(path, tokenizer), batch_size, precision)
 
     def _run(self, texts: Sequence[str], pairs: Sequence[str] | None):
         from contextlib import nullcontext
@@ -213,3 +306,14 @@ class Predictor(_Predicts):
         device_type = next(self.model.parameters()).device.type
         with torch.autocast(device_type, dtype=dtype) if dtype else nullcontext():
             return predict_logits(self.model, batches)[0], encoded.lengths
+
+
+def run_max_length(path: str | Path, tokenizer) -> int:
+    """The run's data.max_length, else the tokenizer's limit when it names a sensible one, else DEFAULT_MAX_LENGTH."""
+    from bertcls import runs
+
+    max_length = ((runs.read_run_config(Path(path)) or {}).get("data") or {}).get("max_length")
+    if max_length:
+        return int(max_length)
+    limit = getattr(tokenizer, "model_max_length", DEFAULT_MAX_LENGTH)
+    return limit if isinstance(limit, int) and limit <= 8192 else DEFAULT_MAX_LENGTH

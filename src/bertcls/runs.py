@@ -2,7 +2,9 @@
 
     RUN/config.yaml     the resolved config the run was trained with
     RUN/log.jsonl       one JSON object per training log line and per evaluation
-    RUN/model/          the best checkpoint: save_pretrained output (safetensors) + tokenizer
+    RUN/model/          the best checkpoint: save_pretrained output (safetensors) + tokenizer, and
+        bertcls-torchscript.pt  its traced graph, for a fast-starting `bertcls predict` on the CPU
+                            (training.save_torchscript; see `bertcls.export.save_torchscript`)
     RUN/checkpoint-N/   a resumable checkpoint after optimizer step N (see `bertcls.checkpoint`):
         model.safetensors   the weights
         optimizer.pt        optimizer, scheduler and gradient-scaler state
@@ -24,6 +26,8 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,7 @@ METRICS_FILE = "metrics.json"
 REPORTS_DIR = "reports"
 LOSS_FILE = "loss.png"
 RUN_FILES = (CONFIG_FILE, LOG_FILE, MODEL_DIR, REPORTS_DIR, LOSS_FILE, METRICS_FILE)
+TORCHSCRIPT_FILE = "bertcls-torchscript.pt"  # in MODEL_DIR
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_OPTIMIZER = "optimizer.pt"
@@ -47,20 +52,30 @@ DEFAULT_RUNS_ROOT = "runs"
 MODEL_ENV = "BERTCLS_MODEL"
 
 
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write a file (text or bytes) whole or not at all: temp file in the same folder, fsync, rename."""
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary path next to `path` to write; if the block succeeds it is fsynced and renamed onto `path`."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
     try:
-        with os.fdopen(fd, "wb") if isinstance(text, bytes) else os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write a file (text or bytes) whole or not at all."""
+    with atomic_file(path) as tmp:
+        if isinstance(text, bytes):
+            tmp.write_bytes(text)
+        else:
+            tmp.write_text(text, encoding="utf-8")
 
 
 def _umask() -> int:
@@ -92,6 +107,34 @@ def publish_dir(tmp: Path, dest: Path) -> None:
         os.replace(dest, old)
     os.replace(tmp, dest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def weights_stamp(folder: Path, digest: bool = True) -> dict[str, dict[str, Any]]:
+    """Each weight file of a model folder: its size and mtime, and with `digest` its sha256."""
+    import hashlib
+
+    stamp = {}
+    for file in sorted(p for pattern in ("*.safetensors", "pytorch_model*.bin") for p in Path(folder).glob(pattern)):
+        stat = file.stat()
+        stamp[file.name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        if digest:
+            sha = hashlib.sha256()
+            with open(file, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    sha.update(chunk)
+            stamp[file.name]["sha256"] = sha.hexdigest()
+    return stamp
+
+
+def same_weights(folder: Path, recorded: dict[str, dict[str, Any]]) -> bool:
+    """Whether the folder's weight files are those `weights_stamp` recorded: the same size and mtime, or
+    (for a copied folder, whose mtimes are new) the same sha256."""
+    now = weights_stamp(folder, digest=False)
+    if now.keys() != recorded.keys() or any(now[n]["size"] != recorded[n]["size"] for n in now):
+        return False
+    if all(now[n]["mtime_ns"] == recorded[n]["mtime_ns"] for n in now):
+        return True
+    return all(d["sha256"] == recorded[n]["sha256"] for n, d in weights_stamp(folder).items())
 
 
 def checkpoints(run: Path) -> list[Path]:

@@ -21,7 +21,7 @@ from bertcls import checkpoint as ckpt
 from bertcls import data as data_mod
 from bertcls import distributed, faults, report, runs
 from bertcls.config import Config, TrainingConfig
-from bertcls.errors import ConfigError, TrainingError
+from bertcls.errors import ConfigError, ModelError, TrainingError
 from bertcls.evaluate import Evaluation, is_better, predict_logits, score
 from bertcls.loss import build_loss
 from bertcls.model import load_model, resolve_precision, save_model
@@ -224,6 +224,7 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
     stop.armed = False
     progress.close()
     train_seconds = time.perf_counter() - started
+    optimizer.state.clear()  # the moment estimates (twice the weights) are done with: room for what follows
 
     # Score the best checkpoint again (its predictions feed the reports; a resumed run holds only its metrics).
     distributed.load_full_state(accelerator, model, run / runs.MODEL_DIR)
@@ -241,6 +242,8 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
                        "real_tokens_per_s": round(tokens / train_seconds, 1)}
     if accelerator.device.type == "cuda":
         result["train"]["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**20, 1)
+    if main and tcfg.save_torchscript:
+        _save_torchscript(run, log)
     if main:
         runs.write_json(run / runs.METRICS_FILE, result)  # last: its presence marks the run finished
     log.say(f"run folder: {run}")
@@ -263,6 +266,20 @@ def _write_reports(run: Path, evaluations: dict[str, Evaluation], loss_curve: bo
     if not log.quiet:
         shown = "test" if "test" in evaluations else "validation"
         report.print_report(evaluations[shown].metrics, file=sys.stderr, title=f"{shown} (best checkpoint)")
+
+
+def _save_torchscript(run: Path, log: _Log) -> None:
+    """The traced graph that lets `bertcls predict` skip transformers; a model that does not trace keeps the slow path."""
+    from bertcls.export import save_torchscript
+
+    began = time.perf_counter()
+    try:
+        checked = save_torchscript(run)
+    except ModelError as exc:
+        log.say(f"note: no TorchScript graph, so predict will load transformers ({exc})")
+        return
+    log.say(f"TorchScript graph saved for fast predict start-up ({time.perf_counter() - began:.1f} s, "
+            f"logits within {checked['max_abs_logit_diff']:.1g} of the model's)")
 
 
 def _nonfinite_loss(loss: float, step: int, lr: float, run: Path) -> TrainingError:

@@ -1,0 +1,96 @@
+"""The traced TorchScript graph training saves: Predictor's results without importing transformers, never used stale."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from bertcls import runs
+from bertcls.cli import app
+from bertcls.errors import ModelError
+from bertcls.predict import Predictor, TorchScriptPredictor, load_predictor
+
+runner = CliRunner()
+TEXTS = ["a wonderful film", "dreadful acting", "the plot was great and the cast superb", "boring", "great " * 100, "😀 映画", ""]
+
+
+def test_training_saves_a_graph_that_predict_uses_on_the_cpu(trained_run):
+    assert (trained_run / runs.MODEL_DIR / runs.TORCHSCRIPT_FILE).is_file()
+    assert load_predictor(trained_run, device="cpu").engine == "torchscript"
+    assert load_predictor(trained_run / runs.MODEL_DIR, device="cpu").engine == "torchscript"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_graph_gives_the_models_results_in_input_order(trained_run, precision):
+    eager = Predictor.load(trained_run, device="cpu", batch_size=3, precision=precision)
+    traced = TorchScriptPredictor.load(trained_run, batch_size=3, precision=precision)
+    long = [False, False, False, False, True, False, False]  # TEXTS[4] is over max_length (32 tokens)
+    for args, truncated in (((TEXTS, None), long), ((TEXTS, TEXTS[::-1]), [a or b for a, b in zip(long, long[::-1], strict=True)])):
+        assert abs(traced.logits(*args) - eager.logits(*args)).max() < 1e-4
+        ours, theirs = traced.predict(*args), eager.predict(*args)
+        assert [p.label for p in ours] == [p.label for p in theirs]
+        assert [p.truncated for p in ours] == [p.truncated for p in theirs] == truncated
+
+
+def test_cli_predict_from_the_graph_imports_no_transformers(trained_run):
+    code = ("import sys\nfrom bertcls.cli import app\n"
+            f"try:\n    app(['predict', '--model', {str(trained_run)!r}, '--device', 'cpu', '-v', 'a wonderful film'])\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print(sorted(m for m in ('transformers', 'datasets', 'accelerate', 'sklearn') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    prediction, heavy_modules = done.stdout.splitlines()
+    assert prediction.startswith("positive\t") and heavy_modules == "[]"
+    assert "engine: torchscript" in done.stderr
+
+
+def test_graph_is_not_used_once_the_weights_change(trained_run, tmp_path):
+    import torch
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)  # new mtimes, same bytes: the sha256 still matches
+    assert load_predictor(copy, device="cpu").engine == "torchscript"
+    model = Predictor.load(copy, device="cpu").model
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([50.0, -50.0]))  # every text now gets id2label[0]
+    model.save_pretrained(copy / runs.MODEL_DIR)
+    predictor = load_predictor(copy, device="cpu")
+    assert predictor.engine == "pytorch"
+    assert {p.label for p in predictor.predict(TEXTS)} == {model.config.id2label[0]}
+
+
+def test_run_without_the_graph_predicts_through_transformers(tmp_path, toy_data):
+    from conftest import make_config
+
+    result = runner.invoke(app, ["train", str(make_config(tmp_path, toy_data, training={"epochs": 1, "save_torchscript": False}))])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "run" / runs.MODEL_DIR / runs.TORCHSCRIPT_FILE).exists()
+    out = runner.invoke(app, ["predict", "-m", str(tmp_path / "run"), "-v", "superb"])
+    assert out.exit_code == 0, out.output
+    assert "engine: pytorch" in out.stderr
+
+
+def test_a_graph_that_disagrees_with_the_model_is_not_saved(trained_run, tmp_path, monkeypatch):
+    from bertcls import export
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    (copy / runs.MODEL_DIR / runs.TORCHSCRIPT_FILE).unlink()
+    monkeypatch.setattr(export, "FP32_TOLERANCE", -1.0)  # no graph can pass
+    with pytest.raises(ModelError, match="differ from the model's"):
+        export.save_torchscript(copy)
+    assert sorted(p.name for p in (copy / runs.MODEL_DIR).iterdir()) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert load_predictor(copy, device="cpu").engine == "pytorch"
+
+
+def test_saved_graph_records_what_it_was_traced_from(trained_run):
+    import torch
+
+    extra = {"bertcls.json": ""}
+    torch.jit.load(str(trained_run / runs.MODEL_DIR / runs.TORCHSCRIPT_FILE), _extra_files=extra)
+    meta = json.loads(extra["bertcls.json"])
+    assert meta["max_length"] == 32 and meta["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert list(meta["weights"]) == ["model.safetensors"] and len(meta["weights"]["model.safetensors"]["sha256"]) == 64
