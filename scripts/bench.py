@@ -7,6 +7,7 @@ wall time includes nothing else and each peak RSS (ru_maxrss from wait4) is that
 
     python scripts/bench.py --model ~/.cache/bertcls-models/minilm-l6 --data-dir ../shared/data/sst2
     python scripts/bench.py ... --json bench.json --extra     # also Trainer bf16 and bertcls fp32
+    python scripts/bench.py ... --device cuda --precision bf16 --rows 20000   # on a GPU: both sides in bf16
 
 Writes a markdown report to stdout, progress to stderr. Only the standard library is imported at
 the top: worker processes import what they measure, and nothing more.
@@ -105,7 +106,8 @@ def worker_bertcls(spec: dict) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     train_s = metrics["train"]["seconds"] + spent[0]
     emit({"train_s": train_s, "loop_s": metrics["train"]["seconds"], "tokenise_s": spent[0], "real_tokens": tokens["train"],
-          "samples": spec["rows"], "accuracy": metrics["test"]["accuracy"], "f1_macro": metrics["test"]["f1_macro"]})
+          "samples": spec["rows"], "accuracy": metrics["test"]["accuracy"], "f1_macro": metrics["test"]["f1_macro"],
+          "peak_gpu_mib": metrics["train"].get("peak_gpu_memory_mb")})
 
 
 def _hf_dataset(tokenizer, texts, labels, max_length):
@@ -140,7 +142,7 @@ def worker_trainer(spec: dict) -> None:
     args = TrainingArguments(
         output_dir=spec["out"], per_device_train_batch_size=W1["batch_size"], num_train_epochs=W1["epochs"],
         learning_rate=W1["learning_rate"], weight_decay=W1["weight_decay"], warmup_steps=W1["warmup_ratio"],
-        lr_scheduler_type="linear", seed=W1["seed"], use_cpu=True, save_strategy="no", report_to="none", disable_tqdm=True,
+        lr_scheduler_type="linear", seed=W1["seed"], use_cpu=spec["device"] == "cpu", save_strategy="no", report_to="none", disable_tqdm=True,
         train_sampling_strategy="group_by_length" if spec.get("grouped") else "random", bf16=bool(spec.get("bf16")),
     )
     trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer), train_dataset=train_ds,
@@ -151,6 +153,7 @@ def worker_trainer(spec: dict) -> None:
     out = trainer.predict(_hf_dataset(tokenizer, test_texts, test_labels, W1["max_length"]))
     emit({"train_s": tokenise_s + loop_s, "loop_s": loop_s, "tokenise_s": tokenise_s,
           "real_tokens": sum(len(ids) for ids in train_ds["input_ids"]), "samples": len(train_texts),
+          "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if spec["device"] == "cuda" else None,
           **scores(out.label_ids.tolist(), out.predictions.argmax(-1).tolist())})
 
 
@@ -165,7 +168,8 @@ def _best_of(n: int, fn) -> tuple[float, float, object]:
 
 
 def worker_predict(spec: dict) -> None:
-    """Batch prediction over test.tsv: bertcls Predictor vs pipeline vs Trainer.predict, best of `repeat`."""
+    """Batch prediction over test.tsv: bertcls (transformers model, and the run's traced graph) vs pipeline vs
+    Trainer.predict, best of `repeat`."""
     import torch
     from transformers import (
         AutoModelForSequenceClassification,
@@ -176,11 +180,12 @@ def worker_predict(spec: dict) -> None:
         pipeline,
     )
 
+    from bertcls import predict as bertcls_predict
     from bertcls.predict import Predictor
 
     torch.set_num_threads(W1["threads"])
     texts, gold = read_tsv(Path(spec["data_dir"]) / "test.tsv")
-    run, folder, repeat = Path(spec["run"]), Path(spec["run"]) / "model", spec["repeat"]
+    run, folder, repeat, device = Path(spec["run"]), Path(spec["run"]) / "model", spec["repeat"], spec["device"]
     rows = {}
 
     def record(name, batch, timing, labels):
@@ -192,14 +197,19 @@ def worker_predict(spec: dict) -> None:
     precisions = ["fp32", "bf16"] if "precision" in inspect.signature(Predictor.load).parameters else ["fp32"]
     for precision in precisions:
         kwargs = {"precision": precision} if len(precisions) > 1 else {}
-        predictor = Predictor.load(run, device="cpu", **kwargs)
-        predictor.predict(texts[:64])  # warm-up: first-call allocations, oneDNN kernel selection
-        *timing, out = _best_of(repeat, lambda p=predictor: p.predict(texts))
-        record(f"bertcls Predictor ({precision})", predictor.batch_size, timing, [int(o.label) for o in out])
+        predictors = {"Predictor": Predictor.load(run, device=device, **kwargs)}
+        traced = getattr(bertcls_predict, "TorchScriptPredictor", None)  # the run's traced graph (CPU only; newer versions)
+        graph = traced.load(run, precision=precision) if traced and device == "cpu" else None
+        if graph is not None:
+            predictors["TorchScript"] = graph
+        for name, predictor in predictors.items():
+            predictor.predict(texts[:64])  # warm-up: first-call allocations, oneDNN kernel selection
+            *timing, out = _best_of(repeat, lambda p=predictor: p.predict(texts))
+            record(f"bertcls {name} ({precision})", predictor.batch_size, timing, [int(o.label) for o in out])
 
     label_id = {name: int(i) for name, i in AutoModelForSequenceClassification.from_pretrained(folder).config.label2id.items()}
     for batch in (None, 64):
-        pipe = pipeline("text-classification", model=str(folder), device=-1)
+        pipe = pipeline("text-classification", model=str(folder), device=-1 if device == "cpu" else 0)
         kwargs = {"truncation": True} | ({"batch_size": batch} if batch else {})
         pipe(texts[:64], **kwargs)
         *timing, out = _best_of(repeat, lambda p=pipe, k=kwargs: p(texts, **k))
@@ -207,7 +217,7 @@ def worker_predict(spec: dict) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder)
-    args = TrainingArguments(output_dir=spec["out"], use_cpu=True, report_to="none", disable_tqdm=True)
+    args = TrainingArguments(output_dir=spec["out"], use_cpu=device == "cpu", report_to="none", disable_tqdm=True)
     trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
     trainer.predict(_hf_dataset(tokenizer, texts[:64], gold[:64], W1["max_length"]))
     *timing, out = _best_of(repeat, lambda: trainer.predict(_hf_dataset(tokenizer, texts, gold, W1["max_length"])))
@@ -231,7 +241,7 @@ WORKERS = {"bertcls": worker_bertcls, "trainer": worker_trainer, "predict": work
 
 # ---------------------------------------------------------------------------- the run
 
-def write_config(work: Path, name: str, args, precision: str = "auto") -> Path:
+def write_config(work: Path, name: str, args, precision: str | None = None) -> Path:
     import_free_yaml = {  # JSON is YAML: no import needed here
         "seed": W1["seed"], "output_dir": str(work / name),
         "data": {"train": str(args.data_dir / "train.tsv"), "validation": str(args.data_dir / "test.tsv"),
@@ -240,7 +250,8 @@ def write_config(work: Path, name: str, args, precision: str = "auto") -> Path:
         "model": {"name": str(args.model)},
         "training": {"epochs": W1["epochs"], "batch_size": W1["batch_size"], "learning_rate": W1["learning_rate"],
                      "weight_decay": W1["weight_decay"], "warmup_ratio": W1["warmup_ratio"], "lr_scheduler": "linear",
-                     "num_threads": W1["threads"], "precision": precision, "metric_for_best": "accuracy"},
+                     "num_threads": W1["threads"], "precision": precision or args.precision, "metric_for_best": "accuracy",
+                     "device": args.device},
     }
     path = work / f"{name}.yaml"
     path.write_text(json.dumps(import_free_yaml, indent=1))
@@ -263,6 +274,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keep run folders here (default: a temporary folder)")
     parser.add_argument("--repeat", type=int, default=3, help="cold-start runs per command (median) and prediction passes (best)")
     parser.add_argument("--extra", action="store_true", help="also train Trainer grouped+bf16 and bertcls fp32")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both sides train and predict")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="bertcls training.precision; fp32/bf16 also set Trainer's (auto: Trainer's default, fp32)")
     parser.add_argument("--only", choices=["train", "predict", "startup"], action="append", help="run only these parts")
     parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -290,20 +304,23 @@ def main() -> None:
         save()
         return run_child(py + [__file__, "--worker", name, "--spec", json.dumps(spec)], env, label)
 
-    results: dict = {"workload": W1 | {"rows": args.rows}, "model": str(args.model), "machine": machine()}
-    common = {"model": str(args.model), "data_dir": str(args.data_dir), "rows": args.rows}
+    results: dict = {"workload": W1 | {"rows": args.rows}, "model": str(args.model), "machine": machine(args.device),
+                     "device": args.device, "precision": args.precision}
+    common = {"model": str(args.model), "data_dir": str(args.data_dir), "rows": args.rows, "device": args.device}
+    trainer_bf16 = args.precision == "bf16"
     if "train" in parts:
         # bertcls and Trainer jobs alternate, so a change in the machine's load hits both sides alike.
         train = results["train"] = {}
         train["bertcls"] = worker("bertcls", "bertcls: train() via the Python API", config=str(write_config(work, "bertcls-api", args)), **common)
-        train["Trainer"] = worker("trainer", "Trainer (defaults)", out=str(work / "trainer"), **common)
+        train["Trainer"] = worker("trainer", "Trainer (defaults)", out=str(work / "trainer"), bf16=trainer_bf16, **common)
         cli_run = work / "bertcls-cli"
         train["bertcls train"] = run_child(py + ["-m", "bertcls", "train", str(write_config(work, "bertcls-cli", args)), "--quiet", "--overwrite"],
                                            env, "bertcls train (whole process)")
         cli_metrics = json.loads((cli_run / "metrics.json").read_text())
         train["bertcls train"].update({"loop_s": cli_metrics["train"]["seconds"], "accuracy": cli_metrics["test"]["accuracy"],
                                        "f1_macro": cli_metrics["test"]["f1_macro"]})
-        train["Trainer group_by_length"] = worker("trainer", "Trainer (group_by_length)", out=str(work / "trainer-g"), grouped=True, **common)
+        train["Trainer group_by_length"] = worker("trainer", "Trainer (group_by_length)", out=str(work / "trainer-g"), grouped=True,
+                                                  bf16=trainer_bf16, **common)
         if args.extra:
             train["Trainer group_by_length bf16"] = worker("trainer", "Trainer (group_by_length, bf16)", out=str(work / "trainer-gb"),
                                                            grouped=True, bf16=True, **common)
@@ -314,7 +331,7 @@ def main() -> None:
                   "bertcls train (a model to predict with)")
     if "predict" in parts:
         results["predict"] = worker("predict", "batch prediction", run=str(run), data_dir=str(args.data_dir),
-                                    out=str(work / "trainer-predict"), repeat=args.repeat)
+                                    out=str(work / "trainer-predict"), repeat=args.repeat, device=args.device)
     if "startup" in parts:
         results["startup"] = {
             "bertcls predict": median_wall(py + ["-m", "bertcls", "predict", "--model", str(run), ONE_TEXT], env, "bertcls predict, one text", args.repeat),
@@ -328,28 +345,34 @@ def main() -> None:
         print(f"[bench] wrote {args.json}", file=sys.stderr)
 
 
-def machine() -> str:
+def machine(device: str = "cpu") -> str:
     import platform
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor()) \
         if Path("/proc/cpuinfo").exists() else platform.processor()
-    return f"{cpu}, {os.cpu_count()} CPUs visible, {W1['threads']} threads used, Python {platform.python_version()}"
+    gpu = ""
+    if device == "cuda":
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+        gpu = f"GPU {gpu}, "
+    return f"{gpu}{cpu}, {os.cpu_count()} CPUs visible, {W1['threads']} threads used, Python {platform.python_version()}"
 
 
 # ---------------------------------------------------------------------------- the report
 
 def report(r: dict) -> str:
-    lines = [f"Machine: {r['machine']}. Model: {Path(r['model']).name}. W1: {r['workload']['rows']:,} rows, 1 epoch, batch 32, 2 threads.", ""]
+    lines = [f"Machine: {r['machine']}. Model: {Path(r['model']).name}. W1: {r['workload']['rows']:,} rows, 1 epoch, batch 32, "
+             f"2 threads, device {r.get('device', 'cpu')}, precision {r.get('precision', 'auto')}.", ""]
     train = r.get("train")
     if train:
         trainer = train["Trainer"]
-        lines += ["| training W1 | train s (tokenise + steps) | samples/s | real tokens/s | whole process s (CPU s) | peak RSS MiB | test acc | macro-F1 | speed vs Trainer |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += ["| training W1 | train s (tokenise + steps) | samples/s | real tokens/s | whole process s (CPU s) | peak RSS MiB | peak GPU MiB | test acc | macro-F1 | speed vs Trainer |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for name, t in train.items():
             train_s = t.get("train_s")
             cells = [f"{train_s:.1f}" if train_s else f"({t['loop_s']:.1f} steps only)",
                      f"{t['samples'] / train_s:.1f}" if train_s else "", f"{t['real_tokens'] / train_s:,.0f}" if train_s else "",
-                     f"{t['wall_s']:.1f} ({t['cpu_s']:.0f})", f"{t['rss_mib']:,.0f}", f"{t['accuracy']:.3f}", f"{t['f1_macro']:.3f}",
+                     f"{t['wall_s']:.1f} ({t['cpu_s']:.0f})", f"{t['rss_mib']:,.0f}", f"{t['peak_gpu_mib']:,.0f}" if t.get("peak_gpu_mib") else "",
+                     f"{t['accuracy']:.3f}", f"{t['f1_macro']:.3f}",
                      f"{trainer['train_s'] / train_s:.2f}x" if train_s else f"{trainer['wall_s'] / t['wall_s']:.2f}x (whole process)"]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         b, cli, grouped = train["bertcls"], train["bertcls train"], train["Trainer group_by_length"]
