@@ -1,10 +1,12 @@
-"""Benchmark prediction: PyTorch, ONNX fp32 and ONNX int8 (bertcls) against transformers.pipeline, on the same texts.
+"""Benchmark prediction: bertcls through transformers, its traced TorchScript graph, ONNX fp32 and ONNX int8,
+against transformers.pipeline, on the same texts.
 
     python scripts/bench_predict.py --model runs/sst2-minilm --data ../shared/data/sst2/test.tsv
 
 Prints, for each: batch throughput (sentences/s over every text of --data, after one warm-up
 batch), accuracy on the file's labels, and the cold start of a fresh process classifying one
-text (median wall time of --repeats runs: `bertcls predict --model X TEXT`, and for the pipeline
+text (median wall time of --repeats runs: `bertcls predict --model X TEXT`, which takes the traced
+graph or an ONNX folder; `python -c "Predictor.load(X).predict([TEXT])"` for the transformers path;
 `python -c "pipeline(...)(TEXT)"`). The ONNX folders are exported into a temporary folder first.
 A benchmark, not a test: the figures depend on the machine.
 """
@@ -36,7 +38,7 @@ def main() -> None:
     from bertcls.config import DataConfig
     from bertcls.data import read_split
     from bertcls.export import export_onnx
-    from bertcls.predict import OnnxPredictor, Predictor
+    from bertcls.predict import OnnxPredictor, Predictor, load_predictor
 
     saved = (runs.read_run_config(args.model) or {}).get("data") or {}
     columns = DataConfig(train=args.data, text_column=saved.get("text_column", "text"), label_column=saved.get("label_column", "label"))
@@ -56,6 +58,13 @@ def main() -> None:
             print(f"exported {name}: max |logit - PyTorch| on check texts {checked['max_abs_logit_diff']:.2e}", flush=True)
 
         predictors = {"pytorch": Predictor.load(args.model, device="cpu", batch_size=args.batch_size)}
+        cold = {"pytorch": ["-c", f"from bertcls.predict import Predictor\n"
+                                  f"print(Predictor.load({str(args.model)!r}, device='cpu').predict([{ONE_TEXT!r}])[0].label)"]}
+        traced = load_predictor(args.model, device="cpu", batch_size=args.batch_size)
+        if traced.engine == "torchscript":  # training saved the graph (training.save_torchscript)
+            predictors["torchscript"] = traced
+        for name in ("torchscript", *folders):
+            cold[name] = ["-m", "bertcls", "predict", "--model", str(folders.get(name, args.model)), ONE_TEXT]
         for name, folder in folders.items():
             predictors[name] = OnnxPredictor.load(folder, batch_size=args.batch_size)
             if args.threads:
@@ -66,8 +75,7 @@ def main() -> None:
             start = time.perf_counter()
             labels = [p.label for p in predictor.predict(texts)]
             seconds = time.perf_counter() - start
-            rows.append((name, len(texts) / seconds, _accuracy(labels, gold), _cold_start(["-m", "bertcls", "predict", "--model",
-                                                                                            str(folders.get(name, args.model)), ONE_TEXT], args.repeats)))
+            rows.append((name, len(texts) / seconds, _accuracy(labels, gold), _cold_start(cold[name], args.repeats)))
             print(f"  {name} done", file=sys.stderr, flush=True)
         rows.append(("transformers.pipeline", *_pipeline(args.model, texts, gold, args.batch_size, args.repeats)))
 
