@@ -94,3 +94,19 @@ def test_saved_graph_records_what_it_was_traced_from(trained_run):
     meta = json.loads(extra["bertcls.json"])
     assert meta["max_length"] == 32 and meta["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert list(meta["weights"]) == ["model.safetensors"] and len(meta["weights"]["model.safetensors"]["sha256"]) == 64
+
+
+def test_a_failure_to_save_the_graph_never_costs_the_run(tmp_path, toy_data, monkeypatch):
+    from conftest import make_config
+
+    from bertcls import export
+
+    def full_disk(run):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "save_torchscript", full_disk)
+    result = runner.invoke(app, ["train", str(make_config(tmp_path, toy_data, training={"epochs": 1}))])
+    assert result.exit_code == 0, result.output
+    assert "note: no TorchScript graph, so predict will load transformers ([Errno 28] No space left on device)" in result.output
+    assert runs.is_finished(tmp_path / "run")
+    assert load_predictor(tmp_path / "run", device="cpu").engine == "pytorch"

@@ -49,7 +49,6 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
     import torch
 
     from bertcls import runs
-    from bertcls.model import load_trained
     from bertcls.predict import Predictor
 
     _require_onnx()
@@ -57,7 +56,7 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
     if output.exists() and any(output.iterdir()):
         raise RunError(f"--output {output} is not empty; choose a new folder")
     predictor = Predictor.load(model_path, device="cpu", precision="fp32")  # the reference: exact fp32
-    model, tokenizer = load_trained(model_path)
+    model, tokenizer = predictor.model, predictor.tokenizer
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"{runs.model_dir(model_path)}: the tokenizer has no fast (tokenizer.json) version, which the ONNX predictor needs")
     inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names else [])

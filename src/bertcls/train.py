@@ -21,7 +21,7 @@ from bertcls import checkpoint as ckpt
 from bertcls import data as data_mod
 from bertcls import distributed, faults, report, runs
 from bertcls.config import Config, TrainingConfig
-from bertcls.errors import ConfigError, ModelError, TrainingError
+from bertcls.errors import BertclsError, ConfigError, TrainingError, first_line
 from bertcls.evaluate import Evaluation, is_better, predict_logits, score
 from bertcls.loss import build_loss
 from bertcls.model import load_model, resolve_precision, save_model
@@ -275,8 +275,8 @@ def _save_torchscript(run: Path, log: _Log) -> None:
     began = time.perf_counter()
     try:
         checked = save_torchscript(run)
-    except ModelError as exc:
-        log.say(f"note: no TorchScript graph, so predict will load transformers ({exc})")
+    except (BertclsError, OSError, RuntimeError) as exc:  # the run itself is complete: never lose it over this
+        log.say(f"note: no TorchScript graph, so predict will load transformers ({first_line(exc)})")
         return
     log.say(f"TorchScript graph saved for fast predict start-up ({time.perf_counter() - began:.1f} s, "
             f"logits within {checked['max_abs_logit_diff']:.1g} of the model's)")
