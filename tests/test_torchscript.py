@@ -12,6 +12,7 @@ from bertcls import runs
 from bertcls.cli import app
 from bertcls.errors import ModelError
 from bertcls.predict import Predictor, TorchScriptPredictor, load_predictor
+from conftest import make_config
 
 runner = CliRunner()
 TEXTS = ["a wonderful film", "dreadful acting", "the plot was great and the cast superb", "boring", "great " * 100, "😀 映画", ""]
@@ -63,8 +64,6 @@ def test_graph_is_not_used_once_the_weights_change(trained_run, tmp_path):
 
 
 def test_run_without_the_graph_predicts_through_transformers(tmp_path, toy_data):
-    from conftest import make_config
-
     result = runner.invoke(app, ["train", str(make_config(tmp_path, toy_data, training={"epochs": 1, "save_torchscript": False}))])
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "run" / runs.MODEL_DIR / runs.TORCHSCRIPT_FILE).exists()
@@ -97,8 +96,6 @@ def test_saved_graph_records_what_it_was_traced_from(trained_run):
 
 
 def test_a_failure_to_save_the_graph_never_costs_the_run(tmp_path, toy_data, monkeypatch):
-    from conftest import make_config
-
     from bertcls import export
 
     def full_disk(run):
