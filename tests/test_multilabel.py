@@ -1,6 +1,7 @@
 """Multi-label classification end to end: labels as lists or separated strings, sigmoid + BCE, thresholds."""
 
 import csv
+import importlib.util
 import json
 import random
 
@@ -122,3 +123,31 @@ def test_multilabel_metrics_by_hand_and_threshold_tuning():
     assert m["accuracy"] == pytest.approx(2 / 3) and m["hamming_loss"] == pytest.approx(1 / 9)
     assert m["f1_micro"] == pytest.approx(2 * 4 / (2 * 4 + 1)) and m["per_class"]["c"]["fn"] == 1
     assert tune_threshold(gold, probs) <= 0.4  # 0.4 catches row 1's c without any false positive
+
+
+def test_traced_graph_and_onnx_export_keep_the_multilabel_decisions(multilabel_run, tmp_path):
+    from bertcls.predict import load_predictor
+
+    run, _ = multilabel_run
+    texts = ["the cheese and the guitar", "the film was quite", "tennis and piano and soup", "football"]
+    reference = Predictor.load(run, device="cpu").predict(texts)
+    traced = load_predictor(run, device="cpu")
+    assert traced.engine == "torchscript"
+    predictors = [traced]
+    if all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnxscript")):
+        result = runner.invoke(app, ["export", "-m", str(run), "--format", "onnx", "-o", str(tmp_path / "onnx")])
+        assert result.exit_code == 0, result.output
+        predictors.append(load_predictor(tmp_path / "onnx"))
+    for predictor in predictors:
+        assert predictor.threshold == Predictor.load(run).threshold
+        out = predictor.predict(texts)
+        assert [o.labels for o in out] == [o.labels for o in reference], predictor.engine
+        assert [o.probabilities for o in out] == [pytest.approx(o.probabilities, abs=1e-4) for o in reference]
+
+
+def test_multilabel_with_balanced_class_weights_trains(tmp_path):
+    data = {name: write_csv(tmp_path / f"{name}.csv", topic_rows(n, seed)) for name, n, seed in (("train", 120, 0), ("validation", 30, 1))}
+    config = make_config(tmp_path, data, training={"epochs": 1, "class_weights": "balanced", "save_torchscript": False})
+    run = train(load_config(config, ["data.task=multi_label"]), quiet=True)
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    assert set(test["per_class"]) == {"food", "music", "sport"} and 0 <= test["hamming_loss"] <= 1
