@@ -10,12 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import IO, Any
 
+from bertcls import runs
 from bertcls.errors import DataError
 
 CHUNK_ROWS = 10_000
@@ -94,17 +95,10 @@ def prediction_fields(result, top_k: int | None) -> dict[str, Any]:
 
 
 class _Writer:
-    """CSV/TSV or JSON lines, to a file (written under a temporary name, renamed when complete) or stdout."""
+    """Rows with their predictions as CSV/TSV or JSON lines, to an open text file."""
 
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.kind = file_format(path, "--output") if path else "jsonl"
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = path.with_name(f".{path.name}.partial")
-            self.file: IO[str] = open(self.tmp, "w", encoding="utf-8", newline="")
-        else:
-            self.file = sys.stdout
+    def __init__(self, file: IO[str], kind: str) -> None:
+        self.file, self.kind = file, kind
         self.csv: csv.DictWriter | None = None
 
     def write(self, rows: list[dict[str, Any]]) -> None:
@@ -117,16 +111,6 @@ class _Writer:
             self.csv.writeheader()
         self.csv.writerows({k: ";".join(v) if isinstance(v, list) else v for k, v in row.items()} for row in rows)
 
-    def close(self, ok: bool) -> None:
-        if not self.path:
-            self.file.flush()
-            return
-        self.file.close()
-        if ok:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-
 
 def predict_file(predictor, source: Path, output: Path | None, *, text_column: str, pair_column: str | None = None,
                  top_k: int | None = None, chunk_rows: int = CHUNK_ROWS, progress: bool = True) -> int:
@@ -134,27 +118,31 @@ def predict_file(predictor, source: Path, output: Path | None, *, text_column: s
     from tqdm.auto import tqdm
 
     source = Path(source)
+    kind = "jsonl" if output is None else file_format(output, "--output")
     if output is not None:
-        file_format(output, "--output")
         if output.resolve() == source.resolve():
             raise DataError(f"--output {output} is the input file; write the predictions somewhere else")
+        output.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=source.stat().st_size if source.is_file() else None, unit="B", unit_scale=True, desc="predict",
                disable=None if progress else True, leave=False)
-    writer, rows_done, ok = _Writer(output), 0, False
+    rows_done = 0
+    # --output is written under a temporary name and renamed when complete (runs.atomic_file); stdout as it goes.
     try:
-        for chunk in read_chunks(source, chunk_rows, on_bytes=lambda pos: bar.update(pos - bar.n)):
-            texts = texts_of(chunk, text_column, rows_done, source, "--text-column")
-            pairs = texts_of(chunk, pair_column, rows_done, source, "--text-pair-column") if pair_column else None
-            taken = {PREDICTED, SCORE} & set(chunk[0])
-            if taken:
-                raise DataError(f"--file {source}: already has column(s) {', '.join(sorted(taken))}, which the output adds; rename them")
-            results = predictor.predict(texts, pairs)
-            writer.write([{**row, **prediction_fields(result, top_k)} for row, result in zip(chunk, results, strict=True)])
-            rows_done += len(chunk)
-        if rows_done == 0:
-            raise DataError(f"--file {source}: no rows")
-        ok = True
+        with runs.atomic_file(output) if output is not None else nullcontext() as tmp, \
+                open(tmp, "w", encoding="utf-8", newline="") if tmp else nullcontext(sys.stdout) as out:
+            writer = _Writer(out, kind)
+            for chunk in read_chunks(source, chunk_rows, on_bytes=lambda pos: bar.update(pos - bar.n)):
+                texts = texts_of(chunk, text_column, rows_done, source, "--text-column")
+                pairs = texts_of(chunk, pair_column, rows_done, source, "--text-pair-column") if pair_column else None
+                taken = {PREDICTED, SCORE} & set(chunk[0])
+                if taken:
+                    raise DataError(f"--file {source}: already has column(s) {', '.join(sorted(taken))}, which the output adds; rename them")
+                results = predictor.predict(texts, pairs)
+                writer.write([{**row, **prediction_fields(result, top_k)} for row, result in zip(chunk, results, strict=True)])
+                rows_done += len(chunk)
+            if rows_done == 0:
+                raise DataError(f"--file {source}: no rows")
+            out.flush()
     finally:
-        writer.close(ok)
         bar.close()
     return rows_done
