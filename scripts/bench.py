@@ -180,8 +180,7 @@ def worker_predict(spec: dict) -> None:
         pipeline,
     )
 
-    from bertcls import predict as bertcls_predict
-    from bertcls.predict import Predictor
+    from bertcls.predict import Predictor, TorchScriptPredictor
 
     torch.set_num_threads(W1["threads"])
     texts, gold = read_tsv(Path(spec["data_dir"]) / "test.tsv")
@@ -192,14 +191,9 @@ def worker_predict(spec: dict) -> None:
         seconds, cpu = timing
         rows[name] = {"batch": batch, "seconds": seconds, "cpu_s": cpu, "per_s": len(texts) / seconds, "labels": labels, **scores(gold, labels)}
 
-    import inspect
-
-    precisions = ["fp32", "bf16"] if "precision" in inspect.signature(Predictor.load).parameters else ["fp32"]
-    for precision in precisions:
-        kwargs = {"precision": precision} if len(precisions) > 1 else {}
-        predictors = {"Predictor": Predictor.load(run, device=device, **kwargs)}
-        traced = getattr(bertcls_predict, "TorchScriptPredictor", None)  # the run's traced graph (CPU only; newer versions)
-        graph = traced.load(run, precision=precision) if traced and device == "cpu" else None
+    for precision in ("fp32", "bf16"):
+        predictors = {"Predictor": Predictor.load(run, device=device, precision=precision)}
+        graph = TorchScriptPredictor.load(run, precision=precision) if device == "cpu" else None  # the run's traced graph
         if graph is not None:
             predictors["TorchScript"] = graph
         for name, predictor in predictors.items():
