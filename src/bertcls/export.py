@@ -49,19 +49,14 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
     import torch
 
     from bertcls import runs
-    from bertcls.predict import Predictor
+    from bertcls.predict import OnnxPredictor
 
     _require_onnx()
     output = Path(output)
     if output.exists() and any(output.iterdir()):
         raise RunError(f"--output {output} is not empty; choose a new folder")
-    predictor = Predictor.load(model_path, device="cpu", precision="fp32")  # the reference: exact fp32
+    predictor, inputs, example = _reference(model_path, "the ONNX predictor")
     model, tokenizer = predictor.model, predictor.tokenizer
-    if not getattr(tokenizer, "is_fast", False):
-        raise ModelError(f"{runs.model_dir(model_path)}: the tokenizer has no fast (tokenizer.json) version, which the ONNX predictor needs")
-    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names else [])
-
-    example = tokenizer(CHECK_TEXTS[:2], padding=True, truncation=True, max_length=predictor.max_length, return_tensors="pt")
     batch, sequence = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=1, max=predictor.max_length)
     output.mkdir(parents=True, exist_ok=True)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" and the like
@@ -92,7 +87,7 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
     meta = {"max_length": predictor.max_length, "inputs": inputs, "quantize": quantize, "opset": OPSET,
             "source": str(Path(model_path).resolve()), "pad_token_id": tokenizer.pad_token_id or 0}
     (output / ONNX_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    return {"max_abs_logit_diff": check_against_pytorch(predictor, output), **meta}
+    return {"max_abs_logit_diff": max_logit_difference(predictor, OnnxPredictor.load(output)), **meta}
 
 
 def _logits_module(model):
@@ -124,19 +119,13 @@ def save_torchscript(model_path: str | Path) -> dict[str, Any]:
     import torch
 
     from bertcls import runs
-    from bertcls.model import load_trained
-    from bertcls.predict import TORCHSCRIPT_META, Predictor, TorchScriptPredictor, run_max_length
+    from bertcls.predict import TORCHSCRIPT_META, TorchScriptPredictor
 
     folder = runs.model_dir(model_path)
-    model, tokenizer = load_trained(folder)
-    if not getattr(tokenizer, "is_fast", False):
-        raise ModelError(f"{folder}: the tokenizer has no fast (tokenizer.json) version, which the traced graph's predictor needs")
-    max_length = run_max_length(model_path, tokenizer)
-    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names else [])
-    example = tokenizer(CHECK_TEXTS[:2], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    meta = {"max_length": max_length, "inputs": inputs, "pad_token_id": tokenizer.pad_token_id or 0,
+    reference, inputs, example = _reference(model_path, "the traced graph's predictor")
+    model, tokenizer = reference.model, reference.tokenizer
+    meta = {"max_length": reference.max_length, "inputs": inputs, "pad_token_id": tokenizer.pad_token_id or 0,
             "torch": torch.__version__, "weights": runs.weights_stamp(folder)}
-    reference = Predictor(model, tokenizer, max_length, precision="fp32")
     with runs.atomic_file(folder / runs.TORCHSCRIPT_FILE) as tmp:
         try:
             with torch.no_grad(), warnings.catch_warnings():
@@ -148,18 +137,29 @@ def save_torchscript(model_path: str | Path) -> dict[str, Any]:
         traced = TorchScriptPredictor.load(model_path, precision="fp32", graph=tmp)
         if traced is None:
             raise ModelError(f"{folder}: the traced graph could not be read back; it was not saved")
-        pairs = CHECK_TEXTS[::-1]
-        diff = max(float(abs(traced.logits(*args) - reference.logits(*args)).max())
-                   for args in ((CHECK_TEXTS, None), (CHECK_TEXTS, pairs), (CHECK_TEXTS[:1], None)))
+        diff = max_logit_difference(reference, traced)
         if not diff <= FP32_TOLERANCE:
             raise ModelError(f"{folder}: the traced graph's logits differ from the model's by {diff:.2g}; it was not saved")
     return {"max_abs_logit_diff": diff, "file": str(folder / runs.TORCHSCRIPT_FILE)}
 
 
-def check_against_pytorch(predictor, folder: Path) -> float:
-    """The largest absolute difference between PyTorch's and the exported model's logits on CHECK_TEXTS."""
-    from bertcls.predict import OnnxPredictor
+def _reference(model_path: str | Path, what: str):
+    """The model as a Predictor in exact fp32 on the CPU (what an exported or traced graph is checked against),
+    the positional input names the graph takes, and a padded example batch of CHECK_TEXTS to export or trace with."""
+    from bertcls import runs
+    from bertcls.predict import Predictor
 
-    onnx = OnnxPredictor.load(folder)
-    reference = predictor.logits(CHECK_TEXTS)
-    return float(abs(onnx.logits(CHECK_TEXTS) - reference).max())
+    predictor = Predictor.load(model_path, device="cpu", precision="fp32")
+    tokenizer = predictor.tokenizer
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"{runs.model_dir(model_path)}: the tokenizer has no fast (tokenizer.json) version, which {what} needs")
+    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names else [])
+    example = tokenizer(CHECK_TEXTS[:2], padding=True, truncation=True, max_length=predictor.max_length, return_tensors="pt")
+    return predictor, inputs, example
+
+
+def max_logit_difference(reference, candidate) -> float:
+    """The largest absolute difference between two predictors' logits on CHECK_TEXTS: all of them in one batch,
+    the same as pairs, and one alone (batch sizes and lengths other than the example's)."""
+    cases = ((CHECK_TEXTS, None), (CHECK_TEXTS, CHECK_TEXTS[::-1]), (CHECK_TEXTS[:1], None))
+    return max(float(abs(candidate.logits(*case) - reference.logits(*case)).max()) for case in cases)
