@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from bertcls.errors import ModelError, RunError, first_line
+from bertcls.predict import ONNX_FILE, ONNX_META  # named where they are read
 
-ONNX_FILE = "model.onnx"
-ONNX_META = "bertcls-onnx.json"
 # Texts used to check the exported model against PyTorch (the logits must agree within FP32_TOLERANCE).
 CHECK_TEXTS = ["a short one", "a somewhat longer text, with punctuation, to vary the lengths in the batch", "x"]
 FP32_TOLERANCE = 1e-4

@@ -109,7 +109,7 @@ def resolve_device_precision(path: str | Path, device: str, precision: str) -> t
     return device, precision
 
 
-# The names bertcls.export writes (repeated here so this module needs nothing heavy).
+# The files of a folder `bertcls export` writes (see bertcls.export).
 ONNX_FILE = "model.onnx"
 ONNX_META = "bertcls-onnx.json"
 # Inside a traced graph file: what TorchScriptPredictor needs besides the graph (see bertcls.export.save_torchscript).
