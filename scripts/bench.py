@@ -1,6 +1,6 @@
-"""Benchmark: bertcls against transformers.Trainer and pipeline on workload W1, side by side in one run.
+"""Benchmark: bertcls against transformers.Trainer and pipeline on a reference workload, side by side in one run.
 
-W1: a BERT checkpoint (MiniLM-L6 by default), the first 4,000 rows of train.tsv, 1 epoch, batch 32,
+The workload: a BERT checkpoint (MiniLM-L6 by default), the first 4,000 rows of train.tsv, 1 epoch, batch 32,
 AdamW lr 1e-4, weight decay 0.01, linear schedule with 10% warmup, max_length 128, seed 0,
 2 CPU threads; scored on test.tsv. Every measured job runs in its own Python process, so each
 wall time includes nothing else and each peak RSS (ru_maxrss from wait4) is that job's alone.
@@ -28,9 +28,8 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ONE_TEXT = "a gorgeous, witty, seductive movie"
-W1 = {"rows": 4000, "epochs": 1, "batch_size": 32, "learning_rate": 1e-4, "weight_decay": 0.01, "warmup_ratio": 0.1,
+WORKLOAD = {"rows": 4000, "epochs": 1, "batch_size": 32, "learning_rate": 1e-4, "weight_decay": 0.01, "warmup_ratio": 0.1,
       "max_length": 128, "seed": 0, "threads": 2}
-TARGETS_NOTE = "targets (issue 3): train >= 3x Trainer, whole process >= 2x, predict >= 3x, cold start <= 0.75x pipeline, --help < 0.5 s"
 
 
 # ---------------------------------------------------------------------------- shared helpers
@@ -129,20 +128,20 @@ def worker_trainer(spec: dict) -> None:
         set_seed,
     )
 
-    torch.set_num_threads(W1["threads"])
+    torch.set_num_threads(WORKLOAD["threads"])
     data_dir = Path(spec["data_dir"])
     train_texts, train_labels = read_tsv(data_dir / "train.tsv", spec["rows"])
     test_texts, test_labels = read_tsv(data_dir / "test.tsv")
-    set_seed(W1["seed"])
+    set_seed(WORKLOAD["seed"])
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     model = AutoModelForSequenceClassification.from_pretrained(spec["model"], num_labels=2)
     start = time.perf_counter()
-    train_ds = _hf_dataset(tokenizer, train_texts, train_labels, W1["max_length"])
+    train_ds = _hf_dataset(tokenizer, train_texts, train_labels, WORKLOAD["max_length"])
     tokenise_s = time.perf_counter() - start
     args = TrainingArguments(
-        output_dir=spec["out"], per_device_train_batch_size=W1["batch_size"], num_train_epochs=W1["epochs"],
-        learning_rate=W1["learning_rate"], weight_decay=W1["weight_decay"], warmup_steps=W1["warmup_ratio"],
-        lr_scheduler_type="linear", seed=W1["seed"], use_cpu=spec["device"] == "cpu", save_strategy="no", report_to="none", disable_tqdm=True,
+        output_dir=spec["out"], per_device_train_batch_size=WORKLOAD["batch_size"], num_train_epochs=WORKLOAD["epochs"],
+        learning_rate=WORKLOAD["learning_rate"], weight_decay=WORKLOAD["weight_decay"], warmup_steps=WORKLOAD["warmup_ratio"],
+        lr_scheduler_type="linear", seed=WORKLOAD["seed"], use_cpu=spec["device"] == "cpu", save_strategy="no", report_to="none", disable_tqdm=True,
         train_sampling_strategy="group_by_length" if spec.get("grouped") else "random", bf16=bool(spec.get("bf16")),
     )
     trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer), train_dataset=train_ds,
@@ -150,7 +149,7 @@ def worker_trainer(spec: dict) -> None:
     start = time.perf_counter()
     trainer.train()
     loop_s = time.perf_counter() - start
-    out = trainer.predict(_hf_dataset(tokenizer, test_texts, test_labels, W1["max_length"]))
+    out = trainer.predict(_hf_dataset(tokenizer, test_texts, test_labels, WORKLOAD["max_length"]))
     emit({"train_s": tokenise_s + loop_s, "loop_s": loop_s, "tokenise_s": tokenise_s,
           "real_tokens": sum(len(ids) for ids in train_ds["input_ids"]), "samples": len(train_texts),
           "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if spec["device"] == "cuda" else None,
@@ -182,7 +181,7 @@ def worker_predict(spec: dict) -> None:
 
     from bertcls.predict import Predictor, TorchScriptPredictor
 
-    torch.set_num_threads(W1["threads"])
+    torch.set_num_threads(WORKLOAD["threads"])
     texts, gold = read_tsv(Path(spec["data_dir"]) / "test.tsv")
     run, folder, repeat, device = Path(spec["run"]), Path(spec["run"]) / "model", spec["repeat"], spec["device"]
     rows = {}
@@ -213,8 +212,8 @@ def worker_predict(spec: dict) -> None:
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     args = TrainingArguments(output_dir=spec["out"], use_cpu=device == "cpu", report_to="none", disable_tqdm=True)
     trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
-    trainer.predict(_hf_dataset(tokenizer, texts[:64], gold[:64], W1["max_length"]))
-    *timing, out = _best_of(repeat, lambda: trainer.predict(_hf_dataset(tokenizer, texts, gold, W1["max_length"])))
+    trainer.predict(_hf_dataset(tokenizer, texts[:64], gold[:64], WORKLOAD["max_length"]))
+    *timing, out = _best_of(repeat, lambda: trainer.predict(_hf_dataset(tokenizer, texts, gold, WORKLOAD["max_length"])))
     record("Trainer.predict (defaults)", args.per_device_eval_batch_size, timing, out.predictions.argmax(-1).tolist())
 
     reference = rows["bertcls Predictor (fp32)"]["labels"]
@@ -237,14 +236,14 @@ WORKERS = {"bertcls": worker_bertcls, "trainer": worker_trainer, "predict": work
 
 def write_config(work: Path, name: str, args, precision: str | None = None) -> Path:
     import_free_yaml = {  # JSON is YAML: no import needed here
-        "seed": W1["seed"], "output_dir": str(work / name),
+        "seed": WORKLOAD["seed"], "output_dir": str(work / name),
         "data": {"train": str(args.data_dir / "train.tsv"), "validation": str(args.data_dir / "test.tsv"),
                  "test": str(args.data_dir / "test.tsv"), "text_column": "sentence", "label_column": "label",
-                 "max_length": W1["max_length"], "max_train_samples": args.rows},
+                 "max_length": WORKLOAD["max_length"], "max_train_samples": args.rows},
         "model": {"name": str(args.model)},
-        "training": {"epochs": W1["epochs"], "batch_size": W1["batch_size"], "learning_rate": W1["learning_rate"],
-                     "weight_decay": W1["weight_decay"], "warmup_ratio": W1["warmup_ratio"], "lr_scheduler": "linear",
-                     "num_threads": W1["threads"], "precision": precision or args.precision, "metric_for_best": "accuracy",
+        "training": {"epochs": WORKLOAD["epochs"], "batch_size": WORKLOAD["batch_size"], "learning_rate": WORKLOAD["learning_rate"],
+                     "weight_decay": WORKLOAD["weight_decay"], "warmup_ratio": WORKLOAD["warmup_ratio"], "lr_scheduler": "linear",
+                     "num_threads": WORKLOAD["threads"], "precision": precision or args.precision, "metric_for_best": "accuracy",
                      "device": args.device},
     }
     path = work / f"{name}.yaml"
@@ -263,7 +262,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("~/.cache/bertcls-models/minilm-l6").expanduser(), help="checkpoint folder")
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/sst2",
                         help="folder with train.tsv and test.tsv (sentence<TAB>label)")
-    parser.add_argument("--rows", type=int, default=W1["rows"], help="training rows (W1: 4000)")
+    parser.add_argument("--rows", type=int, default=WORKLOAD["rows"], help="training rows (default: 4000)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--workdir", type=Path, help="keep run folders here (default: a temporary folder)")
     parser.add_argument("--repeat", type=int, default=3, help="cold-start runs per command (median) and prediction passes (best)")
@@ -286,7 +285,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     parts = set(args.only or ["train", "predict", "startup"])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": str(W1["threads"]), "MKL_NUM_THREADS": str(W1["threads"]),
+           "OMP_NUM_THREADS": str(WORKLOAD["threads"]), "MKL_NUM_THREADS": str(WORKLOAD["threads"]),
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     py = [sys.executable]
 
@@ -298,7 +297,7 @@ def main() -> None:
         save()
         return run_child(py + [__file__, "--worker", name, "--spec", json.dumps(spec)], env, label)
 
-    results: dict = {"workload": W1 | {"rows": args.rows}, "model": str(args.model), "machine": machine(args.device),
+    results: dict = {"workload": WORKLOAD | {"rows": args.rows}, "model": str(args.model), "machine": machine(args.device),
                      "device": args.device, "precision": args.precision}
     common = {"model": str(args.model), "data_dir": str(args.data_dir), "rows": args.rows, "device": args.device}
     trainer_bf16 = args.precision == "bf16"
@@ -348,18 +347,18 @@ def machine(device: str = "cpu") -> str:
     if device == "cuda":
         gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
         gpu = f"GPU {gpu}, "
-    return f"{gpu}{cpu}, {os.cpu_count()} CPUs visible, {W1['threads']} threads used, Python {platform.python_version()}"
+    return f"{gpu}{cpu}, {os.cpu_count()} CPUs visible, {WORKLOAD['threads']} threads used, Python {platform.python_version()}"
 
 
 # ---------------------------------------------------------------------------- the report
 
 def report(r: dict) -> str:
-    lines = [f"Machine: {r['machine']}. Model: {Path(r['model']).name}. W1: {r['workload']['rows']:,} rows, 1 epoch, batch 32, "
+    lines = [f"Machine: {r['machine']}. Model: {Path(r['model']).name}. Workload: {r['workload']['rows']:,} rows, 1 epoch, batch 32, "
              f"2 threads, device {r.get('device', 'cpu')}, precision {r.get('precision', 'auto')}.", ""]
     train = r.get("train")
     if train:
         trainer = train["Trainer"]
-        lines += ["| training W1 | train s (tokenise + steps) | samples/s | real tokens/s | whole process s (CPU s) | peak RSS MiB | peak GPU MiB | test acc | macro-F1 | speed vs Trainer |",
+        lines += ["| training | train s (tokenise + steps) | samples/s | real tokens/s | whole process s (CPU s) | peak RSS MiB | peak GPU MiB | test acc | macro-F1 | speed vs Trainer |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for name, t in train.items():
             train_s = t.get("train_s")

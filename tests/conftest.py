@@ -120,3 +120,16 @@ def assert_same_run(run: Path, reference: Path) -> None:
     strip = lambda r: {k: v for k, v in json.loads(r).items() if k != "examples_per_s"}  # noqa: E731
     assert [strip(r) for r in (run / runs.LOG_FILE).read_text().splitlines()] == \
         [strip(r) for r in (reference / runs.LOG_FILE).read_text().splitlines()]
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    """Every test starts without the variables that steer bertcls, a launcher or the Hugging Face hub."""
+    for name in list(os.environ):
+        if name.startswith(("BERTCLS_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "ACCELERATE_")) or name in LAUNCHER_VARIABLES:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+LAUNCHER_VARIABLES = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK", "NODE_RANK"}

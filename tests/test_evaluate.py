@@ -40,7 +40,8 @@ def test_probabilities_add_calibration_error_and_binary_aucs():
     # gold positive scores 0.2, 0.7; gold negative 0.1, 0.6: 3 of 4 pairs ranked right
     assert m["roc_auc"] == pytest.approx(0.75) and m["positive_label"] == "pos"
     assert m["pr_auc"] == pytest.approx((1 + 2 / 3) / 2)  # ranked 0.7+ 0.6- 0.2+ 0.1-: precision 1 and 2/3 at the positives
-    assert 0 <= m["ece"] <= 1
+    # one row per confidence bin: |accuracy - confidence| = 0.1 (0.9 right), 0.8 (0.8 wrong), 0.3 (0.7 right), 0.6 (0.6 wrong)
+    assert m["ece"] == pytest.approx((0.1 + 0.8 + 0.3 + 0.6) / 4)
     three = compute_metrics([0, 1, 2], [0, 1, 2], ["a", "b", "c"], probs=np.eye(3))
     assert "roc_auc" not in three and three["ece"] == pytest.approx(0.0)
 

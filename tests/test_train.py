@@ -47,13 +47,14 @@ def test_loss_curve_can_be_turned_off(tmp_path, toy_data):
 
 
 def test_gradient_accumulation_and_early_stopping(tmp_path, toy_data):
-    cfg = load_config(make_config(tmp_path, toy_data, training={"epochs": 6, "gradient_accumulation_steps": 3, "early_stopping_patience": 1,
-                                                                 "learning_rate": 1e-6, "metric_for_best": "loss"}))
+    # A learning rate too small to flip any prediction: validation accuracy never improves after epoch 1.
+    cfg = load_config(make_config(tmp_path, toy_data, training={"epochs": 6, "gradient_accumulation_steps": 3, "early_stopping_patience": 2,
+                                                                 "learning_rate": 1e-12, "metric_for_best": "accuracy"}))
     run = train(cfg, quiet=True)
     metrics = json.loads((run / runs.METRICS_FILE).read_text())
     steps = [r["step"] for r in map(json.loads, (run / runs.LOG_FILE).read_text().splitlines()) if r.get("split")]
-    assert steps[0] == 5  # 240 rows / batch 16 = 15 micro-batches = 5 optimizer steps per epoch
-    assert metrics["train"]["optimizer_steps"] == 5 * metrics["train"]["epochs"]
+    assert steps == [5, 10, 15]  # 240 rows / batch 16 = 15 micro-batches = 5 optimizer steps per epoch; stopped after epoch 3
+    assert metrics["best_epoch"] == 1 and metrics["train"]["epochs"] == 3 and metrics["train"]["optimizer_steps"] == 15
 
 
 def test_no_weight_decay_on_biases_and_layernorm(trained_run):

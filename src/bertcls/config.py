@@ -61,9 +61,9 @@ class DataConfig(Section):
     test: str | None = Field(None, description="Test data, evaluated once at the end with the best checkpoint.")
     text_column: str = Field("text", min_length=1, description="Column holding the text.")
     text_pair_column: str | None = Field(None, description="Optional column with a second text (sentence-pair tasks).")
-    label_column: str = Field("label", min_length=1, description="Column holding the label (string or integer).")
-    task: Literal["single_label", "multi_label"] = Field("single_label", description="single_label: one label per row; multi_label: any number of labels per row.")
-    label_separator: str = Field(";", min_length=1, description="multi_label in csv/tsv: the labels of a row in one string, separated by this.")
+    label_column: str = Field("label", min_length=1, description="Column holding the label: names or integers; the label set comes from train, sorted.")
+    task: Literal["single_label", "multi_label"] = Field("single_label", description="single_label: one label per row (softmax, cross-entropy); multi_label: any number of labels per row (one sigmoid per label, binary cross-entropy).")
+    label_separator: str = Field(";", min_length=1, description="multi_label in csv/tsv: the labels of a row in one string, separated by this (`sport;politics`); in json/jsonl a row's labels are a list.")
     validation_split: Float = Field(0.1, gt=0.0, lt=1.0, description="Share of train held out when no validation file is given.")
     max_length: int = Field(128, ge=8, le=8192, description="Longest input in tokens; longer texts are truncated.")
     max_train_samples: int | None = Field(None, ge=2, description="Use only the first N rows of train (quick experiments); null = all.")
@@ -71,21 +71,21 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    name: str = Field("tiny", min_length=1, description="Hub id, local model folder, or `tiny` (a small random BERT built locally).")
+    name: str = Field("tiny", min_length=1, description="Hub id (downloaded on first use), local folder written by save_pretrained, or `tiny`: a 2-layer, hidden-64 random BERT with a WordPiece vocabulary built from the training texts, offline, in a second (for tests; it learns only toy tasks).")
     trust_remote_code: bool = Field(False, description="Run model code shipped with a hub model. Only for models you trust.")
 
 
 class TrainingConfig(Section):
     epochs: int = Field(3, ge=1, le=1000, description="Passes over the training data.")
-    batch_size: int = Field(32, ge=1, le=65536, description="Examples per device per micro-batch.")
+    batch_size: int = Field(32, ge=1, le=65536, description="Examples per device (per process) per micro-batch; the effective batch is this x processes x gradient_accumulation_steps.")
     eval_batch_size: int = Field(128, ge=1, le=65536, description="Examples per batch when evaluating.")
     learning_rate: Float = Field(5e-5, gt=0.0, le=1.0, description="Peak learning rate of AdamW.")
     weight_decay: Float = Field(0.01, ge=0.0, le=1.0, description="Decoupled weight decay; never applied to biases and LayerNorm weights.")
     warmup_ratio: Float = Field(0.1, ge=0.0, lt=1.0, description="Share of optimizer steps spent warming the learning rate up from 0.")
-    lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warmup.")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay of the learning rate after warmup: linear or cosine to 0, or constant.")
     gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Micro-batches per optimizer step.")
     max_grad_norm: Float | None = Field(1.0, gt=0.0, description="Clip the gradient norm to this; null = no clipping.")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$", description="auto | cpu | cuda | cuda:N.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$", description="auto (CUDA when present), cpu, cuda or cuda:N.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 where the hardware runs it natively, else fp32.")
     fsdp: bool = Field(False, description="Shard weights, gradients and optimizer state across GPUs (FSDP2) for models too big for one; needs >= 2 GPU processes.")
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many evaluations without improvement; null = off.")
@@ -105,11 +105,11 @@ class TrainingConfig(Section):
 
 
 class Config(Section):
-    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seeds data order, initialisation and dropout.")
-    output_dir: str = Field("runs/run", min_length=1, description="The run folder.")
-    data: DataConfig
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seeds data order, initialisation and dropout: the same config and seed give the same metrics on the CPU.")
+    output_dir: str = Field("runs/run", min_length=1, description="The run folder, where everything a run writes goes (see docs/training.md#the-run-folder).")
+    data: DataConfig = Field(description="Where the examples come from and how they are read: files or hub datasets, columns, labels, length.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The pretrained encoder to fine-tune; a fresh classification head is put on it.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="The training loop: optimisation, schedule, device and precision, evaluation and checkpoints.")
 
     @model_validator(mode="after")
     def _cross_field(self) -> Config:
