@@ -57,7 +57,7 @@ def assert_one_line_error(result, message: str, run: Path | None = None) -> None
         ("data: {train: a.csv, label_column: text}\n", "data.label_column must differ from the text columns"),
         ("seed: -1\ndata: {train: a.csv}\n", "seed: input should be greater than or equal to 0"),
         ("model: {name: tiny}\n", "data: required key is missing"),
-        ("data: {train: a.csv}\ntraining: {device: gpu}\n", "training.device: string should match pattern"),
+        ("data: {train: a.csv}\ntraining: {device: gpu}\n", "training.device: 'gpu' is not a device; use one of auto, cpu, cuda, cuda:N"),
         ("data: {train: a.csv}\ntraining: {precision: fp8}\n", "training.precision: input should be 'auto', 'fp32', 'bf16' or 'fp16'"),
         ("data: !!python/object/apply:os.system ['touch pwned']\n", "invalid YAML: could not determine a constructor for the tag"),
     ],

@@ -111,9 +111,11 @@ def predict(
     debug: Debug = False,
 ) -> None:
     """Print `label<TAB>score` for each text (or JSON lines with --json); with --file, write every row plus its prediction."""
-    from bertcls import runs
+    from bertcls import machine, runs
     from bertcls.errors import DataError
 
+    machine.check_device(device, "--device")
+    machine.check_precision(precision, "--precision")
     texts = list(texts or [])
     if file is not None and texts:
         raise DataError("give texts or --file, not both")
@@ -132,7 +134,7 @@ def predict(
 
     predictor = load_predictor(path, device=device, batch_size=batch_size, precision=precision)
     if verbose:
-        typer.echo(f"engine: {predictor.engine}" + (f" | precision: {predictor.precision}" if hasattr(predictor, "precision") else ""), err=True)
+        typer.echo(predictor.describe(), err=True)
     if file is not None:
         from bertcls.predict_file import predict_file
 
@@ -171,17 +173,22 @@ def evaluate(
     label_column: Annotated[str | None, typer.Option(help="Label column (default: the run's data.label_column, else `label`).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16; auto: as for predict.")] = "auto",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Say which model, engine, device and precision are used.")] = False,
     debug: Debug = False,
 ) -> None:
     """Score a labelled file with a trained model and print its metrics."""
-    from bertcls import report, runs
+    from bertcls import machine, report, runs
     from bertcls.evaluate import evaluate_file
 
+    machine.check_device(device, "--device")
+    machine.check_precision(precision, "--precision")
     path, why = runs.find_model(model)
-    if model is None:
+    if model is None or verbose:
         typer.echo(f"model: {path} ({why})", err=True)
     evaluation = evaluate_file(path, data_file, text_column=text_column, text_pair_column=text_pair_column,
-                               label_column=label_column, device=device, batch_size=batch_size)
+                               label_column=label_column, device=device, batch_size=batch_size, precision=precision,
+                               say=(lambda line: typer.echo(line, err=True)) if verbose else None)
     report.print_report(evaluation.metrics)
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)

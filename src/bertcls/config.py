@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from bertcls import machine
 from bertcls.errors import ConfigError
 
 DATA_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
@@ -48,6 +49,19 @@ def _class_weights(value: Any) -> Any:
     if not any(weights.values()):
         raise ValueError("training.class_weights: at least one weight must be above 0")
     return weights
+
+
+def _absolute(path: str) -> str:
+    # The default (like any relative path not from a config file) is relative to the current folder; the saved config holds it absolute.
+    return os.path.normpath(Path(path).expanduser().absolute())
+
+
+def _device(value: Any) -> Any:
+    # The message (and the valid values) are the ones predict and evaluate give for --device.
+    problem = machine.device_problem(value) if isinstance(value, str) else None
+    if problem:
+        raise ValueError(f"training.device: {problem}")
+    return value
 
 
 class Section(BaseModel):
@@ -85,7 +99,8 @@ class TrainingConfig(Section):
     lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay of the learning rate after warmup: linear or cosine to 0, or constant.")
     gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Micro-batches per optimizer step.")
     max_grad_norm: Float | None = Field(1.0, gt=0.0, description="Clip the gradient norm to this; null = no clipping.")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$", description="auto (CUDA when present), cpu, cuda or cuda:N.")
+    device: Annotated[str, BeforeValidator(_device)] = Field(
+        "auto", pattern=machine.DEVICE_PATTERN, description="auto (CUDA when present), cpu, cuda or cuda:N.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 where the hardware runs it natively, else fp32.")
     fsdp: bool = Field(False, description="Shard weights, gradients and optimizer state across GPUs (FSDP2) for models too big for one; needs >= 2 GPU processes.")
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many evaluations without improvement; null = off.")

@@ -182,7 +182,12 @@ class Split:
         return len(self.texts)
 
 
-def read_split(source: str, cfg: DataConfig, name: str, *, labelled: bool = True, max_rows: int | None = None) -> Split:
+# How a wrong column is fixed, by DataConfig field: in the config (training) unless the caller says otherwise.
+CONFIG_COLUMN_FIXES = {"text_column": "set data.text_column", "text_pair_column": "set data.text_pair_column", "label_column": "set data.label_column"}
+
+
+def read_split(source: str, cfg: DataConfig, name: str, *, labelled: bool = True, max_rows: int | None = None,
+               column_fixes: dict[str, str] = CONFIG_COLUMN_FIXES) -> Split:
     """Read one file (its first `max_rows` rows, if given) and check its columns, texts and labels."""
     table = read_table(source, split=name)
     if max_rows is not None and max_rows < len(table):
@@ -190,10 +195,10 @@ def read_split(source: str, cfg: DataConfig, name: str, *, labelled: bool = True
     where = f"{name} ({source})"
     columns = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
     columns += [cfg.label_column] if labelled else []
-    option = {cfg.text_column: "data.text_column", cfg.text_pair_column: "data.text_pair_column", cfg.label_column: "data.label_column"}
+    fix = {getattr(cfg, field): how for field, how in column_fixes.items()}
     for column in columns:
         if column not in table.column_names:
-            raise DataError(f"{where}: no column {column!r} (columns: {', '.join(table.column_names)}); set {option[column]}")
+            raise DataError(f"{where}: no column {column!r} (columns: {', '.join(table.column_names)}); {fix[column]}")
     if len(table) == 0:
         raise DataError(f"{where}: no rows")
     rows = table.select_columns(columns).to_dict()

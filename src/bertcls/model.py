@@ -115,17 +115,6 @@ def check_max_length(model_config, max_length: int, name: str) -> None:
         raise ModelError(f"data.max_length={max_length} is above what {name} supports ({usable} tokens); set data.max_length <= {usable}")
 
 
-def resolve_precision(precision: str, on_cpu: bool) -> str:
-    """auto: bf16 where the hardware computes it natively (recent CUDA GPUs, CPUs with AVX512-BF16/AMX), else fp32."""
-    import torch
-
-    if precision != "auto":
-        return precision
-    if on_cpu:
-        return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-
-
 def load_trained(path: str | Path):
     """(model, tokenizer) from a run folder (its `model/`) or a plain Hugging Face model folder, in eval mode."""
     from bertcls.runs import model_dir
