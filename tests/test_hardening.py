@@ -98,7 +98,7 @@ BAD_DATA = [
     ("train.csv", b"text,label\ngood,pos,\nbad,neg\n", "line 2 has 3 field(s) but the header has 2"),
     ("train.csv", b"text,label\ngood,pos\nlonely\nbad,neg\n", "line 3 has 1 field(s) but the header has 2; fill in the missing field(s)"),
     ("train.csv", b'text,label\n"never closed,pos\nbad,neg\n', 'the quoted text opened on line 2 runs to line 3; close its quote'),
-    ("train.tsv", b"text\tlabel\ngood\tpos\ttab\nbad\tneg\n", "line 2 has 3 field(s) but the header has 2; a text must not hold a tab"),
+    ("train.tsv", b"text\tlabel\ngood\tpos\ttab\nbad\tneg\n", "line 2 has 3 field(s) but the header has 2; a text that holds a tab must be in quotes"),
     ("train.csv", b"text,label\n\xff\xfe bad,pos\nok,neg\n", "not UTF-8 text (undecodable byte at offset"),
     ("train.csv", b"sentence,label\nhi,pos\nho,neg\n", "no column 'text' (columns: sentence, label); set data.text_column"),
     ("train.csv", b"text,label\nhi,pos\n,neg\n   ,pos\n", "2 empty or missing text(s) in column 'text' (data rows 2, 3)"),

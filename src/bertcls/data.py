@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from bertcls import tsv
 from bertcls.errors import DataError, first_line
 
 if TYPE_CHECKING:  # config (pydantic) is imported where files are read, not on the predict path
@@ -62,13 +63,12 @@ def read_table(source: str, split: str = "train"):
         path.open("rb").close()
     except OSError as exc:
         raise DataError(f"{path}: cannot read it ({exc.strerror}); check its permissions") from None
-    if kind in ("csv", "tsv"):
-        check_fields(path, kind)
+    quoting = check_fields(path, kind) if kind in ("csv", "tsv") else None
     builder, options = {
         # keep_default_na=False: the text "NA" or "null" is a text, not a missing value.
         "csv": ("csv", {"keep_default_na": False, "encoding": "utf-8-sig"}),
-        # GLUE-style TSV: quote characters are part of the text, never field delimiters.
-        "tsv": ("csv", {"sep": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False, "encoding": "utf-8-sig"}),
+        # TSV: GLUE-style (quote characters are text) or csv-quoted, as bertcls.tsv finds this file written.
+        "tsv": ("csv", {"sep": "\t", "quoting": quoting, "keep_default_na": False, "encoding": "utf-8-sig"}),
         "json": ("json", {}),
         "jsonl": ("json", {}),
         "parquet": ("parquet", {}),
@@ -79,10 +79,12 @@ def read_table(source: str, split: str = "train"):
         raise DataError(_read_error(path, exc)) from None
 
 
-def check_fields(path: Path, kind: str) -> None:
+def check_fields(path: Path, kind: str) -> int:
     """Every row of a csv/tsv file has as many fields as its header: pandas would otherwise read an
-    extra field as an index column and shift every value, or fill a missing one with null."""
-    delimiter, quoting = (",", csv.QUOTE_MINIMAL) if kind == "csv" else ("\t", csv.QUOTE_NONE)
+    extra field as an index column and shift every value, or fill a missing one with null.
+
+    Returns the csv quoting the file is read with (a TSV's, as `bertcls.tsv.quoting` finds it)."""
+    delimiter, quoting = (",", csv.QUOTE_MINIMAL) if kind == "csv" else ("\t", tsv.quoting(path))
     csv.field_size_limit(2**31 - 1)  # long texts are texts, not an error (the default limit is 128 KiB)
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
@@ -95,9 +97,14 @@ def check_fields(path: Path, kind: str) -> None:
             if len(row) < len(header) and end > start:
                 raise DataError(f"{path}: the quoted text opened on line {start} runs to line {end}; close its quote, "
                                 'or write a quote inside a text as ""')
-            fix = ("quote texts that hold commas (\"like, this\")" if kind == "csv" else "a text must not hold a tab") \
+            fix = ("quote texts that hold commas (\"like, this\")" if kind == "csv" else TSV_TAB_FIX) \
                 if len(row) > len(header) else "fill in the missing field(s)"
             raise DataError(f"{path}: line {start} has {len(row)} field(s) but the header has {len(header)}; {fix}")
+    return quoting
+
+
+TSV_TAB_FIX = ('a text that holds a tab must be in quotes, with quotes inside doubled ("a<TAB>b"), '
+               'as pandas to_csv(sep="\\t") and the csv module write it')
 
 
 def _is_local(source: str) -> bool:
