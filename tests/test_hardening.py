@@ -79,7 +79,7 @@ def test_config_that_is_not_utf8_or_missing(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("training.epochs", "expected KEY=VALUE with a dotted key"),
+        ("training.epochs", "--set training.epochs: no value; write --set training.epochs=VALUE, with `=` and no spaces"),
         ("training..epochs=1", "expected KEY=VALUE with a dotted key"),
         ("seed.x=1", "--set seed.x: seed is not a section"),
         ("training.batch_size=[1, 2]", "training.batch_size: input should be a valid integer (got [1, 2])"),
@@ -233,9 +233,9 @@ def test_no_pickle_loads_anywhere():
 def test_trust_remote_code_warns(tmp_path, toy_data, trained_run):
     config = make_config(tmp_path, toy_data, model={"name": str(trained_run / "model"), "trust_remote_code": True},
                          training={"epochs": 1})
-    with pytest.warns(UserWarning, match="model.trust_remote_code is on"):
-        result = runner.invoke(app, ["train", str(config), "-q"])
+    result = runner.invoke(app, ["train", str(config), "-q"])
     assert result.exit_code == 0, result.output
+    assert result.stderr == f"warning: model.trust_remote_code is on: code shipped with {trained_run / 'model'} will run\n"
 
 
 def test_a_run_writes_only_inside_output_dir(tmp_path, toy_data, monkeypatch):

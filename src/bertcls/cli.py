@@ -11,6 +11,7 @@ import os
 import shlex
 import sys
 import traceback
+import warnings
 from enum import Enum
 from functools import wraps
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from bertcls.errors import BertclsError
+from bertcls.errors import BertclsError, BertclsWarning
 
 app = typer.Typer(
     name="bertcls",
@@ -68,16 +69,18 @@ def train(
     Ctrl-C (SIGINT) or SIGTERM stops after the current step with a resumable checkpoint;
     `bertcls train CONFIG --resume` continues exactly where it stopped.
     """
-    from bertcls.config import load_config
+    from bertcls.config import load_config, model_name_warning
     from bertcls.errors import ConfigError, Interrupted
 
     if checkpoint is not None and not resume:
-        raise ConfigError(f"a second argument ({checkpoint}) is only taken with --resume: bertcls train CONFIG --resume RUN/checkpoint-N")
+        raise ConfigError(_stray_argument(checkpoint, set_ or []))
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite starts it over; pass only one")
     if force and not resume:
         raise ConfigError("--force only applies with --resume")
     cfg = load_config(config, set_ or [])
+    if os.environ.get("RANK", "0") == "0" and (warning := model_name_warning(cfg)):  # once, from the main process
+        typer.echo(f"warning: {warning}", err=True)
     from bertcls.train import train as run_training
 
     try:
@@ -90,6 +93,14 @@ def train(
         raise typer.Exit(exc.exit_code) from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch: once, from the main process
         typer.echo(str(run))
+
+
+def _stray_argument(argument: Path, overrides: list[str]) -> str:
+    """The message for a second argument without --resume: most often the value of `--set KEY VALUE`."""
+    bare = [item for item in overrides if "=" not in item]
+    if bare:
+        return f"--set {bare[-1]} {argument}: write --set {bare[-1]}={argument}, with `=` and no spaces"
+    return f"a second argument ({argument}) is only taken with --resume: bertcls train CONFIG --resume RUN/checkpoint-N"
 
 
 @app.command()
@@ -239,7 +250,18 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False) -> None:
-    pass
+    warnings.showwarning = _show_warning
+
+
+_show_other_warning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our warnings as one line, `warning: <message>`, on stderr; other libraries' as Python shows them."""
+    if issubclass(category, BertclsWarning):
+        typer.echo(f"warning: {message}", err=True)
+    else:
+        _show_other_warning(message, category, filename, lineno, file, line)
 
 
 def main() -> None:

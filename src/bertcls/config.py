@@ -121,7 +121,7 @@ class TrainingConfig(Section):
 
 class Config(Section):
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Seeds data order, initialisation and dropout: the same config and seed give the same metrics on the CPU.")
-    output_dir: str = Field("runs/run", min_length=1, description="The run folder, where everything a run writes goes (see docs/training.md#the-run-folder).")
+    output_dir: Annotated[str, AfterValidator(_absolute)] = Field("runs/run", min_length=1, description="The run folder, where everything a run writes goes (see docs/training.md#the-run-folder).")
     data: DataConfig = Field(description="Where the examples come from and how they are read: files or hub datasets, columns, labels, length.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The pretrained encoder to fine-tune; a fresh classification head is put on it.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="The training loop: optimisation, schedule, device and precision, evaluation and checkpoints.")
@@ -152,6 +152,15 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         key, value = parse_override(item)
         set_dotted(raw, key, _resolve_path_value(key, value, Path.cwd()))
     return validate_config(raw)
+
+
+def model_name_warning(cfg: Config) -> str | None:
+    """A warning when the config never named its model: the default, `tiny`, is a random BERT that learns only toy tasks."""
+    if "name" in cfg.model.model_fields_set:
+        return None
+    return ("model.name is not set, so this trains `tiny`, a small random BERT that learns only toy tasks (and little at "
+            "the default learning rate); set model.name: bert-base-uncased (or another hub id or model folder), "
+            "or model.name: tiny for a smoke test")
 
 
 def validate_config(raw: dict[str, Any]) -> Config:
@@ -188,6 +197,8 @@ def parse_override(item: str) -> tuple[str, Any]:
     """`training.epochs=1` -> ("training.epochs", 1); the value is read as YAML, like the file."""
     key, sep, text = item.partition("=")
     key = key.strip()
+    if not sep and key and " " not in key:
+        raise ConfigError(f"--set {item}: no value; write --set {key}=VALUE, with `=` and no spaces")
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set training.epochs=1")
     try:

@@ -259,6 +259,7 @@ def _checked_label_lists(values: list[Any], where: str, column: str, separator: 
 
 def load_splits(cfg: DataConfig, seed: int) -> tuple[Split, Split, Split | None, LabelMap]:
     """train, validation (a file or a stratified share of train), optional test, and the label map."""
+    check_paths(cfg)
     train = read_split(cfg.train, cfg, "train", max_rows=cfg.max_train_samples)
     labels = LabelMap.from_values(train.labels, f"train ({cfg.train})", multi_label=cfg.task == "multi_label")
     if cfg.validation:
@@ -270,6 +271,15 @@ def load_splits(cfg: DataConfig, seed: int) -> tuple[Split, Split, Split | None,
     if test is not None:
         labels.encode(test.labels, f"test ({cfg.test})")
     return train, validation, test, labels
+
+
+def check_paths(cfg: DataConfig) -> None:
+    """Every data file the config names as a local path exists; the error names the key, and how paths are read."""
+    for key in ("train", "validation", "test"):
+        source = getattr(cfg, key)
+        if source and _is_local(source) and not Path(source).exists():
+            raise DataError(f"data.{key}: {source}: no such file (paths in a config file are relative to the config's folder, "
+                            "paths given with --set to the current folder)")
 
 
 def split_off(split: Split, share: float, seed: int) -> tuple[Split, Split]:

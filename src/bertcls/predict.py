@@ -102,6 +102,8 @@ def resolve_device_precision(path: str | Path, device: str, precision: str) -> t
 # The files of a folder `bertcls export` writes (see bertcls.export).
 ONNX_FILE = "model.onnx"
 ONNX_META = "bertcls-onnx.json"
+# How to get the optional onnx extra (bertcls is installed from its repository, not from PyPI).
+ONNX_INSTALL = 'pip install -e ".[onnx]" in the bertcls repository'
 # Inside a traced graph file: what TorchScriptPredictor needs besides the graph (see bertcls.export.save_torchscript).
 TORCHSCRIPT_META = "bertcls.json"
 
@@ -200,11 +202,13 @@ class OnnxPredictor(_TokenizersPredictor):
     def load(cls, path: str | Path, batch_size: int = 64) -> OnnxPredictor:
         import json
 
-        import onnxruntime
-
         from bertcls.errors import ModelError
 
         folder = Path(path)
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ModelError(f"{folder} is an exported ONNX model, which needs onnxruntime; install it with: {ONNX_INSTALL}") from None
         try:
             meta = json.loads((folder / ONNX_META).read_text(encoding="utf-8"))
             config, tokenizer = cls._read(folder, int(meta["max_length"]))
