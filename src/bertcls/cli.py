@@ -248,11 +248,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False) -> None:
-    warnings.showwarning = _show_warning
-
-
 _show_other_warning = warnings.showwarning
 
 
@@ -262,6 +257,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         typer.echo(f"warning: {message}", err=True)
     else:
         _show_other_warning(message, category, filename, lineno, file, line)
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False) -> None:
+    warnings.showwarning = _show_warning  # before any command runs
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """The run configuration: a YAML file plus dotted `--set` overrides in, a validated `Config` out.
 
 Every key, its type, default and meaning lives here, and nowhere else. Paths in a config file
-are relative to the file's folder; paths given with `--set` are relative to the current folder.
+are relative to the file's folder; paths given with `--set`, and the default output_dir, are
+relative to the current folder. All are stored absolute.
 """
 
 from __future__ import annotations
