@@ -106,7 +106,7 @@ def worker_bertcls(spec: dict) -> None:
     train_s = metrics["train"]["seconds"] + spent[0]
     emit({"train_s": train_s, "loop_s": metrics["train"]["seconds"], "tokenise_s": spent[0], "real_tokens": tokens["train"],
           "samples": spec["rows"], "accuracy": metrics["test"]["accuracy"], "f1_macro": metrics["test"]["f1_macro"],
-          "peak_gpu_mib": metrics["train"].get("peak_gpu_memory_mb")})
+          "peak_gpu_mib": metrics["train"].get("peak_gpu_memory_mb"), "precision": metrics["train"]["precision"]})
 
 
 def _hf_dataset(tokenizer, texts, labels, max_length):
@@ -134,7 +134,8 @@ def worker_trainer(spec: dict) -> None:
     test_texts, test_labels = read_tsv(data_dir / "test.tsv")
     set_seed(WORKLOAD["seed"])
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
-    model = AutoModelForSequenceClassification.from_pretrained(spec["model"], num_labels=2)
+    # fp32 weights whatever dtype the checkpoint was saved in (as bertcls loads them); bf16 only as Trainer's autocast.
+    model = AutoModelForSequenceClassification.from_pretrained(spec["model"], num_labels=2, dtype=torch.float32)
     start = time.perf_counter()
     train_ds = _hf_dataset(tokenizer, train_texts, train_labels, WORKLOAD["max_length"])
     tokenise_s = time.perf_counter() - start
@@ -150,7 +151,7 @@ def worker_trainer(spec: dict) -> None:
     trainer.train()
     loop_s = time.perf_counter() - start
     out = trainer.predict(_hf_dataset(tokenizer, test_texts, test_labels, WORKLOAD["max_length"]))
-    emit({"train_s": tokenise_s + loop_s, "loop_s": loop_s, "tokenise_s": tokenise_s,
+    emit({"train_s": tokenise_s + loop_s, "loop_s": loop_s, "tokenise_s": tokenise_s, "precision": "bf16" if args.bf16 else "fp32",
           "real_tokens": sum(len(ids) for ids in train_ds["input_ids"]), "samples": len(train_texts),
           "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if spec["device"] == "cuda" else None,
           **scores(out.label_ids.tolist(), out.predictions.argmax(-1).tolist())})
@@ -269,7 +270,8 @@ def main() -> None:
     parser.add_argument("--extra", action="store_true", help="also train Trainer grouped+bf16 and bertcls fp32")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both sides train and predict")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                        help="bertcls training.precision; fp32/bf16 also set Trainer's (auto: Trainer's default, fp32)")
+                        help="bertcls training.precision; fp32/bf16 force both sides (auto: bertcls picks bf16 where the hardware "
+                             "computes it natively, Trainer keeps its default, fp32); the report says what each side ran in")
     parser.add_argument("--only", choices=["train", "predict", "startup"], action="append", help="run only these parts")
     parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -311,7 +313,7 @@ def main() -> None:
                                            env, "bertcls train (whole process)")
         cli_metrics = json.loads((cli_run / "metrics.json").read_text())
         train["bertcls train"].update({"loop_s": cli_metrics["train"]["seconds"], "accuracy": cli_metrics["test"]["accuracy"],
-                                       "f1_macro": cli_metrics["test"]["f1_macro"]})
+                                       "f1_macro": cli_metrics["test"]["f1_macro"], "precision": cli_metrics["train"]["precision"]})
         train["Trainer group_by_length"] = worker("trainer", "Trainer (group_by_length)", out=str(work / "trainer-g"), grouped=True,
                                                   bf16=trainer_bf16, **common)
         if args.extra:
@@ -347,7 +349,17 @@ def machine(device: str = "cpu") -> str:
     if device == "cuda":
         gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
         gpu = f"GPU {gpu}, "
-    return f"{gpu}{cpu}, {os.cpu_count()} CPUs visible, {WORKLOAD['threads']} threads used, Python {platform.python_version()}"
+    return (f"{gpu}{cpu} ({cpu_bf16()}), {os.cpu_count()} CPUs visible, {WORKLOAD['threads']} threads used, "
+            f"Python {platform.python_version()}")
+
+
+def cpu_bf16() -> str:
+    """The CPU flags that decide whether bf16 is native (and so whether bertcls's precision auto picks it)."""
+    flags: set[str] = set()
+    if Path("/proc/cpuinfo").exists():
+        line = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+        flags = set(line.partition(":")[2].split())
+    return ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in ("avx512f", "avx512_bf16", "amx_bf16"))
 
 
 # ---------------------------------------------------------------------------- the report
@@ -358,11 +370,11 @@ def report(r: dict) -> str:
     train = r.get("train")
     if train:
         trainer = train["Trainer"]
-        lines += ["| training | train s (tokenise + steps) | samples/s | real tokens/s | whole process s (CPU s) | peak RSS MiB | peak GPU MiB | test acc | macro-F1 | speed vs Trainer |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += ["| training | precision | train s (tokenise + steps) | samples/s | real tokens/s | whole process s (CPU s) | peak RSS MiB | peak GPU MiB | test acc | macro-F1 | speed vs Trainer |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for name, t in train.items():
             train_s = t.get("train_s")
-            cells = [f"{train_s:.1f}" if train_s else f"({t['loop_s']:.1f} steps only)",
+            cells = [t.get("precision", "?"), f"{train_s:.1f}" if train_s else f"({t['loop_s']:.1f} steps only)",
                      f"{t['samples'] / train_s:.1f}" if train_s else "", f"{t['real_tokens'] / train_s:,.0f}" if train_s else "",
                      f"{t['wall_s']:.1f} ({t['cpu_s']:.0f})", f"{t['rss_mib']:,.0f}", f"{t['peak_gpu_mib']:,.0f}" if t.get("peak_gpu_mib") else "",
                      f"{t['accuracy']:.3f}", f"{t['f1_macro']:.3f}",

@@ -81,7 +81,7 @@ def test_help_lists_the_commands():
 
 def test_predict_precision_option(trained_run):
     result = runner.invoke(app, ["predict", "--model", str(trained_run), "--precision", "fp8", "great"])
-    assert result.exit_code == 2 and "Error: precision 'fp8': use one of auto, fp32, bf16, fp16" in result.output
+    assert result.exit_code == 2 and "Error: --precision: 'fp8' is not a precision; use one of auto, fp32, bf16, fp16" in result.output
     result = runner.invoke(app, ["predict", "--model", str(trained_run), "--precision", "bf16", "-v", "a superb film"])
     assert result.exit_code == 0, result.output
     assert "precision: bf16" in result.output and "positive\t" in result.output

@@ -75,8 +75,10 @@ def test_overrides_are_typed_like_the_file(tmp_path, monkeypatch):
 
 
 def test_bad_override_syntax():
-    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+    with pytest.raises(ConfigError, match="^--set training.epochs: no value; write --set training.epochs=VALUE, with `=` and no spaces$"):
         parse_override("training.epochs")
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_override("=1")
 
 
 def test_yaml_1_1_exponent_without_dot_is_a_number(tmp_path):

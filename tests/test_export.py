@@ -71,5 +71,5 @@ def test_export_refuses_a_non_empty_folder_and_says_what_to_install(trained_run,
     with pytest.raises(RunError, match="is not empty"):
         export.export_onnx(trained_run, tmp_path / "taken")
     monkeypatch.setattr(export, "_importable", lambda name: name != "onnxruntime")
-    with pytest.raises(ModelError, match=r"export needs onnxruntime; install them with: pip install 'bertcls\[onnx\]'"):
+    with pytest.raises(ModelError, match=r'export needs onnxruntime; install them with: pip install -e "\.\[onnx\]" in the bertcls repository$'):
         export.export_onnx(trained_run, tmp_path / "new")

@@ -57,7 +57,7 @@ def assert_one_line_error(result, message: str, run: Path | None = None) -> None
         ("data: {train: a.csv, label_column: text}\n", "data.label_column must differ from the text columns"),
         ("seed: -1\ndata: {train: a.csv}\n", "seed: input should be greater than or equal to 0"),
         ("model: {name: tiny}\n", "data: required key is missing"),
-        ("data: {train: a.csv}\ntraining: {device: gpu}\n", "training.device: string should match pattern"),
+        ("data: {train: a.csv}\ntraining: {device: gpu}\n", "training.device: 'gpu' is not a device; use one of auto, cpu, cuda, cuda:N"),
         ("data: {train: a.csv}\ntraining: {precision: fp8}\n", "training.precision: input should be 'auto', 'fp32', 'bf16' or 'fp16'"),
         ("data: !!python/object/apply:os.system ['touch pwned']\n", "invalid YAML: could not determine a constructor for the tag"),
     ],
@@ -79,7 +79,7 @@ def test_config_that_is_not_utf8_or_missing(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("training.epochs", "expected KEY=VALUE with a dotted key"),
+        ("training.epochs", "--set training.epochs: no value; write --set training.epochs=VALUE, with `=` and no spaces"),
         ("training..epochs=1", "expected KEY=VALUE with a dotted key"),
         ("seed.x=1", "--set seed.x: seed is not a section"),
         ("training.batch_size=[1, 2]", "training.batch_size: input should be a valid integer (got [1, 2])"),
@@ -98,7 +98,7 @@ BAD_DATA = [
     ("train.csv", b"text,label\ngood,pos,\nbad,neg\n", "line 2 has 3 field(s) but the header has 2"),
     ("train.csv", b"text,label\ngood,pos\nlonely\nbad,neg\n", "line 3 has 1 field(s) but the header has 2; fill in the missing field(s)"),
     ("train.csv", b'text,label\n"never closed,pos\nbad,neg\n', 'the quoted text opened on line 2 runs to line 3; close its quote'),
-    ("train.tsv", b"text\tlabel\ngood\tpos\ttab\nbad\tneg\n", "line 2 has 3 field(s) but the header has 2; a text must not hold a tab"),
+    ("train.tsv", b"text\tlabel\ngood\tpos\ttab\nbad\tneg\n", "line 2 has 3 field(s) but the header has 2; a text that holds a tab must be in quotes"),
     ("train.csv", b"text,label\n\xff\xfe bad,pos\nok,neg\n", "not UTF-8 text (undecodable byte at offset"),
     ("train.csv", b"sentence,label\nhi,pos\nho,neg\n", "no column 'text' (columns: sentence, label); set data.text_column"),
     ("train.csv", b"text,label\nhi,pos\n,neg\n   ,pos\n", "2 empty or missing text(s) in column 'text' (data rows 2, 3)"),
@@ -233,9 +233,9 @@ def test_no_pickle_loads_anywhere():
 def test_trust_remote_code_warns(tmp_path, toy_data, trained_run):
     config = make_config(tmp_path, toy_data, model={"name": str(trained_run / "model"), "trust_remote_code": True},
                          training={"epochs": 1})
-    with pytest.warns(UserWarning, match="model.trust_remote_code is on"):
-        result = runner.invoke(app, ["train", str(config), "-q"])
+    result = runner.invoke(app, ["train", str(config), "-q"])
     assert result.exit_code == 0, result.output
+    assert result.stderr == f"warning: model.trust_remote_code is on: code shipped with {trained_run / 'model'} will run\n"
 
 
 def test_a_run_writes_only_inside_output_dir(tmp_path, toy_data, monkeypatch):

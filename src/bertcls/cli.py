@@ -11,6 +11,7 @@ import os
 import shlex
 import sys
 import traceback
+import warnings
 from enum import Enum
 from functools import wraps
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from bertcls.errors import BertclsError
+from bertcls.errors import BertclsError, BertclsWarning
 
 app = typer.Typer(
     name="bertcls",
@@ -68,16 +69,18 @@ def train(
     Ctrl-C (SIGINT) or SIGTERM stops after the current step with a resumable checkpoint;
     `bertcls train CONFIG --resume` continues exactly where it stopped.
     """
-    from bertcls.config import load_config
+    from bertcls.config import load_config, model_name_warning
     from bertcls.errors import ConfigError, Interrupted
 
     if checkpoint is not None and not resume:
-        raise ConfigError(f"a second argument ({checkpoint}) is only taken with --resume: bertcls train CONFIG --resume RUN/checkpoint-N")
+        raise ConfigError(_stray_argument(checkpoint, set_ or []))
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite starts it over; pass only one")
     if force and not resume:
         raise ConfigError("--force only applies with --resume")
     cfg = load_config(config, set_ or [])
+    if os.environ.get("RANK", "0") == "0" and (warning := model_name_warning(cfg)):  # once, from the main process
+        typer.echo(f"warning: {warning}", err=True)
     from bertcls.train import train as run_training
 
     try:
@@ -90,6 +93,14 @@ def train(
         raise typer.Exit(exc.exit_code) from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch: once, from the main process
         typer.echo(str(run))
+
+
+def _stray_argument(argument: Path, overrides: list[str]) -> str:
+    """The message for a second argument without --resume: most often the value of `--set KEY VALUE`."""
+    bare = [item for item in overrides if "=" not in item]
+    if bare:
+        return f"--set {bare[-1]} {argument}: write --set {bare[-1]}={argument}, with `=` and no spaces"
+    return f"a second argument ({argument}) is only taken with --resume: bertcls train CONFIG --resume RUN/checkpoint-N"
 
 
 @app.command()
@@ -111,9 +122,11 @@ def predict(
     debug: Debug = False,
 ) -> None:
     """Print `label<TAB>score` for each text (or JSON lines with --json); with --file, write every row plus its prediction."""
-    from bertcls import runs
+    from bertcls import machine, runs
     from bertcls.errors import DataError
 
+    machine.check_device(device, "--device")
+    machine.check_precision(precision, "--precision")
     texts = list(texts or [])
     if file is not None and texts:
         raise DataError("give texts or --file, not both")
@@ -132,7 +145,7 @@ def predict(
 
     predictor = load_predictor(path, device=device, batch_size=batch_size, precision=precision)
     if verbose:
-        typer.echo(f"engine: {predictor.engine}" + (f" | precision: {predictor.precision}" if hasattr(predictor, "precision") else ""), err=True)
+        typer.echo(predictor.describe(), err=True)
     if file is not None:
         from bertcls.predict_file import predict_file
 
@@ -171,17 +184,22 @@ def evaluate(
     label_column: Annotated[str | None, typer.Option(help="Label column (default: the run's data.label_column, else `label`).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16; auto: as for predict.")] = "auto",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Say which model, engine, device and precision are used.")] = False,
     debug: Debug = False,
 ) -> None:
     """Score a labelled file with a trained model and print its metrics."""
-    from bertcls import report, runs
+    from bertcls import machine, report, runs
     from bertcls.evaluate import evaluate_file
 
+    machine.check_device(device, "--device")
+    machine.check_precision(precision, "--precision")
     path, why = runs.find_model(model)
-    if model is None:
+    if model is None or verbose:
         typer.echo(f"model: {path} ({why})", err=True)
     evaluation = evaluate_file(path, data_file, text_column=text_column, text_pair_column=text_pair_column,
-                               label_column=label_column, device=device, batch_size=batch_size)
+                               label_column=label_column, device=device, batch_size=batch_size, precision=precision,
+                               say=(lambda line: typer.echo(line, err=True)) if verbose else None)
     report.print_report(evaluation.metrics)
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
@@ -230,9 +248,20 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+_show_other_warning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our warnings as one line, `warning: <message>`, on stderr; other libraries' as Python shows them."""
+    if issubclass(category, BertclsWarning):
+        typer.echo(f"warning: {message}", err=True)
+    else:
+        _show_other_warning(message, category, filename, lineno, file, line)
+
+
 @app.callback()
 def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False) -> None:
-    pass
+    warnings.showwarning = _show_warning  # before any command runs
 
 
 def main() -> None:

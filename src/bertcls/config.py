@@ -1,7 +1,8 @@
 """The run configuration: a YAML file plus dotted `--set` overrides in, a validated `Config` out.
 
 Every key, its type, default and meaning lives here, and nowhere else. Paths in a config file
-are relative to the file's folder; paths given with `--set` are relative to the current folder.
+are relative to the file's folder; paths given with `--set`, and the default output_dir, are
+relative to the current folder. All are stored absolute.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from bertcls import machine
 from bertcls.errors import ConfigError
 
 DATA_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
@@ -48,6 +50,19 @@ def _class_weights(value: Any) -> Any:
     if not any(weights.values()):
         raise ValueError("training.class_weights: at least one weight must be above 0")
     return weights
+
+
+def _absolute(path: str) -> str:
+    # The default (like any relative path not from a config file) is relative to the current folder; the saved config holds it absolute.
+    return os.path.normpath(Path(path).expanduser().absolute())
+
+
+def _device(value: Any) -> Any:
+    # The message (and the valid values) are the ones predict and evaluate give for --device.
+    problem = machine.device_problem(value) if isinstance(value, str) else None
+    if problem:
+        raise ValueError(f"training.device: {problem}")
+    return value
 
 
 class Section(BaseModel):
@@ -85,7 +100,8 @@ class TrainingConfig(Section):
     lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay of the learning rate after warmup: linear or cosine to 0, or constant.")
     gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Micro-batches per optimizer step.")
     max_grad_norm: Float | None = Field(1.0, gt=0.0, description="Clip the gradient norm to this; null = no clipping.")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$", description="auto (CUDA when present), cpu, cuda or cuda:N.")
+    device: Annotated[str, BeforeValidator(_device)] = Field(
+        "auto", pattern=machine.DEVICE_PATTERN, description="auto (CUDA when present), cpu, cuda or cuda:N.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 where the hardware runs it natively, else fp32.")
     fsdp: bool = Field(False, description="Shard weights, gradients and optimizer state across GPUs (FSDP2) for models too big for one; needs >= 2 GPU processes.")
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many evaluations without improvement; null = off.")
@@ -106,7 +122,7 @@ class TrainingConfig(Section):
 
 class Config(Section):
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Seeds data order, initialisation and dropout: the same config and seed give the same metrics on the CPU.")
-    output_dir: str = Field("runs/run", min_length=1, description="The run folder, where everything a run writes goes (see docs/training.md#the-run-folder).")
+    output_dir: Annotated[str, AfterValidator(_absolute)] = Field("runs/run", min_length=1, description="The run folder, where everything a run writes goes (see docs/training.md#the-run-folder).")
     data: DataConfig = Field(description="Where the examples come from and how they are read: files or hub datasets, columns, labels, length.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The pretrained encoder to fine-tune; a fresh classification head is put on it.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="The training loop: optimisation, schedule, device and precision, evaluation and checkpoints.")
@@ -137,6 +153,15 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         key, value = parse_override(item)
         set_dotted(raw, key, _resolve_path_value(key, value, Path.cwd()))
     return validate_config(raw)
+
+
+def model_name_warning(cfg: Config) -> str | None:
+    """A warning when the config never named its model: the default, `tiny`, is a random BERT that learns only toy tasks."""
+    if "name" in cfg.model.model_fields_set:
+        return None
+    return ("model.name is not set, so this trains `tiny`, a small random BERT that learns only toy tasks (and little at "
+            "the default learning rate); set model.name: bert-base-uncased (or another hub id or model folder), "
+            "or model.name: tiny for a smoke test")
 
 
 def validate_config(raw: dict[str, Any]) -> Config:
@@ -173,6 +198,8 @@ def parse_override(item: str) -> tuple[str, Any]:
     """`training.epochs=1` -> ("training.epochs", 1); the value is read as YAML, like the file."""
     key, sep, text = item.partition("=")
     key = key.strip()
+    if not sep and key and " " not in key:
+        raise ConfigError(f"--set {item}: no value; write --set {key}=VALUE, with `=` and no spaces")
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set training.epochs=1")
     try:

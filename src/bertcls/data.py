@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from bertcls import tsv
 from bertcls.errors import DataError, first_line
 
 if TYPE_CHECKING:  # config (pydantic) is imported where files are read, not on the predict path
@@ -62,13 +63,12 @@ def read_table(source: str, split: str = "train"):
         path.open("rb").close()
     except OSError as exc:
         raise DataError(f"{path}: cannot read it ({exc.strerror}); check its permissions") from None
-    if kind in ("csv", "tsv"):
-        check_fields(path, kind)
+    quoting = check_fields(path, kind) if kind in ("csv", "tsv") else None
     builder, options = {
         # keep_default_na=False: the text "NA" or "null" is a text, not a missing value.
         "csv": ("csv", {"keep_default_na": False, "encoding": "utf-8-sig"}),
-        # GLUE-style TSV: quote characters are part of the text, never field delimiters.
-        "tsv": ("csv", {"sep": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False, "encoding": "utf-8-sig"}),
+        # TSV: GLUE-style (quote characters are text) or csv-quoted, as bertcls.tsv finds this file written.
+        "tsv": ("csv", {"sep": "\t", "quoting": quoting, "keep_default_na": False, "encoding": "utf-8-sig"}),
         "json": ("json", {}),
         "jsonl": ("json", {}),
         "parquet": ("parquet", {}),
@@ -79,10 +79,12 @@ def read_table(source: str, split: str = "train"):
         raise DataError(_read_error(path, exc)) from None
 
 
-def check_fields(path: Path, kind: str) -> None:
+def check_fields(path: Path, kind: str) -> int:
     """Every row of a csv/tsv file has as many fields as its header: pandas would otherwise read an
-    extra field as an index column and shift every value, or fill a missing one with null."""
-    delimiter, quoting = (",", csv.QUOTE_MINIMAL) if kind == "csv" else ("\t", csv.QUOTE_NONE)
+    extra field as an index column and shift every value, or fill a missing one with null.
+
+    Returns the csv quoting the file is read with (a TSV's, as `bertcls.tsv.quoting` finds it)."""
+    delimiter, quoting = (",", csv.QUOTE_MINIMAL) if kind == "csv" else ("\t", tsv.quoting(path))
     csv.field_size_limit(2**31 - 1)  # long texts are texts, not an error (the default limit is 128 KiB)
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
@@ -95,9 +97,14 @@ def check_fields(path: Path, kind: str) -> None:
             if len(row) < len(header) and end > start:
                 raise DataError(f"{path}: the quoted text opened on line {start} runs to line {end}; close its quote, "
                                 'or write a quote inside a text as ""')
-            fix = ("quote texts that hold commas (\"like, this\")" if kind == "csv" else "a text must not hold a tab") \
+            fix = ("quote texts that hold commas (\"like, this\")" if kind == "csv" else TSV_TAB_FIX) \
                 if len(row) > len(header) else "fill in the missing field(s)"
             raise DataError(f"{path}: line {start} has {len(row)} field(s) but the header has {len(header)}; {fix}")
+    return quoting
+
+
+TSV_TAB_FIX = ('a text that holds a tab must be in quotes, with quotes inside doubled ("a<TAB>b"), '
+               'as pandas to_csv(sep="\\t") and the csv module write it')
 
 
 def _is_local(source: str) -> bool:
@@ -182,7 +189,12 @@ class Split:
         return len(self.texts)
 
 
-def read_split(source: str, cfg: DataConfig, name: str, *, labelled: bool = True, max_rows: int | None = None) -> Split:
+# How a wrong column is fixed, by DataConfig field: in the config (training) unless the caller says otherwise.
+CONFIG_COLUMN_FIXES = {"text_column": "set data.text_column", "text_pair_column": "set data.text_pair_column", "label_column": "set data.label_column"}
+
+
+def read_split(source: str, cfg: DataConfig, name: str, *, labelled: bool = True, max_rows: int | None = None,
+               column_fixes: dict[str, str] = CONFIG_COLUMN_FIXES) -> Split:
     """Read one file (its first `max_rows` rows, if given) and check its columns, texts and labels."""
     table = read_table(source, split=name)
     if max_rows is not None and max_rows < len(table):
@@ -190,10 +202,10 @@ def read_split(source: str, cfg: DataConfig, name: str, *, labelled: bool = True
     where = f"{name} ({source})"
     columns = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
     columns += [cfg.label_column] if labelled else []
-    option = {cfg.text_column: "data.text_column", cfg.text_pair_column: "data.text_pair_column", cfg.label_column: "data.label_column"}
+    fix = {getattr(cfg, field): how for field, how in column_fixes.items()}
     for column in columns:
         if column not in table.column_names:
-            raise DataError(f"{where}: no column {column!r} (columns: {', '.join(table.column_names)}); set {option[column]}")
+            raise DataError(f"{where}: no column {column!r} (columns: {', '.join(table.column_names)}); {fix[column]}")
     if len(table) == 0:
         raise DataError(f"{where}: no rows")
     rows = table.select_columns(columns).to_dict()
@@ -247,6 +259,7 @@ def _checked_label_lists(values: list[Any], where: str, column: str, separator: 
 
 def load_splits(cfg: DataConfig, seed: int) -> tuple[Split, Split, Split | None, LabelMap]:
     """train, validation (a file or a stratified share of train), optional test, and the label map."""
+    check_paths(cfg)
     train = read_split(cfg.train, cfg, "train", max_rows=cfg.max_train_samples)
     labels = LabelMap.from_values(train.labels, f"train ({cfg.train})", multi_label=cfg.task == "multi_label")
     if cfg.validation:
@@ -258,6 +271,15 @@ def load_splits(cfg: DataConfig, seed: int) -> tuple[Split, Split, Split | None,
     if test is not None:
         labels.encode(test.labels, f"test ({cfg.test})")
     return train, validation, test, labels
+
+
+def check_paths(cfg: DataConfig) -> None:
+    """Every data file the config names as a local path exists; the error names the key, and how paths are read."""
+    for key in ("train", "validation", "test"):
+        source = getattr(cfg, key)
+        if source and _is_local(source) and not Path(source).exists():
+            raise DataError(f"data.{key}: {source}: no such file (paths in a config file are relative to the config's folder, "
+                            "paths given with --set to the current folder)")
 
 
 def split_off(split: Split, share: float, seed: int) -> tuple[Split, Split]:

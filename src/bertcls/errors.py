@@ -7,6 +7,8 @@
     ├── RunError          a run folder is missing, unfinished or already taken
     └── TrainingError     training cannot go on (the loss became NaN, the GPU ran out of memory)
 
+    BertclsWarning        not an error: a likely mistake the run goes on with (the CLI prints "warning: <message>")
+
     Interrupted           not an error: SIGINT/SIGTERM stopped training after writing a
                           resumable checkpoint; the CLI says how to resume and exits 130/143
 
@@ -36,6 +38,10 @@ class RunError(BertclsError):
 
 class TrainingError(BertclsError):
     pass
+
+
+class BertclsWarning(UserWarning):
+    """Something that works but is probably not what the user meant; the message says how to fix it."""
 
 
 class Interrupted(Exception):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,9 +217,17 @@ def decisions(gold: np.ndarray, probs: np.ndarray, threshold: float) -> tuple[np
     return np.where(predicted, p, 1 - p), predicted == gold.ravel().astype(bool)
 
 
+# `bertcls evaluate` names its columns with options, so a wrong one is fixed there, not in a config.
+EVALUATE_COLUMN_FIXES = {"text_column": "pass --text-column", "text_pair_column": "pass --text-pair-column", "label_column": "pass --label-column"}
+
+
 def evaluate_file(model_path, data_file: str, *, text_column: str | None = None, text_pair_column: str | None = None,
-                  label_column: str | None = None, device: str = "auto", batch_size: int = 64) -> Evaluation:
-    """Metrics of a trained model on a labelled file, read with the run's column mapping unless overridden."""
+                  label_column: str | None = None, device: str = "auto", batch_size: int = 64, precision: str = "auto",
+                  say: Callable[[str], None] | None = None) -> Evaluation:
+    """Metrics of a trained model on a labelled file, read with the run's column mapping unless overridden.
+
+    `say`, if given, is told what runs the model (engine, device, precision).
+    """
     from pathlib import Path
 
     from bertcls import runs
@@ -235,10 +243,12 @@ def evaluate_file(model_path, data_file: str, *, text_column: str | None = None,
         label_column=label_column or saved.get("label_column", "label"),
         label_separator=saved.get("label_separator", ";"),
     )
-    predictor = load_predictor(model_path, device=device, batch_size=batch_size)
+    predictor = load_predictor(model_path, device=device, batch_size=batch_size, precision=precision)
+    if say:
+        say(predictor.describe())
     if predictor.multi_label:
         columns = columns.model_copy(update={"task": "multi_label"})
-    split = read_split(data_file, columns, "evaluate")
+    split = read_split(data_file, columns, "evaluate", column_fixes=EVALUATE_COLUMN_FIXES)
     names = [predictor.id2label[i] for i in sorted(predictor.id2label)]
     gold = LabelMap(tuple(names), predictor.multi_label).encode(split.labels, f"evaluate ({data_file})")
     logits = predictor.logits(split.texts, split.pairs)

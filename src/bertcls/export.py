@@ -9,7 +9,7 @@ without transformers (`save_torchscript`).
     DIR/bertcls-onnx.json what predict needs besides: max_length, input names, quantization
     DIR/config.yaml       the run's config (when exporting a run), for its column mapping
 
-Needs the optional extra `bertcls[onnx]` (onnx, onnxruntime, onnxscript).
+Needs the optional extra `onnx` (onnx, onnxruntime, onnxscript): pip install -e ".[onnx]" in the repository.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bertcls.errors import ModelError, RunError, first_line
-from bertcls.predict import ONNX_FILE, ONNX_META  # named where they are read
+from bertcls.predict import ONNX_FILE, ONNX_INSTALL, ONNX_META  # named where they are read
 
 # Texts used to check the exported model against PyTorch (the logits must agree within FP32_TOLERANCE).
 CHECK_TEXTS = ["a short one", "a somewhat longer text, with punctuation, to vary the lengths in the batch", "x"]
@@ -34,7 +34,7 @@ OPSET = 18
 def _require_onnx() -> None:
     missing = [name for name in ("onnx", "onnxruntime", "onnxscript") if not _importable(name)]
     if missing:
-        raise ModelError(f"export needs {', '.join(missing)}; install them with: pip install 'bertcls[onnx]'")
+        raise ModelError(f"export needs {', '.join(missing)}; install them with: {ONNX_INSTALL}")
 
 
 def _importable(name: str) -> bool:

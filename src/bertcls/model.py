@@ -6,11 +6,12 @@ their config, so `transformers.pipeline("text-classification", model=folder)` wo
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bertcls.errors import ModelError, first_line
+from bertcls.errors import BertclsWarning, ModelError, first_line
 
 if TYPE_CHECKING:  # pydantic stays off the predict path: it costs start-up time and prediction never needs it
     from bertcls.config import ModelConfig
@@ -19,6 +20,9 @@ if TYPE_CHECKING:  # pydantic stays off the predict path: it costs start-up time
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
 TINY_VOCAB_SIZE = 4000
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# Weights load in fp32 whatever dtype a checkpoint was saved in (transformers 5 would keep it): training keeps
+# fp32 master weights, and bf16/fp16 are autocast where the run's precision asks for them.
+FP32 = "float32"
 
 
 def _quiet_transformers():
@@ -83,20 +87,43 @@ def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, text
         return transformers.BertForSequenceClassification(config), tokenizer
     _check_model_source(cfg.name)
     if cfg.trust_remote_code:
-        import warnings
-
-        warnings.warn(f"model.trust_remote_code is on: code shipped with {cfg.name} will run", stacklevel=2)
+        warnings.warn(f"model.trust_remote_code is on: code shipped with {cfg.name} will run", BertclsWarning, stacklevel=2)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
             cfg.name, num_labels=len(id2label), id2label=id2label, label2id=label2id, problem_type=problem_type,
             ignore_mismatched_sizes=True,  # a checkpoint fine-tuned on other labels gets a fresh head
             trust_remote_code=cfg.trust_remote_code,
+            dtype=FP32,
         )
     except (OSError, ValueError, KeyError) as exc:
+        if _not_downloaded(exc):
+            raise ModelError(f"model.name {cfg.name!r}: {_download_failure()}") from None
         raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({first_line(exc)})") from None
     check_max_length(model.config, max_length, cfg.name)
     return model, tokenizer
+
+
+def _not_downloaded(exc: BaseException) -> bool:
+    """Whether loading failed because the files are neither in the Hugging Face cache nor reachable on the hub."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, LocalEntryNotFoundError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _download_failure() -> str:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return ("not in the local Hugging Face cache, and HF_HUB_OFFLINE is set, so it was not downloaded; "
+                "give a local model folder, or unset HF_HUB_OFFLINE to download it")
+    return ("could not be downloaded from the Hugging Face hub (and is not in the local cache); check the network and the "
+            "hub id, or give a local model folder (set HF_HUB_OFFLINE=1 to fail at once instead of retrying)")
 
 
 def _check_model_source(name: str) -> None:
@@ -115,17 +142,6 @@ def check_max_length(model_config, max_length: int, name: str) -> None:
         raise ModelError(f"data.max_length={max_length} is above what {name} supports ({usable} tokens); set data.max_length <= {usable}")
 
 
-def resolve_precision(precision: str, on_cpu: bool) -> str:
-    """auto: bf16 where the hardware computes it natively (recent CUDA GPUs, CPUs with AVX512-BF16/AMX), else fp32."""
-    import torch
-
-    if precision != "auto":
-        return precision
-    if on_cpu:
-        return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-
-
 def load_trained(path: str | Path):
     """(model, tokenizer) from a run folder (its `model/`) or a plain Hugging Face model folder, in eval mode."""
     from bertcls.runs import model_dir
@@ -134,9 +150,14 @@ def load_trained(path: str | Path):
     transformers = _quiet_transformers()
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
+        model, loading = transformers.AutoModelForSequenceClassification.from_pretrained(folder, dtype=FP32, output_loading_info=True)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{folder}: cannot load the model ({first_line(exc)})") from None
+    if loading["missing_keys"]:  # not in the folder, so initialised at random: a bare encoder has no trained head
+        missing = ", ".join(sorted(loading["missing_keys"])[:4]) + (", ..." if len(loading["missing_keys"]) > 4 else "")
+        warnings.warn(f"{folder}: its classification head was never trained ({missing} not in the folder, so random); "
+                      f"its predictions mean nothing until it is fine-tuned: bertcls train with model.name: {folder}",
+                      BertclsWarning, stacklevel=2)
     return model.eval(), tokenizer
 
 

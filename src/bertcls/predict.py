@@ -18,7 +18,6 @@ import numpy as np
 
 # Fallback when neither the run's config nor the tokenizer names a sensible limit.
 DEFAULT_MAX_LENGTH = 512
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 # Where a saved multi-label model keeps its decision threshold (in config.json, beside id2label).
@@ -86,32 +85,25 @@ def load_predictor(path: str | Path, device: str = "auto", batch_size: int = 64,
 
 def resolve_device_precision(path: str | Path, device: str, precision: str) -> tuple[str, str]:
     """`device` auto: cuda when there is a GPU. `precision` auto: the run's training.precision where this device
-    runs it natively (bf16 on CPUs with AVX512-BF16/AMX and recent GPUs), else fp32; a plain model folder follows
-    the hardware alone."""
-    import torch
+    computes it natively (bf16 on CPUs with AVX512-BF16/AMX and GPUs of compute capability 8.0+), else fp32; a
+    plain model folder follows the hardware alone."""
+    from bertcls import machine, runs
 
-    from bertcls import runs
-    from bertcls.errors import ConfigError
-    from bertcls.model import resolve_precision
-
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    on_cpu = torch.device(device).type == "cpu"
-    if precision == "fp16" and on_cpu:
-        raise ConfigError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    machine.check_precision(precision, "precision")
+    device = machine.pick_device(device, "device")
+    resolved = machine.resolve_precision(precision, device)
     if precision == "auto":
         trained = ((runs.read_run_config(Path(path)) or {}).get("training") or {}).get("precision", "auto")
-        native = resolve_precision("auto", on_cpu)
         # Follow the run (its validation and test scores were computed so) unless the hardware lacks it.
-        precision = native if trained in ("auto", native) else "fp32"
-    return device, precision
+        resolved = resolved if trained in ("auto", resolved) else "fp32"
+    return device, resolved
 
 
 # The files of a folder `bertcls export` writes (see bertcls.export).
 ONNX_FILE = "model.onnx"
 ONNX_META = "bertcls-onnx.json"
+# How to get the optional onnx extra (bertcls is installed from its repository, not from PyPI).
+ONNX_INSTALL = 'pip install -e ".[onnx]" in the bertcls repository'
 # Inside a traced graph file: what TorchScriptPredictor needs besides the graph (see bertcls.export.save_torchscript).
 TORCHSCRIPT_META = "bertcls.json"
 
@@ -120,9 +112,15 @@ class _Predicts:
     """What every predictor offers; each supplies `_run(texts, pairs) -> (logits, token lengths)`."""
 
     engine: str  # pytorch, torchscript or onnx: what runs the model
+    device = "cpu"
+    precision = "fp32"  # fp32; bf16 or fp16: the autocast dtype; int8: an export's quantized weights
     id2label: dict[int, str]
     max_length: int
     threshold: float | None
+
+    def describe(self) -> str:
+        """What runs the model, where, in which precision: the line `--verbose` prints."""
+        return f"engine: {self.engine} | device: {self.device} | precision: {self.precision}"
 
     def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
         """Raw logits (float32 array, one row per text, input order)."""
@@ -198,16 +196,19 @@ class OnnxPredictor(_TokenizersPredictor):
     def __init__(self, session, tokenizer, config: dict, meta: dict, batch_size: int = 64) -> None:
         super().__init__(tokenizer, config, meta, batch_size)
         self.session = session
+        self.precision = meta.get("quantize") or "fp32"
 
     @classmethod
     def load(cls, path: str | Path, batch_size: int = 64) -> OnnxPredictor:
         import json
 
-        import onnxruntime
-
         from bertcls.errors import ModelError
 
         folder = Path(path)
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ModelError(f"{folder} is an exported ONNX model, which needs onnxruntime; install it with: {ONNX_INSTALL}") from None
         try:
             meta = json.loads((folder / ONNX_META).read_text(encoding="utf-8"))
             config, tokenizer = cls._read(folder, int(meta["max_length"]))
@@ -280,6 +281,7 @@ class Predictor(_Predicts):
         self.max_length = max_length
         self.batch_size = batch_size
         self.precision = precision  # fp32, or the autocast dtype: bf16 / fp16
+        self.device = str(next(model.parameters()).device)
         self.id2label = {int(k): v for k, v in model.config.id2label.items()}
         self.multi_label = model.config.problem_type == "multi_label_classification"
         self.threshold = float(getattr(model.config, THRESHOLD_KEY, DEFAULT_THRESHOLD)) if self.multi_label else None

@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import IO, Any
 
-from bertcls import runs
+from bertcls import runs, tsv
 from bertcls.errors import DataError
 
 CHUNK_ROWS = 10_000
@@ -41,8 +41,8 @@ def read_chunks(path: Path, chunk_rows: int = CHUNK_ROWS, on_bytes=None) -> Iter
         if kind == "jsonl":
             rows = (_json_row(line, n, path) for n, line in enumerate(text, start=1) if line.strip())
         else:
-            # tsv as in training: GLUE-style, quote characters are part of the text.
-            options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if kind == "tsv" else {}
+            # tsv as in training: GLUE-style (quote characters are text) or csv-quoted, as bertcls.tsv finds it.
+            options = {"delimiter": "\t", "quoting": tsv.quoting(path)} if kind == "tsv" else {}
             rows = csv.DictReader(text, **options)
         chunk: list[dict[str, Any]] = []
         try:

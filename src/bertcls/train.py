@@ -19,31 +19,24 @@ import yaml
 
 from bertcls import checkpoint as ckpt
 from bertcls import data as data_mod
-from bertcls import distributed, faults, report, runs
+from bertcls import distributed, faults, machine, report, runs
 from bertcls.config import Config, TrainingConfig
-from bertcls.errors import BertclsError, ConfigError, TrainingError, first_line
+from bertcls.errors import BertclsError, TrainingError, first_line
 from bertcls.evaluate import Evaluation, is_better, predict_logits, score
 from bertcls.loss import build_loss
-from bertcls.model import load_model, resolve_precision, save_model
+from bertcls.model import load_model, save_model
 
 
 def make_accelerator(cfg: TrainingConfig):
     """An Accelerator on the configured device, with the configured (or best native) precision."""
     from accelerate import Accelerator
 
-    cuda = torch.cuda.is_available()
-    if cfg.device.startswith("cuda") and not cuda:
-        raise ConfigError(f"training.device: {cfg.device} was asked for but no CUDA device is available; use auto or cpu")
-    if cfg.device.startswith("cuda:"):
-        index = int(cfg.device.split(":")[1])
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"training.device: {cfg.device} does not exist ({torch.cuda.device_count()} CUDA device(s))")
-        torch.cuda.set_device(index)
-    on_cpu = cfg.device == "cpu" or not cuda
+    device = machine.pick_device(cfg.device, "training.device")
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(int(device.split(":")[1]))
+    on_cpu = device == "cpu"
     distributed.check_launch(cfg, on_cpu, distributed.launched_processes())
-    precision = resolve_precision(cfg.precision, on_cpu)
-    if precision == "fp16" and on_cpu:
-        raise ConfigError("training.precision: fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    precision = machine.resolve_precision(cfg.precision, device, "training.precision")
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     # cpu=True also under torchrun: Accelerate then joins the launched processes over gloo.
     return Accelerator(cpu=on_cpu, mixed_precision=mixed, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -120,9 +113,10 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
 
     log = _Log(run / runs.LOG_FILE if main else None, quiet=quiet or not main)
     effective = tcfg.batch_size * tcfg.gradient_accumulation_steps * accelerator.num_processes
+    precision = {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)  # what the loop runs in
     log.say(f"train {len(train_split):,} | validation {len(val_split):,} | test {len(test_split) if test_split else 0:,} | "
             f"{len(labels.names)} labels | effective batch {effective} | {total_steps} steps | "
-            f"device {accelerator.device} | precision {accelerator.mixed_precision} | model {cfg.model.name}")
+            f"device {accelerator.device} | precision {precision} | model {cfg.model.name}")
 
     best_value, best_epoch, best_metrics, evals_since_best = (state.get(k) for k in ("best_value", "best_epoch", "best_metrics", "evals_since_best"))
     evals_since_best = evals_since_best or 0
@@ -239,7 +233,7 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
     tokens = int(accelerator.reduce(real_tokens, reduction="sum"))
     result["train"] = {"seconds": round(train_seconds, 2), "optimizer_steps": global_step, "epochs": epoch + 1,
                        "examples_per_s": round(len(train_split) * (epoch + 1) / train_seconds, 2),
-                       "real_tokens_per_s": round(tokens / train_seconds, 1)}
+                       "real_tokens_per_s": round(tokens / train_seconds, 1), "device": str(accelerator.device), "precision": precision}
     if accelerator.device.type == "cuda":
         result["train"]["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**20, 1)
     if main and tcfg.save_torchscript:

@@ -1,0 +1,107 @@
+"""The machine: device and precision settings in; checked values, and the precision the hardware computes, out.
+
+One place for what train, predict and evaluate accept (`auto | cpu | cuda | cuda:N`, `auto | fp32 | bf16 |
+fp16`), their error messages, and the rule behind `precision: auto`: bf16 only where the hardware
+computes it natively (CUDA compute capability 8.0+, CPUs with AVX512-BF16 or AMX). Elsewhere bf16 is
+emulated (oneDNN still reports it "supported" on any AVX-512 CPU) and several times slower than fp32.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from bertcls.errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+)$"
+
+
+def device_problem(device: object) -> str | None:
+    """What is wrong with a device setting, or None."""
+    if isinstance(device, str) and re.fullmatch(DEVICE_PATTERN, device):
+        return None
+    return f"{device!r} is not a device; use one of {', '.join(DEVICES)}"
+
+
+def precision_problem(precision: object) -> str | None:
+    """What is wrong with a precision setting, or None."""
+    if precision in PRECISIONS:
+        return None
+    return f"{precision!r} is not a precision; use one of {', '.join(PRECISIONS)}"
+
+
+def check_device(device: str, where: str) -> str:
+    """`device` if valid, else a ConfigError naming `where` (a config key or a command-line option)."""
+    problem = device_problem(device)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+    return device
+
+
+def check_precision(precision: str, where: str) -> str:
+    problem = precision_problem(precision)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+    return precision
+
+
+def pick_device(device: str, where: str) -> str:
+    """auto -> cuda when a CUDA device is present, else cpu; a CUDA device asked for must exist."""
+    import torch
+
+    check_device(device, where)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"{where}: {device} was asked for but no CUDA device is available; use auto or cpu")
+    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise ConfigError(f"{where}: {device} does not exist ({torch.cuda.device_count()} CUDA device(s))")
+    return device
+
+
+def resolve_precision(precision: str, device: str, where: str = "precision") -> str:
+    """The precision to run in on `device` (cpu, cuda or cuda:N): auto is bf16 where the hardware computes it
+    natively, else fp32; fp16 needs a CUDA device."""
+    check_precision(precision, where)
+    on_cpu = device == "cpu"
+    if precision == "fp16" and on_cpu:
+        raise ConfigError(f"{where}: fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
+def native_bf16(device: str) -> bool:
+    """Whether `device` computes bf16 in hardware: a GPU of compute capability 8.0+ (Ampere on), a CPU with AVX512-BF16 or AMX."""
+    import torch
+
+    if device != "cpu":
+        return torch.cuda.get_device_capability(device if ":" in device else None) >= (8, 0)
+    flags = cpu_bf16_flags()
+    return flags["avx512_bf16"] or flags["amx"]
+
+
+def cpu_bf16_flags() -> dict[str, bool]:
+    """The CPU's native bf16 instructions: {"avx512_bf16": ..., "amx": ...}.
+
+    torch's own probes also check that the OS enabled them (AMX needs it); /proc/cpuinfo is the fallback.
+    """
+    import torch
+
+    avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if avx512_bf16 is not None and amx is not None:
+        return {"avx512_bf16": bool(avx512_bf16()), "amx": bool(amx())}
+    flags = _cpuinfo_flags()
+    return {"avx512_bf16": "avx512_bf16" in flags, "amx": "amx_bf16" in flags}
+
+
+def _cpuinfo_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return set(line.partition(":")[2].split())

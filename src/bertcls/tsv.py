@@ -1,0 +1,63 @@
+"""TSV dialects: a file's lines in; the csv quoting to read it with out.
+
+Two kinds of TSV are common. GLUE-style: quote characters are part of the text (`"opens a quote`,
+`it's "fine`) and a text never holds a tab or a newline. csv-quoted, as pandas `to_csv(sep="\t")`
+and Python's csv module write it: a field that holds a tab, a newline or a quote is put in quotes,
+with quotes inside doubled (`"a<TAB>b"`, `"say ""hi"" twice"`). A file is read as csv-quoted when some field
+opens with a quote and every field that does is a well-formed quoted field (its closing quote followed
+by a tab or the end of the line), and some of them hold what csv writers quote for (a tab, a line break,
+a doubled quote); otherwise as GLUE-style, the way it was always read (so `"1"` keeps its quotes). Stdlib only:
+both training (bertcls.data) and streaming prediction (bertcls.predict_file) ask here.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+# A quote that opens a field: at the start of a line or right after a tab.
+_OPENING_QUOTE = re.compile(r'(?:^|(?<=\t))"')
+# Inside a quoted field: anything but a lone quote (a doubled quote is a quote in the text).
+_QUOTED_TEXT = re.compile(r'(?:[^"]|"")*')
+
+
+def quoting(path: str | Path) -> int:
+    """csv.QUOTE_MINIMAL for a csv-quoted TSV file, csv.QUOTE_NONE for a GLUE-style one."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        return quoting_of(f)
+
+
+def quoting_of(lines: Iterable[str]) -> int:
+    """As `quoting`, for the lines of a file (line ends kept)."""
+    needed, inside = False, False  # a quoted field that needs its quotes seen; a quoted field runs on from the last line
+    for line in lines:
+        pos: int | None = 0
+        if inside:
+            pos = _after_closing_quote(line, 0)
+            if pos is None:
+                continue
+            inside = False
+        elif '"' not in line:
+            continue
+        while pos is not None and pos >= 0 and (opening := _OPENING_QUOTE.search(line, pos)) is not None:
+            pos = _after_closing_quote(line, opening.end())
+            # What csv writers put in quotes: a text with a line break (it runs on), a tab or a (doubled) quote.
+            # `"1"` alone is no sign of csv quoting: GLUE-style texts may be quoted titles.
+            if pos is None or (pos > 0 and ("\t" in line[opening.end():pos - 1] or '""' in line[opening.end():pos - 1])):
+                needed = True
+        if pos is not None and pos < 0:
+            return csv.QUOTE_NONE
+        inside = pos is None
+    return csv.QUOTE_MINIMAL if needed and not inside else csv.QUOTE_NONE
+
+
+def _after_closing_quote(line: str, start: int) -> int | None:
+    """From inside a quoted field at `start`: the index after its closing quote; None when the field runs on past
+    this line; -1 when text follows the closing quote (then the quote was text: GLUE-style)."""
+    end = _QUOTED_TEXT.match(line, start).end()
+    if end == len(line):
+        return None
+    after = end + 1
+    return after if after == len(line) or line[after] in "\t\r\n" else -1
