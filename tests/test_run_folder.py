@@ -128,6 +128,18 @@ def test_overwrite_keeps_what_others_put_in_the_run_folder(tmp_path, trained_run
     assert "model/model.safetensors" in runs.read_record(run)["files"] and "model/README.md" not in runs.read_record(run)["files"]
 
 
+def test_a_link_where_bertcls_writes_is_refused(tmp_path, toy_data, trained_run):
+    run, theirs = tmp_path / "run", tmp_path / "my-model"
+    shutil.copytree(trained_run, run)
+    shutil.move(run / "model", theirs)
+    (run / "model").symlink_to(theirs, target_is_directory=True)  # replacing model/ would take their files along
+    before = snapshot(theirs)
+    result = runner.invoke(app, ["train", str(make_config(tmp_path, toy_data)), "--overwrite"])
+    assert_one_line_error(result, f"Error: {run / 'model'} is a link (to {theirs}), which bertcls did not write and will not replace; "
+                                  "remove the link, or choose another output_dir\n")
+    assert snapshot(theirs) == before and (run / "model").is_symlink()
+
+
 # ---------------------------------------------------------------------------- one run per folder
 
 HOLD = "import sys, time\nfrom bertcls import runlock\nwith runlock.locked(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(600)\n"

@@ -329,8 +329,13 @@ def check_run_dir(run: Path, overwrite: bool, resuming: bool = False) -> None:
 
 
 def _check_ours(run: Path) -> None:
-    """Refuse a non-empty folder without a record: bertcls cannot tell what there is its own."""
+    """Refuse a non-empty folder without a record: bertcls cannot tell what there is its own. In a run
+    folder, refuse a link where bertcls writes: replacing it would move or hide what it points to."""
     if read_record(run) is not None:
+        links = [path for path in run.iterdir() if path.is_symlink() and _is_run_name(path.name)]
+        if links:
+            raise RunError(f"{links[0]} is a link (to {os.readlink(links[0])}), which bertcls did not write and will not replace; "
+                           "remove the link, or choose another output_dir")
         return
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in run.iterdir() if not _is_own_name(p.name))
     if not entries:
