@@ -144,6 +144,7 @@ def test_resume_by_path_and_refusing_a_changed_config(tmp_path, data, keep_threa
     run = tmp_path / "run"
     # an unfinished run with checkpoints: what a kill leaves, made here without the race
     (run / "checkpoint-5").mkdir(parents=True)
+    runs.record_files(run)  # a bertcls run folder
     finished = train(load_config(config), quiet=True)
     assert [p.name for p in runs.checkpoints(finished)] == ["checkpoint-10", "checkpoint-15"]
     (run / runs.METRICS_FILE).unlink()  # as if killed during the test evaluation

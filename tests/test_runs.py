@@ -10,13 +10,15 @@ def test_a_fresh_start_clears_only_what_bertcls_wrote(tmp_path):
     ours = [".config.yaml.abc123.tmp", ".model.tmp-1234", ".model.old-99", ".checkpoint-12.tmp-ab", ".checkpoint-3.old-x",
             "config.yaml", "log.jsonl", "model"]
     theirs = [".modelrc", ".config.yaml.bak", "notes.txt", "checkpoint-notes"]
+    runs.record_files(tmp_path, "config.yaml", "log.jsonl")  # what an earlier run recorded writing
     for name in ours + theirs:
         (tmp_path / name).mkdir() if "-" in name or name == "model" else (tmp_path / name).write_text("x")
     runs.prepare_run_dir(tmp_path, overwrite=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs + [runs.RECORD_FILE])
 
 
 def test_an_unfinished_run_with_checkpoints_is_not_silently_restarted(tmp_path):
+    runs.record_files(tmp_path, f"checkpoint-7/{runs.CHECKPOINT_STATE}")
     (tmp_path / "checkpoint-7").mkdir()
     (tmp_path / "checkpoint-7" / runs.CHECKPOINT_STATE).write_text("{}")
     with pytest.raises(RunError, match=r"holds an unfinished run \(checkpoint-7\); pass --resume"):
@@ -50,6 +52,7 @@ def test_publish_dir_replaces_a_folder_whole(tmp_path):
 
 def test_a_folder_moved_aside_by_a_kill_is_put_back_on_resume(tmp_path):
     # killed between publish_dir's two renames: model/ was moved aside, the new one not yet in place
+    runs.record_files(tmp_path, "model/model.safetensors")
     (tmp_path / ".model.old-1a2b").mkdir()
     (tmp_path / ".model.old-1a2b" / "model.safetensors").write_text("weights")
     runs.prepare_run_dir(tmp_path, overwrite=False, resuming=True)

@@ -54,7 +54,7 @@ def save(run: Path, accelerator, model, optimizer, scheduler, *, state: dict[str
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         for old in runs.checkpoints(run)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            runs.remove_ours(run, old.name)
     accelerator.wait_for_everyone()
     return dest
 
@@ -136,7 +136,7 @@ def restore(folder: Path, run: Path, accelerator, model, optimizer, scheduler) -
     if accelerator.is_main_process:
         for later in runs.checkpoints(run):
             if int(later.name.removeprefix(runs.CHECKPOINT_PREFIX)) > step:
-                shutil.rmtree(later, ignore_errors=True)
+                runs.remove_ours(run, later.name)
         _trim_log(Path(run) / runs.LOG_FILE, step)
     accelerator.wait_for_everyone()
     _set_rng_state(rng)

@@ -60,7 +60,7 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set training.epochs=1 (repeatable).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished run from its newest checkpoint (or CHECKPOINT).")] = False,
     force: Annotated[bool, typer.Option("--force", help="With --resume: continue even though the config or training data changed.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace a finished run in output_dir (only the files bertcls wrote).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a finished run in output_dir (only the files bertcls recorded writing).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or log lines; errors still print.")] = False,
     debug: Debug = False,
 ) -> None:
@@ -84,7 +84,7 @@ def train(
     from bertcls.train import train as run_training
 
     try:
-        run = run_training(cfg, overwrite=overwrite, quiet=quiet, resume=checkpoint or resume, force=force)
+        run = run_training(cfg, overwrite=overwrite, quiet=quiet, resume=checkpoint or resume, force=force, config_file=config)
     except Interrupted as exc:
         again = ["bertcls", "train", str(config), *(a for item in set_ or [] for a in ("--set", item)), "--resume"]
         if os.environ.get("RANK", "0") == "0":  # every process stops, the main one says so
@@ -141,6 +141,8 @@ def predict(
     path, why = runs.find_model(model)
     if model is None or verbose:
         typer.echo(f"model: {path} ({why})", err=True)
+    if note := runs.training_note(path):
+        typer.echo(note, err=True)
     from bertcls.predict import load_predictor
 
     predictor = load_predictor(path, device=device, batch_size=batch_size, precision=precision)
@@ -178,7 +180,7 @@ def predict(
 def evaluate(
     data_file: Annotated[str, typer.Argument(help="A labelled csv/tsv/json/jsonl/parquet file.", show_default=False)],
     model: Annotated[Path | None, typer.Option("--model", "-m", help="Run folder or model folder (default as for predict).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write metrics.json, predictions.csv and figures into this folder.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write metrics.json, predictions.csv and figures into this folder (not a run folder; no file there is replaced).")] = None,
     text_column: Annotated[str | None, typer.Option(help="Text column (default: the run's data.text_column, else `text`).")] = None,
     text_pair_column: Annotated[str | None, typer.Option(help="Second text column (default: the run's).")] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column (default: the run's data.label_column, else `label`).")] = None,
@@ -197,6 +199,8 @@ def evaluate(
     path, why = runs.find_model(model)
     if model is None or verbose:
         typer.echo(f"model: {path} ({why})", err=True)
+    if output is not None:
+        runs.check_evaluation_output(output, (runs.METRICS_FILE, *report.REPORT_FILES))
     evaluation = evaluate_file(path, data_file, text_column=text_column, text_pair_column=text_pair_column,
                                label_column=label_column, device=device, batch_size=batch_size, precision=precision,
                                say=(lambda line: typer.echo(line, err=True)) if verbose else None)

@@ -1,5 +1,6 @@
-"""Faults during training: SIGINT/SIGTERM become a clean stop after the current optimizer step,
-and running out of memory becomes a one-line hint instead of a stack trace."""
+"""Faults during training: SIGINT/SIGTERM become a clean stop after the current optimizer step (or,
+after the last one, after the current stage of the final evaluation), and running out of memory
+becomes a one-line hint instead of a stack trace."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class StopRequest:
     """Once armed (the loop has started), the first SIGINT/SIGTERM asks the loop to stop after the
-    current optimizer step; a second one, or one before the loop, stops at once.
+    current optimizer step; a second one, or one before the loop, stops at once. It stays armed
+    through the final evaluation (`finishing`), which then stops after its current stage.
 
     Under many processes (torchrun forwards its signal to every worker) the processes may see the
     signal at different steps; `agreed` makes them stop together, at the first step boundary
@@ -29,6 +31,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.armed = False
+        self.finishing = False
         self._previous: dict[int, object] = {}
         self._group = None
         self._shared = False
@@ -81,8 +84,9 @@ class StopRequest:
         if self.armed and self.signum is None:
             self.signum = signum
             if os.environ.get("RANK", "0") == "0":  # under torchrun every process gets it: say it once
-                print(f"\n{signal.Signals(signum).name}: stopping after this step to write a resumable checkpoint "
-                      "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+                when = ("after this stage of the final evaluation; the last checkpoint resumes into it" if self.finishing
+                        else "after this step to write a resumable checkpoint")
+                print(f"\n{signal.Signals(signum).name}: stopping {when} (press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
             return
         if signum == signal.SIGINT:
             raise KeyboardInterrupt

@@ -27,6 +27,7 @@ CONFUSION_FILE = "confusion_matrix.png"
 PR_FILE = "pr_curve.png"
 ROC_FILE = "roc_curve.png"
 RELIABILITY_FILE = "reliability.png"
+REPORT_FILES = (PREDICTIONS_FILE, CONFUSION_FILE, PR_FILE, ROC_FILE, RELIABILITY_FILE)  # every name write_report may write
 # Above this many classes the confusion matrix cells are too small to print numbers in.
 ANNOTATE_MAX_CLASSES = 20
 WORST_CONFUSIONS = 5

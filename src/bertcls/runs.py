@@ -1,5 +1,10 @@
-"""The run folder: its file names, atomic writes, and finding a run to predict with.
+"""The run folder: its file names, what bertcls may delete there, its lock, atomic writes, and finding
+a run to predict with.
 
+    RUN/bertcls-run.json  the record of what bertcls wrote here (below); bertcls deletes or replaces
+                        only what it lists, so a folder without it is never written to
+    RUN/bertcls-run.lock  locked (flock) by the process training here, which writes its pid into it;
+                        the lock dies with the process, so a killed run never leaves it taken
     RUN/config.yaml     the resolved config the run was trained with
     RUN/log.jsonl       one JSON object per training log line and per evaluation
     RUN/model/          the best checkpoint: save_pretrained output (safetensors) + tokenizer, and
@@ -16,11 +21,19 @@
     RUN/metrics.json    validation (best checkpoint) and test metrics; written last, so a
                         folder without it is an unfinished run
 
-Files are written under a temporary name in the same folder (`.NAME.*`) and renamed into place.
+The record lists every file bertcls wrote (paths relative to RUN), each added before the file is
+written, and the step model/ was saved at with its weights' stamp (`record_best`). Files someone
+else put in the folder, or inside model/ or reports/, are never deleted: a fresh start leaves them,
+and replacing model/ carries them into the new one.
+
+Files are written under a temporary name in the same folder (`.NAME.*`) and renamed into place,
+with the permissions open() gives (0666 less the umask).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import json
 import os
 import shutil
@@ -31,7 +44,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bertcls.errors import RunError
+from bertcls import __version__
+from bertcls.errors import RunError, first_line
+from bertcls.runlock import LOCK_FILE, check_not_in_use, pid_text, training_pid
 
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.jsonl"
@@ -40,6 +55,8 @@ METRICS_FILE = "metrics.json"
 REPORTS_DIR = "reports"
 LOSS_FILE = "loss.png"
 RUN_FILES = (CONFIG_FILE, LOG_FILE, MODEL_DIR, REPORTS_DIR, LOSS_FILE, METRICS_FILE)
+RECORD_FILE = "bertcls-run.json"
+OWN_FILES = (RECORD_FILE, LOCK_FILE)  # bertcls's in any folder that holds them
 TORCHSCRIPT_FILE = "bertcls-torchscript.pt"  # in MODEL_DIR
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_WEIGHTS = "model.safetensors"
@@ -96,23 +113,145 @@ def temp_dir_for(dest: Path) -> Path:
 
 
 def publish_dir(tmp: Path, dest: Path) -> None:
-    """Put a complete folder in place of `dest`: fsync its files, then rename; `dest` is never half-written."""
-    for file in Path(tmp).rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as f:
-                os.fsync(f.fileno())
-    dest = Path(dest)
-    old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+    """Put a complete folder in place of `dest`: give its files open()'s permissions, fsync them, then
+    rename; `dest` is never half-written. In a run folder (one with a record) the new files are
+    recorded first, and files someone else put in the old `dest` are moved into the new one."""
+    tmp, dest = Path(tmp), Path(dest)
+    files = _settle(tmp)
+    run = dest.parent
+    in_run = read_record(run) is not None
+    if in_run:
+        record_files(run, *(f"{dest.name}/{file.relative_to(tmp).as_posix()}" for file in files))
+    old = run / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
     if dest.exists():
         os.replace(dest, old)
     os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
+    if old.exists() and (not in_run or _carry_over(old, dest, run)):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _settle(folder: Path) -> list[Path]:
+    """Give every file in `folder` the permissions open() would (some writers make 0600) and every
+    folder mkdir's, fsync the files, and return them."""
+    umask = _umask()
+    files = []
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_symlink():
+            continue
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+            files.append(path)
+    return files
+
+
+def _carry_over(old: Path, dest: Path, run: Path) -> bool:
+    """Move the files of `old` (the folder `dest` replaced) that bertcls did not write into `dest`;
+    False if one could not be moved (its place is taken), so `old` must stay."""
+    ours = _recorded(run)
+    moved_all = True
+    for path in _files_under(old):
+        rel = path.relative_to(old)
+        if f"{dest.name}/{rel.as_posix()}" in ours:
+            continue
+        target = dest / rel
+        if target.exists() or target.is_symlink():
+            moved_all = False
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    return moved_all
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """Every file (and link) under `folder`, without following links."""
+    return [Path(root) / name for root, dirs, files in os.walk(folder)
+            for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]]
+
+
+# ---------------------------------------------------------------------------- the record of what bertcls wrote
+
+def read_record(run: Path) -> dict[str, Any] | None:
+    """The run folder's record (RECORD_FILE), or None where there is none."""
+    path = Path(run) / RECORD_FILE
+    if not path.is_file():
+        return None
+    fix = "bertcls cannot tell its files from others' there: delete the folder by hand, or choose another output_dir"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path}: unreadable ({first_line(exc)}); {fix}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("files"), list):
+        raise RunError(f"{path}: not a bertcls record of written files; {fix}")
+    return record
+
+
+def record_files(run: Path, *paths: str) -> None:
+    """Add `paths` (relative to `run`, with /) to what bertcls wrote there; call before writing them.
+    The first call makes `run` a run folder."""
+    record = read_record(run)
+    files = sorted(set(record["files"] if record else ()) | set(paths))
+    if record is None or files != record["files"]:
+        write_json(Path(run) / RECORD_FILE, {**(record or _new_record()), "files": files})
+
+
+def _new_record() -> dict[str, Any]:
+    return {"written_by": f"bertcls {__version__}", "files": []}
+
+
+def _recorded(run: Path) -> set[str]:
+    record = read_record(run)
+    return set(record["files"]) if record else set()
+
+
+def remove_ours(run: Path, name: str) -> None:
+    """Delete what bertcls wrote at RUN/name: the file, or the folder's recorded files (and their
+    temporaries) and the folders they leave empty. Anything else there stays."""
+    run = Path(run)
+    ours = _recorded(run)
+    target = run / name
+    found = [target] if target.is_symlink() or target.is_file() else _files_under(target) if target.is_dir() else []
+    for path in found:
+        rel = path.relative_to(run).as_posix()
+        if rel in ours or _is_temporary_of(rel, ours):
+            path.unlink()
+    if target.is_dir() and not target.is_symlink():
+        for root, _, _ in sorted(os.walk(target), key=lambda walked: -len(walked[0])):  # deepest first
+            try:
+                os.rmdir(root)
+            except OSError:  # not empty: someone else's files are in it
+                pass
+    gone = {f for f in ours if (f == name or f.startswith(f"{name}/")) and not (run / f).exists()}
+    if gone:
+        write_json(run / RECORD_FILE, {**read_record(run), "files": sorted(ours - gone)})
+
+
+def _is_temporary_of(rel: str, ours: set[str]) -> bool:
+    """Whether `rel` is atomic_file's temporary of a recorded file (`DIR/.NAME.*.tmp`)."""
+    folder, _, name = rel.rpartition("/")
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return False
+    return any(f.rpartition("/")[0] == folder and fnmatch.fnmatchcase(name, f".{f.rpartition('/')[2]}.*.tmp") for f in ours)
+
+
+def record_best(run: Path, step: int) -> None:
+    """Note that model/ now holds the best model, saved at optimizer `step`, with its weights' stamp."""
+    record = read_record(run) or _new_record()
+    write_json(Path(run) / RECORD_FILE, {**record, "best": {"step": step, "weights": weights_stamp(Path(run) / MODEL_DIR)}})
+
+
+def best_model_step(run: Path) -> int | None:
+    """The step model/ was saved at, if it is still the folder `record_best` noted; else None."""
+    best = (read_record(run) or {}).get("best")
+    folder = Path(run) / MODEL_DIR
+    if not isinstance(best, dict) or not folder.is_dir() or not same_weights(folder, best.get("weights") or {}):
+        return None
+    return best.get("step")
 
 
 def weights_stamp(folder: Path, digest: bool = True) -> dict[str, dict[str, Any]]:
     """Each weight file of a model folder: its size and mtime, and with `digest` its sha256."""
-    import hashlib
-
     stamp = {}
     for file in sorted(p for pattern in ("*.safetensors", "pytorch_model*.bin") for p in Path(folder).glob(pattern)):
         stat = file.stat()
@@ -151,41 +290,132 @@ def is_finished(run: Path) -> bool:
     return (Path(run) / METRICS_FILE).is_file() and (Path(run) / MODEL_DIR).is_dir()
 
 
-def check_run_dir(run: Path, overwrite: bool, resuming: bool = False) -> None:
-    """Refuse a run folder that is a file, holds a finished run (unless `overwrite`), or holds an
-    unfinished run with checkpoints that a fresh start would lose (unless `overwrite` or `resuming`)."""
+def check_output_dir(run: Path, inputs: dict[str, str]) -> None:
+    """Refuse, before anything is written, an output_dir that is a file, that is or holds an input of
+    the run (`inputs`: the key naming it -> its path), or that another bertcls train is writing to."""
     run = Path(run)
     if run.exists() and not run.is_dir():
         raise RunError(f"output_dir {run} is a file; choose a folder")
+    here = Path(os.path.realpath(run))
+    found: dict[str, list[str]] = {"is": [], "holds": []}
+    for key, path in inputs.items():
+        there = Path(os.path.realpath(path))
+        if here == there or here in there.parents:
+            found["is" if here == there else "holds"].append(f"{key} ({path})")
+    clashes = " and ".join(f"{verb} {', '.join(named)}" for verb, named in found.items() if named)
+    if clashes:
+        raise RunError(f"output_dir {run} {clashes}; a run folder is for what bertcls writes (a fresh start or "
+                       "--overwrite clears it), so choose another output_dir")
+    check_not_in_use(run)
+
+
+def check_run_dir(run: Path, overwrite: bool, resuming: bool = False) -> None:
+    """Refuse a run folder that is a file; that is not a bertcls run (someone's files, or a run by an
+    older bertcls, which kept no record of what it wrote); that holds a finished run (unless
+    `overwrite`); or an unfinished run with checkpoints that a fresh start would lose (unless
+    `overwrite` or `resuming`)."""
+    run = Path(run)
+    if run.exists() and not run.is_dir():
+        raise RunError(f"output_dir {run} is a file; choose a folder")
+    if not run.is_dir():
+        return
+    _check_ours(run)
     if is_finished(run) and not overwrite:
         raise RunError(f"output_dir {run} already holds a finished run; pass --overwrite or choose another output_dir")
-    found = checkpoints(run) if run.is_dir() else []
+    found = checkpoints(run)
     if found and not (overwrite or resuming):
         raise RunError(f"output_dir {run} holds an unfinished run ({found[-1].name}); "
                        "pass --resume to continue it, or --overwrite to start over")
 
 
-def prepare_run_dir(run: Path, overwrite: bool, resuming: bool = False) -> None:
-    """Create the run folder after `check_run_dir`; clear what a fresh start replaces.
+def _check_ours(run: Path) -> None:
+    """Refuse a non-empty folder without a record: bertcls cannot tell what there is its own. In a run
+    folder, refuse a link where bertcls writes: replacing it would move or hide what it points to."""
+    if read_record(run) is not None:
+        links = [path for path in run.iterdir() if path.is_symlink() and _is_run_name(path.name)]
+        if links:
+            raise RunError(f"{links[0]} is a link (to {os.readlink(links[0])}), which bertcls did not write and will not replace; "
+                           "remove the link, or choose another output_dir")
+        return
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in run.iterdir() if not _is_own_name(p.name))
+    if not entries:
+        return
+    names = {entry.rstrip("/") for entry in entries}
+    if {CONFIG_FILE, LOG_FILE} <= names and all(_is_run_name(name) for name in names):
+        raise RunError(f"output_dir {run} looks like a run by an older bertcls, which kept no record of the files it wrote, "
+                       "so this one will neither delete nor add to them; delete the folder by hand, or choose another output_dir")
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    raise RunError(f"output_dir {run} is not empty and not a bertcls run (it holds {shown}); choose a new or empty output_dir")
 
-    Only files bertcls writes are removed (its names, and its `.NAME.*` temporaries left by a
-    killed run); anything else stays.
+
+def _is_own_name(name: str) -> bool:
+    return name in OWN_FILES or fnmatch.fnmatchcase(name, TEMP_PATTERNS[0].format(RECORD_FILE))
+
+
+def _is_run_name(name: str) -> bool:
+    """A name a run writes in its folder, or one of their temporaries."""
+    names = (*RUN_FILES, f"{CHECKPOINT_PREFIX}*")
+    return any(fnmatch.fnmatchcase(name, pattern.format(n)) for n in names for pattern in ("{}", *TEMP_PATTERNS))
+
+
+def prepare_run_dir(run: Path, overwrite: bool, resuming: bool = False) -> None:
+    """Under the run folder's lock (`runlock.locked`), check it again (`check_run_dir`), deal with what a
+    killed run left, remove the previous run on a fresh start, and record the files every run writes.
+
+    Only what bertcls recorded writing is removed; anything else stays.
     """
     run = Path(run)
     check_run_dir(run, overwrite, resuming)
     run.mkdir(parents=True, exist_ok=True)
-    (run / METRICS_FILE).unlink(missing_ok=True)  # first, so a crash below leaves an unfinished run
-    for moved in run.glob(".*.old-*") if resuming else []:  # killed between publish_dir's two renames: put it back
+    remove_ours(run, METRICS_FILE)  # first, so a crash below leaves an unfinished run
+    _clear_leftovers(run, resuming)
+    for name in [] if resuming else [*RUN_FILES, *(path.name for path in checkpoints(run))]:
+        remove_ours(run, name)
+    record_files(run, CONFIG_FILE, LOG_FILE, LOSS_FILE, METRICS_FILE)
+
+
+def _clear_leftovers(run: Path, resuming: bool) -> None:
+    """What a killed run left: half-written `.NAME.*.tmp` files and `.NAME.tmp-*` folders go. A
+    `.NAME.old-*` folder (killed between publish_dir's two renames) is put back when resuming and NAME
+    is gone; else the files in it that bertcls did not write go back into NAME, and the rest goes."""
+    names = (*RUN_FILES, RECORD_FILE, f"{CHECKPOINT_PREFIX}*")
+    for moved in [path for name in names for path in run.glob(TEMP_PATTERNS[2].format(name))]:
         original = run / moved.name[1:].rsplit(".old-", 1)[0]
-        if (original.name == MODEL_DIR or original.name.startswith(CHECKPOINT_PREFIX)) and not original.exists():
+        if not moved.is_dir() or moved.is_symlink():
+            moved.unlink()
+        elif resuming and not original.exists() and (original.name == MODEL_DIR or original.name.startswith(CHECKPOINT_PREFIX)):
             os.replace(moved, original)
-    leftovers = [p for name in (*RUN_FILES, f"{CHECKPOINT_PREFIX}*") for pattern in TEMP_PATTERNS for p in run.glob(pattern.format(name))]
-    replaced = [] if resuming else [run / name for name in RUN_FILES] + checkpoints(run)
-    for target in leftovers + replaced:
-        if target.is_dir():
-            shutil.rmtree(target)
+        elif _carry_over(moved, original, run):
+            shutil.rmtree(moved)
+    for half in [path for name in names for pattern in TEMP_PATTERNS[:2] for path in run.glob(pattern.format(name))]:
+        if half.is_dir() and not half.is_symlink():
+            shutil.rmtree(half)
         else:
-            target.unlink(missing_ok=True)
+            half.unlink()
+
+
+def check_evaluation_output(folder: Path, names: tuple[str, ...]) -> None:
+    """Refuse an `evaluate --output` folder that is a run folder (evaluate would replace the run's
+    metrics.json) or that already holds one of the files `names` evaluate writes."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunError(f"--output {folder} is a file; choose a folder")
+    if read_record(folder) is not None or ((folder / CONFIG_FILE).is_file() and (folder / LOG_FILE).is_file()):
+        raise RunError(f"--output {folder} is a bertcls run folder, and evaluate would replace the run's {METRICS_FILE}; "
+                       f"choose another folder, e.g. {folder / 'eval'}")
+    taken = [name for name in names if (folder / name).exists()]
+    if taken:
+        raise RunError(f"--output {folder} already holds {', '.join(taken)}; evaluate replaces no file there, so choose a new or empty folder")
+
+
+def training_note(path: Path) -> str | None:
+    """For a run folder (or its model/) that a bertcls train is still writing: a note that says so."""
+    path = Path(path)
+    for run in (path, path.parent) if path.name == MODEL_DIR else (path,):
+        pid = training_pid(run)
+        if pid is not None:
+            return f"note: {run} is still training ({pid_text(pid)}); using its best model so far"
+    return None
 
 
 def model_dir(path: str | Path) -> Path:

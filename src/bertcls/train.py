@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,9 @@ import yaml
 
 from bertcls import checkpoint as ckpt
 from bertcls import data as data_mod
-from bertcls import distributed, faults, machine, report, runs
+from bertcls import distributed, faults, machine, report, runlock, runs
 from bertcls.config import Config, TrainingConfig
-from bertcls.errors import BertclsError, TrainingError, first_line
+from bertcls.errors import BertclsError, RunError, TrainingError, first_line
 from bertcls.evaluate import Evaluation, is_better, predict_logits, score
 from bertcls.loss import build_loss
 from bertcls.model import load_model, save_model
@@ -51,29 +52,35 @@ def build_optimizer(model, cfg: TrainingConfig, fused: bool) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=fused or None)
 
 
-def train(config: Config, *, overwrite: bool = False, quiet: bool = False, resume: bool | str | Path = False, force: bool = False) -> Path:
+def train(config: Config, *, overwrite: bool = False, quiet: bool = False, resume: bool | str | Path = False, force: bool = False,
+          config_file: str | Path | None = None) -> Path:
     """Train and evaluate as `config` says; return the finished run folder.
 
     `resume`: True continues from the newest checkpoint in output_dir, a path from that checkpoint;
     `force` resumes even though the config or data changed. SIGINT/SIGTERM stop after the current
-    step with a checkpoint (raising `Interrupted`).
+    step with a checkpoint, or during the final evaluation (raising `Interrupted`). `config_file`,
+    the file `config` was read from, is one of the inputs output_dir must not hold. The run folder
+    stays locked for the whole run (`bertcls.runlock`).
     """
-    with faults.guarded(config.training) as stop:
-        return _train(config, overwrite, quiet, resume, force, stop)
+    with faults.guarded(config.training) as stop, ExitStack() as held:
+        return _train(config, overwrite, quiet, resume, force, stop, config_file, held)
 
 
-def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Path, force: bool, stop: faults.StopRequest) -> Path:
+def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Path, force: bool, stop: faults.StopRequest,
+           config_file: str | Path | None, held: ExitStack) -> Path:
     from accelerate import skip_first_batches
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     cfg, tcfg = config, config.training
     run = Path(cfg.output_dir)
-    # Validate everything cheap (files, columns, labels, resume, device) before anything expensive.
+    # Validate everything cheap (run folder, files, columns, labels, resume, device) before anything expensive,
+    # on every process, so that all stop together.
+    runs.check_output_dir(run, _inputs(cfg, config_file))
     train_split, val_split, test_split, labels = data_mod.load_splits(cfg.data, cfg.seed)
     data_id = ckpt.fingerprint(train_split.texts, train_split.pairs, train_split.labels)
     resume_from = ckpt.find(run, resume, cfg.to_dict(), data_id, force) if resume else None
-    runs.check_run_dir(run, overwrite, resuming=bool(resume))  # on every process, so all stop together on a taken folder
+    runs.check_run_dir(run, overwrite, resuming=bool(resume))
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     # oneDNN (CPU matmuls) keeps a primitive for each of the last 1,024 shapes it ran, and length-grouped batches
@@ -82,8 +89,8 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
     accelerator = make_accelerator(tcfg)
     main = accelerator.is_main_process
     stop.share(accelerator)  # many processes stop at the same step
+    _claim_run_dir(run, overwrite, resume_from is not None, accelerator, held)
     if main:
-        runs.prepare_run_dir(run, overwrite, resuming=resume_from is not None)
         runs.write_atomic(run / runs.CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     accelerator.wait_for_everyone()  # the folder is ready before any process goes on
     # Build the model after seeding so the seed also controls its initialisation.
@@ -118,7 +125,8 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
             f"{len(labels.names)} labels | effective batch {effective} | {total_steps} steps | "
             f"device {accelerator.device} | precision {precision} | model {cfg.model.name}")
 
-    best_value, best_epoch, best_metrics, evals_since_best = (state.get(k) for k in ("best_value", "best_epoch", "best_metrics", "evals_since_best"))
+    best_value, best_epoch, best_metrics, best_step, evals_since_best = (
+        state.get(k) for k in ("best_value", "best_epoch", "best_metrics", "best_step", "evals_since_best"))
     evals_since_best = evals_since_best or 0
     global_step, started = state.get("global_step", 0), time.perf_counter() - state.get("seconds", 0.0)
     real_tokens = torch.tensor(state.get("real_tokens", 0), device=accelerator.device)  # non-pad tokens trained on
@@ -131,19 +139,40 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
     resumable = accelerator.distributed_type != "FSDP"  # sharded optimizer states are not checkpointed yet
     if not resumable:
         log.say("note: training.fsdp runs write no resumable checkpoints yet; model/ (the best weights) is still saved")
+    last_checkpoint = resume_from  # the one a stop signal names
 
     def save_checkpoint(epoch: int, batches_done: int) -> Path | None:
         """Everything the loop needs to continue after `batches_done` micro-batches of `epoch`."""
+        nonlocal last_checkpoint
         total = accelerator.reduce(window_loss, reduction="sum").item()  # all processes' losses: all refuse together
         if not math.isfinite(total):
             raise _nonfinite_loss(total, global_step, scheduler.get_last_lr()[0], run)
         if not resumable:
             return None
-        return ckpt.save(run, accelerator, model, optimizer, scheduler, config=cfg.to_dict(), keep=tcfg.keep_checkpoints, state={
+        last_checkpoint = ckpt.save(run, accelerator, model, optimizer, scheduler, config=cfg.to_dict(), keep=tcfg.keep_checkpoints, state={
             "epoch": epoch, "batches_done": batches_done, "global_step": global_step, "best_value": best_value,
-            "best_epoch": best_epoch, "best_metrics": best_metrics, "evals_since_best": evals_since_best,
+            "best_epoch": best_epoch, "best_metrics": best_metrics, "best_step": best_step, "evals_since_best": evals_since_best,
             "seconds": time.perf_counter() - started, "data_fingerprint": data_id},
             own={"window": [window_loss.item(), window_batches, window_examples], "real_tokens": int(real_tokens)})
+        return last_checkpoint
+
+    def save_best(threshold: float | None) -> None:
+        """model/ <- the weights now, the best so far; the run's record notes the step (`runs.record_best`)."""
+        weights = distributed.full_state_dict(accelerator, model)  # every process: a collective under FSDP
+        if main:
+            save_model(accelerator.unwrap_model(model), tokenizer, run / runs.MODEL_DIR, weights, threshold=threshold)
+            runs.record_best(run, global_step)
+        accelerator.wait_for_everyone()
+
+    if resume_from:  # model/ must be the best model the checkpoint knows, never one saved after it
+        kept = _best_on_resume(run, state, accelerator)
+        if kept == "resave":
+            save_best(best_metrics.get("threshold"))
+        elif kept == "lost":
+            log.say(f"note: model/ was saved after {resume_from.name}, and the best model that checkpoint knew is gone; "
+                    "the best is chosen again from the next evaluation")
+            best_value = best_epoch = best_metrics = best_step = None
+            evals_since_best = 0
 
     stop.armed = True
     epoch = state.get("epoch", 0) - 1  # stays the last epoch trained when resuming after the final one
@@ -200,11 +229,8 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
         log.say(f"epoch {epoch + 1} | step {global_step} | validation loss {metrics['loss']:.4f} | "
                 f"accuracy {metrics['accuracy']:.4f} | f1_macro {metrics['f1_macro']:.4f}")
         if is_better(tcfg.metric_for_best, value, best_value):
-            best_value, best_epoch, best_metrics, evals_since_best = value, epoch + 1, metrics, 0
-            weights = distributed.full_state_dict(accelerator, model)  # every process: a collective under FSDP
-            if main:
-                save_model(accelerator.unwrap_model(model), tokenizer, run / runs.MODEL_DIR, weights, threshold=evaluation.threshold)
-            accelerator.wait_for_everyone()
+            best_value, best_epoch, best_metrics, best_step, evals_since_best = value, epoch + 1, metrics, global_step, 0
+            save_best(evaluation.threshold)
         else:
             evals_since_best += 1
             if tcfg.early_stopping_patience and evals_since_best >= tcfg.early_stopping_patience:
@@ -215,21 +241,34 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
             saved = save_checkpoint(epoch + 1, 0)
             if stopping:
                 raise stop.interrupted(global_step, saved)
-    stop.armed = False
     progress.close()
     train_seconds = time.perf_counter() - started
     optimizer.state.clear()  # the moment estimates (twice the weights) are done with: room for what follows
+    if best_epoch is None:  # resumed after its last evaluation with the best model lost: the model now is the best there is
+        evaluation = _evaluate(model, eval_loaders["validation"], accelerator, labels, val_split, tcfg.threshold, tcfg.tune_threshold)
+        best_epoch, best_step = epoch + 1, global_step
+        save_best(evaluation.threshold)
+
+    # From here a stop signal ends the run after the current stage, and the last checkpoint resumes into this finish.
+    stop.finishing = True
+
+    def stop_if_asked() -> None:
+        if stop.agreed():  # every process calls it at the same points
+            raise stop.interrupted(global_step, last_checkpoint)
 
     # Score the best checkpoint again (its predictions feed the reports; a resumed run holds only its metrics).
     distributed.load_full_state(accelerator, model, run / runs.MODEL_DIR)
     best = _evaluate(model, eval_loaders["validation"], accelerator, labels, val_split, tcfg.threshold, tcfg.tune_threshold)
     evaluations = {"validation": best}
     if "test" in eval_loaders:
+        stop_if_asked()
         evaluations["test"] = _evaluate(model, eval_loaders["test"], accelerator, labels, test_split, best.threshold or tcfg.threshold, False)
+    stop_if_asked()
     result: dict[str, Any] = {"best_epoch": best_epoch, "metric_for_best": tcfg.metric_for_best,
                               **{name: evaluation.metrics for name, evaluation in evaluations.items()}}
     if main:
         _write_reports(run, evaluations, tcfg.loss_curve, log)
+    stop_if_asked()
     tokens = int(accelerator.reduce(real_tokens, reduction="sum"))
     result["train"] = {"seconds": round(train_seconds, 2), "optimizer_steps": global_step, "epochs": epoch + 1,
                        "examples_per_s": round(len(train_split) * (epoch + 1) / train_seconds, 2),
@@ -238,11 +277,63 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
         result["train"]["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**20, 1)
     if main and tcfg.save_torchscript:
         _save_torchscript(run, log)
+    stop_if_asked()
     if main:
         runs.write_json(run / runs.METRICS_FILE, result)  # last: its presence marks the run finished
+    stop.armed = False
     log.say(f"run folder: {run}")
     accelerator.end_training()
     return run
+
+
+def _inputs(cfg: Config, config_file: str | Path | None) -> dict[str, str]:
+    """The run's local inputs by the key that names them (config.py made their paths absolute); output_dir may hold none."""
+    named = {"data.train": cfg.data.train, "data.validation": cfg.data.validation, "data.test": cfg.data.test, "model.name": cfg.model.name}
+    inputs = {key: value for key, value in named.items() if value and Path(value).is_absolute()}
+    if config_file is not None:
+        inputs["the config file"] = str(config_file)
+    return inputs
+
+
+def _from_main(value: Any, accelerator) -> Any:
+    """The main process's `value`, on every process."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
+
+
+def _claim_run_dir(run: Path, overwrite: bool, resuming: bool, accelerator, held: ExitStack) -> None:
+    """The main process locks the run folder for the whole run (`held`), checks it again under the lock,
+    and clears what a fresh start replaces (`runs.prepare_run_dir`); a refusal stops every process."""
+    refusal = None
+    if accelerator.is_main_process:
+        try:
+            held.enter_context(runlock.locked(run))
+            runs.prepare_run_dir(run, overwrite, resuming)
+        except RunError as exc:
+            refusal = str(exc)
+    refusal = _from_main(refusal, accelerator)
+    if refusal:
+        raise RunError(refusal)
+
+
+def _best_on_resume(run: Path, state: dict[str, Any], accelerator) -> str:
+    """Whether model/ is the best model the resumed checkpoint knows ("kept"); else whether that is the
+    checkpoint's own weights ("resave"), or lost ("lost"): model/ was saved after the checkpoint (by the
+    run that went on from it), and is removed. The main process looks; every process gets the answer."""
+    verdict = None
+    if accelerator.is_main_process:
+        known, step = state.get("best_value") is not None, state.get("best_step")
+        if known and step is not None and runs.best_model_step(run) == step:
+            verdict = "kept"
+        elif known and step == state["global_step"]:
+            verdict = "resave"
+        else:
+            runs.remove_ours(run, runs.MODEL_DIR)
+            verdict = "lost" if known else "kept"
+    return _from_main(verdict, accelerator)
 
 
 def _evaluate(model, loader, accelerator, labels: data_mod.LabelMap, split: data_mod.Split, threshold: float, tune: bool) -> Evaluation:
@@ -254,6 +345,7 @@ def _evaluate(model, loader, accelerator, labels: data_mod.LabelMap, split: data
 def _write_reports(run: Path, evaluations: dict[str, Evaluation], loss_curve: bool, log: _Log) -> None:
     """RUN/reports/<split>/ for the best checkpoint's validation and test scores, loss.png, and the test table."""
     for name, evaluation in evaluations.items():
+        runs.record_files(run, *(f"{runs.REPORTS_DIR}/{name}/{file}" for file in report.REPORT_FILES))
         report.write_report(run / runs.REPORTS_DIR / name, evaluation)
     if loss_curve:
         report.write_loss_curve(run)
@@ -267,6 +359,7 @@ def _save_torchscript(run: Path, log: _Log) -> None:
     from bertcls.export import save_torchscript
 
     began = time.perf_counter()
+    runs.record_files(run, f"{runs.MODEL_DIR}/{runs.TORCHSCRIPT_FILE}")
     try:
         checked = save_torchscript(run)
     except (BertclsError, OSError, RuntimeError) as exc:  # the run itself is complete: never lose it over this
