@@ -11,6 +11,7 @@ import json
 import pickle
 import random
 import shutil
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,47 @@ import torch
 
 from bertcls import distributed, runs
 from bertcls.errors import RunError, first_line
+from bertcls.evaluate import is_better
 
 # Keys that may change between a checkpoint and its resume without changing what is trained.
 HARMLESS_KEYS = frozenset({"output_dir", "training.log_every_steps", "training.num_threads",
                            "training.save_every_steps", "training.keep_checkpoints"})
+
+
+@dataclass
+class LoopState:
+    """Where training stands: what `save` writes to state.json (with the data's fingerprint and the config)
+    and `restore` gives back, so a resumed loop continues exactly where it stopped."""
+
+    epoch: int = 0  # epochs finished, or the epoch in progress when batches_done > 0
+    batches_done: int = 0  # micro-batches of that epoch already trained
+    global_step: int = 0  # optimizer updates so far
+    seconds: float = 0.0  # training time so far
+    best_value: float | None = None  # the best validation metric_for_best so far ...
+    best_epoch: int | None = None  # ... the epoch it came after ...
+    best_step: int | None = None  # ... the step model/ was saved at ...
+    best_metrics: dict[str, Any] | None = None  # ... and its validation metrics
+    evals_since_best: int = 0  # evaluations without a better result (early stopping)
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> LoopState:
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if saved.get(f.name) is not None})
+
+    def saved(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def offer(self, metrics: dict[str, Any], metric: str, epoch: int) -> bool:
+        """Take `metrics` (after `epoch`) as the best so far if `metric` improved on it; whether it did."""
+        if not is_better(metric, metrics[metric], self.best_value):
+            self.evals_since_best += 1
+            return False
+        self.best_value, self.best_epoch, self.best_step, self.evals_since_best = metrics[metric], epoch, self.global_step, 0
+        self.best_metrics = {k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}
+        return True
+
+    def forget_best(self) -> None:
+        self.best_value = self.best_epoch = self.best_step = self.best_metrics = None
+        self.evals_since_best = 0
 
 
 def save(run: Path, accelerator, model, optimizer, scheduler, *, state: dict[str, Any], own: dict[str, Any],

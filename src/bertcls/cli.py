@@ -19,6 +19,7 @@ from typing import Annotated
 
 import typer
 
+from bertcls import distributed
 from bertcls.errors import BertclsError, BertclsWarning
 
 app = typer.Typer(
@@ -79,7 +80,7 @@ def train(
     if force and not resume:
         raise ConfigError("--force only applies with --resume")
     cfg = load_config(config, set_ or [])
-    if os.environ.get("RANK", "0") == "0" and (warning := model_name_warning(cfg)):  # once, from the main process
+    if distributed.is_main_process() and (warning := model_name_warning(cfg)):  # once, from the main process
         typer.echo(f"warning: {warning}", err=True)
     from bertcls.train import train as run_training
 
@@ -87,11 +88,11 @@ def train(
         run = run_training(cfg, overwrite=overwrite, quiet=quiet, resume=checkpoint or resume, force=force, config_file=config)
     except Interrupted as exc:
         again = ["bertcls", "train", str(config), *(a for item in set_ or [] for a in ("--set", item)), "--resume"]
-        if os.environ.get("RANK", "0") == "0":  # every process stops, the main one says so
-            launcher = " (under the same launcher, with the same number of processes)" if "RANK" in os.environ else ""
+        if distributed.is_main_process():  # every process stops, the main one says so
+            launcher = " (under the same launcher, with the same number of processes)" if distributed.launched() else ""
             typer.echo(f"{exc}\nresume with: {shlex.join(again)}{launcher}", err=True)
         raise typer.Exit(exc.exit_code) from None
-    if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch: once, from the main process
+    if distributed.is_main_process():  # under torchrun / accelerate launch: once, from the main process
         typer.echo(str(run))
 
 

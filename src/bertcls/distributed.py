@@ -11,14 +11,41 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bertcls.config import TrainingConfig
 from bertcls.errors import ConfigError
+
+if TYPE_CHECKING:  # pydantic stays off the `--help` and predict paths
+    from bertcls.config import TrainingConfig
 
 
 def launched_processes() -> int:
     """How many processes the launcher started (1 when run plainly), known before any setup."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Whether this is the main process (global rank 0), known from the launcher's environment before any setup."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def launched() -> bool:
+    """Whether a launcher (torchrun, accelerate launch) started this process."""
+    return "RANK" in os.environ
+
+
+def is_sharded(accelerator) -> bool:
+    """Whether the model is sharded across processes (FSDP)."""
+    return accelerator.distributed_type == "FSDP"
+
+
+def from_main(value, accelerator):
+    """The main process's `value`, on every process."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
 
 
 def check_launch(cfg: TrainingConfig, on_cpu: bool, processes: int) -> None:

@@ -4,7 +4,6 @@ becomes a one-line hint instead of a stack trace."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -12,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bertcls import distributed
 from bertcls.config import TrainingConfig
 from bertcls.errors import Interrupted, TrainingError
 
@@ -83,7 +83,7 @@ class StopRequest:
     def _handle(self, signum: int, frame) -> None:
         if self.armed and self.signum is None:
             self.signum = signum
-            if os.environ.get("RANK", "0") == "0":  # under torchrun every process gets it: say it once
+            if distributed.is_main_process():  # under torchrun every process gets it: say it once
                 when = ("after this stage of the final evaluation; the last checkpoint resumes into it" if self.finishing
                         else "after this step to write a resumable checkpoint")
                 print(f"\n{signal.Signals(signum).name}: stopping {when} (press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)

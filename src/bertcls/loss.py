@@ -26,11 +26,17 @@ def class_weights(setting: str | dict[Any, float], names: Sequence[str], train_i
     if setting == "balanced":
         counts = torch.bincount(torch.tensor(list(train_ids)), minlength=len(names)).double()
         return (counts.sum() / (len(names) * counts.clamp(min=1))).tolist()
+    check_class_weights(setting, names)
     given = {str(k): float(v) for k, v in setting.items()}
-    unknown = sorted(given.keys() - set(names))
-    if unknown:
-        raise ConfigError(f"training.class_weights: no label {', '.join(map(repr, unknown))} in train (labels: {', '.join(names)})")
     return [given.get(name, 1.0) for name in names]
+
+
+def check_class_weights(setting: str | dict[Any, float], names: Sequence[str]) -> None:
+    """A mapping may name only labels that train has (checked before anything is loaded)."""
+    if isinstance(setting, dict):
+        unknown = sorted({str(k) for k in setting} - set(names))
+        if unknown:
+            raise ConfigError(f"training.class_weights: no label {', '.join(map(repr, unknown))} in train (labels: {', '.join(names)})")
 
 
 def build_loss(setting: str | dict[Any, float], names: Sequence[str], train_ids: Sequence[int], device) -> Callable[[Any, dict], torch.Tensor]:

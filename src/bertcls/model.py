@@ -13,6 +13,10 @@ from typing import TYPE_CHECKING
 
 from bertcls.errors import BertclsWarning, ModelError, first_line
 
+# Where a saved multi-label model keeps its decision threshold (in config.json, beside id2label).
+THRESHOLD_KEY = "multi_label_threshold"
+DEFAULT_THRESHOLD = 0.5
+
 if TYPE_CHECKING:  # pydantic stays off the predict path: it costs start-up time and prediction never needs it
     from bertcls.config import ModelConfig
 
@@ -126,6 +130,22 @@ def _download_failure() -> str:
             "hub id, or give a local model folder (set HF_HUB_OFFLINE=1 to fail at once instead of retrying)")
 
 
+def check_model_source(cfg: ModelConfig, max_length: int) -> None:
+    """Before anything is written or loaded: the model exists (a folder with config.json, or a hub id whose
+    config.json downloads) and takes `max_length` tokens. Only its config is read, never its weights."""
+    if cfg.name == "tiny":
+        return
+    _check_model_source(cfg.name)
+    transformers = _quiet_transformers()
+    try:
+        config = transformers.AutoConfig.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        if _not_downloaded(exc):
+            raise ModelError(f"model.name {cfg.name!r}: {_download_failure()}") from None
+        raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({first_line(exc)})") from None
+    check_max_length(config, max_length, cfg.name)
+
+
 def _check_model_source(name: str) -> None:
     path = Path(name)
     if path.is_absolute() and not path.exists():
@@ -167,7 +187,6 @@ def save_model(model, tokenizer, dest: Path, state_dict: dict | None = None, thr
     `state_dict`: the full weights when `model` itself holds only a shard of them (FSDP).
     A multi-label model's decision `threshold` goes into its config.json (`multi_label_threshold`).
     """
-    from bertcls.predict import THRESHOLD_KEY
     from bertcls.runs import publish_dir, temp_dir_for
 
     if threshold is not None:

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bertcls.model import DEFAULT_THRESHOLD, THRESHOLD_KEY
+
 # Fallback when neither the run's config nor the tokenizer names a sensible limit.
 DEFAULT_MAX_LENGTH = 512
 
 
-# Where a saved multi-label model keeps its decision threshold (in config.json, beside id2label).
-THRESHOLD_KEY = "multi_label_threshold"
-DEFAULT_THRESHOLD = 0.5
 
 
 @dataclass
@@ -301,7 +300,7 @@ class Predictor(_Predicts):
         import torch
 
         from bertcls.data import Split, encode, loader, sorted_batches
-        from bertcls.evaluate import predict_logits
+        from bertcls.inference import predict_logits
 
         encoded = encode(Split("predict", list(texts), list(pairs) if pairs is not None else None, None), self.tokenizer, self.max_length)
         batches = loader(encoded, self.tokenizer.pad_token_id or 0, sorted_batches(encoded.lengths, self.batch_size))
