@@ -29,11 +29,16 @@ TOLERANCE = {"fp32": FP32_TOLERANCE, "bf16": BF16_TOLERANCE}
 
 
 @pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """accelerate keeps one mixed precision per process: these tests train in bf16, the rest of the suite in fp32."""
-    yield
+def _own_process_state():
+    """One thread: on models this small, a second one mostly spins (the default battery took 106 s instead of 29 s
+    on 2 busy cores). And accelerate keeps one mixed precision per process: these tests train in bf16, the rest in fp32."""
+    import torch
     from accelerate.state import AcceleratorState
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
