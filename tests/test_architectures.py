@@ -154,3 +154,15 @@ def test_an_architecture_that_does_not_export_is_refused_in_one_line(trained_run
         export.save_torchscript(copy)
     assert not (copy / runs.MODEL_DIR / runs.TORCHSCRIPT_FILE).exists()
     assert load_predictor(copy, device="cpu", precision="fp32").engine == "pytorch"
+
+
+def test_a_model_folder_with_the_default_label_names_predicts_through_the_graph(tmp_path):
+    """transformers leaves the default id2label (LABEL_0, LABEL_1) out of config.json; the graph's predictor names them too."""
+    from bertcls.export import save_torchscript
+
+    folder = build("bert", tmp_path / "model", [text for text, _ in toy_rows(32, 0)])
+    assert "id2label" not in json.loads((folder / "config.json").read_text())
+    save_torchscript(folder)
+    traced, reference = load_predictor(folder, device="cpu", precision="fp32"), Predictor.load(folder, device="cpu", precision="fp32")
+    assert traced.engine == "torchscript" and traced.id2label == reference.id2label == {0: "LABEL_0", 1: "LABEL_1"}
+    assert_agree(traced.predict(TEXTS), reference.predict(TEXTS), FP32_TOLERANCE)
