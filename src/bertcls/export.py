@@ -144,8 +144,7 @@ def save_torchscript(model_path: str | Path) -> dict[str, Any]:
     diff = max_logit_difference(reference, TorchScriptPredictor.on_graph(graph, folder, meta, precision="fp32"))
     if not diff <= FP32_TOLERANCE:
         raise ModelError(f"{folder}: the traced graph's logits differ from the model's by {diff:.2g}; it was not saved")
-    failed = {precision: _precision_failure(reference, graph, folder, meta, precision) for precision in GRAPH_PRECISIONS[1:]}
-    failed = {precision: why for precision, why in failed.items() if why}
+    failed = {precision: why for precision in GRAPH_PRECISIONS[1:] if (why := _precision_failure(reference, graph, folder, meta, precision))}
     meta["precisions"] = [precision for precision in GRAPH_PRECISIONS if precision not in failed]
     with runs.atomic_file(folder / runs.TORCHSCRIPT_FILE) as tmp:
         try:
