@@ -107,3 +107,20 @@ def test_a_failure_to_save_the_graph_never_costs_the_run(tmp_path, toy_data, mon
     assert "note: no TorchScript graph, so predict will load transformers ([Errno 28] No space left on device)" in result.output
     assert runs.is_finished(tmp_path / "run")
     assert load_predictor(tmp_path / "run", device="cpu").engine == "pytorch"
+
+
+def test_a_graph_checked_in_fp32_only_is_not_run_in_bf16(trained_run, tmp_path):
+    """Graphs of earlier versions record no precisions: they were checked in fp32 alone, so bf16 runs transformers."""
+    import torch
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    file = copy / runs.MODEL_DIR / runs.TORCHSCRIPT_FILE
+    extra = {"bertcls.json": ""}
+    graph = torch.jit.load(str(file), _extra_files=extra)
+    meta = json.loads(extra["bertcls.json"])
+    assert meta.pop("precisions") == ["fp32", "bf16"]
+    torch.jit.save(graph, str(file), _extra_files={"bertcls.json": json.dumps(meta)})
+    assert TorchScriptPredictor.load(copy, precision="fp32") is not None
+    assert TorchScriptPredictor.load(copy, precision="bf16") is None
+    assert load_predictor(copy, device="cpu", precision="bf16").engine == "pytorch"

@@ -27,7 +27,14 @@ from bertcls.predict import ONNX_FILE, ONNX_INSTALL, ONNX_META  # named where th
 
 # Texts used to check the exported model against PyTorch (the logits must agree within FP32_TOLERANCE).
 CHECK_TEXTS = ["a short one", "a somewhat longer text, with punctuation, to vary the lengths in the batch", "x"]
+# All of them in one batch, the same as pairs, and one alone: batch sizes and lengths other than the example's.
+CHECK_CASES = ((CHECK_TEXTS, None), (CHECK_TEXTS, CHECK_TEXTS[::-1]), (CHECK_TEXTS[:1], None))
 FP32_TOLERANCE = 1e-4
+# A traced graph under bf16 autocast against the model under the same autocast: bf16 keeps 8 bits of mantissa
+# (about 0.4% per operation), so probabilities are compared, within this.
+BF16_TOLERANCE = 1e-2
+# The precisions predict may run a traced graph in (on the CPU, so no fp16); each is checked before it is used.
+GRAPH_PRECISIONS = ("fp32", "bf16")
 OPSET = 18
 
 
@@ -108,12 +115,15 @@ def _logits_module(model):
 def save_torchscript(model_path: str | Path) -> dict[str, Any]:
     """Trace the model of a run (or model folder) on the CPU in fp32 and save the graph in its model
     folder as `runs.TORCHSCRIPT_FILE`, with what TorchScriptPredictor needs (max_length, input names,
-    the weights' sizes, mtimes and sha256, so a graph whose weights were replaced is never used).
+    the precisions it passed its check in, the weights' sizes, mtimes and sha256, so a graph whose
+    weights were replaced is never used).
 
     Tracing records the operations one batch went through. The example batch is padded, so the
     attention mask is part of the graph, and the graph is checked end to end (tokenizer included)
     against the model at other batch sizes and lengths, single texts and pairs, before it is put in
-    place. Raises ModelError when the model does not trace or the check fails.
+    place: in fp32 (else ModelError) and in every other precision predict may run it in on the CPU
+    (`GRAPH_PRECISIONS`), where one that fails is left out of the graph's `precisions`, so predict
+    runs transformers instead. Raises ModelError when the model does not trace or fails in fp32.
     """
     import torch
 
@@ -125,21 +135,40 @@ def save_torchscript(model_path: str | Path) -> dict[str, Any]:
     model, tokenizer = reference.model, reference.tokenizer
     meta = {"max_length": reference.max_length, "inputs": inputs, "pad_token_id": tokenizer.pad_token_id or 0,
             "torch": torch.__version__, "weights": runs.weights_stamp(folder)}
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings on shape checks that hold for every input; checked below
+            graph = torch.jit.trace(_logits_module(model).eval(), tuple(example[name] for name in inputs), check_trace=False)
+    except Exception as exc:  # tracing fails in many ways, all meaning this architecture does not trace
+        raise ModelError(f"{folder}: torch.jit.trace failed ({first_line(exc)})") from exc
+    diff = max_logit_difference(reference, TorchScriptPredictor.on_graph(graph, folder, meta, precision="fp32"))
+    if not diff <= FP32_TOLERANCE:
+        raise ModelError(f"{folder}: the traced graph's logits differ from the model's by {diff:.2g}; it was not saved")
+    failed = {precision: why for precision in GRAPH_PRECISIONS[1:] if (why := _precision_failure(reference, graph, folder, meta, precision))}
+    meta["precisions"] = [precision for precision in GRAPH_PRECISIONS if precision not in failed]
     with runs.atomic_file(folder / runs.TORCHSCRIPT_FILE) as tmp:
         try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # TracerWarnings on shape checks that hold for every input; checked below
-                graph = torch.jit.trace(_logits_module(model).eval(), tuple(example[name] for name in inputs), check_trace=False)
             torch.jit.save(graph, str(tmp), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
-        except Exception as exc:  # tracing fails in many ways, all meaning this architecture does not trace
-            raise ModelError(f"{folder}: torch.jit.trace failed ({first_line(exc)})") from exc
-        traced = TorchScriptPredictor.load(model_path, precision="fp32", graph=tmp)
-        if traced is None:
+        except RuntimeError as exc:
+            raise ModelError(f"{folder}: the traced graph could not be saved ({first_line(exc)})") from exc
+        if TorchScriptPredictor.load(model_path, precision="fp32", graph=tmp) is None:
             raise ModelError(f"{folder}: the traced graph could not be read back; it was not saved")
-        diff = max_logit_difference(reference, traced)
-        if not diff <= FP32_TOLERANCE:
-            raise ModelError(f"{folder}: the traced graph's logits differ from the model's by {diff:.2g}; it was not saved")
-    return {"max_abs_logit_diff": diff, "file": str(folder / runs.TORCHSCRIPT_FILE)}
+    return {"max_abs_logit_diff": diff, "file": str(folder / runs.TORCHSCRIPT_FILE), "precisions": meta["precisions"], "failed": failed}
+
+
+def _precision_failure(reference, graph, folder: Path, meta: dict, precision: str) -> str | None:
+    """Why the graph cannot stand in for the model under `precision` autocast, or None when it can: its
+    probabilities within BF16_TOLERANCE of the model's under the same autocast. (Labels can then differ
+    only where the model's two best probabilities are within 2 * BF16_TOLERANCE of each other.)"""
+    from bertcls.predict import Predictor, TorchScriptPredictor
+
+    model = Predictor(reference.model, reference.tokenizer, reference.max_length, reference.batch_size, precision)
+    try:
+        diff = max_probability_difference(model, TorchScriptPredictor.on_graph(graph, folder, meta, precision=precision))
+    except RuntimeError as exc:  # e.g. a constant traced in fp32 that overflows bf16 (DeBERTa's attention mask fill)
+        # The TorchScript interpreter's message is the graph's traceback, with the error itself on the last line.
+        return str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+    return None if diff <= BF16_TOLERANCE else f"probabilities differ from the model's by {diff:.2g}"
 
 
 def _reference(model_path: str | Path, what: str):
@@ -158,7 +187,12 @@ def _reference(model_path: str | Path, what: str):
 
 
 def max_logit_difference(reference, candidate) -> float:
-    """The largest absolute difference between two predictors' logits on CHECK_TEXTS: all of them in one batch,
-    the same as pairs, and one alone (batch sizes and lengths other than the example's)."""
-    cases = ((CHECK_TEXTS, None), (CHECK_TEXTS, CHECK_TEXTS[::-1]), (CHECK_TEXTS[:1], None))
-    return max(float(abs(candidate.logits(*case) - reference.logits(*case)).max()) for case in cases)
+    """The largest absolute difference between two predictors' logits on CHECK_CASES."""
+    return max(float(abs(candidate.logits(*case) - reference.logits(*case)).max()) for case in CHECK_CASES)
+
+
+def max_probability_difference(reference, candidate) -> float:
+    """The largest absolute difference between two predictors' probabilities on CHECK_CASES."""
+    return max(abs(ours.probabilities[label] - theirs.probabilities[label])
+               for case in CHECK_CASES for ours, theirs in zip(candidate.predict(*case), reference.predict(*case), strict=True)
+               for label in theirs.probabilities)

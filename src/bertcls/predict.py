@@ -68,9 +68,11 @@ def load_predictor(path: str | Path, device: str = "auto", batch_size: int = 64,
 
     - a folder `bertcls export` wrote: an OnnxPredictor (CPU; `device` and `precision` do not apply);
     - on the CPU, a model whose traced graph (`runs.TORCHSCRIPT_FILE`, saved by training) matches its
-      weights: a TorchScriptPredictor, which starts without importing transformers;
+      weights and passed its check in `precision`: a TorchScriptPredictor, which starts without importing
+      transformers;
     - else a Predictor: the model through transformers, on `device`.
-    All three give the same labels; the logits of the first two agree with Predictor's within 1e-4.
+    In fp32 the logits of the first two agree with Predictor's within 1e-4; in bf16 the graph's probabilities
+    agree with Predictor's under the same autocast within 1e-2.
     """
     if (Path(path) / ONNX_FILE).is_file():
         return OnnxPredictor.load(path, batch_size=batch_size)
@@ -143,7 +145,8 @@ class _TokenizersPredictor(_Predicts):
         self.inputs = list(meta["inputs"])
         self.pad_id = int(meta.get("pad_token_id") or 0)
         self.batch_size = batch_size
-        self.id2label = {int(k): v for k, v in config["id2label"].items()}
+        # transformers leaves the default names (LABEL_0, LABEL_1) out of config.json
+        self.id2label = {int(k): v for k, v in config.get("id2label", {0: "LABEL_0", 1: "LABEL_1"}).items()}
         self.multi_label = config.get("problem_type") == "multi_label_classification"
         self.threshold = float(config.get(THRESHOLD_KEY, DEFAULT_THRESHOLD)) if self.multi_label else None
 
@@ -235,7 +238,8 @@ class TorchScriptPredictor(_TokenizersPredictor):
 
     @classmethod
     def load(cls, path: str | Path, batch_size: int = 64, precision: str = "fp32", graph: Path | None = None) -> TorchScriptPredictor | None:
-        """None when the model folder has no traced graph, or its weights changed since it was traced.
+        """None when the model folder has no traced graph, its weights changed since it was traced, or it did not
+        pass its check in `precision` (the graph's `precisions`; a graph without them was checked in fp32 only).
 
         `graph`: read the graph from this file instead (to check one before it is put in place).
         """
@@ -253,11 +257,18 @@ class TorchScriptPredictor(_TokenizersPredictor):
         try:
             module = torch.jit.load(str(file), map_location="cpu", _extra_files=extra)
             meta = json.loads(extra[TORCHSCRIPT_META])
+            if precision not in meta.get("precisions", ["fp32"]):
+                return None  # e.g. DeBERTa's graph overflows under bf16 autocast: transformers runs it instead
             if not runs.same_weights(folder, meta["weights"]):
                 return None  # stale: the weights were replaced after tracing
-            config, tokenizer = cls._read(folder, int(meta["max_length"]))
+            return cls.on_graph(module, folder, meta, batch_size, precision)
         except (OSError, RuntimeError, ValueError, KeyError):
             return None  # unreadable (or from another torch): the transformers path still works
+
+    @classmethod
+    def on_graph(cls, module, folder: Path, meta: dict, batch_size: int = 64, precision: str = "fp32") -> TorchScriptPredictor:
+        """The graph `module` (loaded, or just traced and still to be checked) with the tokenizer of model folder `folder`."""
+        config, tokenizer = cls._read(folder, int(meta["max_length"]))
         return cls(module.eval(), tokenizer, config, meta, batch_size, precision)
 
     def _forward(self, feed: dict[str, np.ndarray]) -> np.ndarray:

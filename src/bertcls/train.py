@@ -507,6 +507,8 @@ def _save_torchscript(run: Path, log: _Log) -> None:
         return
     log.say(f"TorchScript graph saved for fast predict start-up ({time.perf_counter() - began:.1f} s, "
             f"logits within {checked['max_abs_logit_diff']:.1g} of the model's)")
+    for precision, why in checked["failed"].items():
+        log.say(f"note: the TorchScript graph is not used in {precision}, where predict will load transformers ({why})")
 
 
 def _nonfinite_loss(loss: float, step: int, lr: float, run: Path) -> TrainingError:
