@@ -31,15 +31,13 @@ TOLERANCE = {"fp32": FP32_TOLERANCE, "bf16": BF16_TOLERANCE}
 @pytest.fixture(autouse=True)
 def _own_process_state():
     """One thread: on models this small, a second one mostly spins (the default battery took 106 s instead of 29 s
-    on 2 busy cores). And accelerate keeps one mixed precision per process: these tests train in bf16, the rest in fp32."""
+    on 2 busy cores). These tests train in bf16 and the rest in fp32, in one process: each train() sets its own."""
     import torch
-    from accelerate.state import AcceleratorState
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def train_run(folder: Path, architecture: str, rows: dict[str, list], precision: str, pair_column: str | None = None) -> Path:

@@ -429,7 +429,10 @@ def _train_summary(job: Job, seconds: float) -> dict[str, Any]:
 def make_accelerator(cfg: TrainingConfig):
     """An Accelerator on the configured device, with the configured (or best native) precision."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    if not distributed.launched():  # one process may train many times (a notebook, a search), each run in its own precision
+        AcceleratorState._reset_state(reset_partial_state=True)
     device = machine.pick_device(cfg.device, "training.device")
     if device.startswith("cuda:"):
         torch.cuda.set_device(int(device.split(":")[1]))
