@@ -13,6 +13,9 @@
 Anything else that escapes is a bug and keeps its traceback (exit 1).
 """
 
+import errno
+import pickle
+
 
 class BertclsError(Exception):
     """Base class: the message says what is wrong and how to fix it."""
@@ -52,3 +55,17 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, to quote inside one of ours."""
     lines = str(exc).strip().splitlines()
     return lines[0][:300] if lines else type(exc).__name__
+
+
+def load_reason(exc: BaseException) -> str:
+    """Why a weights or checkpoint file could not be loaded, to quote inside one of ours.
+
+    torch refuses a pickled object that is not a tensor and advises loading the file with
+    weights_only=False, which would run whatever code it holds: that advice is never passed on.
+    """
+    text = first_line(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
+        return "it holds pickled objects other than tensors, perhaps code, which bertcls never loads"
+    if isinstance(exc, EOFError) or (isinstance(exc, OSError) and exc.errno == errno.EINVAL and exc.filename is None):
+        return "the file is empty, cut short or damaged"  # torch's words: "EOFError()", "[Errno 22] Invalid argument"
+    return text

@@ -6,11 +6,14 @@ their config, so `transformers.pipeline("text-classification", model=folder)` wo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import pickle
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bertcls.errors import ModelError, first_line
+from bertcls.errors import ModelError, load_reason
 
 if TYPE_CHECKING:  # pydantic stays off the predict path: it costs start-up time and prediction never needs it
     from bertcls.config import ModelConfig
@@ -88,13 +91,14 @@ def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, text
         warnings.warn(f"model.trust_remote_code is on: code shipped with {cfg.name} will run", stacklevel=2)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(
-            cfg.name, num_labels=len(id2label), id2label=id2label, label2id=label2id, problem_type=problem_type,
-            ignore_mismatched_sizes=True,  # a checkpoint fine-tuned on other labels gets a fresh head
-            trust_remote_code=cfg.trust_remote_code,
-        )
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({first_line(exc)})") from None
+        with quiet_unpickler():
+            model = transformers.AutoModelForSequenceClassification.from_pretrained(
+                cfg.name, num_labels=len(id2label), id2label=id2label, label2id=label2id, problem_type=problem_type,
+                ignore_mismatched_sizes=True,  # a checkpoint fine-tuned on other labels gets a fresh head
+                trust_remote_code=cfg.trust_remote_code,
+            )
+    except unreadable_weights() as exc:
+        raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({load_reason(exc)})") from None
     check_max_length(model.config, max_length, cfg.name)
     return model, tokenizer
 
@@ -134,10 +138,28 @@ def load_trained(path: str | Path):
     transformers = _quiet_transformers()
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"{folder}: cannot load the model ({first_line(exc)})") from None
+        with quiet_unpickler():
+            model = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
+    except unreadable_weights() as exc:
+        raise ModelError(f"{folder}: cannot load the model ({load_reason(exc)}); replace the folder with a complete "
+                         "copy, or train again") from None
     return model.eval(), tokenizer
+
+
+@contextmanager
+def quiet_unpickler() -> Iterator[None]:
+    """Silence torch's "Detected pickle protocol" warning: it comes just before torch refuses a pickled
+    file, which our one-line error then explains."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        yield
+
+
+def unreadable_weights() -> tuple[type[BaseException], ...]:
+    """What loading a missing, damaged (cut short, not a weights file) or hostile (pickled code) model file raises."""
+    from safetensors import SafetensorError
+
+    return OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError
 
 
 def save_model(model, tokenizer, dest: Path, state_dict: dict | None = None, threshold: float | None = None) -> None:
