@@ -1,9 +1,11 @@
-"""Damaged and hostile files, as a user meets them: one `Error:` line naming the file, the cause and the
-fix, exit 2, no traceback, and nothing already written lost."""
+"""Damaged and hostile files, and a file system that refuses writes, as a user meets them: one `Error:`
+line naming the file, the cause and the fix, exit 2, no traceback, and nothing already written lost."""
 
+import errno
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ from typer.testing import CliRunner
 
 from bertcls import runs
 from bertcls.cli import app
-from conftest import assert_one_line_error, make_config
+from bertcls.errors import WriteError
+from conftest import assert_one_line_error, make_config, toy_rows, write_csv
 
 runner = CliRunner()
 PICKLED = "it holds pickled objects other than tensors, perhaps code, which bertcls never loads"
@@ -158,3 +161,186 @@ def test_a_damaged_checkpoint_is_refused_and_kept(unfinished, damage, message):
     assert after.pop(runs.CONFIG_FILE) and before.pop(runs.CONFIG_FILE)  # rewritten for the resume (its output_dir)
     assert after == before  # nothing deleted or trimmed, the damaged file included
     assert not (folder / "pwned").exists()
+
+
+# ---------------------------------------------------------------------------- paths that are not folders
+
+def test_output_folders_that_are_files_or_under_one(tmp_path, toy_data, trained_run):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    config = str(make_config(tmp_path, toy_data))
+    test_csv = str(trained_run.parent / "test.csv")
+    cases = [
+        (["train", config, "--set", f"output_dir={notes / 'run'}"], f"output_dir {notes / 'run'} is under {notes}, which is a file; choose a folder"),
+        (["evaluate", "--model", str(trained_run), test_csv, "--output", str(notes)], f"--output {notes} is a file; choose a folder"),
+        (["export", "--model", str(trained_run), "--output", str(notes)], f"--output {notes} is a file; choose a folder"),
+        (["export", "--model", str(trained_run), "--output", str(notes / "onnx")], f"--output {notes / 'onnx'} is under {notes}, which is a file"),
+        (["predict", "--model", str(trained_run), "--file", test_csv, "--output", str(notes / "out.csv")],
+         f"--output {notes / 'out.csv'}: its folder {notes} is a file; choose a folder"),
+    ]
+    for args, message in cases:
+        assert_one_line_error(runner.invoke(app, args), message)
+    assert notes.read_text() == "mine"
+
+
+@pytest.mark.parametrize("name", [runs.MODEL_DIR, runs.LOG_FILE])
+def test_no_writing_through_a_symlink_in_the_run_folder(run_copy, tmp_path, name):
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(run_copy / name, elsewhere)
+    (run_copy / name).symlink_to(elsewhere)
+    before, kept = snapshot(run_copy), snapshot(elsewhere) if elsewhere.is_dir() else elsewhere.read_bytes()
+    result = runner.invoke(app, ["train", str(run_copy / runs.CONFIG_FILE), "--set", f"output_dir={run_copy}", "--overwrite"])
+    assert_one_line_error(result, f"output_dir {run_copy}: {name} is a symbolic link, and bertcls does not write through links in a run folder")
+    assert snapshot(run_copy) == before and (snapshot(elsewhere) if elsewhere.is_dir() else elsewhere.read_bytes()) == kept
+
+
+# ---------------------------------------------------------------------------- a file system that refuses writes
+
+def test_disk_full_while_saving_a_checkpoint_keeps_the_last_one_and_resumes(tmp_path, monkeypatch):
+    """The one short training here (4 steps): the disk fills up at the second checkpoint (in torch.save, as
+    a real full disk would surface there); the first stays complete, and --resume finishes the run."""
+    data = {name: write_csv(tmp_path / f"{name}.csv", toy_rows(n, seed)) for name, n, seed in (("train", 64, 0), ("validation", 16, 1))}
+    config = make_config(tmp_path, data, training={"epochs": 1, "save_every_steps": 1, "save_torchscript": False, "loss_curve": False})
+    config.write_text(config.read_text().replace(f"test: {data['validation']}", "test: null"))  # fewer reports to draw
+    run, save, calls = tmp_path / "run", torch.save, []
+
+    def filling_up(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:  # checkpoint-1 writes optimizer.pt and rng-0.pt; checkpoint-2 finds the disk full
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", filling_up)
+    result = runner.invoke(app, ["train", str(config), "-q"])
+    assert_one_line_error(result, f"Error: {run / 'checkpoint-2'}: No space left on device; free space on its disk, "
+                                  f"then resume with: bertcls train {config} --resume", run)
+    assert [p.name for p in runs.checkpoints(run)] == ["checkpoint-1"]
+    assert not [p for p in run.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    monkeypatch.setattr(torch, "save", save)
+    resumed = runner.invoke(app, ["train", str(config), "--resume", "-q"])
+    assert resumed.exit_code == 0, resumed.output
+    assert runs.is_finished(run)
+
+
+def test_disk_full_while_writing_reports_on_resume(unfinished, monkeypatch):
+    write_text = Path.write_text
+
+    def filling_up(self, *args, **kwargs):
+        if self.name.startswith(".predictions.csv."):  # write_atomic's temporary file for it
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a write names no file
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", filling_up)
+    checkpoint = snapshot(runs.checkpoints(unfinished)[-1])
+    result = resume(unfinished)
+    assert_one_line_error(result, f"Error: {unfinished / runs.REPORTS_DIR / 'validation' / 'predictions.csv'}: No space left on device; "
+                                  f"free space on its disk, {resume_command(unfinished)}", unfinished)
+    assert snapshot(runs.checkpoints(unfinished)[-1]) == checkpoint
+    assert not list((unfinished / runs.REPORTS_DIR / "validation").glob(".*"))
+
+
+def test_disk_full_while_saving_the_model_keeps_the_previous_one(run_copy, monkeypatch):
+    import transformers
+
+    from bertcls.model import load_trained, save_model
+
+    model, tokenizer = load_trained(run_copy)
+    before = snapshot(run_copy / runs.MODEL_DIR)
+
+    def filling_up(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(transformers.PreTrainedTokenizerBase, "save_pretrained", filling_up)
+    with pytest.raises(WriteError, match=f"^{run_copy / runs.MODEL_DIR}: No space left on device; free space on its disk$"):
+        save_model(model, tokenizer, run_copy / runs.MODEL_DIR)
+    assert snapshot(run_copy / runs.MODEL_DIR) == before
+    assert not [p for p in run_copy.iterdir() if p.name.startswith(".")], "the half-written model/ was left behind"
+
+
+def test_which_errors_are_a_refused_write(tmp_path):
+    target = tmp_path / "run" / "model"
+    wrapped = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    wrapped.__context__ = OSError(errno.ENOSPC, "No space left on device")  # torch.save into a Python file
+    assert runs.refused_write(wrapped, target) == errno.ENOSPC
+    rust = Exception('Error while serializing: I/O error: Operation not permitted (os error 1) at path "/x/.tmp"')
+    assert runs.refused_write(rust, target) == errno.EPERM  # safetensors
+    assert runs.refused_write(OSError(errno.EACCES, "Permission denied", str(target.parent / ".model.tmp-x1")), target) == errno.EACCES
+    assert runs.refused_write(OSError(errno.EACCES, "Permission denied", str(tmp_path / "train.csv")), target) is None  # reading a source
+    assert runs.refused_write(OSError(errno.EIO, "Input/output error"), target) is None
+    assert runs.refused_write(ValueError("no"), target) is None
+    with pytest.raises(WriteError, match=f"^{tmp_path}: Read-only file system; its file system is mounted read-only; write elsewhere$"):
+        with runs.writing(tmp_path):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    with pytest.raises(ValueError), runs.writing(tmp_path):
+        raise ValueError("a bug stays a bug")
+
+
+@pytest.mark.parametrize("raised, exit_code, shown", [
+    (PermissionError(errno.EACCES, "Permission denied", "/srv/models/x"), 2,
+     "Error: /srv/models/x: Permission denied; check the permissions of /srv/models/x and its folder\n"),
+    (OSError(errno.ENOSPC, "No space left on device", "/srv/cache/x"), 2, "Error: /srv/cache/x: No space left on device; free space on its disk\n"),
+    (OSError(errno.ENOSPC, "No space left on device"), 1, "Traceback"),  # no file named: cannot say which, so a bug
+    (OSError(errno.EIO, "Input/output error", "/srv/x"), 1, "Traceback"),
+    (EOFError(), 1, "RuntimeError: an EOFError escaped"),  # never click's bare "Aborted."
+])
+def test_the_error_boundary_on_os_errors(monkeypatch, raised, exit_code, shown):
+    def failing(given):
+        raise raised
+
+    monkeypatch.setattr(runs, "find_model", failing)
+    result = runner.invoke(app, ["predict", "great"])
+    assert result.exit_code == exit_code
+    if exit_code == 2:
+        assert result.output == shown
+    else:
+        import traceback
+
+        assert shown in "".join(traceback.format_exception(result.exception)) + result.output
+        assert "Aborted" not in result.output
+
+
+# ---------------------------------------------------------------------------- the real thing, where this machine allows it
+
+@pytest.fixture
+def immutable():
+    """`chattr +i` a folder (root on a file system that supports it; else skip), undone afterwards."""
+    done = []
+
+    def make(folder: Path) -> None:
+        if os.geteuid() != 0 or shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+            pytest.skip("needs root and chattr +i on this file system")
+        done.append(folder)
+
+    yield make
+    for folder in done:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_resume_into_a_read_only_run_folder(unfinished, immutable):
+    before = snapshot(unfinished)
+    immutable(unfinished)
+    result = resume(unfinished)
+    assert_one_line_error(result, f"Error: {unfinished / runs.CONFIG_FILE}: Operation not permitted; make {unfinished} writable, "
+                                  f"{resume_command(unfinished)}", unfinished)
+    assert snapshot(unfinished) == before
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs (root, where mounting is allowed; else skip), unmounted afterwards."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("needs root and permission to mount a tmpfs")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_evaluate_output_on_a_full_disk(small_disk, trained_run):
+    result = runner.invoke(app, ["evaluate", "--model", str(trained_run), str(trained_run.parent / "test.csv"), "--output", str(small_disk / "eval")])
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]  # after the printed metrics
+    assert last.startswith(f"Error: {small_disk / 'eval'}/") and last.endswith(": No space left on device; free space on its disk"), last
+    assert "Traceback" not in result.output
+    assert not list((small_disk / "eval").glob(".*")), "temporary files left behind"

@@ -39,24 +39,32 @@ def save(run: Path, accelerator, model, optimizer, scheduler, *, state: dict[str
     dest = Path(run) / f"{runs.CHECKPOINT_PREFIX}{state['global_step']}"
     per_process = _gather(accelerator, {**own, "rng": _rng_state()})
     if accelerator.is_main_process:
-        tmp = runs.temp_dir_for(dest)
-        try:
-            save_model(accelerator.unwrap_model(model), str(tmp / runs.CHECKPOINT_WEIGHTS))
-            scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
-                       tmp / runs.CHECKPOINT_OPTIMIZER)
-            for index, part in enumerate(per_process):
-                torch.save(part, tmp / runs.CHECKPOINT_RNG.format(index))
-            state = {**state, "processes": accelerator.num_processes, "config": config}
-            (tmp / runs.CHECKPOINT_STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
-            runs.publish_dir(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with runs.writing(dest):  # disk full, say: one line, and the previous checkpoint stays
+            tmp = runs.temp_dir_for(dest)
+            try:
+                save_model(accelerator.unwrap_model(model), str(tmp / runs.CHECKPOINT_WEIGHTS))
+                scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+                _save_torch({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
+                            tmp / runs.CHECKPOINT_OPTIMIZER)
+                for index, part in enumerate(per_process):
+                    _save_torch(part, tmp / runs.CHECKPOINT_RNG.format(index))
+                state = {**state, "processes": accelerator.num_processes, "config": config}
+                (tmp / runs.CHECKPOINT_STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+                runs.publish_dir(tmp, dest)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         for old in runs.checkpoints(run)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return dest
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    # Through a Python file: a failed write then carries its OSError (errno and all), where torch's own
+    # writer reports a full disk only as "unexpected pos".
+    with open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def _gather(accelerator, part: dict[str, Any]) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@
     ├── DataError         a data file, column, label or text is wrong
     ├── ModelError        a model name or folder cannot be used
     ├── RunError          a run folder is missing, unfinished or already taken
+    │   └── WriteError    the file system refused a write: disk full, read-only, a file where a folder goes
     └── TrainingError     training cannot go on (the loss became NaN, the GPU ran out of memory)
 
     Interrupted           not an error: SIGINT/SIGTERM stopped training after writing a
@@ -35,6 +36,14 @@ class ModelError(BertclsError):
 
 class RunError(BertclsError):
     pass
+
+
+class WriteError(RunError):
+    """Raised by `bertcls.runs.writing`; the message names the path, the cause and the fix. `code`: the errno."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class TrainingError(BertclsError):

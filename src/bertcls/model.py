@@ -7,6 +7,7 @@ their config, so `transformers.pipeline("text-classification", model=folder)` wo
 from __future__ import annotations
 
 import pickle
+import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -169,11 +170,16 @@ def save_model(model, tokenizer, dest: Path, state_dict: dict | None = None, thr
     A multi-label model's decision `threshold` goes into its config.json (`multi_label_threshold`).
     """
     from bertcls.predict import THRESHOLD_KEY
-    from bertcls.runs import publish_dir, temp_dir_for
+    from bertcls.runs import publish_dir, temp_dir_for, writing
 
     if threshold is not None:
         setattr(model.config, THRESHOLD_KEY, float(threshold))
-    tmp = temp_dir_for(dest)
-    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
-    publish_dir(tmp, dest)
+    with writing(dest):
+        tmp = temp_dir_for(dest)
+        try:
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+            tokenizer.save_pretrained(tmp)
+            publish_dir(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # the previous model/ stays, and so does the disk space
+            raise

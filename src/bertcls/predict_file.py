@@ -36,6 +36,10 @@ def read_chunks(path: Path, chunk_rows: int = CHUNK_ROWS, on_bytes=None) -> Iter
     kind = file_format(path, "--file")
     if not path.is_file():
         raise DataError(f"--file {path}: no such file")
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise DataError(f"--file {path}: cannot read it ({exc.strerror}); check its permissions") from None
     with open(path, "rb") as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
         if kind == "jsonl":
@@ -122,7 +126,11 @@ def predict_file(predictor, source: Path, output: Path | None, *, text_column: s
     if output is not None:
         if output.resolve() == source.resolve():
             raise DataError(f"--output {output} is the input file; write the predictions somewhere else")
-        output.parent.mkdir(parents=True, exist_ok=True)
+        if output.is_dir():
+            raise DataError(f"--output {output} is a folder; give a file name")
+        runs.check_folder_path(output.parent, f"--output {output}: its folder")
+        with runs.writing(output.parent):
+            output.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=source.stat().st_size if source.is_file() else None, unit="B", unit_scale=True, desc="predict",
                disable=None if progress else True, leave=False)
     rows_done = 0
