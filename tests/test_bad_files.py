@@ -1,6 +1,7 @@
 """Damaged and hostile files, and a file system that refuses writes, as a user meets them: one `Error:`
 line naming the file, the cause and the fix, exit 2, no traceback, and nothing already written lost."""
 
+import csv
 import errno
 import json
 import os
@@ -161,6 +162,72 @@ def test_a_damaged_checkpoint_is_refused_and_kept(unfinished, damage, message):
     assert after.pop(runs.CONFIG_FILE) and before.pop(runs.CONFIG_FILE)  # rewritten for the resume (its output_dir)
     assert after == before  # nothing deleted or trimmed, the damaged file included
     assert not (folder / "pwned").exists()
+
+
+# ---------------------------------------------------------------------------- data oddities
+
+@pytest.fixture
+def default_csv_field_limit():
+    """csv's limit is global to the process: training (data.check_fields) may have lifted it already."""
+    before = csv.field_size_limit(128 * 1024)
+    yield
+    csv.field_size_limit(before)
+
+
+def test_predict_file_reads_texts_over_the_csv_field_limit(tmp_path, trained_run, default_csv_field_limit):
+    long = "great film " * 15_000  # 165 KB: over csv's 128 KiB default limit
+    source = write_csv(tmp_path / "long.csv", [(long, "x"), ("awful", "y")], header=("text", "note"))
+    result = runner.invoke(app, ["predict", "--model", str(trained_run), "--file", str(source), "--output", str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == [long, "awful"] and all(r["predicted"] in ("positive", "negative") for r in rows)
+
+
+@pytest.mark.parametrize("name, content, taken", [
+    ("in.csv", "text,label_2\ngreat,a\nawful,b\n", "label_2"),
+    ("in.jsonl", '{"text": "great"}\n{"text": "awful", "score_1": 3}\n', "score_1"),  # only the second row has it
+])
+def test_predict_file_top_k_refuses_to_overwrite_columns(tmp_path, trained_run, name, content, taken):
+    (tmp_path / name).write_text(content)
+    output = tmp_path / "out.csv"
+    result = runner.invoke(app, ["predict", "--model", str(trained_run), "--file", str(tmp_path / name), "--top-k", "2", "--output", str(output)])
+    assert_one_line_error(result, f"already has column(s) {taken}, which the output adds; rename them")
+    assert not output.exists()
+    no_top_k = runner.invoke(app, ["predict", "--model", str(trained_run), "--file", str(tmp_path / name), "--output", str(output)])
+    assert no_top_k.exit_code == 0, no_top_k.output  # label_i/score_i are only added with --top-k
+
+
+def test_integral_decimal_labels_read_as_text_are_integers(tmp_path):
+    from bertcls.config import DataConfig
+    from bertcls.data import LabelMap, read_split
+
+    mixed = tmp_path / "mixed.csv"  # a word in the column: pandas reads it all as text
+    mixed.write_text("text,label\na,1\nb,1.0\nc,cat\nd,2.00\ne, 2 \nf,1.5\ng,-3.0\n")
+    split = read_split(str(mixed), DataConfig(train="x.csv"), "train")
+    assert split.labels == ["1", "1", "cat", "2", "2", "1.5", "-3"]
+    assert LabelMap.from_values(split.labels).names == ("-3", "1", "1.5", "2", "cat")
+    numeric = tmp_path / "numeric.csv"  # all numbers: pandas reads floats, which were always integers
+    numeric.write_text("text,label\na,1\nb,1.0\nc,2\n")
+    assert read_split(str(numeric), DataConfig(train="x.csv"), "train").labels == [1, 1, 2]
+    tags = tmp_path / "tags.csv"
+    tags.write_text("text,labels\na,1.0;x\nb,2\n")
+    cfg = DataConfig(train="x.csv", label_column="labels", task="multi_label")
+    assert read_split(str(tags), cfg, "train").labels == [["1", "x"], ["2"]]
+
+
+def test_labels_mixing_booleans_and_numbers_are_refused(tmp_path, toy_data):
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps({"text": f"text {i}", "label": label}) + "\n" for i, label in enumerate([True, 1, 0, False])))
+    result = runner.invoke(app, ["train", str(make_config(tmp_path, {**toy_data, "train": mixed}))])
+    assert_one_line_error(result, "train (" + str(mixed) + "): column 'label' mixes true/false (data rows 1, 4) with other labels "
+                                  "(data rows 2, 3); write every label the same way, e.g. all 0/1 or all true/false", tmp_path / "run")
+    from bertcls.config import DataConfig
+    from bertcls.data import LabelMap, read_split
+
+    flags = tmp_path / "flags.jsonl"
+    flags.write_text("".join(json.dumps({"text": f"text {i}", "label": label}) + "\n" for i, label in enumerate([True, False, True])))
+    labels = read_split(str(flags), DataConfig(train="x.csv"), "train").labels
+    assert LabelMap.from_values(labels).encode(labels, "t") == [1, 0, 1]  # booleans alone: the labels False and True
 
 
 # ---------------------------------------------------------------------------- paths that are not folders
