@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import traceback
 from pathlib import Path
 
 import pytest
@@ -361,8 +362,6 @@ def test_the_error_boundary_on_os_errors(monkeypatch, raised, exit_code, shown):
     if exit_code == 2:
         assert result.output == shown
     else:
-        import traceback
-
         assert shown in "".join(traceback.format_exception(result.exception)) + result.output
         assert "Aborted" not in result.output
 

@@ -246,7 +246,7 @@ def label_text(value: str) -> str:
     """A label read as text, stripped, with "1.0" read as "1": a column that also holds words is read as text,
     and its numbers must still match the same labels in a column read as numbers."""
     value = value.strip()
-    integral = INTEGRAL_DECIMAL.fullmatch(value)
+    integral = INTEGRAL_DECIMAL.fullmatch(value) if "." in value else None  # the test first: labels are many
     return str(int(integral[1])) if integral else value
 
 
