@@ -92,6 +92,16 @@ def trained_run(tmp_path_factory) -> Path:
     return train(load_config(make_config(folder, data)), quiet=True)
 
 
+def assert_one_line_error(result, message: str, run: Path | None = None) -> None:
+    """A CliRunner result is what a user must see for a mistake: exit 2 and one `Error:` line holding `message`,
+    no traceback; and with `run`, no finished-looking run folder."""
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: ") and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output, result.output
+    if run is not None:
+        assert not (run / "metrics.json").exists()
+
+
 def wait_for(condition, process: subprocess.Popen, what: str) -> None:
     """Poll `condition` until it holds; fail if the training process ends (or 240 s pass) first."""
     deadline = time.monotonic() + 240

@@ -12,18 +12,10 @@ import yaml
 from typer.testing import CliRunner
 
 from bertcls.cli import app
-from conftest import make_config, toy_rows, write_csv
+from conftest import assert_one_line_error, make_config, toy_rows, write_csv
 
 runner = CliRunner()
 SRC = Path(__file__).resolve().parents[1] / "src" / "bertcls"
-
-
-def assert_one_line_error(result, message: str, run: Path | None = None) -> None:
-    assert result.exit_code == 2, result.output
-    assert result.output.startswith("Error: ") and message in result.output, result.output
-    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output, result.output
-    if run is not None:
-        assert not (run / "metrics.json").exists()
 
 
 # ---------------------------------------------------------------------------- the config file

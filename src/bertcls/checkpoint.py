@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import random
 import shutil
 from dataclasses import asdict, dataclass, fields
@@ -19,8 +18,9 @@ import numpy as np
 import torch
 
 from bertcls import distributed, runs
-from bertcls.errors import RunError, first_line
+from bertcls.errors import RunError, first_line, load_reason
 from bertcls.evaluate import is_better
+from bertcls.model import quiet_unpickler, unreadable_weights
 
 # Keys that may change between a checkpoint and its resume without changing what is trained.
 HARMLESS_KEYS = frozenset({"output_dir", "training.log_every_steps", "training.num_threads",
@@ -77,24 +77,32 @@ def save(run: Path, accelerator, model, optimizer, scheduler, *, state: dict[str
     dest = Path(run) / f"{runs.CHECKPOINT_PREFIX}{state['global_step']}"
     per_process = _gather(accelerator, {**own, "rng": _rng_state()})
     if accelerator.is_main_process:
-        tmp = runs.temp_dir_for(dest)
-        try:
-            save_model(accelerator.unwrap_model(model), str(tmp / runs.CHECKPOINT_WEIGHTS))
-            scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
-                       tmp / runs.CHECKPOINT_OPTIMIZER)
-            for index, part in enumerate(per_process):
-                torch.save(part, tmp / runs.CHECKPOINT_RNG.format(index))
-            state = {**state, "processes": accelerator.num_processes, "config": config}
-            (tmp / runs.CHECKPOINT_STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
-            runs.publish_dir(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with runs.writing(dest):  # disk full, say: one line, and the previous checkpoint stays
+            tmp = runs.temp_dir_for(dest)
+            try:
+                save_model(accelerator.unwrap_model(model), str(tmp / runs.CHECKPOINT_WEIGHTS))
+                scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+                _save_torch({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
+                            tmp / runs.CHECKPOINT_OPTIMIZER)
+                for index, part in enumerate(per_process):
+                    _save_torch(part, tmp / runs.CHECKPOINT_RNG.format(index))
+                state = {**state, "processes": accelerator.num_processes, "config": config}
+                (tmp / runs.CHECKPOINT_STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+                runs.publish_dir(tmp, dest)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         for old in runs.checkpoints(run)[:-keep]:
             runs.remove_ours(run, old.name)
     accelerator.wait_for_everyone()
     return dest
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    # Through a Python file: a failed write then carries its OSError (errno and all), where torch's own
+    # writer reports a full disk only as "unexpected pos".
+    with open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def _gather(accelerator, part: dict[str, Any]) -> list[dict[str, Any]]:
@@ -135,13 +143,38 @@ def find(run: Path, resume: bool | str | Path, config: dict[str, Any], data_fing
     return folder
 
 
+# Every field of state.json (`save` writes them; the loop reads them back): the types it may have, the
+# least value of a number, and what it must be, in words. Older checkpoints may lack all but the first three.
+WHOLE = ((int,), 0, "a whole number >= 0")
+STATE_FIELDS: dict[str, tuple[tuple[type, ...], float | None, str]] = {
+    "global_step": WHOLE, "epoch": WHOLE, "batches_done": WHOLE, "evals_since_best": WHOLE,
+    "processes": ((int,), 1, "a whole number >= 1"), "seconds": ((int, float), 0, "a number >= 0"),
+    "best_value": ((int, float, type(None)), None, "a number or null"), "best_epoch": ((int, type(None)), 1, "a whole number >= 1 or null"),
+    "best_metrics": ((dict, type(None)), None, "an object or null"), "data_fingerprint": ((str,), None, "a string"),
+    "config": ((dict,), None, "an object"),
+}
+REQUIRED_STATE = ("global_step", "epoch", "batches_done")
+
+
 def read_state(folder: Path) -> dict[str, Any]:
+    """state.json of a checkpoint folder, every field checked against STATE_FIELDS: the one place it is validated."""
+    file = Path(folder) / runs.CHECKPOINT_STATE
+    fix = "resume from another checkpoint, or start over with --overwrite"
     try:
-        state = json.loads((Path(folder) / runs.CHECKPOINT_STATE).read_text(encoding="utf-8"))
+        state = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise RunError(f"{folder}: unreadable checkpoint state ({first_line(exc)}); resume from another checkpoint") from None
-    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
-        raise RunError(f"{folder}: {runs.CHECKPOINT_STATE} is not a bertcls checkpoint state; resume from another checkpoint")
+        raise RunError(f"{file}: unreadable checkpoint state ({first_line(exc)}); {fix}") from None
+    if not isinstance(state, dict):
+        raise RunError(f"{file}: holds a JSON {type(state).__name__}, not a bertcls checkpoint state (an object); {fix}")
+    missing = [key for key in REQUIRED_STATE if key not in state]
+    if missing:
+        raise RunError(f"{file}: not a bertcls checkpoint state (no {', '.join(missing)}); {fix}")
+    for key, (types, least, what) in STATE_FIELDS.items():
+        value = state.get(key)
+        if key not in state or (value is None and type(None) in types):
+            continue
+        if isinstance(value, bool) or not isinstance(value, types) or (least is not None and value < least):
+            raise RunError(f"{file}: {key} is {json.dumps(value)[:40]}, not {what}; {fix}")
     return state
 
 
@@ -157,19 +190,25 @@ def restore(folder: Path, run: Path, accelerator, model, optimizer, scheduler) -
 
     folder = Path(folder)
     state = read_state(folder)
+    file = folder / runs.CHECKPOINT_WEIGHTS  # the file being read, to name it when it is damaged
     try:
         device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)  # safetensors refuses "cpu:0" (CPU processes)
-        load_model(accelerator.unwrap_model(model), str(folder / runs.CHECKPOINT_WEIGHTS), device=device)
-        saved = torch.load(folder / runs.CHECKPOINT_OPTIMIZER, map_location="cpu", weights_only=True)
-        own_file = folder / runs.CHECKPOINT_RNG.format(accelerator.process_index)
-        own = torch.load(own_file, map_location="cpu", weights_only=True)
-        rng = own.pop("rng")
+        load_model(accelerator.unwrap_model(model), str(file), device=device)
+        file = folder / runs.CHECKPOINT_OPTIMIZER
+        saved = _load_torch(file, {"optimizer": dict, "scheduler": dict, "scaler": (dict, type(None))})
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         if accelerator.scaler is not None and saved["scaler"] is not None:
             accelerator.scaler.load_state_dict(saved["scaler"])
-    except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as exc:
-        raise RunError(f"{folder}: cannot load this checkpoint ({first_line(exc)}); resume from another one, or start over with --overwrite") from None
+        file = folder / runs.CHECKPOINT_RNG.format(accelerator.process_index)
+        own = _load_torch(file, {"rng": dict, "window": list, "real_tokens": int})
+        if len(own["window"]) != 3 or not all(isinstance(v, (int, float)) for v in own["window"]):
+            raise ValueError("'window' is not [loss, batches, examples]")
+        rng = own.pop("rng")
+        _set_rng_state(rng)  # before anything below is deleted: a damaged random state is refused like the rest
+    except (*unreadable_weights(), TypeError, IndexError) as exc:
+        raise RunError(f"{file}: cannot load this checkpoint ({load_reason(exc)}); resume from another one, "
+                       "or start over with --overwrite") from None
     step = state["global_step"]
     if accelerator.is_main_process:
         for later in runs.checkpoints(run):
@@ -177,8 +216,19 @@ def restore(folder: Path, run: Path, accelerator, model, optimizer, scheduler) -
                 runs.remove_ours(run, later.name)
         _trim_log(Path(run) / runs.LOG_FILE, step)
     accelerator.wait_for_everyone()
-    _set_rng_state(rng)
     return {**state, **own}
+
+
+def _load_torch(file: Path, fields: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
+    """A dict saved by `_save_torch`, read without running pickled code, with each of `fields` of its type."""
+    with quiet_unpickler():
+        loaded = torch.load(file, map_location="cpu", weights_only=True)
+    if not isinstance(loaded, dict):
+        raise ValueError(f"holds a {type(loaded).__name__}, not a dict")
+    for key, types in fields.items():
+        if not isinstance(loaded.get(key), types):
+            raise ValueError(f"{key!r} is missing or a {type(loaded.get(key)).__name__}")
+    return loaded
 
 
 def fingerprint(texts, pairs, labels) -> str:

@@ -19,8 +19,8 @@ from typing import Annotated
 
 import typer
 
-from bertcls import distributed
-from bertcls.errors import BertclsError, BertclsWarning
+from bertcls import distributed, runs
+from bertcls.errors import BertclsError, BertclsWarning, WriteError
 
 app = typer.Typer(
     name="bertcls",
@@ -34,7 +34,8 @@ Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback of
 
 
 def _error_boundary(command):
-    """Print a BertclsError as one line on stderr and exit 2; real bugs keep their traceback."""
+    """Print a BertclsError as one line on stderr and exit 2, and so an OSError in which the file system
+    refused a named file (disk full, read-only, ...); real bugs keep their traceback."""
 
     @wraps(command)
     def wrapper(*args, **kwargs):
@@ -42,15 +43,25 @@ def _error_boundary(command):
         try:
             return command(*args, **kwargs)
         except BertclsError as exc:
-            if debug:
-                traceback.print_exc()
-            typer.echo(f"Error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            _fail(exc, debug)
+        except OSError as exc:
+            if exc.errno not in runs.WRITE_ERRNOS or exc.filename is None:
+                raise  # not the file system refusing a file: a bug
+            _fail(runs.write_error(Path(os.fsdecode(exc.filename)), exc.errno, writing=False), debug)
+        except EOFError as exc:  # click would print a bare "Aborted." for it: keep the traceback of this bug
+            raise RuntimeError("an EOFError escaped: a file or stream ended early") from exc
         except KeyboardInterrupt:
             typer.echo("Interrupted.", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _fail(exc: BertclsError, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    typer.echo(f"Error: {exc}", err=True)
+    raise typer.Exit(2) from None
 
 
 @app.command()
@@ -84,10 +95,16 @@ def train(
         typer.echo(f"warning: {warning}", err=True)
     from bertcls.train import train as run_training
 
+    again = ["bertcls", "train", str(config), *(a for item in set_ or [] for a in ("--set", item)), "--resume"]
     try:
-        run = run_training(cfg, overwrite=overwrite, quiet=quiet, resume=checkpoint or resume, force=force, config_file=config)
+        with runs.writing(Path(cfg.output_dir)):
+            run = run_training(cfg, overwrite=overwrite, quiet=quiet, resume=checkpoint or resume, force=force, config_file=config)
+    except WriteError as exc:  # the checkpoint written before the disk filled up is complete: say how to go on from it
+        if exc.code not in runs.FIXABLE_IN_PLACE:
+            raise
+        then = f"then resume with: {shlex.join(again)}" if runs.checkpoints(cfg.output_dir) else "then train again"
+        raise WriteError(f"{exc}, {then}", exc.code) from exc
     except Interrupted as exc:
-        again = ["bertcls", "train", str(config), *(a for item in set_ or [] for a in ("--set", item)), "--resume"]
         if distributed.is_main_process():  # every process stops, the main one says so
             launcher = " (under the same launcher, with the same number of processes)" if distributed.launched() else ""
             typer.echo(f"{exc}\nresume with: {shlex.join(again)}{launcher}", err=True)
@@ -197,6 +214,8 @@ def evaluate(
 
     machine.check_device(device, "--device")
     machine.check_precision(precision, "--precision")
+    if output is not None:
+        runs.check_folder_path(output, "--output")
     path, why = runs.find_model(model)
     if model is None or verbose:
         typer.echo(f"model: {path} ({why})", err=True)
@@ -207,9 +226,10 @@ def evaluate(
                                say=(lambda line: typer.echo(line, err=True)) if verbose else None)
     report.print_report(evaluation.metrics)
     if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        written = report.write_report(output, evaluation)
-        runs.write_json(output / runs.METRICS_FILE, evaluation.metrics)
+        with runs.writing(output):
+            output.mkdir(parents=True, exist_ok=True)
+            written = report.write_report(output, evaluation)
+            runs.write_json(output / runs.METRICS_FILE, evaluation.metrics)
         typer.echo(f"wrote {output}: {', '.join(p.name for p in written)}, {runs.METRICS_FILE}", err=True)
 
 
@@ -237,7 +257,8 @@ def export(
     path, why = runs.find_model(model)
     if model is None:
         typer.echo(f"model: {path} ({why})", err=True)
-    result = export_onnx(path, output, quantize.value if quantize else None)
+    with runs.writing(output):
+        result = export_onnx(path, output, quantize.value if quantize else None)
     diff = result["max_abs_logit_diff"]
     typer.echo(f"wrote {output} ({'int8' if quantize else 'fp32'}); largest logit difference from PyTorch on check texts: {diff:.2e}", err=True)
     if not quantize and diff > FP32_TOLERANCE:

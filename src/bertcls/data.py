@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,22 +223,43 @@ def read_split(source: str, cfg: DataConfig, name: str, *, labelled: bool = True
 def _checked_texts(values: list[Any], where: str, column: str) -> list[str]:
     bad = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())]
     if bad:
-        rows = ", ".join(str(i + 1) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
-        raise DataError(f"{where}: {len(bad)} empty or missing text(s) in column {column!r} (data rows {rows}); fill them in or remove those rows")
+        raise DataError(f"{where}: {len(bad)} empty or missing text(s) in column {column!r} (data rows {_rows(bad)}); fill them in or remove those rows")
     return [v if isinstance(v, str) else str(v) for v in values]
 
 
 def _checked_labels(values: list[Any], where: str, column: str) -> list[Any]:
     bad = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and math.isnan(v))]
     if bad:
-        rows = ", ".join(str(i + 1) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
-        raise DataError(f"{where}: {len(bad)} missing label(s) in column {column!r} (data rows {rows}); label them or remove those rows")
+        raise DataError(f"{where}: {len(bad)} missing label(s) in column {column!r} (data rows {_rows(bad)}); label them or remove those rows")
     if any(isinstance(v, (list, dict)) for v in values):
         raise DataError(f"{where}: column {column!r} holds lists or objects; single-label classification needs one label per row; for several labels per row set data.task: multi_label")
     if any(isinstance(v, float) and not v.is_integer() for v in values):
         raise DataError(f"{where}: column {column!r} holds fractional numbers; labels must be names or integers")
+    flags = [i for i, v in enumerate(values) if isinstance(v, bool)]
+    if flags and len(flags) < len(values):
+        # true == 1 in Python and "True" != "1" as text: a mix cannot be read one way that is right for both.
+        others = [i for i, v in enumerate(values) if not isinstance(v, bool)]
+        raise DataError(f"{where}: column {column!r} mixes true/false (data rows {_rows(flags)}) with other labels "
+                        f"(data rows {_rows(others)}); write every label the same way, e.g. all 0/1 or all true/false")
     values = [int(v) if isinstance(v, float) else v for v in values]  # 1.0 is the label 1
-    return [v.strip() if isinstance(v, str) else v for v in values]
+    return [label_text(v) if isinstance(v, str) else v for v in values]
+
+
+def _rows(indices: list[int]) -> str:
+    """Data row numbers (1-based), the first ten."""
+    return ", ".join(str(i + 1) for i in indices[:10]) + (", ..." if len(indices) > 10 else "")
+
+
+# A number with an all-zero fraction ("1.0", "-2.00"): the label is the integer, as for the number 1.0.
+INTEGRAL_DECIMAL = re.compile(r"([+-]?\d+)\.0+")
+
+
+def label_text(value: str) -> str:
+    """A label read as text, stripped, with "1.0" read as "1": a column that also holds words is read as text,
+    and its numbers must still match the same labels in a column read as numbers."""
+    value = value.strip()
+    integral = INTEGRAL_DECIMAL.fullmatch(value) if "." in value else None  # the test first: labels are many
+    return str(int(integral[1])) if integral else value
 
 
 def _checked_label_lists(values: list[Any], where: str, column: str, separator: str) -> list[list[str]]:
@@ -253,7 +275,7 @@ def _checked_label_lists(values: list[Any], where: str, column: str, separator: 
         if not isinstance(value, list):
             raise DataError(f"{where}: data row {i + 1} of column {column!r} is a {type(value).__name__}; give a list of labels "
                             f"or a string of labels separated by data.label_separator ({separator!r})")
-        rows.append(sorted({str(int(v) if isinstance(v, float) and v.is_integer() else v).strip() for v in value} - {""}))
+        rows.append(sorted({label_text(str(int(v) if isinstance(v, float) and v.is_integer() else v)) for v in value} - {""}))
     return rows
 
 

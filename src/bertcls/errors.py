@@ -5,6 +5,7 @@
     ├── DataError         a data file, column, label or text is wrong
     ├── ModelError        a model name or folder cannot be used
     ├── RunError          a run folder is missing, unfinished or already taken
+    │   └── WriteError    the file system refused a write: disk full, read-only, a file where a folder goes
     └── TrainingError     training cannot go on (the loss became NaN, the GPU ran out of memory)
 
     BertclsWarning        not an error: a likely mistake the run goes on with (the CLI prints "warning: <message>")
@@ -14,6 +15,9 @@
 
 Anything else that escapes is a bug and keeps its traceback (exit 1).
 """
+
+import errno
+import pickle
 
 
 class BertclsError(Exception):
@@ -34,6 +38,14 @@ class ModelError(BertclsError):
 
 class RunError(BertclsError):
     pass
+
+
+class WriteError(RunError):
+    """Raised by `bertcls.runs.writing`; the message names the path, the cause and the fix. `code`: the errno."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class TrainingError(BertclsError):
@@ -58,3 +70,17 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, to quote inside one of ours."""
     lines = str(exc).strip().splitlines()
     return lines[0][:300] if lines else type(exc).__name__
+
+
+def load_reason(exc: BaseException) -> str:
+    """Why a weights or checkpoint file could not be loaded, to quote inside one of ours.
+
+    torch refuses a pickled object that is not a tensor and advises loading the file with
+    weights_only=False, which would run whatever code it holds: that advice is never passed on.
+    """
+    text = first_line(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
+        return "it holds pickled objects other than tensors, perhaps code, which bertcls never loads"
+    if isinstance(exc, EOFError) or (isinstance(exc, OSError) and exc.errno == errno.EINVAL and exc.filename is None):
+        return "the file is empty, cut short or damaged"  # torch's words: "EOFError()", "[Errno 22] Invalid argument"
+    return text

@@ -57,8 +57,9 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
     from bertcls import runs
     from bertcls.predict import OnnxPredictor
 
-    _require_onnx()
     output = Path(output)
+    runs.check_folder_path(output, "--output")
+    _require_onnx()
     if output.exists() and any(output.iterdir()):
         raise RunError(f"--output {output} is not empty; choose a new folder")
     predictor, inputs, example = _reference(model_path, "the ONNX predictor")

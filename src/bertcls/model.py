@@ -6,12 +6,15 @@ their config, so `transformers.pipeline("text-classification", model=folder)` wo
 
 from __future__ import annotations
 
+import pickle
+import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bertcls.errors import BertclsWarning, ModelError, first_line
+from bertcls.errors import BertclsWarning, ModelError, first_line, load_reason
 
 # Where a saved multi-label model keeps its decision threshold (in config.json, beside id2label).
 THRESHOLD_KEY = "multi_label_threshold"
@@ -94,16 +97,17 @@ def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, text
         warnings.warn(f"model.trust_remote_code is on: code shipped with {cfg.name} will run", BertclsWarning, stacklevel=2)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(
-            cfg.name, num_labels=len(id2label), id2label=id2label, label2id=label2id, problem_type=problem_type,
-            ignore_mismatched_sizes=True,  # a checkpoint fine-tuned on other labels gets a fresh head
-            trust_remote_code=cfg.trust_remote_code,
-            dtype=FP32,
-        )
-    except (OSError, ValueError, KeyError) as exc:
+        with quiet_unpickler():
+            model = transformers.AutoModelForSequenceClassification.from_pretrained(
+                cfg.name, num_labels=len(id2label), id2label=id2label, label2id=label2id, problem_type=problem_type,
+                ignore_mismatched_sizes=True,  # a checkpoint fine-tuned on other labels gets a fresh head
+                trust_remote_code=cfg.trust_remote_code,
+                dtype=FP32,
+            )
+    except unreadable_weights() as exc:
         if _not_downloaded(exc):
             raise ModelError(f"model.name {cfg.name!r}: {_download_failure()}") from None
-        raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({first_line(exc)})") from None
+        raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({load_reason(exc)})") from None
     check_max_length(model.config, max_length, cfg.name)
     return model, tokenizer
 
@@ -170,9 +174,11 @@ def load_trained(path: str | Path):
     transformers = _quiet_transformers()
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-        model, loading = transformers.AutoModelForSequenceClassification.from_pretrained(folder, dtype=FP32, output_loading_info=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"{folder}: cannot load the model ({first_line(exc)})") from None
+        with quiet_unpickler():
+            model, loading = transformers.AutoModelForSequenceClassification.from_pretrained(folder, dtype=FP32, output_loading_info=True)
+    except unreadable_weights() as exc:
+        raise ModelError(f"{folder}: cannot load the model ({load_reason(exc)}); replace the folder with a complete "
+                         "copy, or train again") from None
     if loading["missing_keys"]:  # not in the folder, so initialised at random: a bare encoder has no trained head
         missing = ", ".join(sorted(loading["missing_keys"])[:4]) + (", ..." if len(loading["missing_keys"]) > 4 else "")
         warnings.warn(f"{folder}: its classification head was never trained ({missing} not in the folder, so random); "
@@ -181,17 +187,38 @@ def load_trained(path: str | Path):
     return model.eval(), tokenizer
 
 
+@contextmanager
+def quiet_unpickler() -> Iterator[None]:
+    """Silence torch's "Detected pickle protocol" warning: it comes just before torch refuses a pickled
+    file, which our one-line error then explains."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        yield
+
+
+def unreadable_weights() -> tuple[type[BaseException], ...]:
+    """What loading a missing, damaged (cut short, not a weights file) or hostile (pickled code) model file raises."""
+    from safetensors import SafetensorError
+
+    return OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError
+
+
 def save_model(model, tokenizer, dest: Path, state_dict: dict | None = None, threshold: float | None = None) -> None:
     """Write `dest` atomically: a complete new folder replaces the old one, never a half-written one.
 
     `state_dict`: the full weights when `model` itself holds only a shard of them (FSDP).
     A multi-label model's decision `threshold` goes into its config.json (`multi_label_threshold`).
     """
-    from bertcls.runs import publish_dir, temp_dir_for
+    from bertcls.runs import publish_dir, temp_dir_for, writing
 
     if threshold is not None:
         setattr(model.config, THRESHOLD_KEY, float(threshold))
-    tmp = temp_dir_for(dest)
-    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
-    publish_dir(tmp, dest)
+    with writing(dest):
+        tmp = temp_dir_for(dest)
+        try:
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+            tokenizer.save_pretrained(tmp)
+            publish_dir(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # the previous model/ stays, and so does the disk space
+            raise

@@ -158,7 +158,10 @@ class _TokenizersPredictor(_Predicts):
         from tokenizers import Tokenizer
 
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        try:
+            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as exc:  # tokenizers raises a bare Exception for a damaged file
+            raise ValueError(f"tokenizer.json: {exc}") from None
         tokenizer.enable_truncation(max_length)
         tokenizer.no_padding()
         return config, tokenizer
@@ -204,7 +207,7 @@ class OnnxPredictor(_TokenizersPredictor):
     def load(cls, path: str | Path, batch_size: int = 64) -> OnnxPredictor:
         import json
 
-        from bertcls.errors import ModelError
+        from bertcls.errors import ModelError, first_line
 
         folder = Path(path)
         try:
@@ -218,8 +221,20 @@ class OnnxPredictor(_TokenizersPredictor):
             raise ModelError(f"{folder}: not a complete `bertcls export` folder ({exc}); export it again") from None
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only
-        session = onnxruntime.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        try:
+            session = onnxruntime.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        except cls._unloadable() as exc:
+            why = first_line(exc).rsplit(" failed:", 1)[-1]  # after "[ONNXRuntimeError] : 7 : ... Load model from F failed:"
+            raise ModelError(f"{folder / ONNX_FILE}: onnxruntime cannot load it ({why}); "
+                             "export it again with `bertcls export`") from None
         return cls(session, tokenizer, config, meta, batch_size)
+
+    @staticmethod
+    def _unloadable() -> tuple[type[Exception], ...]:
+        """What onnxruntime raises for a model file that is cut short, damaged or needs what this version lacks."""
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort
+
+        return ort.Fail, ort.InvalidArgument, ort.InvalidProtobuf, ort.InvalidGraph, ort.NoSuchFile, ort.NotImplemented
 
     def _forward(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run(["logits"], feed)[0]

@@ -22,6 +22,8 @@ from bertcls.errors import DataError
 CHUNK_ROWS = 10_000
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 PREDICTED, SCORE = "predicted", "score"
+# Long texts are texts, not an error: csv's default field limit is 128 KiB (training lifts it too, in data.check_fields).
+FIELD_SIZE_LIMIT = 2**31 - 1
 
 
 def file_format(path: Path, what: str) -> str:
@@ -36,6 +38,10 @@ def read_chunks(path: Path, chunk_rows: int = CHUNK_ROWS, on_bytes=None) -> Iter
     kind = file_format(path, "--file")
     if not path.is_file():
         raise DataError(f"--file {path}: no such file")
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise DataError(f"--file {path}: cannot read it ({exc.strerror}); check its permissions") from None
     with open(path, "rb") as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
         if kind == "jsonl":
@@ -43,6 +49,7 @@ def read_chunks(path: Path, chunk_rows: int = CHUNK_ROWS, on_bytes=None) -> Iter
         else:
             # tsv as in training: GLUE-style (quote characters are text) or csv-quoted, as bertcls.tsv finds it.
             options = {"delimiter": "\t", "quoting": tsv.quoting(path)} if kind == "tsv" else {}
+            csv.field_size_limit(FIELD_SIZE_LIMIT)
             rows = csv.DictReader(text, **options)
         chunk: list[dict[str, Any]] = []
         try:
@@ -81,6 +88,11 @@ def texts_of(chunk: list[dict[str, Any]], column: str, first_row: int, path: Pat
             raise DataError(f"--file {path}: data row {first_row + i + 1} has no {column!r}; fill it in or remove the row")
         texts.append(value if isinstance(value, str) else str(value))
     return texts
+
+
+def added_columns(top_k: int | None) -> list[str]:
+    """The columns the output adds to each row (see `prediction_fields`)."""
+    return [PREDICTED, SCORE, *(f"{kind}_{rank}" for rank in range(1, (top_k or 0) + 1) for kind in ("label", "score"))]
 
 
 def prediction_fields(result, top_k: int | None) -> dict[str, Any]:
@@ -122,7 +134,11 @@ def predict_file(predictor, source: Path, output: Path | None, *, text_column: s
     if output is not None:
         if output.resolve() == source.resolve():
             raise DataError(f"--output {output} is the input file; write the predictions somewhere else")
-        output.parent.mkdir(parents=True, exist_ok=True)
+        if output.is_dir():
+            raise DataError(f"--output {output} is a folder; give a file name")
+        runs.check_folder_path(output.parent, f"--output {output}: its folder")
+        with runs.writing(output.parent):
+            output.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=source.stat().st_size if source.is_file() else None, unit="B", unit_scale=True, desc="predict",
                disable=None if progress else True, leave=False)
     rows_done = 0
@@ -134,9 +150,9 @@ def predict_file(predictor, source: Path, output: Path | None, *, text_column: s
             for chunk in read_chunks(source, chunk_rows, on_bytes=lambda pos: bar.update(pos - bar.n)):
                 texts = texts_of(chunk, text_column, rows_done, source, "--text-column")
                 pairs = texts_of(chunk, pair_column, rows_done, source, "--text-pair-column") if pair_column else None
-                taken = {PREDICTED, SCORE} & set(chunk[0])
+                taken = [name for name in added_columns(top_k) if any(name in row for row in chunk)]
                 if taken:
-                    raise DataError(f"--file {source}: already has column(s) {', '.join(sorted(taken))}, which the output adds; rename them")
+                    raise DataError(f"--file {source}: already has column(s) {', '.join(taken)}, which the output adds; rename them")
                 results = predictor.predict(texts, pairs)
                 writer.write([{**row, **prediction_fields(result, top_k)} for row, result in zip(chunk, results, strict=True)])
                 rows_done += len(chunk)
