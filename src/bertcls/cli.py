@@ -19,8 +19,9 @@ from typing import Annotated
 
 import typer
 
-from bertcls import distributed, runs
-from bertcls.errors import BertclsError, BertclsWarning, WriteError
+from bertcls import __version__, distributed, machine, runs
+from bertcls.errors import BertclsError, BertclsWarning, ConfigError, DataError, Interrupted, WriteError
+from bertcls.predict_file import predict_file
 
 app = typer.Typer(
     name="bertcls",
@@ -82,7 +83,6 @@ def train(
     `bertcls train CONFIG --resume` continues exactly where it stopped.
     """
     from bertcls.config import load_config, model_name_warning
-    from bertcls.errors import ConfigError, Interrupted
 
     if checkpoint is not None and not resume:
         raise ConfigError(_stray_argument(checkpoint, set_ or []))
@@ -140,8 +140,6 @@ def predict(
     debug: Debug = False,
 ) -> None:
     """Print `label<TAB>score` for each text (or JSON lines with --json); with --file, write every row plus its prediction."""
-    from bertcls import machine, runs
-    from bertcls.errors import DataError
 
     machine.check_device(device, "--device")
     machine.check_precision(precision, "--precision")
@@ -167,7 +165,6 @@ def predict(
     if verbose:
         typer.echo(predictor.describe(), err=True)
     if file is not None:
-        from bertcls.predict_file import predict_file
 
         saved = (runs.read_run_config(path) or {}).get("data") or {}
         rows = predict_file(predictor, file, output, text_column=text_column or saved.get("text_column", "text"),
@@ -209,7 +206,7 @@ def evaluate(
     debug: Debug = False,
 ) -> None:
     """Score a labelled file with a trained model and print its metrics."""
-    from bertcls import machine, report, runs
+    from bertcls import report
     from bertcls.evaluate import evaluate_file
 
     machine.check_device(device, "--device")
@@ -251,7 +248,6 @@ def export(
     debug: Debug = False,
 ) -> None:
     """Export a trained model to ONNX; `bertcls predict --model OUTPUT` then runs it without torch."""
-    from bertcls import runs
     from bertcls.export import FP32_TOLERANCE, export_onnx
 
     path, why = runs.find_model(model)
@@ -268,7 +264,6 @@ def export(
 
 def _version(value: bool) -> None:
     if value:
-        from bertcls import __version__
 
         typer.echo(__version__)
         raise typer.Exit()

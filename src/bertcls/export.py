@@ -14,6 +14,7 @@ Needs the optional extra `onnx` (onnx, onnxruntime, onnxscript): pip install -e 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import shutil
@@ -22,8 +23,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from bertcls import runs
 from bertcls.errors import ModelError, RunError, first_line
-from bertcls.predict import ONNX_FILE, ONNX_INSTALL, ONNX_META  # named where they are read
+from bertcls.predict import ONNX_FILE, ONNX_INSTALL, ONNX_META, TORCHSCRIPT_META, OnnxPredictor, Predictor, TorchScriptPredictor
 
 # Texts used to check the exported model against PyTorch (the logits must agree within FP32_TOLERANCE).
 CHECK_TEXTS = ["a short one", "a somewhat longer text, with punctuation, to vary the lengths in the batch", "x"]
@@ -45,8 +47,6 @@ def _require_onnx() -> None:
 
 
 def _importable(name: str) -> bool:
-    import importlib.util
-
     return importlib.util.find_spec(name) is not None
 
 
@@ -54,8 +54,6 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
     """Write an ONNX folder for `model_path`; return what was checked (max logit difference against PyTorch)."""
     import torch
 
-    from bertcls import runs
-    from bertcls.predict import OnnxPredictor
 
     output = Path(output)
     runs.check_folder_path(output, "--output")
@@ -128,8 +126,6 @@ def save_torchscript(model_path: str | Path) -> dict[str, Any]:
     """
     import torch
 
-    from bertcls import runs
-    from bertcls.predict import TORCHSCRIPT_META, TorchScriptPredictor
 
     folder = runs.model_dir(model_path)
     reference, inputs, example = _reference(model_path, "the traced graph's predictor")
@@ -161,7 +157,6 @@ def _precision_failure(reference, graph, folder: Path, meta: dict, precision: st
     """Why the graph cannot stand in for the model under `precision` autocast, or None when it can: its
     probabilities within BF16_TOLERANCE of the model's under the same autocast. (Labels can then differ
     only where the model's two best probabilities are within 2 * BF16_TOLERANCE of each other.)"""
-    from bertcls.predict import Predictor, TorchScriptPredictor
 
     model = Predictor(reference.model, reference.tokenizer, reference.max_length, reference.batch_size, precision)
     try:
@@ -175,8 +170,6 @@ def _precision_failure(reference, graph, folder: Path, meta: dict, precision: st
 def _reference(model_path: str | Path, what: str):
     """The model as a Predictor in exact fp32 on the CPU (what an exported or traced graph is checked against),
     the positional input names the graph takes, and a padded example batch of CHECK_TEXTS to export or trace with."""
-    from bertcls import runs
-    from bertcls.predict import Predictor
 
     predictor = Predictor.load(model_path, device="cpu", precision="fp32")
     tokenizer = predictor.tokenizer
