@@ -166,9 +166,8 @@ def predict(
         typer.echo(predictor.describe(), err=True)
     if file is not None:
 
-        saved = (runs.read_run_config(path) or {}).get("data") or {}
-        rows = predict_file(predictor, file, output, text_column=text_column or saved.get("text_column", "text"),
-                            pair_column=text_pair_column or saved.get("text_pair_column"), top_k=top_k)
+        columns = runs.run_columns(path, text_column=text_column, text_pair_column=text_pair_column)
+        rows = predict_file(predictor, file, output, text_column=columns["text_column"], pair_column=columns["text_pair_column"], top_k=top_k)
         typer.echo(f"predicted {rows:,} rows" + (f" -> {output}" if output else ""), err=True)
         return
     for text, result in zip(texts, predictor.predict(texts, pair), strict=True):

@@ -166,21 +166,13 @@ def evaluate_file(model_path, data_file: str, *, text_column: str | None = None,
 
     `say`, if given, is told what runs the model (engine, device, precision).
     """
-    from pathlib import Path
-
     from bertcls import runs
     from bertcls.config import DataConfig
     from bertcls.data import LabelMap, read_split
     from bertcls.predict import load_predictor
 
-    saved = (runs.read_run_config(Path(model_path)) or {}).get("data") or {}
-    columns = DataConfig(
-        train=data_file,
-        text_column=text_column or saved.get("text_column", "text"),
-        text_pair_column=text_pair_column or saved.get("text_pair_column"),
-        label_column=label_column or saved.get("label_column", "label"),
-        label_separator=saved.get("label_separator", ";"),
-    )
+    columns = DataConfig(train=data_file, **runs.run_columns(model_path, text_column=text_column, text_pair_column=text_pair_column,
+                                                             label_column=label_column))
     predictor = load_predictor(model_path, device=device, batch_size=batch_size, precision=precision)
     if say:
         say(predictor.describe())

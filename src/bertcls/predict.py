@@ -94,7 +94,7 @@ def resolve_device_precision(path: str | Path, device: str, precision: str) -> t
     device = machine.pick_device(device, "device")
     resolved = machine.resolve_precision(precision, device)
     if precision == "auto":
-        trained = ((runs.read_run_config(Path(path)) or {}).get("training") or {}).get("precision", "auto")
+        trained = runs.run_setting(path, "training", "precision", "auto")
         # Follow the run (its validation and test scores were computed so) unless the hardware lacks it.
         resolved = resolved if trained in ("auto", resolved) else "fp32"
     return device, resolved
@@ -340,7 +340,7 @@ def run_max_length(path: str | Path, tokenizer) -> int:
     """The run's data.max_length, else the tokenizer's limit when it names a sensible one, else DEFAULT_MAX_LENGTH."""
     from bertcls import runs
 
-    max_length = ((runs.read_run_config(Path(path)) or {}).get("data") or {}).get("max_length")
+    max_length = runs.run_setting(path, "data", "max_length")
     if max_length:
         return int(max_length)
     limit = getattr(tokenizer, "model_max_length", DEFAULT_MAX_LENGTH)

@@ -516,6 +516,23 @@ def find_model(given: str | Path | None) -> tuple[Path, str]:
     return newest, f"newest finished run under ./{DEFAULT_RUNS_ROOT}"
 
 
+# How a run reads its data files when none is said: the config's defaults (bertcls.config.DataConfig).
+DEFAULT_COLUMNS = {"text_column": "text", "text_pair_column": None, "label_column": "label", "label_separator": ";"}
+
+
+def run_columns(path: str | Path, **given: str | None) -> dict[str, str | None]:
+    """The column mapping to read a file for the run (or model folder) at `path`: each of DEFAULT_COLUMNS
+    as `given` (a command-line option), else as the run was trained, else the default."""
+    saved = run_setting(path, "data") or {}
+    return {key: given.get(key) or saved.get(key, default) for key, default in DEFAULT_COLUMNS.items()}
+
+
+def run_setting(path: str | Path, section: str, key: str | None = None, default: Any = None) -> Any:
+    """One section (or one key of it) of the run's resolved config; `default` for a plain model folder."""
+    values = (read_run_config(Path(path)) or {}).get(section) or {}
+    return values if key is None else values.get(key, default)
+
+
 def read_run_config(path: Path) -> dict[str, Any] | None:
     """The run's resolved config as a dict, or None for a plain model folder."""
     file = Path(path) / CONFIG_FILE
