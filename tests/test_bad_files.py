@@ -258,7 +258,8 @@ def test_no_writing_through_a_symlink_in_the_run_folder(run_copy, tmp_path, name
     (run_copy / name).symlink_to(elsewhere)
     before, kept = snapshot(run_copy), snapshot(elsewhere) if elsewhere.is_dir() else elsewhere.read_bytes()
     result = runner.invoke(app, ["train", str(run_copy / runs.CONFIG_FILE), "--set", f"output_dir={run_copy}", "--overwrite"])
-    assert_one_line_error(result, f"output_dir {run_copy}: {name} is a symbolic link, and bertcls does not write through links in a run folder")
+    assert_one_line_error(result, f"Error: {run_copy / name} is a link (to {elsewhere}), which bertcls did not write and will not replace; "
+                                  "remove the link, or choose another output_dir")
     assert snapshot(run_copy) == before and (snapshot(elsewhere) if elsewhere.is_dir() else elsewhere.read_bytes()) == kept
 
 
@@ -387,7 +388,7 @@ def test_resume_into_a_read_only_run_folder(unfinished, immutable):
     before = snapshot(unfinished)
     immutable(unfinished)
     result = resume(unfinished)
-    assert_one_line_error(result, f"Error: {unfinished / runs.CONFIG_FILE}: Operation not permitted; make {unfinished} writable, "
+    assert_one_line_error(result, f"Error: {unfinished / runs.RECORD_FILE}: Operation not permitted; make {unfinished} writable, "
                                   f"{resume_command(unfinished)}", unfinished)
     assert snapshot(unfinished) == before
 

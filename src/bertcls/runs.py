@@ -274,6 +274,11 @@ def _new_record() -> dict[str, Any]:
     return {"written_by": f"bertcls {__version__}", "files": []}
 
 
+def wrote(run: Path, name: str) -> bool:
+    """Whether bertcls recorded writing `name` (a path relative to the run folder) in `run`."""
+    return name in _recorded(Path(run))
+
+
 def _recorded(run: Path) -> set[str]:
     record = read_record(run)
     return set(record["files"]) if record else set()

@@ -161,7 +161,8 @@ def _inputs(cfg: Config, config_file: str | Path | None) -> dict[str, str]:
     """The run's local inputs by the key that names them (config.py made their paths absolute); output_dir may hold none."""
     named = {"data.train": cfg.data.train, "data.validation": cfg.data.validation, "data.test": cfg.data.test, "model.name": cfg.model.name}
     inputs = {key: value for key, value in named.items() if value and Path(value).is_absolute()}
-    if config_file is not None:
+    own_config = Path(cfg.output_dir) / runs.CONFIG_FILE  # the run's own config.yaml is ours: `train RUN/config.yaml --resume`
+    if config_file is not None and not (Path(config_file).resolve() == own_config.resolve() and runs.wrote(cfg.output_dir, runs.CONFIG_FILE)):
         inputs["the config file"] = str(config_file)
     return inputs
 
@@ -456,16 +457,18 @@ def build_optimizer(model, cfg: TrainingConfig, fused: bool) -> torch.optim.Adam
 def _claim_run_dir(run: Path, overwrite: bool, resuming: bool, accelerator, resources: ExitStack) -> None:
     """The main process locks the run folder for the whole run (`resources`), checks it again under the lock,
     and clears what a fresh start replaces (`runs.prepare_run_dir`); a refusal stops every process."""
-    refusal = None
+    refusal: RunError | None = None
     if accelerator.is_main_process:
         try:
             resources.enter_context(runlock.locked(run))
             runs.prepare_run_dir(run, overwrite, resuming)
-        except RunError as exc:
-            refusal = str(exc)
-    refusal = distributed.from_main(refusal, accelerator)
+        except RunError as exc:  # a write refused (disk full, read-only) included: its own kind, for the CLI's hint
+            refusal = exc
+    message = distributed.from_main(str(refusal) if refusal else None, accelerator)
     if refusal:
-        raise RunError(refusal)
+        raise refusal
+    if message:
+        raise RunError(message)
 
 
 def _best_on_resume(run: Path, state: LoopState, accelerator) -> str:
