@@ -95,7 +95,7 @@ def test_a_run_by_an_older_bertcls_is_refused_not_cleared(tmp_path, toy_data):
     old = tmp_path / "run"  # what bertcls wrote before it kept a record: nothing says which files are its own
     (old / "model").mkdir(parents=True)
     (old / "checkpoint-15").mkdir()
-    (old / "checkpoint-15" / runs.CHECKPOINT_STATE).write_text(json.dumps({"global_step": 15, "processes": 1}))
+    (old / "checkpoint-15" / runs.CHECKPOINT_STATE).write_text(json.dumps({"global_step": 15, "epoch": 1, "batches_done": 0, "processes": 1}))
     for name in ("config.yaml", "log.jsonl", "model/config.json", "model/mine.txt"):
         (old / name).write_text("{}")
     config = str(make_config(tmp_path, toy_data))
