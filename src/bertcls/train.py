@@ -17,9 +17,9 @@ from typing import Any
 import torch
 import yaml
 
+from bertcls import check, distributed, faults, report, runs
 from bertcls import checkpoint as ckpt
 from bertcls import data as data_mod
-from bertcls import distributed, faults, report, runs
 from bertcls.config import Config, TrainingConfig
 from bertcls.errors import BertclsError, ConfigError, TrainingError, first_line
 from bertcls.evaluate import Evaluation, is_better, predict_logits, score
@@ -99,6 +99,9 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
                                   multi_label=labels.multi_label)
     encoded = {name: data_mod.encode(split, tokenizer, cfg.data.max_length, labels)
                for name, split in (("train", train_split), ("validation", val_split), ("test", test_split)) if split is not None}
+    if main:  # leakage, conflicting labels, heavy truncation: a line each, also with --quiet; `bertcls check` has the details
+        for line in check.warnings((train_split, val_split, test_split), encoded["train"].lengths, cfg.data.max_length):
+            print(line, file=sys.stderr, flush=True)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     sampler = data_mod.LengthGroupedBatches(encoded["train"].lengths, tcfg.batch_size, cfg.seed)
     train_loader = data_mod.loader(encoded["train"], pad_id, sampler)
