@@ -19,7 +19,7 @@ from conftest import BAD, FILLER, GOOD, make_config, write_csv
 runner = CliRunner()
 
 CLEAN_TRAIN, CLEAN_HELD = 400, 60
-FLIPPED = range(10, 90, 10)  # clean train rows (0-based) whose label is flipped: 8 label errors
+FLIPPED = range(10, 90, 10)  # clean train rows (0-based) given a second cue word and the wrong label: 8 clear label errors
 DUPLICATED, VARIED, CONFLICTING = (1, 2, 3), (4, 5), (6, 7)  # clean train rows copied exactly, as variants, with the other label
 LEAKED_EXACT, LEAKED_VARIANT, LEAKED_RELABELLED = (100, 101), 102, 103  # train rows copied into validation / test
 LONG_TEXTS, LONG_WORDS = 4, 40  # 40 known words: 42 tokens with [CLS] and [SEP], over max_length 32
@@ -57,7 +57,9 @@ def clean_data() -> tuple[list, list, list]:
 def planted_data() -> tuple[list, list, list]:
     train, validation, test = clean_data()
     for i in FLIPPED:
-        train[i] = (train[i][0], other(train[i][1]))
+        text, label = train[i]
+        cue = next(w for w in (GOOD if label == "positive" else BAD) if w not in text.split())
+        train[i] = (f"{text} {cue}", other(label))
     rng = random.Random(1)
     long = [(" ".join(rng.sample(FILLER * 3, 36) + [cue] * 4), label) for cue, label in (("superb", "positive"), ("dull", "negative"),
                                                                                        ("charming", "positive"), ("awful", "negative"))]
@@ -106,10 +108,10 @@ def test_planted_problems_are_counted_exactly(planted):
 
 def test_flipped_labels_are_found_with_the_right_suggestion(planted):
     issues = {row["row"] - 1: row for row in planted[1].tables["label_issues"]}
-    clean_train = clean_data()[0]
+    true_labels = [label for _, label in clean_data()[0]]
     found = [i for i in FLIPPED if i in issues]
     assert len(found) >= 6, f"cleanlab found {found} of the flipped rows {list(FLIPPED)}"
-    assert all(issues[i]["suggested"] == clean_train[i][1] and issues[i]["given"] == other(clean_train[i][1]) for i in found)
+    assert all(issues[i]["suggested"] == true_labels[i] and issues[i]["given"] == other(true_labels[i]) for i in found)
     assert all(issues[i]["given_probability"] < 0.5 for i in found)
     assert len(planted[1].summary["label_issues"]["rows"]) == min(10, len(issues))
 
@@ -129,10 +131,11 @@ def test_terminal_report_shows_the_findings(planted, capsys):
     out = capsys.readouterr().out
     for line in ("duplicates in train: 5 exact, 7 after normalising (7 texts repeated)", "conflicts in train: 2 texts with different labels (4 rows)",
                  "labels train lacks, in validation: neutral (1 rows); training refuses them",
-                 "validation 3 (2 exact, 0 labelled otherwise in train), test 1 (0 exact, 1 labelled otherwise in train)",
+                 "leakage (rows also in train): validation 3 (2 exact, 0 with another label), test 1 (0 exact, 1 with another label)",
                  "near-empty texts (< 3 characters): train 3 (1 empty: training refuses them), validation 0, test 0"):
         assert line in out, out
-    assert "most suspicious:" in out and "validation accuracy" in out
+    assert "most suspicious:\nrow  given     suggested  p(given)  text" in out
+    assert "baseline (TF-IDF + logistic regression): validation accuracy 0.98" in out
 
 
 def test_json_strict_and_output_files(planted, tmp_path):
@@ -234,3 +237,15 @@ def test_train_prints_the_warnings(tmp_path):
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
     assert [line.split(":")[1].strip() for line in warnings] == ["leakage", "conflicts", "truncation"], result.stderr
     assert "2 validation row(s) also appear in train" in warnings[0] and "1 train text(s) appear with different labels (2 rows)" in warnings[1]
+
+
+def test_token_lengths_are_what_training_encodes(tmp_path):
+    from bertcls.data import encode
+    from bertcls.model import build_tiny_tokenizer
+
+    texts = ["a short one", "Ünïcödé, emoji 🙂 and CJK 漢字", "x " * 300, ""]
+    split = Split("train", texts, ["pair", "second text here", "y", "z"], ["a", "b", "a", "b"])
+    tokenizer = build_tiny_tokenizer(texts + split.pairs)
+    tokenizer.backend_tokenizer.enable_truncation(16)  # as a saved tokenizer.json may carry them: not for counting
+    tokenizer.backend_tokenizer.enable_padding(length=64)
+    assert check_mod.token_lengths(split, tokenizer).tolist() == encode(split, tokenizer, max_length=1000).lengths
