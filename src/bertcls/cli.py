@@ -1,4 +1,4 @@
-"""The command line: `bertcls train | predict | evaluate | export`, and the one place errors become exit codes.
+"""The command line: `bertcls train | check | predict | evaluate | export`, and the one place errors become exit codes.
 
 Heavy libraries (torch, transformers, datasets) are imported inside the commands, so `--help`
 and argument errors answer at once.
@@ -227,6 +227,37 @@ def evaluate(
             written = report.write_report(output, evaluation)
             runs.write_json(output / runs.METRICS_FILE, evaluation.metrics)
         typer.echo(f"wrote {output}: {', '.join(p.name for p in written)}, {runs.METRICS_FILE}", err=True)
+
+
+@app.command()
+@_error_boundary
+def check(
+    config: Annotated[Path, typer.Argument(help="The run's YAML config: its data, tokenizer and max_length are checked.", show_default=False)],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set data.train=other.csv (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object instead.")] = False,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write every finding as CSV (and summary.json) into this folder.")] = None,
+    label_issues: Annotated[int, typer.Option("--label-issues", min=0, help="Show this many likely label errors (cleanlab); 0 skips the search.")] = 10,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when validation/test texts leak from train or train labels conflict (for CI).")] = False,
+    debug: Debug = False,
+) -> None:
+    """Report on the data CONFIG would train on, without training: labels, token lengths, duplicates, conflicts, leakage, a baseline, label errors."""
+    from bertcls import check as check_mod
+    from bertcls.config import load_config
+
+    cfg = load_config(config, set_ or [])
+    if output is not None:
+        check_mod.prepare_output(output)
+    report = check_mod.check(cfg, label_issues=label_issues)
+    if output is not None:
+        written = check_mod.write_tables(report, output)
+        typer.echo(f"wrote {output}: {', '.join(p.name for p in written)}", err=True)
+    if as_json:
+        typer.echo(json.dumps(report.summary, ensure_ascii=False))
+    else:
+        check_mod.print_report(report)
+    if strict and report.problems:
+        typer.echo(f"--strict: {'; '.join(report.problems)}", err=True)
+        raise typer.Exit(1)
 
 
 class ExportFormat(str, Enum):

@@ -195,8 +195,11 @@ CONFIG_COLUMN_FIXES = {"text_column": "set data.text_column", "text_pair_column"
 
 
 def read_split(source: str, cfg: DataConfig, name: str, *, labelled: bool = True, max_rows: int | None = None,
-               column_fixes: dict[str, str] = CONFIG_COLUMN_FIXES) -> Split:
-    """Read one file (its first `max_rows` rows, if given) and check its columns, texts and labels."""
+               column_fixes: dict[str, str] = CONFIG_COLUMN_FIXES, keep_empty: bool = False) -> Split:
+    """Read one file (its first `max_rows` rows, if given) and check its columns, texts and labels.
+
+    `keep_empty` (for `bertcls check`, which counts them): empty or missing texts become "" instead of an error.
+    """
     table = read_table(source, split=name)
     if max_rows is not None and max_rows < len(table):
         table = table.select(range(max_rows))
@@ -210,8 +213,8 @@ def read_split(source: str, cfg: DataConfig, name: str, *, labelled: bool = True
     if len(table) == 0:
         raise DataError(f"{where}: no rows")
     rows = table.select_columns(columns).to_dict()
-    texts = _checked_texts(rows[cfg.text_column], where, cfg.text_column)
-    pairs = _checked_texts(rows[cfg.text_pair_column], where, cfg.text_pair_column) if cfg.text_pair_column else None
+    texts = _checked_texts(rows[cfg.text_column], where, cfg.text_column, keep_empty)
+    pairs = _checked_texts(rows[cfg.text_pair_column], where, cfg.text_pair_column, keep_empty) if cfg.text_pair_column else None
     labels = None
     if labelled and cfg.task == "multi_label":
         labels = _checked_label_lists(rows[cfg.label_column], where, cfg.label_column, cfg.label_separator)
@@ -220,8 +223,10 @@ def read_split(source: str, cfg: DataConfig, name: str, *, labelled: bool = True
     return Split(name, texts, pairs, labels)
 
 
-def _checked_texts(values: list[Any], where: str, column: str) -> list[str]:
+def _checked_texts(values: list[Any], where: str, column: str, keep_empty: bool = False) -> list[str]:
     bad = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())]
+    if bad and keep_empty:
+        return ["" if v is None else v if isinstance(v, str) else str(v) for v in values]
     if bad:
         raise DataError(f"{where}: {len(bad)} empty or missing text(s) in column {column!r} (data rows {_rows(bad)}); fill them in or remove those rows")
     return [v if isinstance(v, str) else str(v) for v in values]
@@ -279,19 +284,24 @@ def _checked_label_lists(values: list[Any], where: str, column: str, separator: 
     return rows
 
 
-def load_splits(cfg: DataConfig, seed: int) -> tuple[Split, Split, Split | None, LabelMap]:
-    """train, validation (a file or a stratified share of train), optional test, and the label map."""
+def load_splits(cfg: DataConfig, seed: int, *, lenient: bool = False) -> tuple[Split, Split, Split | None, LabelMap]:
+    """train, validation (a file or a stratified share of train), optional test, and the label map.
+
+    `lenient` (for `bertcls check`, which reports what training would refuse): keep empty texts, and
+    validation/test labels that train lacks.
+    """
     check_paths(cfg)
-    train = read_split(cfg.train, cfg, "train", max_rows=cfg.max_train_samples)
+    train = read_split(cfg.train, cfg, "train", max_rows=cfg.max_train_samples, keep_empty=lenient)
     labels = LabelMap.from_values(train.labels, f"train ({cfg.train})", multi_label=cfg.task == "multi_label")
     if cfg.validation:
-        validation = read_split(cfg.validation, cfg, "validation", max_rows=cfg.max_validation_samples)
+        validation = read_split(cfg.validation, cfg, "validation", max_rows=cfg.max_validation_samples, keep_empty=lenient)
     else:
         train, validation = split_off(train, cfg.validation_split, seed)
-    test = read_split(cfg.test, cfg, "test") if cfg.test else None
-    labels.encode(validation.labels, f"validation ({cfg.validation or 'split from train'})")
-    if test is not None:
-        labels.encode(test.labels, f"test ({cfg.test})")
+    test = read_split(cfg.test, cfg, "test", keep_empty=lenient) if cfg.test else None
+    if not lenient:
+        labels.encode(validation.labels, f"validation ({cfg.validation or 'split from train'})")
+        if test is not None:
+            labels.encode(test.labels, f"test ({cfg.test})")
     return train, validation, test, labels
 
 

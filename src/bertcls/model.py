@@ -86,17 +86,16 @@ def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, text
     label2id = {name: i for i, name in id2label.items()}
     problem_type = "multi_label_classification" if multi_label else "single_label_classification"
     if cfg.name == "tiny":
-        tokenizer = build_tiny_tokenizer(texts, model_max_length=max(512, max_length))
+        tokenizer = load_tokenizer(cfg, max_length, texts)
         config = transformers.BertConfig(
             vocab_size=len(tokenizer), max_position_embeddings=max(512, max_length), num_labels=len(id2label),
             id2label=id2label, label2id=label2id, pad_token_id=tokenizer.pad_token_id, problem_type=problem_type, **TINY,
         )
         return transformers.BertForSequenceClassification(config), tokenizer
-    _check_model_source(cfg.name)
     if cfg.trust_remote_code:
         warnings.warn(f"model.trust_remote_code is on: code shipped with {cfg.name} will run", BertclsWarning, stacklevel=2)
+    tokenizer = load_tokenizer(cfg, max_length, texts)
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
         with quiet_unpickler():
             model = transformers.AutoModelForSequenceClassification.from_pretrained(
                 cfg.name, num_labels=len(id2label), id2label=id2label, label2id=label2id, problem_type=problem_type,
@@ -148,6 +147,20 @@ def check_model_source(cfg: ModelConfig, max_length: int) -> None:
             raise ModelError(f"model.name {cfg.name!r}: {_download_failure()}") from None
         raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({first_line(exc)})") from None
     check_max_length(config, max_length, cfg.name)
+
+
+def load_tokenizer(cfg: ModelConfig, max_length: int, texts: Sequence[str] = ()):
+    """The tokenizer `load_model` pairs with the model, without the model's weights: `tiny` builds one from `texts`."""
+    transformers = _quiet_transformers()
+    if cfg.name == "tiny":
+        return build_tiny_tokenizer(texts, model_max_length=max(512, max_length))
+    _check_model_source(cfg.name)
+    try:
+        return transformers.AutoTokenizer.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        if _not_downloaded(exc):
+            raise ModelError(f"model.name {cfg.name!r}: {_download_failure()}") from None
+        raise ModelError(f"model.name {cfg.name!r}: cannot load its tokenizer ({first_line(exc)})") from None
 
 
 def _check_model_source(name: str) -> None:

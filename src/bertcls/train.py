@@ -28,9 +28,10 @@ from typing import Any
 import torch
 import yaml
 
+from bertcls import distributed, faults, machine, report, runlock, runs
 from bertcls import checkpoint as ckpt
 from bertcls import data as data_mod
-from bertcls import distributed, faults, machine, report, runlock, runs
+from bertcls.check import warnings as data_warnings
 from bertcls.checkpoint import LoopState
 from bertcls.config import Config, TrainingConfig
 from bertcls.errors import BertclsError, RunError, TrainingError, first_line
@@ -79,7 +80,7 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False, resum
     """
     tcfg = config.training
     with faults.guarded(tcfg) as stop, ExitStack() as resources:
-        inputs = check(config, config_file, resume, force, overwrite)
+        inputs = check_inputs(config, config_file, resume, force, overwrite)
         job = set_up(config, inputs, overwrite, quiet, stop, resources)
         acc, state = job.accelerator, job.state
         listeners = [EarlyStopping(tcfg, job.log), *callbacks]
@@ -142,7 +143,7 @@ class Inputs:
     resume_from: Path | None
 
 
-def check(config: Config, config_file: str | Path | None, resume: bool | str | Path, force: bool, overwrite: bool) -> Inputs:
+def check_inputs(config: Config, config_file: str | Path | None, resume: bool | str | Path, force: bool, overwrite: bool) -> Inputs:
     """Everything that can be checked cheaply, on every process (so that all stop together), before
     anything is written or loaded: output_dir against the run's inputs, the data and labels, class
     weights, the model source and max_length, the checkpoint to resume from, and the run folder."""
@@ -328,6 +329,9 @@ def _build(job: Job) -> None:
                                           multi_label=inputs.labels.multi_label)
     encoded = {name: data_mod.encode(split, job.tokenizer, config.data.max_length, inputs.labels)
                for name, split in (("train", inputs.train), ("validation", inputs.validation), ("test", inputs.test)) if split is not None}
+    if job.main:  # leakage, conflicting labels, heavy truncation: a line each, also with --quiet; `bertcls check` has the details
+        for line in data_warnings((inputs.train, inputs.validation, inputs.test), encoded["train"].lengths, config.data.max_length):
+            print(line, file=sys.stderr, flush=True)
     pad_id = job.tokenizer.pad_token_id if job.tokenizer.pad_token_id is not None else 0
     sampler = data_mod.LengthGroupedBatches(encoded["train"].lengths, tcfg.batch_size, config.seed)
     train_loader = data_mod.loader(encoded["train"], pad_id, sampler)

@@ -1,0 +1,251 @@
+"""`bertcls check`: planted problems are found and counted exactly, clean data reports none; the CLI's outputs and exit codes."""
+
+import csv
+import json
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bertcls import check as check_mod
+from bertcls.cli import app
+from bertcls.config import load_config
+from bertcls.data import Split
+from conftest import BAD, FILLER, GOOD, make_config, write_csv
+
+runner = CliRunner()
+
+CLEAN_TRAIN, CLEAN_HELD = 400, 60
+FLIPPED = range(10, 90, 10)  # clean train rows (0-based) given a second cue word and the wrong label: 8 clear label errors
+DUPLICATED, VARIED, CONFLICTING = (1, 2, 3), (4, 5), (6, 7)  # clean train rows copied exactly, as variants, with the other label
+LEAKED_EXACT, LEAKED_VARIANT, LEAKED_RELABELLED = (100, 101), 102, 103  # train rows copied into validation / test
+LONG_TEXTS, LONG_WORDS = 4, 40  # 40 known words: 42 tokens with [CLS] and [SEP], over max_length 32
+NEAR_EMPTY = [("ok", "positive"), ("!", "negative"), ("", "positive")]
+
+
+def unique_rows(n: int, rng: random.Random, taken: set[str]) -> list[tuple[str, str]]:
+    """Cue-word sentiment rows (conftest's toy task) that are distinct after normalising, from each other and from `taken`."""
+    rows: list[tuple[str, str]] = []
+    while len(rows) < n:
+        label = "positive" if len(rows) % 2 == 0 else "negative"
+        words = rng.sample(FILLER, rng.randint(3, 8)) + [rng.choice(GOOD if label == "positive" else BAD)]
+        rng.shuffle(words)
+        text = " ".join(words)
+        if check_mod.normalise(text) not in taken:
+            taken.add(check_mod.normalise(text))
+            rows.append((text, label))
+    return rows
+
+
+def other(label: str) -> str:
+    return "negative" if label == "positive" else "positive"
+
+
+def variant(text: str) -> str:
+    """The same text after normalising: other case, punctuation and spacing."""
+    return "  " + text.upper().replace(" ", " ,  ") + "!!"
+
+
+def clean_data() -> tuple[list, list, list]:
+    rng, taken = random.Random(0), set()
+    return unique_rows(CLEAN_TRAIN, rng, taken), unique_rows(CLEAN_HELD, rng, taken), unique_rows(CLEAN_HELD, rng, taken)
+
+
+def planted_data() -> tuple[list, list, list]:
+    train, validation, test = clean_data()
+    for i in FLIPPED:
+        text, label = train[i]
+        cue = next(w for w in (GOOD if label == "positive" else BAD) if w not in text.split())
+        train[i] = (f"{text} {cue}", other(label))
+    rng = random.Random(1)
+    long = [(" ".join(rng.sample(FILLER * 3, 36) + [cue] * 4), label) for cue, label in (("superb", "positive"), ("dull", "negative"),
+                                                                                       ("charming", "positive"), ("awful", "negative"))]
+    train += [train[i] for i in DUPLICATED] + [(variant(train[i][0]), train[i][1]) for i in VARIED] \
+        + [(train[i][0], other(train[i][1])) for i in CONFLICTING] + long + NEAR_EMPTY
+    validation += [train[i] for i in LEAKED_EXACT] + [(variant(train[LEAKED_VARIANT][0]), train[LEAKED_VARIANT][1]), ("a fresh remark", "neutral")]
+    test += [(variant(train[LEAKED_RELABELLED][0]), other(train[LEAKED_RELABELLED][1]))]
+    return train, validation, test
+
+
+def config_for(folder: Path, splits, **sections) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {name: write_csv(folder / f"{name}.csv", rows) for name, rows in zip(("train", "validation", "test"), splits, strict=True)}
+    return make_config(folder, data, **sections)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    config = config_for(tmp_path_factory.mktemp("planted"), planted_data())
+    return config, check_mod.check(load_config(config), label_issues=10)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    config = config_for(tmp_path_factory.mktemp("clean"), clean_data())
+    return config, check_mod.check(load_config(config), label_issues=10)
+
+
+def test_planted_problems_are_counted_exactly(planted):
+    s = planted[1].summary
+    train, validation, test = planted_data()
+    assert {name: split["rows"] for name, split in s["splits"].items()} == {"train": len(train), "validation": len(validation), "test": len(test)}
+    assert s["splits"]["train"]["labels"] == dict(sorted(Counter(label for _, label in train).items()))
+    assert s["imbalance_ratio"] == round(max(s["splits"]["train"]["labels"].values()) / min(s["splits"]["train"]["labels"].values()), 2)
+    assert s["unseen_labels"] == {"validation": {"neutral": 1}}
+    assert {k: s["duplicates"][k] for k in ("exact", "normalised", "texts")} == {"exact": 5, "normalised": 7, "texts": 7}
+    assert {k: s["conflicts"][k] for k in ("texts", "rows")} == {"texts": 2, "rows": 4}
+    assert s["conflicts"]["examples"][0]["labels"] == {train[6][1]: [7], other(train[6][1]): [CLEAN_TRAIN + 6]}
+    assert {name: (n["normalised"], n["exact"], n["label_differs"]) for name, n in s["leakage"].items()} == {"validation": (3, 2, 0), "test": (1, 0, 1)}
+    assert {name: (n["rows"], n["empty"]) for name, n in s["near_empty"].items()} == {"train": (3, 1), "validation": (0, 0), "test": (0, 0)}
+    assert {name: n["over_max_length"] for name, n in s["lengths"].items()} == {"train": LONG_TEXTS, "validation": 0, "test": 0}
+    assert s["lengths"]["train"]["max"] == LONG_WORDS + 2
+    assert s["max_length_to_keep_whole"]["99%"] < s["max_length"]
+    assert planted[1].problems == ["4 validation/test row(s) also in train", "2 train text(s) with conflicting labels"]
+
+
+def test_flipped_labels_are_found_with_the_right_suggestion(planted):
+    issues = {row["row"] - 1: row for row in planted[1].tables["label_issues"]}
+    true_labels = [label for _, label in clean_data()[0]]
+    found = [i for i in FLIPPED if i in issues]
+    assert len(found) >= 6, f"cleanlab found {found} of the flipped rows {list(FLIPPED)}"
+    assert all(issues[i]["suggested"] == true_labels[i] and issues[i]["given"] == other(true_labels[i]) for i in found)
+    assert all(issues[i]["given_probability"] < 0.5 for i in found)
+    assert len(planted[1].summary["label_issues"]["rows"]) == min(10, len(issues))
+
+
+def test_clean_data_reports_none(clean):
+    s = clean[1].summary
+    assert (s["duplicates"]["normalised"], s["conflicts"]["texts"], s["unseen_labels"]) == (0, 0, {})
+    assert all(n["normalised"] == 0 for n in s["leakage"].values())
+    assert all(n["rows"] == 0 for n in s["near_empty"].values())
+    assert all(n["over_max_length"] == 0 for n in s["lengths"].values())
+    assert s["label_issues"]["found"] == 0 and clean[1].problems == []
+    assert s["baseline"]["validation"]["accuracy"] >= 0.9  # the cue-word task is easy for TF-IDF
+
+
+def test_terminal_report_shows_the_findings(planted, capsys):
+    check_mod.print_report(planted[1])
+    out = capsys.readouterr().out
+    for line in ("duplicates in train: 5 exact, 7 after normalising (7 texts repeated)", "conflicts in train: 2 texts with different labels (4 rows)",
+                 "labels train lacks, in validation: neutral (1 rows); training refuses them",
+                 "leakage (rows also in train): validation 3 (2 exact, 0 with another label), test 1 (0 exact, 1 with another label)",
+                 "near-empty texts (< 3 characters): train 3 (1 empty: training refuses them), validation 0, test 0"):
+        assert line in out, out
+    assert "most suspicious:\nrow  given     suggested  p(given)  text" in out
+    assert "baseline (TF-IDF + logistic regression): validation accuracy 0.98" in out
+
+
+def test_json_strict_and_output_files(planted, tmp_path):
+    config, report = planted
+    out = tmp_path / "findings"
+    result = runner.invoke(app, ["check", str(config), "--json", "--strict", "--output", str(out), "--label-issues", "3"])
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["duplicates"] == report.summary["duplicates"] and summary["leakage"] == report.summary["leakage"]
+    assert len(summary["label_issues"]["rows"]) == 3
+    assert "--strict: 4 validation/test row(s) also in train; 2 train text(s) with conflicting labels" in result.stderr
+    assert json.loads((out / "summary.json").read_text()) == summary
+    tables = {p.stem: list(csv.DictReader(p.read_text(encoding="utf-8").splitlines())) for p in out.glob("*.csv")}
+    assert sorted(tables) == sorted(check_mod.TABLES) and sorted(p.name for p in out.iterdir()) == sorted([*(f"{t}.csv" for t in tables), "summary.json"])
+    assert (len(tables["duplicates"]), sum(r["exact"] == "True" for r in tables["duplicates"])) == (14, 5)
+    assert (len(tables["conflicts"]), len(tables["leakage"]), len(tables["near_empty"])) == (4, 4, 3)
+    assert (len(tables["lengths"]), sum(r["over_max_length"] == "True" for r in tables["lengths"])) == (sum(len(s) for s in planted_data()), LONG_TEXTS)
+    assert len(tables["label_issues"]) == report.summary["label_issues"]["found"]
+    assert runner.invoke(app, ["check", str(config), "--label-issues", "0"]).exit_code == 0  # without --strict, findings are no failure
+
+
+def test_strict_passes_on_clean_data(clean):
+    result = runner.invoke(app, ["check", str(clean[0]), "--strict", "--label-issues", "0"])
+    assert result.exit_code == 0, result.output
+    assert "likely label errors: skipped (--label-issues 0)" in result.stdout
+
+
+@pytest.mark.parametrize("make_bad, message", [
+    (lambda d: ["--output", str(d / "train.csv")], "--output {d}/train.csv: a file, not a folder; give a folder (it is created if missing)"),
+    (lambda d: ["--set", "data.text_column=body"], "no column 'body' (columns: text, label); set data.text_column"),
+])
+def test_bad_input_is_one_line_error(clean, make_bad, message):
+    folder = clean[0].parent
+    before = (folder / "train.csv").read_bytes()
+    result = runner.invoke(app, ["check", str(clean[0]), *make_bad(folder)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error: ") and len(result.stderr.splitlines()) == 1 and message.format(d=folder) in result.stderr
+    assert (folder / "train.csv").read_bytes() == before
+
+
+def test_without_cleanlab_label_issues_are_skipped_with_a_hint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "cleanlab", None)  # import cleanlab now raises ImportError
+    monkeypatch.setitem(sys.modules, "cleanlab.filter", None)
+    rng, taken = random.Random(3), set()
+    report = check_mod.check(load_config(config_for(tmp_path, [unique_rows(40, rng, taken), unique_rows(10, rng, taken), unique_rows(10, rng, taken)])))
+    assert report.summary["label_issues"] == {"skipped": check_mod.NO_CLEANLAB}
+    check_mod.print_report(report)
+    assert "likely label errors: skipped (cleanlab is not installed: pip install cleanlab (or pip install 'bertcls[check]'))" in capsys.readouterr().out
+
+
+def test_sentence_pairs_compare_both_texts(tmp_path):
+    rows = [("is it good", "yes it is great", "yes"), ("is it good", "no it is awful", "no"), ("Is it good?", "Yes, it is great.", "yes"),
+            ("is it bad", "no it is fine", "no"), ("is it bad", "yes it is awful", "yes"), ("is it new", "yes brand new", "yes")]
+    data = {"train": write_csv(tmp_path / "train.csv", rows, header=("q", "a", "label")),
+            "validation": write_csv(tmp_path / "validation.csv", [("is it good", "no it is awful", "no"), ("is it new", "no", "no")], header=("q", "a", "label"))}
+    config = load_config(make_config(tmp_path, data), ["data.text_column=q", "data.text_pair_column=a", "data.test=null"])
+    s = check_mod.check(config, label_issues=0).summary
+    assert (s["duplicates"]["exact"], s["duplicates"]["normalised"], s["conflicts"]["texts"]) == (0, 1, 0)
+    assert s["leakage"] == {"validation": {"exact": 1, "normalised": 1, "label_differs": 0, "examples": [
+        {"split": "validation", "row": 1, "exact": True, "label": "no", "train_rows": "2", "train_labels": "no", "text": "is it good || no it is awful"}]}}
+    assert s["near_empty"]["validation"]["rows"] == 1  # the pair text "no"
+
+
+def test_multi_label_counts_label_sets_and_scores_one_vs_rest(tmp_path):
+    rng, taken = random.Random(5), set()
+    sets = ["sport", "politics", "sport;politics", "music", ""]
+    rows = [(text, sets[i % len(sets)]) for i, (text, _) in enumerate(unique_rows(100, rng, taken))]
+    rows += [(rows[0][0], "music")]  # the first text again with another label set: one conflict
+    data = {"train": write_csv(tmp_path / "train.csv", rows), "validation": write_csv(tmp_path / "validation.csv", rows[1:11])}
+    s = check_mod.check(load_config(make_config(tmp_path, data), ["data.task=multi_label", "data.test=null"]), label_issues=3).summary
+    assert s["splits"]["train"]["labels"] == {"music": 21, "politics": 40, "sport": 40}
+    assert (s["conflicts"]["texts"], s["leakage"]["validation"]["normalised"], s["leakage"]["validation"]["exact"]) == (1, 10, 10)
+    assert set(s["baseline"]["validation"]) == {"accuracy", "f1_micro", "f1_macro"} and s["label_issues"]["folds"] == 5
+
+
+@pytest.mark.parametrize("cut, warned", [(10, False), (11, True)])
+def test_train_warnings_name_each_problem(cut, warned):
+    train = Split("train", ["good film", "Good film!", "bad film", "a plot"], None, ["pos", "neg", "neg", "pos"])
+    validation = Split("validation", ["A plot", "new text"], None, ["pos", "pos"])
+    lengths = [32] * cut + [5] * (100 - cut)  # train's lengths as encoded: 32 is max_length, so cut
+    lines = check_mod.warnings((train, validation, None), lengths, 32)
+    assert lines[:2] == [
+        "warning: leakage: 1 validation row(s) also appear in train (after normalising case, punctuation and whitespace); "
+        "their scores overstate the model. `bertcls check CONFIG --output DIR` lists them",
+        "warning: conflicts: 1 train text(s) appear with different labels (2 rows). `bertcls check CONFIG --output DIR` lists them"]
+    assert lines[2:] == ([f"warning: truncation: {cut}% of train texts ({cut}) fill data.max_length=32 tokens and are cut; "
+                          "`bertcls check CONFIG` says which max_length keeps 95% whole"] if warned else [])
+    assert check_mod.warnings((Split("train", ["a b", "c d"], None, [0, 1]), Split("validation", ["e f"], None, [0]), None), [4, 4], 32) == []
+
+
+def test_train_prints_the_warnings(tmp_path):
+    rng, taken = random.Random(7), set()
+    train = unique_rows(40, rng, taken)
+    train += [(train[0][0], other(train[0][1]))]
+    config = config_for(tmp_path, [train, unique_rows(10, rng, taken) + train[1:3], unique_rows(10, rng, taken)],
+                        training={"epochs": 1, "save_torchscript": False, "loss_curve": False})
+    result = runner.invoke(app, ["train", str(config), "--quiet", "--set", "data.max_length=8"])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert [line.split(":")[1].strip() for line in warnings] == ["leakage", "conflicts", "truncation"], result.stderr
+    assert "2 validation row(s) also appear in train" in warnings[0] and "1 train text(s) appear with different labels (2 rows)" in warnings[1]
+
+
+def test_token_lengths_are_what_training_encodes(tmp_path):
+    from bertcls.data import encode
+    from bertcls.model import build_tiny_tokenizer
+
+    texts = ["a short one", "Ünïcödé, emoji 🙂 and CJK 漢字", "x " * 300, ""]
+    split = Split("train", texts, ["pair", "second text here", "y", "z"], ["a", "b", "a", "b"])
+    tokenizer = build_tiny_tokenizer(texts + split.pairs)
+    tokenizer.backend_tokenizer.enable_truncation(16)  # as a saved tokenizer.json may carry them: not for counting
+    tokenizer.backend_tokenizer.enable_padding(length=64)
+    assert check_mod.token_lengths(split, tokenizer).tolist() == encode(split, tokenizer, max_length=1000).lengths
