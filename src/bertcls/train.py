@@ -28,9 +28,9 @@ from typing import Any
 import torch
 import yaml
 
-from bertcls import distributed, faults, machine, report, runlock, runs
 from bertcls import checkpoint as ckpt
 from bertcls import data as data_mod
+from bertcls import distributed, faults, machine, report, runlock, runs
 from bertcls.check import warnings as data_warnings
 from bertcls.checkpoint import LoopState
 from bertcls.config import Config, TrainingConfig
