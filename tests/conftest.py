@@ -60,7 +60,8 @@ def make_config(folder: Path, data: dict[str, Path], **sections) -> Path:
         "output_dir": str(folder / "run"),
         "data": {"train": str(data["train"]), "validation": str(data["validation"]), "test": str(data.get("test", data["validation"])), "max_length": 32},
         "model": {"name": "tiny"},
-        "training": {"epochs": 3, "batch_size": 16, "learning_rate": 2e-3, "precision": "fp32", "log_every_steps": 5},
+        "training": {"epochs": 3, "batch_size": 16, "learning_rate": 2e-3, "precision": "fp32", "log_every_steps": 5,
+                     "keep_checkpoints_at_end": True},  # tests look into a finished run's checkpoints
     }
     for key, value in sections.items():
         if isinstance(value, dict):

@@ -274,14 +274,18 @@ def test_resume_arguments_are_checked(tmp_path, data):
         assert result.exit_code == 2 and message in result.output, result.output
 
 
-def test_a_finished_run_keeps_its_checkpoint_and_overwrite_clears_it(tmp_path, data, keep_threads):
-    config = make_config(tmp_path, data, training={**TRAINING, "epochs": 1, "save_every_steps": None})
+def test_a_finished_run_keeps_its_checkpoint_when_asked_and_overwrite_clears_it(tmp_path, data, keep_threads):
+    config = make_config(tmp_path, data, training={**TRAINING, "epochs": 1, "save_every_steps": None, "keep_checkpoints_at_end": True})
     run = train(load_config(config), quiet=True)
-    assert [p.name for p in runs.checkpoints(run)] == ["checkpoint-15"]  # default: one checkpoint, after each epoch
+    assert [p.name for p in runs.checkpoints(run)] == ["checkpoint-15"]  # one checkpoint, after each epoch
     with pytest.raises(RunError, match="already holds a finished run"):
         train(load_config(config), quiet=True)
     train(load_config(config), overwrite=True, quiet=True)
     assert [p.name for p in runs.checkpoints(run)] == ["checkpoint-15"]
+    # by default a finished run keeps model/ and its graph alone: the checkpoints only serve to resume
+    train(load_config(config, ["training.keep_checkpoints_at_end=false"]), overwrite=True, quiet=True)
+    assert runs.checkpoints(run) == [] and not list(run.glob("checkpoint-*"))
+    assert (run / "model" / "model.safetensors").is_file() and (run / runs.METRICS_FILE).is_file()
 
 
 @pytest.mark.gpu

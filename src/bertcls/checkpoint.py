@@ -24,7 +24,8 @@ from bertcls.model import quiet_unpickler, unreadable_weights
 
 # Keys that may change between a checkpoint and its resume without changing what is trained.
 HARMLESS_KEYS = frozenset({"output_dir", "training.log_every_steps", "training.num_threads",
-                           "training.save_every_steps", "training.keep_checkpoints"})
+                           "training.save_every_steps", "training.keep_checkpoints",
+                           "training.keep_checkpoints_at_end"})
 
 
 @dataclass

@@ -414,6 +414,9 @@ def finish(job: Job, inputs: Inputs, stop: faults.StopRequest, listeners: list[C
         listener.on_end(result)
     if job.main:
         runs.write_json(run / runs.METRICS_FILE, result)  # last: its presence marks the run finished
+        if not tcfg.keep_checkpoints_at_end:  # only an unfinished run resumes: the finished one keeps model/
+            for folder in runs.checkpoints(run):
+                runs.remove_ours(run, folder.name)
     stop.armed = False
     job.log.say(f"run folder: {run}")
     acc.end_training()
