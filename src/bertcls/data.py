@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bertcls.errors import DataError, first_line
+from bertcls.errors import DataError, first_line, listing, shown
 
 if TYPE_CHECKING:  # config (pydantic) is imported where files are read, not on the predict path
     from bertcls.config import DataConfig
@@ -159,8 +159,8 @@ class LabelMap:
         seen = {str(v) for row in values for v in row} if self.multi_label else {str(v) for v in values}
         unknown = sorted(seen - ids.keys())
         if unknown:
-            shown = ", ".join(repr(u) for u in unknown[:5])
-            raise DataError(f"{where}: labels not seen in train: {shown}; the model can only predict {', '.join(self.names)}")
+            raise DataError(f"{where}: labels not seen in train: {listing(unknown, 5, shown)}; "
+                            f"the model can only predict {listing(self.names, 20)}")
         if self.multi_label:
             hot = [{ids[str(v)] for v in row} for row in values]
             return [[1.0 if i in row else 0.0 for i in range(len(self.names))] for row in hot]

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from bertcls.errors import ConfigError
+from bertcls.errors import ConfigError, listing, shown
 
 
 def class_weights(setting: str | dict[Any, float], names: Sequence[str], train_ids: Sequence[int]) -> list[float] | None:
@@ -29,7 +29,7 @@ def class_weights(setting: str | dict[Any, float], names: Sequence[str], train_i
     given = {str(k): float(v) for k, v in setting.items()}
     unknown = sorted(given.keys() - set(names))
     if unknown:
-        raise ConfigError(f"training.class_weights: no label {', '.join(map(repr, unknown))} in train (labels: {', '.join(names)})")
+        raise ConfigError(f"training.class_weights: no label {listing(unknown, show=shown)} in train (labels: {listing(names, 20)})")
     return [given.get(name, 1.0) for name in names]
 
 
