@@ -1,14 +1,85 @@
 """Scale and hostile inputs: many labels, YAML alias bombs, very long texts, and local data kept out
 of shared caches. Each check asserts what stays small (files, messages) rather than timing anything."""
 
+import csv
+import json
+
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from bertcls import report, runs
 from bertcls.cli import app
 from bertcls.config import load_config
 from bertcls.errors import ConfigError
+from bertcls.evaluate import compute_metrics, confusion_cells, score
+from conftest import make_config, toy_rows, write_csv
 
 runner = CliRunner()
+
+
+# ---------------------------------------------------------------------------- many labels
+
+def test_a_many_label_run_writes_small_files_and_capped_reports(tmp_path, capsys):
+    """300 labels: no labels-squared matrix in metrics.json, no per-label table in a checkpoint,
+    top-k columns in predictions.csv, a focused confusion figure and a capped terminal table."""
+    from bertcls.train import train
+
+    labels = 300
+    rows = lambda n, seed: [(f"{text} cue{i % labels}", f"label{i % labels:03d}") for i, (text, _) in enumerate(toy_rows(n, seed))]  # noqa: E731
+    files = {"train": write_csv(tmp_path / "train.csv", rows(600, 0)), "validation": write_csv(tmp_path / "validation.csv", rows(300, 1))}
+    config = make_config(tmp_path, files, training={"epochs": 1, "batch_size": 64, "precision": "fp32", "loss_curve": False,
+                                                     "save_torchscript": False})
+    run = train(load_config(config))
+    metrics_file, state_file = run / runs.METRICS_FILE, next(run.glob("checkpoint-*")) / runs.CHECKPOINT_STATE
+    # Dense, one matrix is 90,000 numbers (over 700 KB indented); per-class results are ~40 KB a split.
+    assert metrics_file.stat().st_size < 200_000 and state_file.stat().st_size < 20_000
+    metrics = json.loads(metrics_file.read_text())["test"]
+    assert len(metrics["per_class"]) == labels and set(metrics["confusion_matrix"]) == {"labels", "cells"}
+    assert sum(count for _, _, count in metrics["confusion_matrix"]["cells"]) == 300
+    state = json.loads(state_file.read_text())
+    assert "per_class" not in state["best_metrics"] and "confusion_matrix" not in state["best_metrics"]
+    assert state["best_metrics"]["f1_macro"] == pytest.approx(json.loads(metrics_file.read_text())["validation"]["f1_macro"])
+    folder = run / runs.REPORTS_DIR / "test"
+    header = next(csv.reader(open(folder / report.PREDICTIONS_FILE, encoding="utf-8")))
+    assert header == ["text", "gold", "predicted", "score", "label_1", "score_1", "label_2", "score_2", "label_3", "score_3",
+                      "label_4", "score_4", "label_5", "score_5"]
+    assert (folder / report.CONFUSION_FILE).stat().st_size > 2000 and (folder / report.RELIABILITY_FILE).is_file()
+    assert "... and 250 more labels (shown: the 50 with the most rows)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("labels", [3, 60])
+def test_both_confusion_forms_read_back_the_same_cells(labels):
+    gold = [0, 0, 1, 1, 2, 2, 2]
+    pred = [0, 1, 1, 2, 2, 2, 0]
+    names = [f"l{i:02d}" for i in range(labels)]
+    confusion = compute_metrics(gold, pred, names)["confusion_matrix"]
+    assert ("matrix" in confusion) == (labels <= 50)
+    cells = sorted(zip(*(part.tolist() for part in confusion_cells(confusion)), strict=True))
+    assert cells == [(0, 0, 1), (0, 1, 1), (1, 1, 1), (1, 2, 1), (2, 0, 1), (2, 2, 2)]
+    assert report.worst_confusions(confusion, top=2) == [("l00", "l01", 1, 0.5), ("l01", "l02", 1, 0.5)]
+    if labels == 60:  # largest cell first, then by gold and predicted label
+        assert confusion["cells"][:2] == [["l02", "l02", 2], ["l00", "l00", 1]]
+
+
+def test_the_confusion_figure_beyond_fifty_labels_shows_the_largest_confusions():
+    names = [f"l{i:03d}" for i in range(500)]
+    gold = list(range(500)) + [7] * 5 + [300] * 3
+    pred = list(range(500)) + [400] * 5 + [9] * 3
+    gold_ids, pred_ids, counts = confusion_cells(compute_metrics(gold, pred, names)["confusion_matrix"])
+    kept = report._most_confused(gold_ids, pred_ids, counts, np.bincount(gold_ids, weights=counts, minlength=500))
+    assert len(kept) == report.FOCUS_LABELS and {7, 9, 300, 400} <= set(kept.tolist())
+
+
+def test_many_labels_keep_predictions_csv_to_the_top_labels(tmp_path):
+    names = [f"l{i:03d}" for i in range(80)]
+    logits = np.zeros((2, 80), dtype=np.float32)
+    logits[0, [5, 6, 7]] = [3, 2, 1]
+    logits[1, [70, 71]] = [2, 4]
+    report.write_report(tmp_path, score(["x", "y"], None, names, logits, [5, 70]))
+    rows = list(csv.DictReader(open(tmp_path / report.PREDICTIONS_FILE, encoding="utf-8")))
+    assert [rows[0][f"label_{k}"] for k in (1, 2, 3)] == ["l005", "l006", "l007"] and rows[1]["label_1"] == "l071"
+    assert float(rows[0]["score_1"]) == pytest.approx(float(rows[0]["score"])) and rows[1]["predicted"] == "l071"
 
 
 # ---------------------------------------------------------------------------- YAML alias bombs, echoed values

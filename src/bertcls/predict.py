@@ -42,9 +42,11 @@ class Prediction:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+    """Row-wise softmax in the logits' float dtype, in one new array (rows x labels can be large)."""
+    out = np.asarray(logits, dtype=np.result_type(logits, np.float32)) - logits.max(axis=-1, keepdims=True)
+    np.exp(out, out=out)
+    out /= out.sum(axis=-1, keepdims=True)
+    return out
 
 
 def to_predictions(logits: np.ndarray, lengths: Sequence[int], id2label: dict[int, str], max_length: int,

@@ -22,7 +22,7 @@ from bertcls import data as data_mod
 from bertcls import distributed, faults, report, runs
 from bertcls.config import Config, TrainingConfig
 from bertcls.errors import BertclsError, ConfigError, TrainingError, first_line
-from bertcls.evaluate import Evaluation, is_better, predict_logits, score
+from bertcls.evaluate import Evaluation, is_better, predict_logits, scalars, score
 from bertcls.loss import build_loss
 from bertcls.model import load_model, resolve_precision, save_model
 
@@ -201,12 +201,12 @@ def _train(config: Config, overwrite: bool, quiet: bool, resume: bool | str | Pa
         evaluation = _evaluate(model, eval_loaders["validation"], accelerator, labels, val_split, tcfg.threshold, tcfg.tune_threshold)
         metrics = evaluation.metrics
         value = metrics[tcfg.metric_for_best]
-        log.write({"step": global_step, "epoch": epoch + 1, "split": "validation",
-                   **{k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}})
+        log.write({"step": global_step, "epoch": epoch + 1, "split": "validation", **scalars(metrics)})
         log.say(f"epoch {epoch + 1} | step {global_step} | validation loss {metrics['loss']:.4f} | "
                 f"accuracy {metrics['accuracy']:.4f} | f1_macro {metrics['f1_macro']:.4f}")
         if is_better(tcfg.metric_for_best, value, best_value):
-            best_value, best_epoch, best_metrics, evals_since_best = value, epoch + 1, metrics, 0
+            # Only the headline numbers go into every checkpoint: per-label tables grow with the labels.
+            best_value, best_epoch, best_metrics, evals_since_best = value, epoch + 1, scalars(metrics), 0
             weights = distributed.full_state_dict(accelerator, model)  # every process: a collective under FSDP
             if main:
                 save_model(accelerator.unwrap_model(model), tokenizer, run / runs.MODEL_DIR, weights, threshold=evaluation.threshold)
