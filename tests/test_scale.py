@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bertcls import report, runs
+from bertcls import data, predict, report, runs
 from bertcls.cli import app
 from bertcls.config import load_config
 from bertcls.errors import ConfigError
@@ -125,3 +125,45 @@ def test_echoed_values_and_listed_problems_are_capped(tmp_path):
     message = str(err.value)
     assert message.startswith("seed: input should be a valid integer (got 'xxx") and "...x" in message
     assert message.endswith("; ... and 21 more problem(s)") and message.count("unknown key") == 9 and len(message) < 5000
+
+
+# ---------------------------------------------------------------------------- very long texts
+
+LONG = " ".join(text for text, _ in toy_rows(3000, 5))  # about 100,000 characters
+
+
+def _tokenizer():
+    from bertcls.model import build_tiny_tokenizer
+
+    return build_tiny_tokenizer([LONG])
+
+
+@pytest.mark.parametrize("texts, pairs, full", [
+    ([LONG, "a short one"], None, [True, False]),
+    (["   " * 20_000 + LONG[:400], LONG], None, [True, True]),  # mostly spaces: the cut leaves too few tokens, so it is tokenised whole
+    ([LONG, "short"], ["short pair", LONG], [True, True]),  # one long side of a pair
+])
+def test_cutting_long_texts_keeps_exactly_the_tokens_truncation_keeps(texts, pairs, full):
+    tokenizer = _tokenizer()
+    assert predict.cut_long_texts(texts, pairs, 32)[2] == [i for i, long in enumerate(full) if long]  # cut by characters
+    encoded = data.encode(data.Split("x", texts, pairs, None), tokenizer, 32)
+    whole = tokenizer(texts, pairs, truncation=True, max_length=32)
+    assert encoded.input_ids == whole["input_ids"] and encoded.token_type_ids == whole["token_type_ids"]
+    assert [len(ids) == 32 for ids in encoded.input_ids] == full
+
+
+def test_a_pair_with_two_long_sides_is_cut_and_truncated():
+    encoded = data.encode(data.Split("x", [LONG], [LONG[::-1]], None), _tokenizer(), 32)
+    assert len(encoded.input_ids[0]) == 32 and 0 < sum(encoded.token_type_ids[0]) < 31
+
+
+@pytest.mark.parametrize("engine", ["torchscript", "pytorch"])
+def test_predictors_give_a_cut_long_text_the_logits_of_the_whole(trained_run, monkeypatch, engine):
+    predictor = predict.load_predictor(trained_run, device="cpu") if engine == "torchscript" else predict.Predictor.load(trained_run, device="cpu")
+    assert predictor.engine == engine
+    texts = [LONG, "a great film", "  " * 10_000 + "awful"]
+    cut, cut_logits = predictor.predict(texts), predictor.logits(texts)
+    monkeypatch.setattr(predict, "CHARS_PER_TOKEN", 10**9)  # no cut: the whole texts tokenised, then truncated
+    whole, whole_logits = predictor.predict(texts), predictor.logits(texts)
+    assert [p.truncated for p in cut] == [p.truncated for p in whole] == [True, False, False]
+    np.testing.assert_array_equal(cut_logits, whole_logits)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bertcls.errors import DataError, first_line, listing, shown
+from bertcls.predict import cut_long_texts
 
 if TYPE_CHECKING:  # config (pydantic) is imported where files are read, not on the predict path
     from bertcls.config import DataConfig
@@ -299,12 +300,22 @@ class Encoded:
 
 
 def encode(split: Split, tokenizer, max_length: int, labels: LabelMap | None = None) -> Encoded:
-    """Tokenise every text once, in batch with the fast tokenizer; no padding here."""
+    """Tokenise every text once, in batch with the fast tokenizer, long texts cut first (see
+    `predict.CHARS_PER_TOKEN`); truncated to max_length, no padding here."""
     wants_types = "token_type_ids" in tokenizer.model_input_names
-    out = tokenizer(split.texts, split.pairs, truncation=True, max_length=max_length,
-                    return_attention_mask=False, return_token_type_ids=wants_types)
+    options = {"truncation": True, "max_length": max_length, "return_attention_mask": False, "return_token_type_ids": wants_types}
+    texts, pairs, cut = cut_long_texts(split.texts, split.pairs, max_length)
+    out = tokenizer(texts, pairs, **options)
+    input_ids, types = out["input_ids"], out["token_type_ids"] if wants_types else None
+    again = [i for i in cut if len(input_ids[i]) < max_length]  # cut too soon: these rows again, whole
+    if again:
+        whole = tokenizer([split.texts[i] for i in again], [split.pairs[i] for i in again] if split.pairs is not None else None, **options)
+        for j, i in enumerate(again):
+            input_ids[i] = whole["input_ids"][j]
+            if types is not None:
+                types[i] = whole["token_type_ids"][j]
     label_ids = labels.encode(split.labels, split.name) if labels is not None and split.labels is not None else None
-    return Encoded(out["input_ids"], out["token_type_ids"] if wants_types else None, label_ids)
+    return Encoded(input_ids, types, label_ids)
 
 
 class LengthGroupedBatches(torch.utils.data.Sampler):
