@@ -3,6 +3,9 @@ of shared caches. Each check asserts what stays small (files, messages) rather t
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -167,3 +170,33 @@ def test_predictors_give_a_cut_long_text_the_logits_of_the_whole(trained_run, mo
     whole, whole_logits = predictor.predict(texts), predictor.logits(texts)
     assert [p.truncated for p in cut] == [p.truncated for p in whole] == [True, False, False]
     np.testing.assert_array_equal(cut_logits, whole_logits)
+
+
+# ---------------------------------------------------------------------------- no copies in shared caches
+
+READ_ALL = """
+import sys
+from bertcls.config import DataConfig
+from bertcls.data import read_split
+for source in sys.argv[1:]:
+    split = read_split(source, DataConfig(train=source), "train")
+    assert split.texts == ["good film", "bad film"] and split.labels == ["pos", "neg"], split
+"""
+
+
+def test_reading_local_files_leaves_nothing_in_the_hugging_face_cache_or_temp(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"text": "good film", "label": "pos"}, {"text": "bad film", "label": "neg"}]
+    write_csv(tmp_path / "d.csv", [(r["text"], r["label"]) for r in rows])
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    home, temp = tmp_path / "hf", tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "HF_HOME": str(home), "HF_DATASETS_CACHE": str(home / "datasets"), "TMPDIR": str(temp)}
+    files = [str(tmp_path / f"d.{kind}") for kind in ("csv", "jsonl", "parquet")]
+    done = subprocess.run([sys.executable, "-c", READ_ALL, *files], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not home.exists() or not any(p.is_file() for p in home.rglob("*")), sorted(home.rglob("*"))
+    assert list(temp.iterdir()) == []

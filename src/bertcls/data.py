@@ -1,8 +1,10 @@
 """Data: files (or hub datasets) in, checked splits, a sorted label map and padded batches out.
 
-Files are read through `datasets` (its Arrow cache is file-locked, so launched processes may
-read at once); texts are tokenised in memory, in batch, by each process, with no cache to race
-on. Batches are grouped by length so each one is padded only to its own longest sequence.
+Local files are read through `datasets` into memory, by each process, via a temporary cache of
+its own that is removed at once: nothing lands in the shared Hugging Face cache, and launched
+processes never race. Hub datasets use datasets' normal download cache (file-locked). Texts are
+tokenised in memory, in batch, by each process. Batches are grouped by length so each one is
+padded only to its own longest sequence.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,10 +77,13 @@ def read_table(source: str, split: str = "train"):
         "jsonl": ("json", {}),
         "parquet": ("parquet", {}),
     }[kind]
-    try:
-        return datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **options)
-    except Exception as exc:
-        raise DataError(_read_error(path, exc)) from None
+    # The user's files stay out of shared caches: datasets writes its Arrow copy into a folder of this
+    # process's own (no races between launched processes), the table is read into memory, the folder removed.
+    with tempfile.TemporaryDirectory(prefix="bertcls-data-") as cache:
+        try:
+            return datasets.load_dataset(builder, data_files={split: str(path)}, split=split, cache_dir=cache, keep_in_memory=True, **options)
+        except Exception as exc:
+            raise DataError(_read_error(path, exc)) from None
 
 
 def check_fields(path: Path, kind: str) -> None:
