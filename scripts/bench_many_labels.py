@@ -1,4 +1,4 @@
-"""Benchmark: `bertcls train` (and `bertcls evaluate`) on a synthetic task with many labels.
+"""Benchmark: `bertcls train`, `bertcls evaluate` and `bertcls predict --file` on a synthetic task with many labels.
 
 A tiny model, one epoch, ROWS training rows spread over LABELS labels (validation and test: a
 tenth of that each), every job in its own process: wall time, CPU time and peak RSS (ru_maxrss
@@ -87,6 +87,9 @@ def bench(labels: int, rows: int, evaluate: bool) -> dict:
             timed = run_child(python + ["evaluate", str(folder / "test.csv"), "--model", str(folder / "run"),
                                         "--output", str(folder / "eval"), "--device", "cpu"], f"evaluate, {labels} labels")
             result.update({f"evaluate_{k}": v for k, v in timed.items()})
+            timed = run_child(python + ["predict", "--model", str(folder / "run"), "--file", str(folder / "test.csv"), "--top-k", "5",
+                                        "--output", str(folder / "predicted.csv"), "--device", "cpu"], f"predict --file, {labels} labels")
+            result.update({f"predict_{k}": v for k, v in timed.items()})
     return result
 
 
@@ -94,15 +97,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=int, nargs="+", default=[1000], help="label counts to measure, side by side")
     parser.add_argument("--rows", type=int, default=20000, help="training rows (validation and test: a tenth each)")
-    parser.add_argument("--no-evaluate", action="store_true", help="time only `bertcls train`")
+    parser.add_argument("--no-evaluate", action="store_true", help="time only `bertcls train` (not evaluate and predict)")
     args = parser.parse_args()
     results = [bench(n, args.rows, not args.no_evaluate) for n in args.labels]
+    nan = float("nan")
     print("| labels | rows | train wall s | train CPU s | train peak RSS MiB | evaluate wall s | evaluate peak RSS MiB "
-          "| metrics.json MiB | state.json MiB | test predictions.csv MiB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| predict --file wall s | predict --file peak RSS MiB | metrics.json MiB | state.json MiB | test predictions.csv MiB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['labels']:,} | {r['rows']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['rss_mib']:.0f} | "
-              f"{r.get('evaluate_wall_s', float('nan')):.1f} | {r.get('evaluate_rss_mib', float('nan')):.0f} | "
+              f"{r.get('evaluate_wall_s', nan):.1f} | {r.get('evaluate_rss_mib', nan):.0f} | "
+              f"{r.get('predict_wall_s', nan):.1f} | {r.get('predict_rss_mib', nan):.0f} | "
               f"{r['metrics_mib']:.2f} | {r['state_mib']:.2f} | {r['predictions_mib']:.2f} |")
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from bertcls import runs
 from bertcls.evaluate import Evaluation, confusion_cells, decisions, reliability
+from bertcls.predict import top_ids
 
 PREDICTIONS_FILE = "predictions.csv"
 CONFUSION_FILE = "confusion_matrix.png"
@@ -74,8 +75,7 @@ def _write_predictions(path: Path, ev: Evaluation) -> Path:
         if every:
             row += [f"{p:.6f}" for p in probs]
         else:
-            top = np.argpartition(-probs, k - 1)[:k]
-            row += [x for j in top[np.argsort(-probs[top], kind="stable")] for x in (names[j], f"{probs[j]:.6f}")]
+            row += [x for j in top_ids(probs, k) for x in (names[j], f"{probs[j]:.6f}")]
         writer.writerow(row)
     runs.write_atomic(path, buffer.getvalue())
     return path
