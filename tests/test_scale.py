@@ -85,6 +85,17 @@ def test_many_labels_keep_predictions_csv_to_the_top_labels(tmp_path):
     assert float(rows[0]["score_1"]) == pytest.approx(float(rows[0]["score"])) and rows[1]["predicted"] == "l071"
 
 
+def test_predictions_read_probabilities_from_the_row_and_rank_ties_in_label_order():
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # few distinct values: many ties, also at the k-th place
+        row = rng.integers(0, 4, size=int(rng.integers(1, 12))).astype(np.float32)
+        k = int(rng.integers(1, 14))
+        assert predict.top_ids(row, k).tolist() == np.argsort(-row, kind="stable")[:k].tolist()
+    out = predict.to_predictions(np.array([[0.0, 2.0, 2.0, 1.0]]), [4], {0: "a", 1: "b", 2: "c", 3: "d"}, 8)[0]
+    assert list(out.probabilities) == ["a", "b", "c", "d"] and out.probabilities["b"] == out.probabilities["c"] == out.score
+    assert out.top(3) == [("b", out.score), ("c", out.score), ("d", out.probabilities["d"])] and sum(out.probabilities.values()) == pytest.approx(1)
+
+
 # ---------------------------------------------------------------------------- YAML alias bombs, echoed values
 
 LAUGHS = "".join(f"{name}: &{name} [{', '.join([f'*{prev}' if prev else 'lol'] * 9)}]\n"
