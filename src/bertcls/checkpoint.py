@@ -19,7 +19,7 @@ import torch
 
 from bertcls import distributed, runs
 from bertcls.errors import RunError, first_line, load_reason
-from bertcls.evaluate import is_better
+from bertcls.evaluate import is_better, scalars
 from bertcls.model import quiet_unpickler, unreadable_weights
 
 # Keys that may change between a checkpoint and its resume without changing what is trained.
@@ -56,7 +56,7 @@ class LoopState:
             self.evals_since_best += 1
             return False
         self.best_value, self.best_epoch, self.best_step, self.evals_since_best = metrics[metric], epoch, self.global_step, 0
-        self.best_metrics = {k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}
+        self.best_metrics = scalars(metrics)  # only the headline numbers: per-label tables grow with the labels
         return True
 
     def forget_best(self) -> None:

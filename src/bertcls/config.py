@@ -16,10 +16,15 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from bertcls import machine
-from bertcls.errors import ConfigError
+from bertcls.errors import ConfigError, clipped, shown
 
 DATA_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
 METRICS = ("accuracy", "f1_macro", "f1_micro", "f1_weighted", "precision_macro", "recall_macro", "loss")
+# YAML aliases (*name) may repeat an anchored value; past this many values added by repeating, a file is refused:
+# nested aliases grow exponentially (a "billion laughs" file), and a real config repeats a few dozen at most.
+MAX_ALIAS_EXPANSION = 10_000
+# Problems listed in one config error; the rest are counted.
+MAX_ERRORS_SHOWN = 10
 
 
 def _float_from_yaml(value: Any) -> Any:
@@ -40,12 +45,12 @@ def _class_weights(value: Any) -> Any:
     if value in ("none", "balanced"):
         return value
     if not isinstance(value, dict) or not value:
-        raise ValueError(f"training.class_weights: expected none, balanced or a mapping {{label: weight}} (got {value!r})")
+        raise ValueError(f"training.class_weights: expected none, balanced or a mapping {{label: weight}} (got {shown(value)})")
     weights = {}
     for label, weight in value.items():
         weight = _float_from_yaml(weight)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-            raise ValueError(f"training.class_weights.{label}: a weight must be a number >= 0 (got {weight!r})")
+            raise ValueError(f"training.class_weights.{clipped(str(label))}: a weight must be a number >= 0 (got {shown(weight)})")
         weights[str(label)] = float(weight)
     if not any(weights.values()):
         raise ValueError("training.class_weights: at least one weight must be above 0")
@@ -172,7 +177,9 @@ def validate_config(raw: dict[str, Any]) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError("; ".join(_format_error(err) for err in exc.errors())) from None
+        errors = exc.errors()
+        more = f"; ... and {len(errors) - MAX_ERRORS_SHOWN} more problem(s)" if len(errors) > MAX_ERRORS_SHOWN else ""
+        raise ConfigError("; ".join(_format_error(err) for err in errors[:MAX_ERRORS_SHOWN]) + more) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -185,7 +192,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text, str(path))
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -198,6 +207,58 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
+def load_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load, refusing aliases that expand past MAX_ALIAS_EXPANSION values or refer to themselves.
+
+    PyYAML builds an aliased value once and shares it, so loading a "billion laughs" file is quick;
+    the damage comes later, from anything that walks it whole (an error message quoting it, a
+    merge key expanding it). The check counts the composed nodes, before anything is built.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            added = _expanded_size(node, {}) - len(_distinct_nodes(node))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if added > MAX_ALIAS_EXPANSION:
+            raise ConfigError(f"{where}: its aliases (*name) repeat more than {MAX_ALIAS_EXPANSION:,} values "
+                              "(nested aliases, a \"billion laughs\"?); write the values out instead")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int | None]) -> int:
+    """Nodes in `node` with every alias written out (counted, never built). `sizes`: memo by node id."""
+    key = id(node)
+    if key in sizes:
+        if sizes[key] is None:  # met again while counting itself: an alias inside its own anchor
+            raise ValueError("an alias (*name) refers to the value it is part of; a config cannot be recursive")
+        return sizes[key]
+    sizes[key] = None
+    children = [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else \
+        node.value if isinstance(node, yaml.SequenceNode) else []
+    sizes[key] = total = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return total
+
+
+def _distinct_nodes(node: yaml.Node) -> set[int]:
+    seen, todo = set(), [node]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            todo += [part for pair in current.value for part in pair]
+        elif isinstance(current, yaml.SequenceNode):
+            todo += current.value
+    return seen
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """`training.epochs=1` -> ("training.epochs", 1); the value is read as YAML, like the file."""
     key, sep, text = item.partition("=")
@@ -205,10 +266,10 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep and key and " " not in key:
         raise ConfigError(f"--set {item}: no value; write --set {key}=VALUE, with `=` and no spaces")
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set training.epochs=1")
+        raise ConfigError(f"--set {shown(item)}: expected KEY=VALUE with a dotted key, e.g. --set training.epochs=1")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
+        value = load_yaml(text, f"--set {clipped(key)}") if text.strip() else None
+    except (yaml.YAMLError, RecursionError):
         value = text
     return key, value
 
@@ -219,7 +280,7 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+            raise ConfigError(f"--set {clipped(key)}: {clipped('.'.join(parts[: i + 1]))} is not a section")
         node = child
     node[parts[-1]] = value
 
@@ -251,7 +312,7 @@ def _resolve_path_value(key: str, value: Any, base: Path) -> Any:
 
 def _format_error(err: dict[str, Any]) -> str:
     loc = [str(part) for part in err["loc"]]
-    key = ".".join(loc) or "config"
+    key = clipped(".".join(loc)) or "config"
     if err["type"] == "extra_forbidden":
         return f"{key}: unknown key{_suggest(loc)}"
     if err["type"] == "missing":
@@ -259,8 +320,7 @@ def _format_error(err: dict[str, Any]) -> str:
     if err["type"] == "value_error":
         return str(err["msg"]).removeprefix("Value error, ")
     given = err.get("input")
-    shown = repr(given) if not isinstance(given, dict) else "a mapping"
-    return f"{key}: {err['msg'].lower()} (got {shown})"
+    return f"{key}: {err['msg'].lower()} (got {shown(given) if not isinstance(given, dict) else 'a mapping'})"
 
 
 # Names other tools use for our keys: difflib alone cannot see that `lr` means `learning_rate`.

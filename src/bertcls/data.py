@@ -1,8 +1,10 @@
 """Data: files (or hub datasets) in, checked splits, a sorted label map and padded batches out.
 
-Files are read through `datasets` (its Arrow cache is file-locked, so launched processes may
-read at once); texts are tokenised in memory, in batch, by each process, with no cache to race
-on. Batches are grouped by length so each one is padded only to its own longest sequence.
+Local files are read through `datasets` into memory, by each process, via a temporary cache of
+its own that is removed at once: nothing lands in the shared Hugging Face cache, and launched
+processes never race. Hub datasets use datasets' normal download cache (file-locked). Texts are
+tokenised in memory, in batch, by each process. Batches are grouped by length so each one is
+padded only to its own longest sequence.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import csv
 import logging
 import math
 import re
+import tempfile
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bertcls import tsv
-from bertcls.errors import DataError, first_line
+from bertcls.errors import DataError, first_line, listing, shown
+from bertcls.model import cut_long_texts
 
 if TYPE_CHECKING:  # config (pydantic) is imported where files are read, not on the predict path
     from bertcls.config import DataConfig
@@ -74,10 +79,13 @@ def read_table(source: str, split: str = "train"):
         "jsonl": ("json", {}),
         "parquet": ("parquet", {}),
     }[kind]
-    try:
-        return datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **options)
-    except Exception as exc:
-        raise DataError(_read_error(path, exc)) from None
+    # The user's files stay out of shared caches: datasets writes its Arrow copy into a folder of this
+    # process's own (no races between launched processes), the table is read into memory, the folder removed.
+    with tempfile.TemporaryDirectory(prefix="bertcls-data-") as cache:
+        try:
+            return datasets.load_dataset(builder, data_files={split: str(path)}, split=split, cache_dir=cache, keep_in_memory=True, **options)
+        except Exception as exc:
+            raise DataError(_read_error(path, exc)) from None
 
 
 def check_fields(path: Path, kind: str) -> int:
@@ -167,8 +175,8 @@ class LabelMap:
         seen = {str(v) for row in values for v in row} if self.multi_label else {str(v) for v in values}
         unknown = sorted(seen - ids.keys())
         if unknown:
-            shown = ", ".join(repr(u) for u in unknown[:5])
-            raise DataError(f"{where}: labels not seen in train: {shown}; the model can only predict {', '.join(self.names)}")
+            raise DataError(f"{where}: labels not seen in train: {listing(unknown, 5, shown)}; "
+                            f"the model can only predict {listing(self.names, 20)}")
         if self.multi_label:
             hot = [{ids[str(v)] for v in row} for row in values]
             return [[1.0 if i in row else 0.0 for i in range(len(self.names))] for row in hot]
@@ -316,8 +324,6 @@ def check_paths(cfg: DataConfig) -> None:
 
 def split_off(split: Split, share: float, seed: int) -> tuple[Split, Split]:
     """Hold out `share` of the rows, stratified by label when every class has two rows or more."""
-    from collections import Counter
-
     from sklearn.model_selection import train_test_split
 
     n_held = math.ceil(len(split) * share)
@@ -353,12 +359,22 @@ class Encoded:
 
 
 def encode(split: Split, tokenizer, max_length: int, labels: LabelMap | None = None) -> Encoded:
-    """Tokenise every text once, in batch with the fast tokenizer; no padding here."""
+    """Tokenise every text once, in batch with the fast tokenizer, long texts cut first (see
+    `model.CHARS_PER_TOKEN`); truncated to max_length, no padding here."""
     wants_types = "token_type_ids" in tokenizer.model_input_names
-    out = tokenizer(split.texts, split.pairs, truncation=True, max_length=max_length,
-                    return_attention_mask=False, return_token_type_ids=wants_types)
+    options = {"truncation": True, "max_length": max_length, "return_attention_mask": False, "return_token_type_ids": wants_types}
+    texts, pairs, cut = cut_long_texts(split.texts, split.pairs, max_length)
+    out = tokenizer(texts, pairs, **options)
+    input_ids, types = out["input_ids"], out["token_type_ids"] if wants_types else None
+    again = [i for i in cut if len(input_ids[i]) < max_length]  # cut too soon: these rows again, whole
+    if again:
+        whole = tokenizer([split.texts[i] for i in again], [split.pairs[i] for i in again] if split.pairs is not None else None, **options)
+        for j, i in enumerate(again):
+            input_ids[i] = whole["input_ids"][j]
+            if types is not None:
+                types[i] = whole["token_type_ids"][j]
     label_ids = labels.encode(split.labels, split.name) if labels is not None and split.labels is not None else None
-    return Encoded(out["input_ids"], out["token_type_ids"] if wants_types else None, label_ids)
+    return Encoded(input_ids, types, label_ids)
 
 
 class LengthGroupedBatches(torch.utils.data.Sampler):

@@ -18,6 +18,7 @@ Anything else that escapes is a bug and keeps its traceback (exit 1).
 
 import errno
 import pickle
+import reprlib
 
 
 class BertclsError(Exception):
@@ -84,3 +85,27 @@ def load_reason(exc: BaseException) -> str:
     if isinstance(exc, EOFError) or (isinstance(exc, OSError) and exc.errno == errno.EINVAL and exc.filename is None):
         return "the file is empty, cut short or damaged"  # torch's words: "EOFError()", "[Errno 22] Invalid argument"
     return text
+
+# Echoed values are capped: a message quoting a huge value (a YAML alias bomb, a 10,000-label list) stays one short line.
+SHOWN_CHARS = 80
+SHOWN_ITEMS = 10
+# reprlib formats at most a few items per level and a few levels, so a deep or shared structure is never expanded whole.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, SHOWN_CHARS, SHOWN_CHARS
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """repr(value) in at most `limit` characters, cut with "..."."""
+    return clipped(_REPR.repr(value), limit)
+
+
+def clipped(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` in at most `limit` characters, cut with "..."."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def listing(items, limit: int = SHOWN_ITEMS, show=str) -> str:
+    """The first `limit` items joined with ", ", then how many more there are."""
+    items = list(items)
+    head = ", ".join(show(item) for item in items[:limit])
+    return head + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")

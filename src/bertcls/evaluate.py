@@ -8,18 +8,21 @@ from typing import Any
 
 import numpy as np
 
+from bertcls import runs
 from bertcls.inference import loss_of
 from bertcls.predict import sigmoid, softmax
 
 # Equal-width confidence bins of the reliability diagram and the expected calibration error.
 CALIBRATION_BINS = 15
+# Up to this many labels metrics.json holds the whole confusion matrix; beyond, only its non-zero cells.
+DENSE_CONFUSION_MAX_LABELS = 50
 
 
 def compute_metrics(labels: Sequence[int], preds: Sequence[int], names: Sequence[str], loss: float | None = None,
                     probs: np.ndarray | None = None) -> dict[str, Any]:
     """Accuracy, precision/recall/F1 (macro, micro, weighted), a per-class report and the confusion matrix;
     with class probabilities also the expected calibration error and, for two classes, ROC and PR AUCs."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     ids = list(range(len(names)))
     metrics: dict[str, Any] = {"num_examples": len(labels), "accuracy": float(accuracy_score(labels, preds))}
@@ -30,10 +33,41 @@ def compute_metrics(labels: Sequence[int], preds: Sequence[int], names: Sequence
     metrics["per_class"] = {
         name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, name in enumerate(names)
     }
-    metrics["confusion_matrix"] = {"labels": list(names), "matrix": confusion_matrix(labels, preds, labels=ids).tolist()}
+    metrics["confusion_matrix"] = confusion(labels, preds, names)
     if probs is not None:
         metrics.update(probability_metrics(np.asarray(labels), probs, names))
     return metrics
+
+
+def confusion(gold: Sequence[int], pred: Sequence[int], names: Sequence[str]) -> dict[str, Any]:
+    """Rows: gold label, columns: predicted label. Up to DENSE_CONFUSION_MAX_LABELS labels the whole
+    matrix (`matrix`); beyond, its non-zero cells as [gold, predicted, count], largest first (`cells`):
+    a size that grows with the rows scored, not with the square of the labels (10,000 labels: 800 MB dense)."""
+    n = len(names)
+    cell, counts = np.unique(np.asarray(gold, dtype=np.int64) * n + np.asarray(pred, dtype=np.int64), return_counts=True)
+    if n <= DENSE_CONFUSION_MAX_LABELS:
+        matrix = np.zeros(n * n, dtype=np.int64)
+        matrix[cell] = counts
+        return {"labels": list(names), "matrix": matrix.reshape(n, n).tolist()}
+    order = np.lexsort((cell, -counts))
+    return {"labels": list(names), "cells": [[names[c // n], names[c % n], int(k)] for c, k in zip(cell[order].tolist(), counts[order], strict=True)]}
+
+
+def confusion_cells(confusion: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The non-zero cells of a `confusion` result, either form: gold ids, predicted ids and counts."""
+    if "matrix" in confusion:
+        matrix = np.asarray(confusion["matrix"], dtype=np.int64).reshape(len(confusion["labels"]), -1)
+        gold, pred = np.nonzero(matrix)
+        return gold, pred, matrix[gold, pred]
+    ids = {name: i for i, name in enumerate(confusion["labels"])}
+    cells = confusion["cells"]
+    return (np.array([ids[g] for g, _, _ in cells], dtype=np.int64), np.array([ids[p] for _, p, _ in cells], dtype=np.int64),
+            np.array([k for _, _, k in cells], dtype=np.int64))
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a metrics dict, without per-label tables or matrices (for log.jsonl and checkpoints)."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
 
 
 def averaged_prf(gold, pred, **options) -> dict[str, float]:
@@ -166,7 +200,6 @@ def evaluate_file(model_path, data_file: str, *, text_column: str | None = None,
 
     `say`, if given, is told what runs the model (engine, device, precision).
     """
-    from bertcls import runs
     from bertcls.config import DataConfig
     from bertcls.data import LabelMap, read_split
     from bertcls.predict import load_predictor

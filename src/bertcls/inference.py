@@ -37,6 +37,7 @@ def _predict_logits(model, loader, accelerator):
             label_parts.append(batch["labels"])
         logits_parts.append(model(**batch).logits.float())
     logits, index = torch.cat(logits_parts), torch.cat(index_parts)
+    logits_parts.clear()  # rows x labels: at most two copies alive at once (this and the reordered one)
     labels = torch.cat(label_parts) if label_parts else None
     if accelerator is not None and accelerator.num_processes > 1:
         logits, index, labels = _gather_rows(accelerator, logits, index, labels)

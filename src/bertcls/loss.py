@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from bertcls.errors import ConfigError
+from bertcls.errors import ConfigError, listing, shown
 
 
 def class_weights(setting: str | dict[Any, float], names: Sequence[str], train_ids: Sequence[int]) -> list[float] | None:
@@ -36,7 +36,7 @@ def check_class_weights(setting: str | dict[Any, float], names: Sequence[str]) -
     if isinstance(setting, dict):
         unknown = sorted({str(k) for k in setting} - set(names))
         if unknown:
-            raise ConfigError(f"training.class_weights: no label {', '.join(map(repr, unknown))} in train (labels: {', '.join(names)})")
+            raise ConfigError(f"training.class_weights: no label {listing(unknown, show=shown)} in train (labels: {listing(names, 20)})")
 
 
 def build_loss(setting: str | dict[Any, float], names: Sequence[str], train_ids: Sequence[int], device) -> Callable[[Any, dict], torch.Tensor]:

@@ -9,16 +9,27 @@ from __future__ import annotations
 import pickle
 import shutil
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bertcls.errors import BertclsWarning, ModelError, first_line, load_reason
+from bertcls.runs import model_dir, publish_dir, temp_dir_for, writing
 
 # Where a saved multi-label model keeps its decision threshold (in config.json, beside id2label).
 THRESHOLD_KEY = "multi_label_threshold"
 DEFAULT_THRESHOLD = 0.5
+
+# Tokenising a text costs memory in proportion to its whole length, however little truncation keeps (a 20 MB
+# text took 3.8 GB), so texts are cut to max_length x CHARS_PER_TOKEN characters first. A real tokenizer's token
+# averages 3-6 characters, so the cut keeps every token truncation keeps; a row it leaves short of max_length
+# tokens (mostly whitespace, or long words that are one unknown token each) is tokenised again whole. Pairs:
+# each side is cut; when both sides are that long, which side keeps the odd token of an odd budget follows
+# the cut sides' token counts (the tokenizer gives it to the longer side).
+CHARS_PER_TOKEN = 16
+
 
 if TYPE_CHECKING:  # pydantic stays off the predict path: it costs start-up time and prediction never needs it
     from bertcls.config import ModelConfig
@@ -48,13 +59,11 @@ def build_tiny_tokenizer(texts: Sequence[str], model_max_length: int = 512):
     words, ties broken alphabetically: the same texts always give the same ids. (The `tokenizers`
     trainers break ties in hash order, which differs from process to process.)
     """
-    from collections import Counter
-
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     transformers = _quiet_transformers()
     normalizer, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
-    words = Counter(w for text in texts for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    words = Counter(w for text in texts for piece in _pieces(text) for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(piece)))
     chars = sorted({c for w in words for c in w})
     vocab = SPECIAL_TOKENS + chars + [f"##{c}" for c in chars]
     known = set(vocab)
@@ -73,6 +82,23 @@ def build_tiny_tokenizer(texts: Sequence[str], model_max_length: int = 512):
         tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
         mask_token="[MASK]", model_max_length=model_max_length, do_lower_case=True,
     )
+
+
+# Texts are read for words this many characters at a time: a 20 MB text split whole took 1.8 GB.
+PIECE_CHARS = 1 << 20
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """`text` in pieces of about PIECE_CHARS characters, each ending at a space (words are never split
+    there, and the normalizer works character by character, so the words found are the same)."""
+    start = 0
+    while start < len(text):
+        end = start + PIECE_CHARS
+        if end < len(text):
+            space = text.rfind(" ", start, end)
+            end = space + 1 if space > start else end
+        yield text[start:end]
+        start = end
 
 
 def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, texts: Sequence[str] = (), multi_label: bool = False):
@@ -181,7 +207,6 @@ def check_max_length(model_config, max_length: int, name: str) -> None:
 
 def load_trained(path: str | Path):
     """(model, tokenizer) from a run folder (its `model/`) or a plain Hugging Face model folder, in eval mode."""
-    from bertcls.runs import model_dir
 
     folder = model_dir(path)
     transformers = _quiet_transformers()
@@ -222,7 +247,6 @@ def save_model(model, tokenizer, dest: Path, state_dict: dict | None = None, thr
     `state_dict`: the full weights when `model` itself holds only a shard of them (FSDP).
     A multi-label model's decision `threshold` goes into its config.json (`multi_label_threshold`).
     """
-    from bertcls.runs import publish_dir, temp_dir_for, writing
 
     if threshold is not None:
         setattr(model.config, THRESHOLD_KEY, float(threshold))
@@ -235,3 +259,17 @@ def save_model(model, tokenizer, dest: Path, state_dict: dict | None = None, thr
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # the previous model/ stays, and so does the disk space
             raise
+
+
+def cut_long_texts(texts: Sequence[str], pairs: Sequence[str] | None, max_length: int):
+    """(texts, pairs, rows cut): each text and pair text cut to max_length x CHARS_PER_TOKEN characters."""
+    bound = max_length * CHARS_PER_TOKEN
+    cut = [i for i, text in enumerate(texts) if len(text) > bound or (pairs is not None and len(pairs[i]) > bound)]
+    if not cut:
+        return texts, pairs, cut
+    texts, pairs = list(texts), list(pairs) if pairs is not None else None
+    for i in cut:
+        texts[i] = texts[i][:bound]
+        if pairs is not None:
+            pairs[i] = pairs[i][:bound]
+    return texts, pairs, cut

@@ -10,18 +10,20 @@ an exported ONNX folder (onnxruntime and `tokenizers`, no torch).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from bertcls.model import DEFAULT_THRESHOLD, THRESHOLD_KEY
+from bertcls import machine, runs
+from bertcls.errors import ModelError, first_line
+from bertcls.model import DEFAULT_THRESHOLD, THRESHOLD_KEY, cut_long_texts, load_trained
 
 # Fallback when neither the run's config nor the tokenizer names a sensible limit.
 DEFAULT_MAX_LENGTH = 512
-
-
 
 
 @dataclass
@@ -30,32 +32,67 @@ class Prediction:
 
     label: str
     score: float
-    probabilities: dict[str, float] = field(repr=False)
+    probabilities: Mapping[str, float] = field(repr=False)
     truncated: bool = False
     labels: list[str] | None = None
 
     def top(self, k: int) -> list[tuple[str, float]]:
         """The k most probable labels with their probabilities, best first."""
+        if isinstance(self.probabilities, RowProbabilities):
+            row, names = self.probabilities.row, self.probabilities.names
+            return [(names[i], float(row[i])) for i in top_ids(row, k)]
         return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
 
 
+class RowProbabilities(Mapping):
+    """label -> probability for one prediction, read from its row of the probabilities on demand: a dict
+    per row costs about 100 bytes a label (1 GB for 2,000 texts of a model with 10,000 labels)."""
+
+    def __init__(self, row: np.ndarray, names: Sequence[str], ids: dict[str, int]) -> None:
+        self.row, self.names, self.ids = row, names, ids  # names by id; ids: label -> id, shared by every row
+
+    def __getitem__(self, label: str) -> float:
+        return float(self.row[self.ids[label]])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def top_ids(row: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the k largest values of `row`, largest first, ties in id order (as a stable sort of the whole row
+    would give), without sorting the whole row."""
+    k = min(k, len(row))
+    kth = np.partition(row, len(row) - k)[len(row) - k]
+    above, tied = np.flatnonzero(row > kth), np.flatnonzero(row == kth)
+    ids = np.concatenate([above, tied[: k - len(above)]])
+    return ids[np.lexsort((ids, -row[ids]))]
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+    """Row-wise softmax in the logits' float dtype, in one new array (rows x labels can be large)."""
+    out = np.asarray(logits, dtype=np.result_type(logits, np.float32)) - logits.max(axis=-1, keepdims=True)
+    np.exp(out, out=out)
+    out /= out.sum(axis=-1, keepdims=True)
+    return out
 
 
 def to_predictions(logits: np.ndarray, lengths: Sequence[int], id2label: dict[int, str], max_length: int,
                    threshold: float | None = None) -> list[Prediction]:
     """Softmax (or, with a multi-label threshold, sigmoid) rows -> Predictions."""
     probs = softmax(logits) if threshold is None else sigmoid(logits)
+    names = [id2label[k] for k in range(probs.shape[1])]
+    ids = {name: k for k, name in enumerate(names)}
     results = []
     for row, length in zip(probs, lengths, strict=True):
         best = int(row.argmax())
-        above = None if threshold is None else [id2label[k] for k in np.argsort(-row, kind="stable") if row[k] >= threshold]
-        results.append(Prediction(label=id2label[best], score=float(row[best]),
-                                  probabilities={id2label[k]: float(p) for k, p in enumerate(row)},
-                                  truncated=length >= max_length, labels=above))
+        if threshold is not None:
+            above = np.flatnonzero(row >= threshold)
+            above = [names[k] for k in above[np.argsort(-row[above], kind="stable")]]
+        results.append(Prediction(label=names[best], score=float(row[best]), probabilities=RowProbabilities(row, names, ids),
+                                  truncated=length >= max_length, labels=above if threshold is not None else None))
     return results
 
 
@@ -88,7 +125,6 @@ def resolve_device_precision(path: str | Path, device: str, precision: str) -> t
     """`device` auto: cuda when there is a GPU. `precision` auto: the run's training.precision where this device
     computes it natively (bf16 on CPUs with AVX512-BF16/AMX and GPUs of compute capability 8.0+), else fp32; a
     plain model folder follows the hardware alone."""
-    from bertcls import machine, runs
 
     machine.check_precision(precision, "precision")
     device = machine.pick_device(device, "device")
@@ -153,8 +189,6 @@ class _TokenizersPredictor(_Predicts):
     @staticmethod
     def _read(folder: Path, max_length: int):
         """(config.json as a dict, the tokenizer from tokenizer.json, truncating at max_length, not padding)."""
-        import json
-
         from tokenizers import Tokenizer
 
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -169,9 +203,20 @@ class _TokenizersPredictor(_Predicts):
     def _forward(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
+    def _tokenise(self, texts: Sequence[str], pairs: Sequence[str] | None) -> list:
+        """Encodings truncated to max_length, long texts cut first (see CHARS_PER_TOKEN)."""
+        def encode(texts, pairs):
+            return self.tokenizer.encode_batch(list(zip(texts, pairs, strict=True)) if pairs is not None else list(texts))
+
+        short_texts, short_pairs, cut = cut_long_texts(texts, pairs, self.max_length)
+        encodings = encode(short_texts, short_pairs)
+        again = [i for i in cut if len(encodings[i].ids) < self.max_length]
+        for i, encoding in zip(again, encode([texts[i] for i in again], [pairs[i] for i in again] if pairs is not None else None), strict=True):
+            encodings[i] = encoding
+        return encodings
+
     def _run(self, texts: Sequence[str], pairs: Sequence[str] | None):
-        items = list(zip(texts, pairs, strict=True)) if pairs is not None else list(texts)
-        encodings = self.tokenizer.encode_batch(items)
+        encodings = self._tokenise(texts, pairs)
         lengths = [len(e.ids) for e in encodings]
         order = sorted(range(len(encodings)), key=lambda i: -lengths[i])  # similar lengths together: little padding
         out = None
@@ -205,9 +250,6 @@ class OnnxPredictor(_TokenizersPredictor):
 
     @classmethod
     def load(cls, path: str | Path, batch_size: int = 64) -> OnnxPredictor:
-        import json
-
-        from bertcls.errors import ModelError, first_line
 
         folder = Path(path)
         try:
@@ -258,11 +300,8 @@ class TorchScriptPredictor(_TokenizersPredictor):
 
         `graph`: read the graph from this file instead (to check one before it is put in place).
         """
-        import json
-
         import torch
 
-        from bertcls import runs
 
         folder = runs.model_dir(path)
         file = graph or folder / runs.TORCHSCRIPT_FILE
@@ -314,15 +353,11 @@ class Predictor(_Predicts):
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", batch_size: int = 64, precision: str = "auto") -> Predictor:
         """The model through transformers; `device` and `precision` as `resolve_device_precision` says."""
-        from bertcls.model import load_trained
-
         device, precision = resolve_device_precision(path, device, precision)
         model, tokenizer = load_trained(path)
         return cls(model.to(device), tokenizer, run_max_length(path, tokenizer), batch_size, precision)
 
     def _run(self, texts: Sequence[str], pairs: Sequence[str] | None):
-        from contextlib import nullcontext
-
         import torch
 
         from bertcls.data import Split, encode, loader, sorted_batches
@@ -338,7 +373,6 @@ class Predictor(_Predicts):
 
 def run_max_length(path: str | Path, tokenizer) -> int:
     """The run's data.max_length, else the tokenizer's limit when it names a sensible one, else DEFAULT_MAX_LENGTH."""
-    from bertcls import runs
 
     max_length = runs.run_setting(path, "data", "max_length")
     if max_length:

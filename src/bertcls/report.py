@@ -1,7 +1,9 @@
 """Reports: an `Evaluation` in, files out (predictions.csv and PNG figures) and a per-class table on the terminal.
 
     DIR/predictions.csv        text, [text_pair,] gold, predicted, score, prob_<label> per label
-    DIR/confusion_matrix.png   counts and row-normalised, side by side (multi-label: one 2x2 per label)
+                               (beyond PROB_COLUMNS_MAX_LABELS labels: label_1, score_1 ... the TOP_K best)
+    DIR/confusion_matrix.png   counts and row-normalised, side by side (multi-label: one 2x2 per label);
+                               beyond FIGURE_MAX_LABELS labels only those of the largest confusions
     DIR/pr_curve.png           binary tasks: precision-recall curve (average precision in metrics.json)
     DIR/roc_curve.png          binary tasks: ROC curve (AUC in metrics.json)
     DIR/reliability.png        accuracy per confidence bin (expected calibration error in metrics.json)
@@ -20,7 +22,8 @@ from typing import IO, Any
 import numpy as np
 
 from bertcls import runs
-from bertcls.evaluate import Evaluation, decisions, reliability
+from bertcls.evaluate import Evaluation, confusion_cells, decisions, reliability
+from bertcls.predict import top_ids
 
 PREDICTIONS_FILE = "predictions.csv"
 CONFUSION_FILE = "confusion_matrix.png"
@@ -31,6 +34,14 @@ REPORT_FILES = (PREDICTIONS_FILE, CONFUSION_FILE, PR_FILE, ROC_FILE, RELIABILITY
 # Above this many classes the confusion matrix cells are too small to print numbers in.
 ANNOTATE_MAX_CLASSES = 20
 WORST_CONFUSIONS = 5
+# Reports stay proportional to rows + labels, never rows x labels or labels squared: beyond these many labels
+# predictions.csv keeps only the TOP_K best labels of a row, the confusion figures FOCUS_LABELS labels,
+# and the terminal table TABLE_MAX_ROWS labels.
+PROB_COLUMNS_MAX_LABELS = 50
+TOP_K = 5
+FIGURE_MAX_LABELS = 50
+FOCUS_LABELS = 30
+TABLE_MAX_ROWS = 50
 
 
 def write_report(folder: Path, ev: Evaluation) -> list[Path]:
@@ -50,16 +61,22 @@ def write_report(folder: Path, ev: Evaluation) -> list[Path]:
 def _write_predictions(path: Path, ev: Evaluation) -> Path:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["text"] + (["text_pair"] if ev.pairs is not None else []) + ["gold", "predicted", "score"] + [f"prob_{n}" for n in ev.names])
+    every, k = len(ev.names) <= PROB_COLUMNS_MAX_LABELS, min(TOP_K, len(ev.names))
+    probability_columns = [f"prob_{n}" for n in ev.names] if every else [f"{c}_{r}" for r in range(1, k + 1) for c in ("label", "score")]
+    writer.writerow(["text"] + (["text_pair"] if ev.pairs is not None else []) + ["gold", "predicted", "score"] + probability_columns)
+    names = np.asarray(ev.names, dtype=object)
     best = ev.probs.argmax(axis=1)
     for i, text in enumerate(ev.texts):
-        row = [text] + ([ev.pairs[i]] if ev.pairs is not None else [])
+        probs, row = ev.probs[i], [text] + ([ev.pairs[i]] if ev.pairs is not None else [])
         if ev.multi_label:  # labels joined with ";", the score is the top label's probability
-            gold = ";".join(n for n, g in zip(ev.names, ev.gold[i], strict=True) if g)
-            predicted = ";".join(n for n, p in zip(ev.names, ev.probs[i], strict=True) if p >= ev.threshold)
+            gold, predicted = ";".join(names[np.flatnonzero(ev.gold[i])]), ";".join(names[np.flatnonzero(probs >= ev.threshold)])
         else:
             gold, predicted = ev.names[ev.gold[i]], ev.names[best[i]]
-        row += [gold, predicted, f"{ev.probs[i, best[i]]:.6f}"] + [f"{p:.6f}" for p in ev.probs[i]]
+        row += [gold, predicted, f"{probs[best[i]]:.6f}"]
+        if every:
+            row += [f"{p:.6f}" for p in probs]
+        else:
+            row += [x for j in top_ids(probs, k) for x in (names[j], f"{probs[j]:.6f}")]
         writer.writerow(row)
     runs.write_atomic(path, buffer.getvalue())
     return path
@@ -84,14 +101,28 @@ def _save(fig, path: Path) -> Path:
 
 
 def confusion_figure(confusion: dict[str, Any]):
-    """Counts (left) and row-normalised shares (right): row = gold label, column = predicted label."""
-    names, counts = confusion["labels"], np.asarray(confusion["matrix"])
-    totals = counts.sum(axis=1, keepdims=True)
+    """Counts (left) and row-normalised shares (right): row = gold label, column = predicted label.
+
+    Beyond FIGURE_MAX_LABELS labels, only the FOCUS_LABELS labels of the largest confusions (shares
+    stay shares of all of a gold label's rows).
+    """
+    gold, pred, cell_counts = confusion_cells(confusion)
+    everything = len(confusion["labels"])
+    row_totals = np.bincount(gold, weights=cell_counts, minlength=everything)
+    kept = np.arange(everything) if everything <= FIGURE_MAX_LABELS else _most_confused(gold, pred, cell_counts, row_totals)
+    position = np.full(everything, -1)
+    position[kept] = np.arange(len(kept))
+    inside = (position[gold] >= 0) & (position[pred] >= 0)
+    n, names = len(kept), [confusion["labels"][i] for i in kept]
+    counts = np.zeros((n, n), dtype=np.int64)
+    counts[position[gold[inside]], position[pred[inside]]] = cell_counts[inside]
+    totals = row_totals[kept][:, None]
     shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
-    n = len(names)
     side = min(max(3.2, 0.45 * n + 1.8), 14)
     fig = _figure(2 * side + 1.2, side + 0.3)
-    fig.suptitle("Confusion matrix (rows: gold label, columns: predicted label)")
+    fig.suptitle("Confusion matrix (rows: gold label, columns: predicted label)" if n == everything else
+                 f"Confusion matrix of the {n} labels in the largest confusions, of {everything:,} "
+                 "(rows: gold label, columns: predicted label)")
     for ax, values, title, fmt in zip(fig.subplots(1, 2), (counts, shares), ("counts", "row-normalised"), ("d", ".2f"), strict=True):
         image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if fmt == ".2f" else max(int(values.max()), 1))
         fig.colorbar(image, ax=ax, shrink=0.8)
@@ -109,13 +140,33 @@ def confusion_figure(confusion: dict[str, Any]):
     return fig
 
 
+def _most_confused(gold: np.ndarray, pred: np.ndarray, counts: np.ndarray, row_totals: np.ndarray) -> np.ndarray:
+    """FOCUS_LABELS label ids, in label order: those of the largest off-diagonal cells, topped up with the labels with most rows."""
+    off = gold != pred
+    order = np.lexsort((pred[off], gold[off], -counts[off]))
+    chosen: dict[int, None] = {}  # an ordered set
+    for label in np.stack([gold[off][order], pred[off][order]], axis=1).ravel().tolist():
+        if len(chosen) >= FOCUS_LABELS:
+            break
+        chosen.setdefault(label)
+    for label in np.argsort(-row_totals, kind="stable").tolist():
+        if len(chosen) >= FOCUS_LABELS:
+            break
+        chosen.setdefault(label)
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
 def multilabel_confusion_figure(per_class: dict[str, dict[str, Any]]):
-    """Multi-label: one 2x2 matrix per label (rows: gold no/yes, columns: predicted no/yes)."""
-    names = list(per_class)
+    """Multi-label: one 2x2 matrix per label (rows: gold no/yes, columns: predicted no/yes); beyond
+    FIGURE_MAX_LABELS labels only the FOCUS_LABELS labels with the most errors, most first."""
+    names, title = list(per_class), "Confusion per label (rows: gold, columns: predicted)"
+    if len(names) > FIGURE_MAX_LABELS:
+        names = sorted(names, key=lambda name: -(per_class[name]["fp"] + per_class[name]["fn"]))[:FOCUS_LABELS]
+        title = f"Confusion of the {len(names)} labels with the most errors, of {len(per_class):,} (rows: gold, columns: predicted)"
     cols = min(len(names), 5)
     rows = -(-len(names) // cols)
     fig = _figure(2.6 * cols, 2.5 * rows + 0.4)
-    fig.suptitle("Confusion per label (rows: gold, columns: predicted)")
+    fig.suptitle(title)
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for ax, name in zip(axes, names, strict=False):
         c = per_class[name]
@@ -214,9 +265,15 @@ def print_report(metrics: dict[str, Any], file: IO[str] | None = None, title: st
     table.add_column("label")
     for name in ("precision", "recall", "f1", "support"):
         table.add_column(name, justify="right")
-    for name, m in metrics["per_class"].items():
+    rows = list(metrics["per_class"].items())
+    if len(rows) > TABLE_MAX_ROWS:  # stable: label order among equal supports
+        rows = sorted(rows, key=lambda row: -row[1]["support"])[:TABLE_MAX_ROWS]
+    for name, m in rows:
         table.add_row(name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(m["support"]))
     console.print(table)
+    hidden = len(metrics["per_class"]) - len(rows)
+    if hidden:
+        console.print(f"... and {hidden:,} more labels (shown: the {len(rows)} with the most rows)")
     console.print(headline(metrics))
     worst = worst_confusions(metrics["confusion_matrix"]) if "confusion_matrix" in metrics else []
     if worst:
@@ -236,7 +293,10 @@ def headline(metrics: dict[str, Any]) -> str:
 
 def worst_confusions(confusion: dict[str, Any], top: int = WORST_CONFUSIONS) -> list[tuple[str, str, int, float]]:
     """The largest off-diagonal cells: (gold, predicted, count, share of the gold label's rows)."""
-    names, counts = confusion["labels"], np.asarray(confusion["matrix"])
-    cells = [(int(counts[i, j]), i, j) for i in range(len(names)) for j in range(len(names)) if i != j and counts[i, j] > 0]
-    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
-    return [(names[i], names[j], count, count / counts[i].sum()) for count, i, j in cells[:top]]
+    names = confusion["labels"]
+    gold, pred, counts = confusion_cells(confusion)
+    row_totals = np.bincount(gold, weights=counts, minlength=len(names))
+    off = gold != pred
+    gold, pred, counts = gold[off], pred[off], counts[off]
+    order = np.lexsort((pred, gold, -counts))[:top]
+    return [(names[g], names[p], int(c), float(c / row_totals[g])) for g, p, c in zip(gold[order], pred[order], counts[order], strict=True)]

@@ -35,7 +35,7 @@ from bertcls.check import warnings as data_warnings
 from bertcls.checkpoint import LoopState
 from bertcls.config import Config, TrainingConfig
 from bertcls.errors import BertclsError, RunError, TrainingError, first_line
-from bertcls.evaluate import Evaluation, score
+from bertcls.evaluate import Evaluation, scalars, score
 from bertcls.inference import predict_logits
 from bertcls.loss import build_loss, check_class_weights
 from bertcls.model import check_model_source, load_model, save_model
@@ -247,8 +247,7 @@ class Job:
 
     def log_evaluation(self, metrics: dict[str, Any], epoch: int) -> None:
         step = self.state.global_step
-        self.log.write({"step": step, "epoch": epoch + 1, "split": "validation",
-                        **{k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}})
+        self.log.write({"step": step, "epoch": epoch + 1, "split": "validation", **scalars(metrics)})
         self.log.say(f"epoch {epoch + 1} | step {step} | validation loss {metrics['loss']:.4f} | "
                      f"accuracy {metrics['accuracy']:.4f} | f1_macro {metrics['f1_macro']:.4f}")
 
