@@ -87,7 +87,7 @@ def test_trains_and_predicts_through_the_graph_in_both_precisions(architecture, 
     result = runner.invoke(app, ["predict", "-m", str(run), "--device", "cpu", "--precision", "bf16", "-v", "a wonderful film", "--pair", "boring"])
     assert result.exit_code == 0, result.output
     engine = "torchscript" if "bf16" in GRAPH_PRECISIONS[architecture] else "pytorch"
-    assert f"engine: {engine} | precision: bf16" in result.stderr
+    assert f"engine: {engine} | device: cpu | precision: bf16" in result.stderr
 
 
 @pytest.mark.slow
