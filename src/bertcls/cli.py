@@ -1,4 +1,9 @@
-"""The command line: `bertcls train | check | predict | evaluate | export`, and the one place errors become exit codes.
+"""The command line: `bertcls train | check | predict | evaluate | export`, and the one place errors become exit codes:
+
+    0    done
+    1    a bug (with its traceback), or `check --strict` found leakage or conflicts
+    2    bad input: a one-line `Error: ...` (BertclsError), or misused options
+    130  stopped by SIGINT (Ctrl-C); 143 by SIGTERM: training says how to resume
 
 Heavy libraries (torch, transformers, datasets) are imported inside the commands, so `--help`
 and argument errors answer at once.
@@ -20,7 +25,7 @@ from typing import Annotated
 import typer
 
 from bertcls import __version__, distributed, machine, runs
-from bertcls.errors import BertclsError, BertclsWarning, ConfigError, DataError, Interrupted, WriteError
+from bertcls.errors import BertclsError, BertclsWarning, Interrupted, UsageError, WriteError
 from bertcls.predict_file import predict_file
 
 app = typer.Typer(
@@ -32,6 +37,7 @@ app = typer.Typer(
 )
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
+EXIT_FINDINGS, EXIT_BAD_INPUT, EXIT_SIGINT = 1, 2, 130
 
 
 def _error_boundary(command):
@@ -51,9 +57,13 @@ def _error_boundary(command):
             _fail(runs.write_error(Path(os.fsdecode(exc.filename)), exc.errno, writing=False), debug)
         except EOFError as exc:  # click would print a bare "Aborted." for it: keep the traceback of this bug
             raise RuntimeError("an EOFError escaped: a file or stream ended early") from exc
+        except Interrupted as exc:
+            if distributed.is_main_process():  # every process stops, the main one says so
+                typer.echo(f"{exc}\n{exc.hint}" if exc.hint else str(exc), err=True)
+            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("Interrupted.", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_SIGINT) from None
 
     return wrapper
 
@@ -62,7 +72,7 @@ def _fail(exc: BertclsError, debug: bool) -> None:
     if debug:
         traceback.print_exc()
     typer.echo(f"Error: {exc}", err=True)
-    raise typer.Exit(2) from None
+    raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 @app.command()
@@ -85,11 +95,11 @@ def train(
     from bertcls.config import load_config, model_name_warning
 
     if checkpoint is not None and not resume:
-        raise ConfigError(_stray_argument(checkpoint, set_ or []))
+        raise UsageError(_stray_argument(checkpoint, set_ or []))
     if resume and overwrite:
-        raise ConfigError("--resume continues a run and --overwrite starts it over; pass only one")
+        raise UsageError("--resume continues a run and --overwrite starts it over; pass only one")
     if force and not resume:
-        raise ConfigError("--force only applies with --resume")
+        raise UsageError("--force only applies with --resume")
     cfg = load_config(config, set_ or [])
     if distributed.is_main_process() and (warning := model_name_warning(cfg)):  # once, from the main process
         typer.echo(f"warning: {warning}", err=True)
@@ -105,10 +115,9 @@ def train(
         then = f"then resume with: {shlex.join(again)}" if runs.checkpoints(cfg.output_dir) else "then train again"
         raise WriteError(f"{exc}, {then}", exc.code) from exc
     except Interrupted as exc:
-        if distributed.is_main_process():  # every process stops, the main one says so
-            launcher = " (under the same launcher, with the same number of processes)" if distributed.launched() else ""
-            typer.echo(f"{exc}\nresume with: {shlex.join(again)}{launcher}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+        launcher = " (under the same launcher, with the same number of processes)" if distributed.launched() else ""
+        exc.hint = f"resume with: {shlex.join(again)}{launcher}"
+        raise
     if distributed.is_main_process():  # under torchrun / accelerate launch: once, from the main process
         typer.echo(str(run))
 
@@ -145,15 +154,15 @@ def predict(
     machine.check_precision(precision, "--precision")
     texts = list(texts or [])
     if file is not None and texts:
-        raise DataError("give texts or --file, not both")
+        raise UsageError("give texts or --file, not both")
     if file is None and output is not None:
-        raise DataError("--output goes with --file; for texts on the command line, redirect stdout")
+        raise UsageError("--output goes with --file; for texts on the command line, redirect stdout")
     if texts == ["-"]:
         texts = [line.rstrip("\r\n") for line in sys.stdin]
     if file is None and not texts:
-        raise DataError("no texts given; pass texts as arguments, `-` to read one per line from stdin, or --file FILE")
+        raise UsageError("no texts given; pass texts as arguments, `-` to read one per line from stdin, or --file FILE")
     if pair and len(pair) != len(texts):
-        raise DataError(f"--pair given {len(pair)} time(s) for {len(texts)} text(s); give one --pair per text")
+        raise UsageError(f"--pair given {len(pair)} time(s) for {len(texts)} text(s); give one --pair per text")
     path, why = runs.find_model(model)
     if model is None or verbose:
         typer.echo(f"model: {path} ({why})", err=True)
@@ -257,7 +266,7 @@ def check(
         check_mod.print_report(report)
     if strict and report.problems:
         typer.echo(f"--strict: {'; '.join(report.problems)}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FINDINGS)
 
 
 class ExportFormat(str, Enum):

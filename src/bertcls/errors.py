@@ -1,6 +1,7 @@
 """Errors a user can cause, each with a message ready to print.
 
     BertclsError          base: the CLI prints "Error: <message>" and exits 2
+    ├── UsageError        command-line options that do not go together, or are missing
     ├── ConfigError       the YAML file or a --set override is wrong
     ├── DataError         a data file, column, label or text is wrong
     ├── ModelError        a model name or folder cannot be used
@@ -23,6 +24,10 @@ import reprlib
 
 class BertclsError(Exception):
     """Base class: the message says what is wrong and how to fix it."""
+
+
+class UsageError(BertclsError):
+    pass
 
 
 class ConfigError(BertclsError):
@@ -65,6 +70,7 @@ class Interrupted(Exception):
         super().__init__(f"stopped by {signal_name} after step {step}; {saved}")
         self.checkpoint = checkpoint
         self.exit_code = exit_code
+        self.hint = ""  # how to go on, added by the command that knows (the resume command line)
 
 
 def first_line(exc: BaseException) -> str:
