@@ -144,20 +144,14 @@ def predict(
     for text, result in zip(texts, predictor.predict(texts, pair), strict=True):
         if verbose and result.truncated:
             typer.echo(f"note: text truncated to {predictor.max_length} tokens: {text[:60]!r}...", err=True)
+        if as_json:
+            typer.echo(json.dumps(result.record(text, top_k), ensure_ascii=False))
+            continue
         if result.labels is not None and not top_k:  # multi-label: every label at or above the threshold
             best = [(label, result.probabilities[label]) for label in result.labels]
         else:
             best = result.top(top_k) if top_k else [(result.label, result.score)]
-        if as_json:
-            record = {"text": text, "label": result.label, "score": round(result.score, 6),
-                      "probabilities": {k: round(v, 6) for k, v in result.probabilities.items()}}
-            if result.labels is not None:
-                record["labels"] = result.labels
-            if top_k:
-                record["top_k"] = [{"label": label, "score": round(score, 6)} for label, score in best]
-            typer.echo(json.dumps(record, ensure_ascii=False))
-        else:
-            typer.echo("\t".join(f"{label}\t{score:.4f}" for label, score in best))
+        typer.echo("\t".join(f"{label}\t{score:.4f}" for label, score in best))
 
 
 @app.command()

@@ -40,6 +40,18 @@ class Prediction:
         """The k most probable labels with their probabilities, best first."""
         return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
 
+    def record(self, text: str, top_k: int | None = None) -> dict:
+        """The JSON record of this prediction, as `bertcls predict --json` prints it and `bertcls serve` answers:
+        text, label, score and probabilities (rounded to 6 places), `labels` for a multi-label model, and with
+        `top_k` the K most probable labels."""
+        record = {"text": text, "label": self.label, "score": round(self.score, 6),
+                  "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()}}
+        if self.labels is not None:
+            record["labels"] = self.labels
+        if top_k:
+            record["top_k"] = [{"label": label, "score": round(score, 6)} for label, score in self.top(top_k)]
+        return record
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
