@@ -17,13 +17,14 @@ from typer.testing import CliRunner
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
+from fastapi import HTTPException, Request  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 import bertcls  # noqa: E402
 from bertcls.cli import app as cli  # noqa: E402
 from bertcls.predict import Prediction, load_predictor  # noqa: E402
-from bertcls.serve import Batcher, ServeOptions, create_app, serve_in_thread  # noqa: E402
+from bertcls.serve import Batcher, ServeOptions, create_app, read_body, serve_in_thread  # noqa: E402
 
 runner = CliRunner()
 TEXTS = ["a wonderful film", "awful and boring", "the plot was really quite dull", "brilliant", "é ü 日本 😀"]
@@ -207,6 +208,40 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(make_client):
     chunks = iter([b'{"texts": ["' + b"a" * 80, b"b" * 80 + b'"]}'])  # streamed: no Content-Length to trust
     answer = client.post("/predict", content=chunks)
     assert answer.status_code == 413 and answer.json()["detail"].startswith("the body is over 100 bytes")
+
+
+@pytest.mark.parametrize("messages,status,detail", [
+    ([{"type": "http.request", "body": b'{"texts"', "more_body": True}, {"type": "http.disconnect"}], 400,
+     "the client closed the connection before the body was complete"),
+    ([{"type": "http.request", "body": b'{"texts"', "more_body": True}], 408, "the body did not arrive within 0.2 s; send it whole"),
+], ids=["client-left", "body-stalled"])
+def test_a_body_that_never_completes_is_refused(messages, status, detail):
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(3600)  # the client sends nothing more
+
+    request = Request({"type": "http", "method": "POST", "path": "/predict", "headers": []}, receive)
+    with pytest.raises(HTTPException) as refused:
+        asyncio.run(read_body(request, limit=1000, timeout_s=0.2))
+    assert (refused.value.status_code, refused.value.detail) == (status, detail)
+
+
+def test_a_bug_in_batching_fails_the_batch_not_the_server():
+    def on_batch(results, seconds):
+        if any(result.truncated for result in results):
+            raise ValueError("a bug in the metrics")
+
+    async def scenario():
+        batcher = Batcher(fake_predict, max_batch_size=64, max_wait_s=0, on_batch=on_batch)
+        batcher.start()
+        failed = await asyncio.gather(batcher.submit(["a text over ten characters"]), return_exceptions=True)
+        later = await batcher.submit(["fine"])
+        await batcher.close()
+        return failed[0], later
+
+    failed, later = asyncio.run(scenario())
+    assert isinstance(failed, ValueError) and [r.label for r in later] == ["x"]
 
 
 def test_metrics_count_requests_texts_and_truncation(client):

@@ -42,6 +42,7 @@ try:
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from starlette.requests import ClientDisconnect
 except ModuleNotFoundError as exc:  # an optional extra: say how to get it instead of a traceback
     raise ModelError(f'bertcls serve needs {exc.name}, which is not installed; install the extra with: pip install -e ".[serve]"') from None
 
@@ -66,6 +67,7 @@ class ServeOptions:
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
     max_texts: int = 256  # texts in one request
     max_body_bytes: int = 1 << 20
+    body_timeout_s: float = 30.0  # a body that has not fully arrived by then is refused (408)
 
 
 # --- requests --------------------------------------------------------------------------------------------
@@ -133,8 +135,17 @@ def _describe(error: dict) -> str:
     return f"{where}: {error['msg']}"
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with a 413 as soon as it is known to be over `limit` bytes."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body; a 413 as soon as it is known to be over `limit` bytes, a 408 if it is not complete within `timeout_s`."""
+    try:
+        return await asyncio.wait_for(_read_body(request, limit), timeout_s)
+    except asyncio.TimeoutError:
+        raise HTTPException(408, f"the body did not arrive within {timeout_s:g} s; send it whole") from None
+    except ClientDisconnect:
+        raise HTTPException(400, "the client closed the connection before the body was complete") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
     too_big = HTTPException(413, f"the body is over {limit:,} bytes; send fewer or shorter texts per request")
     if declared.isdigit() and int(declared) > limit:
@@ -200,9 +211,15 @@ class Batcher:
             jobs = await self._collect()
             if not jobs:
                 return  # closing, and nothing left to answer
-            for group in ([j for j in jobs if j.pairs is None], [j for j in jobs if j.pairs is not None]):
-                if group:
-                    await self._run(group)
+            try:
+                for group in ([j for j in jobs if j.pairs is None], [j for j in jobs if j.pairs is not None]):
+                    if group:
+                        await self._run(group)
+            except Exception as exc:  # a bug here must fail these requests, not leave every later one waiting
+                log.exception("batching failed")
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
 
     async def _collect(self) -> list[_Job]:
         """The next batch: wait for a first request, then for more until the batch is full or max_wait_s passed."""
@@ -359,7 +376,7 @@ def create_app(options: ServeOptions, load: Callable[[], Any] | None = None, on_
     async def predict(request: Request) -> Response:
         """Classify texts: one record per text, in the order given. Requests arriving together are batched."""
         predictor = state.ready()
-        body = parse_request(await read_body(request, options.max_body_bytes), options, len(predictor.id2label))
+        body = parse_request(await read_body(request, options.max_body_bytes, options.body_timeout_s), options, len(predictor.id2label))
         try:
             results = await state.batcher.submit(body.texts, body.pairs)
         except Exception as exc:
