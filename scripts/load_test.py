@@ -151,14 +151,13 @@ def measure(name: str, command: list[str], pattern: str, args) -> list[Result]:
 
 def pipeline_server(model: str, threads: int | None) -> None:
     """The baseline: transformers.pipeline behind a minimal FastAPI endpoint (FastAPI runs it in its thread pool)."""
-    import socket
-
     import torch
     import uvicorn
     from fastapi import FastAPI
     from transformers import pipeline
 
     from bertcls import runs
+    from bertcls.serve import listen
 
     if threads:
         torch.set_num_threads(threads)
@@ -169,7 +168,7 @@ def pipeline_server(model: str, threads: int | None) -> None:
     def predict(body: dict) -> dict:
         return {"predictions": classify(body["texts"])}
 
-    sock = socket.create_server((HOST, 0))
+    sock = listen(HOST, 0)  # as bertcls serve listens (with TCP_NODELAY on its connections)
     print(f"pipeline server on port {sock.getsockname()[1]}", file=sys.stderr, flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 

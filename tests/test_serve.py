@@ -117,6 +117,21 @@ def test_hundred_concurrent_requests_are_batched_and_answered_in_order(trained_r
         stop()
 
 
+def test_answers_are_not_held_back_by_nagle(trained_run, predictor):
+    # With Nagle's algorithm on the server's connections, every answer waited ~40 ms for the client's delayed ACK.
+    url, stop = serve_in_thread(create_app(ServeOptions(str(trained_run)), load=lambda: predictor))
+    try:
+        with httpx.Client(base_url=url) as http:
+            seconds = []
+            for _ in range(20):
+                started = time.perf_counter()
+                assert http.get("/health").status_code == 200
+                seconds.append(time.perf_counter() - started)
+        assert sorted(seconds)[10] < 0.02
+    finally:
+        stop()
+
+
 def fake_predict(texts, pairs=None):
     """A model that fails on any batch holding 'boom'."""
     if any("boom" in text for text in texts):

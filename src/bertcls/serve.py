@@ -490,9 +490,16 @@ def check(options: ServeOptions) -> None:
 def listen(host: str, port: int) -> socket.socket:
     """A listening socket on host:port (port 0: a free one), or a one-line error."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto IPPROTO_TCP, not the default 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are
+    # TCP, and with Nagle on, each answer (headers, then body) waited 40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        return socket.create_server((host, port), family=family)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        return sock
     except OSError as exc:
+        sock.close()
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise ConfigError(f"cannot listen on {host}:{port} ({reason}); choose another --port or --host") from None
 
