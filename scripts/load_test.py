@@ -38,6 +38,7 @@ class Result:
     latencies: list[float]  # seconds, one per answered request
     seconds: float
     timed_out: bool = False
+    mean_batch: float | None = None  # texts per model batch, from the server's /metrics (bertcls serve only)
 
     @property
     def throughput(self) -> float:
@@ -62,11 +63,13 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, body: dict) -> tuple[int, bytes]:
+    async def post(self, path: str, body: dict | None) -> tuple[int, bytes]:
+        """POST `body` as JSON (None: GET) -> (status, response body)."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
-        data = json.dumps(body).encode()
-        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+        data = json.dumps(body).encode() if body is not None else b""
+        method = "POST" if body is not None else "GET"
+        self.writer.write(f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
                           f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
@@ -102,6 +105,17 @@ async def load(name: str, port: int, clients: int, requests: int, time_limit: fl
     for task in done:
         task.result()  # a failed request fails the benchmark
     return Result(name, clients, latencies, time.perf_counter() - started, timed_out=bool(pending))
+
+
+async def batch_totals(port: int) -> tuple[float, float] | None:
+    """(texts, model batches) so far, from the server's Prometheus metrics; None for a server without them."""
+    connection = Connection(port)
+    try:
+        status, text = await connection.post("/metrics", None)
+    finally:
+        connection.close()
+    found = dict(re.findall(rb"^bertcls_batch_size_(sum|count) (\S+)$", text, re.M)) if status == 200 else {}
+    return (float(found[b"sum"]), float(found[b"count"])) if found else None
 
 
 def start(command: list[str], pattern: str) -> tuple[subprocess.Popen, int]:
@@ -142,7 +156,11 @@ def measure(name: str, command: list[str], pattern: str, args) -> list[Result]:
         asyncio.run(wait_ready(port))
         asyncio.run(load(name, port, 1, 20, args.time_limit))  # warm-up: first calls allocate and compile
         single = asyncio.run(load(name, port, 1, args.single_requests, args.time_limit))
+        before = asyncio.run(batch_totals(port))
         loaded = asyncio.run(load(name, port, args.clients, args.requests, args.time_limit))
+        after = asyncio.run(batch_totals(port))
+        if before and after:
+            loaded.mean_batch = (after[0] - before[0]) / (after[1] - before[1])
     finally:
         code = stop(process)
     print(f"{name}: {loaded.throughput:.0f} req/s at {args.clients} clients; stopped with exit {code}", file=sys.stderr, flush=True)
@@ -174,12 +192,13 @@ def pipeline_server(model: str, threads: int | None) -> None:
 
 
 def table(results: list[Result], clients: int) -> str:
-    rows = ["| server | clients | requests answered | throughput (req/s) | p50 latency (ms) | p99 latency (ms) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    rows = ["| server | clients | requests answered | throughput (req/s) | p50 latency (ms) | p99 latency (ms) | texts per batch |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         mark = " (time limit hit)" if r.timed_out else ""
+        batch = f"{r.mean_batch:.1f}" if r.mean_batch is not None else ""
         rows.append(f"| {r.name} | {r.clients} | {len(r.latencies)}{mark} | {r.throughput:.0f} | "
-                    f"{1000 * r.percentile(50):.1f} | {1000 * r.percentile(99):.1f} |")
+                    f"{1000 * r.percentile(50):.1f} | {1000 * r.percentile(99):.1f} | {batch} |")
     return "\n".join(rows)
 
 

@@ -22,7 +22,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 import bertcls  # noqa: E402
+from bertcls import serve  # noqa: E402
 from bertcls.cli import app as cli  # noqa: E402
+from bertcls.errors import ModelError  # noqa: E402
 from bertcls.predict import Prediction, load_predictor  # noqa: E402
 from bertcls.serve import Batcher, ServeOptions, create_app, read_body, serve_in_thread  # noqa: E402
 
@@ -339,6 +341,16 @@ def test_serve_says_when_the_port_is_taken(trained_run):
         result = runner.invoke(cli, ["serve", "--model", str(trained_run), "--port", str(port)])
     assert result.exit_code == 2
     assert f"Error: cannot listen on 127.0.0.1:{port} (Address already in use); choose another --port or --host" in result.output
+
+
+def test_serve_stops_with_the_error_when_the_model_cannot_load(trained_run, monkeypatch):
+    def broken(options):
+        raise ModelError(f"{options.model}: cannot load the model (weights unreadable)")
+
+    monkeypatch.setattr(serve, "_load_predictor", broken)
+    result = runner.invoke(cli, ["serve", "--model", str(trained_run), "--port", "0", "--no-access-log"])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == f"Error: {trained_run}: cannot load the model (weights unreadable)"
 
 
 def test_serve_without_the_extra_says_how_to_install_it(trained_run, monkeypatch):

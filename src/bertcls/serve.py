@@ -432,12 +432,13 @@ def _loaded(state: _State, done: asyncio.Future, on_load_error) -> None:
     exc = done.exception()
     if exc is not None:
         state.error = first_line(exc)
-        if isinstance(exc, BertclsError):
+        if on_load_error is not None:
+            log.error("the model failed to load: %s", state.error)
+            on_load_error(exc)  # reports it in full
+        elif isinstance(exc, BertclsError):
             log.error("Error: %s", exc)
         else:
             log.error("the model failed to load", exc_info=exc)
-        if on_load_error is not None:
-            on_load_error(exc)
         return
     predictor, seconds = done.result()
     state.info = model_info(state.options.model, predictor)
