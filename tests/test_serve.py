@@ -181,6 +181,28 @@ def test_batches_keep_pairs_apart_and_respect_the_size_limit():
     assert calls == [(2, False), (1, True), (2, False), (6, False)]
 
 
+def test_a_request_whose_client_left_is_skipped_and_batching_goes_on():
+    calls = []
+
+    def predict(texts, pairs):
+        calls.append(list(texts))
+        return fake_predict(texts, pairs)
+
+    async def scenario():
+        batcher = Batcher(predict, max_batch_size=64, max_wait_s=0.05)
+        batcher.start()
+        left = asyncio.create_task(batcher.submit(["gone"]))
+        await asyncio.sleep(0.01)
+        left.cancel()  # as when the client disconnects while its request waits
+        await asyncio.sleep(0.1)
+        later = await asyncio.wait_for(batcher.submit(["next"]), 5)
+        await batcher.close()
+        return later
+
+    assert [r.label for r in asyncio.run(scenario())] == ["x"]
+    assert calls == [["next"]]
+
+
 def test_a_model_failure_is_a_500_with_a_message(make_client, predictor):
     class Failing:
         id2label, max_length, threshold, engine, precision = predictor.id2label, 32, None, "fake", "fp32"

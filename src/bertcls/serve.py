@@ -209,8 +209,9 @@ class Batcher:
     async def _serve(self) -> None:
         while True:
             jobs = await self._collect()
-            if not jobs:
+            if jobs is None:
                 return  # closing, and nothing left to answer
+            jobs = [job for job in jobs if not job.future.done()]  # a client that left cancelled its future
             try:
                 for group in ([j for j in jobs if j.pairs is None], [j for j in jobs if j.pairs is not None]):
                     if group:
@@ -221,11 +222,12 @@ class Batcher:
                     if not job.future.done():
                         job.future.set_exception(exc)
 
-    async def _collect(self) -> list[_Job]:
-        """The next batch: wait for a first request, then for more until the batch is full or max_wait_s passed."""
+    async def _collect(self) -> list[_Job] | None:
+        """The next batch: wait for a first request, then for more until the batch is full or max_wait_s passed.
+        None once closing with nothing left."""
         while not self.waiting:
             if self._closing:
-                return []
+                return None
             self._arrived.clear()
             await self._arrived.wait()
         deadline = asyncio.get_running_loop().time() + self.max_wait_s
@@ -243,7 +245,7 @@ class Batcher:
         while self.waiting and size + len(self.waiting[0].texts) <= self.max_batch_size:
             size += len(self.waiting[0].texts)
             jobs.append(self.waiting.popleft())
-        return [job for job in jobs if not job.future.done()]  # a client that left cancelled its future
+        return jobs
 
     def _size(self) -> int:
         return sum(len(job.texts) for job in self.waiting)
