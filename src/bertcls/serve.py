@@ -238,6 +238,7 @@ def create_app(options: ServeOptions, load: Callable[[], Any] | None = None, on_
     in the model thread when the app starts, and `on_load_error` hears if it fails (the app then stays unready)."""
     state = _State(options, Metrics())
     load = load or (lambda: _load_predictor(options))
+    page_html = resources.files("bertcls").joinpath(PAGE).read_text(encoding="utf-8")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -254,9 +255,9 @@ def create_app(options: ServeOptions, load: Callable[[], Any] | None = None, on_
     app.add_middleware(_Observe, metrics=state.metrics)
 
     @app.post("/predict", response_model=PredictResponse, responses={
-        400: {"description": "The body is not JSON"}, 413: {"description": "The body is too large"},
-        422: {"description": "The request is not one the model can answer: `detail` says why"},
-        503: {"description": "The model is not loaded yet"}},
+        400: {"description": "The body is not JSON"}, 408: {"description": "The body did not arrive in time"},
+        413: {"description": "The body is too large"}, 422: {"description": "The request is not one the model can answer: `detail` says why"},
+        500: {"description": "The model failed on this request"}, 503: {"description": "The model is not loaded yet"}},
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": PredictRequest.model_json_schema()}}}})
     async def predict(request: Request) -> Response:
         """Classify texts: one record per text, in the order given. Requests arriving together are batched."""
@@ -294,7 +295,7 @@ def create_app(options: ServeOptions, load: Callable[[], Any] | None = None, on_
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(resources.files("bertcls").joinpath(PAGE).read_text(encoding="utf-8"))
+        return HTMLResponse(page_html)
 
     return app
 
