@@ -1,6 +1,7 @@
 """bertcls serve: the same records as predict --json, batching, bad requests, metrics, readiness, graceful stop."""
 
 import asyncio
+import importlib.util
 import json
 import re
 import shutil
@@ -341,17 +342,19 @@ def server_url(process: subprocess.Popen) -> str:
     pytest.fail(f"bertcls serve exited ({process.wait()}) before listening")
 
 
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
 @pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
+@pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="no playwright (pip install playwright; never `playwright install`)")
 def test_the_page_in_a_real_browser(trained_run, predictor):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("no chromium on PATH (apt-get install chromium)")
-    playwright = pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright
     url, stop = serve_in_thread(create_app(ServeOptions(str(trained_run)), load=lambda: predictor))
     text = "a wonderful and brilliant film"
     try:
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page()
             page.goto(url)
             page.wait_for_function("document.getElementById('model').textContent.startsWith('model:')")
