@@ -1,4 +1,4 @@
-"""The command line: `bertcls train | check | predict | evaluate | export`, and the one place errors become exit codes:
+"""The command line: `bertcls train | check | predict | evaluate | export | serve`, and the one place errors become exit codes:
 
     0    done
     1    a bug (with its traceback), or `check --strict` found leakage or conflicts
@@ -182,20 +182,14 @@ def predict(
     for text, result in zip(texts, predictor.predict(texts, pair), strict=True):
         if verbose and result.truncated:
             typer.echo(f"note: text truncated to {predictor.max_length} tokens: {text[:60]!r}...", err=True)
+        if as_json:
+            typer.echo(json.dumps(result.record(text, top_k), ensure_ascii=False))
+            continue
         if result.labels is not None and not top_k:  # multi-label: every label at or above the threshold
             best = [(label, result.probabilities[label]) for label in result.labels]
         else:
             best = result.top(top_k) if top_k else [(result.label, result.score)]
-        if as_json:
-            record = {"text": text, "label": result.label, "score": round(result.score, 6),
-                      "probabilities": {k: round(v, 6) for k, v in result.probabilities.items()}}
-            if result.labels is not None:
-                record["labels"] = result.labels
-            if top_k:
-                record["top_k"] = [{"label": label, "score": round(score, 6)} for label, score in best]
-            typer.echo(json.dumps(record, ensure_ascii=False))
-        else:
-            typer.echo("\t".join(f"{label}\t{score:.4f}" for label, score in best))
+        typer.echo("\t".join(f"{label}\t{score:.4f}" for label, score in best))
 
 
 @app.command()
@@ -299,6 +293,37 @@ def export(
     if not quantize and diff > FP32_TOLERANCE:
         typer.echo(f"warning: above the expected {FP32_TOLERANCE:g}; compare predictions before relying on the export", err=True)
     typer.echo(str(output))
+
+
+@app.command()
+@_error_boundary
+def serve(
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Run folder, model folder or exported ONNX folder (default as for predict).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on; 0 picks a free one.")] = 8000,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Texts per batch: requests arriving together are merged up to this (1: no merging).")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(min=0, max=10_000, help="How long a batch's first request waits for others to join it.")] = 5.0,
+    max_texts: Annotated[int, typer.Option(min=1, help="Texts allowed in one request.")] = 256,
+    max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body accepted.")] = 1 << 20,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes, each with its own copy of the model.")] = 1,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (an exported ONNX folder always runs on the CPU)")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16, as for predict.")] = "auto",
+    access_log: Annotated[bool, typer.Option(help="Log one line per request.")] = True,
+    debug: Debug = False,
+) -> None:
+    """Serve a model over HTTP: POST /predict (JSON), a page to try it at /, API docs at /docs, Prometheus /metrics.
+
+    SIGTERM or Ctrl-C stops taking connections, answers the requests in flight and exits 0.
+    """
+    from bertcls import runs
+
+    path, why = runs.find_model(model)
+    typer.echo(f"model: {path} ({why})", err=True)
+    from bertcls import serve as server  # raises a one-line error when the serve extra is missing
+
+    options = server.ServeOptions(str(path), device=device, precision=precision, max_batch_size=max_batch_size,
+                                  max_wait_ms=max_wait_ms, max_texts=max_texts, max_body_bytes=max_body_bytes)
+    server.run(options, host=host, port=port, workers=workers, access_log=access_log)
 
 
 def _version(value: bool) -> None:

@@ -43,6 +43,18 @@ class Prediction:
             return [(names[i], float(row[i])) for i in top_ids(row, k)]
         return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
 
+    def record(self, text: str, top_k: int | None = None) -> dict:
+        """The JSON record of this prediction, as `bertcls predict --json` prints it and `bertcls serve` answers:
+        text, label, score and probabilities (rounded to 6 places), `labels` for a multi-label model, and with
+        `top_k` the K most probable labels."""
+        record = {"text": text, "label": self.label, "score": round(self.score, 6),
+                  "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()}}
+        if self.labels is not None:
+            record["labels"] = self.labels
+        if top_k:
+            record["top_k"] = [{"label": label, "score": round(score, 6)} for label, score in self.top(top_k)]
+        return record
+
 
 class RowProbabilities(Mapping):
     """label -> probability for one prediction, read from its row of the probabilities on demand: a dict
