@@ -182,7 +182,7 @@ def test_resuming_with_another_number_of_processes_is_refused(two_process_run, t
     assert reference.returncode == 0, reference.stderr[-3000:]
     run = tmp_path / "run"
     (run / "checkpoint-3").mkdir(parents=True)
-    (run / "checkpoint-3" / runs.CHECKPOINT_STATE).write_text(json.dumps({"global_step": 3, "processes": 2}))
+    (run / "checkpoint-3" / runs.CHECKPOINT_STATE).write_text(json.dumps({"global_step": 3, "epoch": 0, "batches_done": 3, "processes": 2}))
     result = CliRunner().invoke(app, ["train", str(folder / "config.yaml"), "--resume", "--set", f"output_dir={run}"])
     assert result.exit_code == 2, result.output
     assert result.stderr.strip() == ("Error: --resume: checkpoint-3 was written by 2 process(es) and this run has 1; resume with "

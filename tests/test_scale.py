@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bertcls import data, predict, report, runs
+from bertcls import data, model, predict, report, runs
 from bertcls.cli import app
 from bertcls.config import load_config
 from bertcls.errors import ConfigError
@@ -177,7 +177,7 @@ def test_predictors_give_a_cut_long_text_the_logits_of_the_whole(trained_run, mo
     assert predictor.engine == engine
     texts = [LONG, "a great film", "  " * 10_000 + "awful"]
     cut, cut_logits = predictor.predict(texts), predictor.logits(texts)
-    monkeypatch.setattr(predict, "CHARS_PER_TOKEN", 10**9)  # no cut: the whole texts tokenised, then truncated
+    monkeypatch.setattr(model, "CHARS_PER_TOKEN", 10**9)  # no cut: the whole texts tokenised, then truncated
     whole, whole_logits = predictor.predict(texts), predictor.logits(texts)
     assert [p.truncated for p in cut] == [p.truncated for p in whole] == [True, False, False]
     np.testing.assert_array_equal(cut_logits, whole_logits)
