@@ -267,7 +267,7 @@ def test_page_and_api_docs(client):
 
 @pytest.mark.parametrize("args,message", [
     (["--model", "nowhere"], "Error: --model nowhere: no such folder"),
-    (["--precision", "fp16", "--device", "cpu"], "Error: precision fp16 needs a CUDA device"),
+    (["--precision", "fp16", "--device", "cpu"], "Error: precision: fp16 needs a CUDA device"),
     (["--port", "70000"], "less than or equal to 65535"),
 ])
 def test_serve_refuses_bad_options_before_starting(trained_run, args, message):

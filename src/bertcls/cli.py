@@ -149,9 +149,29 @@ def predict(
     debug: Debug = False,
 ) -> None:
     """Print `label<TAB>score` for each text (or JSON lines with --json); with --file, write every row plus its prediction."""
-
     machine.check_device(device, "--device")
     machine.check_precision(precision, "--precision")
+    texts = _texts_to_predict(texts, file, output, pair)
+    path, why = runs.find_model(model)
+    if model is None or verbose:
+        typer.echo(f"model: {path} ({why})", err=True)
+    if note := runs.training_note(path):
+        typer.echo(note, err=True)
+    from bertcls.predict import load_predictor
+
+    predictor = load_predictor(path, device=device, batch_size=batch_size, precision=precision)
+    if verbose:
+        typer.echo(predictor.describe(), err=True)
+    if file is None:
+        _print_predictions(predictor, texts, pair, top_k, as_json, verbose)
+        return
+    columns = runs.run_columns(path, text_column=text_column, text_pair_column=text_pair_column)
+    rows = predict_file(predictor, file, output, text_column=columns["text_column"], pair_column=columns["text_pair_column"], top_k=top_k)
+    typer.echo(f"predicted {rows:,} rows" + (f" -> {output}" if output else ""), err=True)
+
+
+def _texts_to_predict(texts: list[str] | None, file: Path | None, output: Path | None, pair: list[str] | None) -> list[str]:
+    """The texts given on the command line (`-`: one per line from stdin), checked against the options given with them."""
     texts = list(texts or [])
     if file is not None and texts:
         raise UsageError("give texts or --file, not both")
@@ -163,29 +183,18 @@ def predict(
         raise UsageError("no texts given; pass texts as arguments, `-` to read one per line from stdin, or --file FILE")
     if pair and len(pair) != len(texts):
         raise UsageError(f"--pair given {len(pair)} time(s) for {len(texts)} text(s); give one --pair per text")
-    path, why = runs.find_model(model)
-    if model is None or verbose:
-        typer.echo(f"model: {path} ({why})", err=True)
-    if note := runs.training_note(path):
-        typer.echo(note, err=True)
-    from bertcls.predict import load_predictor
+    return texts
 
-    predictor = load_predictor(path, device=device, batch_size=batch_size, precision=precision)
-    if verbose:
-        typer.echo(predictor.describe(), err=True)
-    if file is not None:
 
-        columns = runs.run_columns(path, text_column=text_column, text_pair_column=text_pair_column)
-        rows = predict_file(predictor, file, output, text_column=columns["text_column"], pair_column=columns["text_pair_column"], top_k=top_k)
-        typer.echo(f"predicted {rows:,} rows" + (f" -> {output}" if output else ""), err=True)
-        return
+def _print_predictions(predictor, texts: list[str], pair: list[str] | None, top_k: int | None, as_json: bool, verbose: bool) -> None:
+    """`label<TAB>score` per text (a multi-label model: every label at or above its threshold), or JSON records."""
     for text, result in zip(texts, predictor.predict(texts, pair), strict=True):
         if verbose and result.truncated:
             typer.echo(f"note: text truncated to {predictor.max_length} tokens: {text[:60]!r}...", err=True)
         if as_json:
             typer.echo(json.dumps(result.record(text, top_k), ensure_ascii=False))
             continue
-        if result.labels is not None and not top_k:  # multi-label: every label at or above the threshold
+        if result.labels is not None and not top_k:
             best = [(label, result.probabilities[label]) for label in result.labels]
         else:
             best = result.top(top_k) if top_k else [(result.label, result.score)]

@@ -43,12 +43,13 @@ class Prediction:
             return [(names[i], float(row[i])) for i in top_ids(row, k)]
         return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
 
-    def record(self, text: str, top_k: int | None = None) -> dict:
-        """The JSON record of this prediction, as `bertcls predict --json` prints it and `bertcls serve` answers:
-        text, label, score and probabilities (rounded to 6 places), `labels` for a multi-label model, and with
-        `top_k` the K most probable labels."""
-        record = {"text": text, "label": self.label, "score": round(self.score, 6),
-                  "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()}}
+    def record(self, text: str, top_k: int | None = None, probabilities: bool = True) -> dict:
+        """The record of this prediction, as `bertcls predict --json` prints it, `bertcls serve` answers and
+        `predict --file` flattens into columns: text, label, score and probabilities (rounded to 6 places),
+        `labels` for a multi-label model, and with `top_k` the K most probable labels."""
+        record = {"text": text, "label": self.label, "score": round(self.score, 6)}
+        if probabilities:
+            record["probabilities"] = {k: round(v, 6) for k, v in self.probabilities.items()}
         if self.labels is not None:
             record["labels"] = self.labels
         if top_k:

@@ -96,13 +96,13 @@ def added_columns(top_k: int | None) -> list[str]:
 
 
 def prediction_fields(result, top_k: int | None) -> dict[str, Any]:
-    """The columns a prediction adds to its row: predicted, score, and with top_k the K best labels and scores."""
-    # multi-label: every label at or above the threshold (a list; joined with ";" in csv/tsv)
-    predicted = result.labels if result.labels is not None else result.label
-    fields: dict[str, Any] = {PREDICTED: predicted, SCORE: round(result.score, 6)}
-    if top_k:
-        for rank, (label, prob) in enumerate(result.top(top_k), start=1):
-            fields[f"label_{rank}"], fields[f"score_{rank}"] = label, round(prob, 6)
+    """The columns a prediction adds to its row: its record (`Prediction.record`, what --json prints and serve
+    answers) as columns: predicted (a multi-label model's list of labels, joined with ";" in csv/tsv), score,
+    and with top_k the K best as label_i, score_i."""
+    record = result.record("", top_k, probabilities=False)
+    fields: dict[str, Any] = {PREDICTED: record.get("labels", record["label"]), SCORE: record["score"]}
+    for rank, best in enumerate(record.get("top_k", []), start=1):
+        fields[f"label_{rank}"], fields[f"score_{rank}"] = best["label"], best["score"]
     return fields
 
 
