@@ -101,6 +101,7 @@ def test_two_processes_with_batch_b_learn_like_one_process_with_batch_2b(two_pro
         assert abs(two[split]["accuracy"] - one[split]["accuracy"]) <= 0.1
 
 
+@pytest.mark.slow  # in CI's second pass: several launches of two processes each
 def test_accelerate_launch_runs_the_same_config_the_same_way(two_process_run):
     # `accelerate launch --multi_gpu` is Accelerate's torchrun-based launcher (on a CPU, too):
     # same config, seed and process count as the torchrun run, so the same metrics on the CPU.
@@ -135,6 +136,7 @@ def _kill_launch(launch: subprocess.Popen) -> None:
     launch.wait()
 
 
+@pytest.mark.slow  # in CI's second pass: several launches of two processes each
 def test_two_processes_stopped_resumed_killed_and_resumed_end_like_the_uninterrupted_run(two_process_run, tmp_path, request):
     # torchrun forwards a SIGTERM to every worker, and they may see it at different steps; here
     # only rank 1 gets it, the extreme case: both must stop after the same step and rank 0 write

@@ -87,7 +87,8 @@ def build_config(folder: Path, ext: str, keys: dict) -> Path:
            "training": {"epochs": keys.get("epochs", 1), "batch_size": keys.get("batch_size", 4), "precision": "fp32",
                         "learning_rate": keys.get("learning_rate", 1e-3), "eval_batch_size": 8,
                         "gradient_accumulation_steps": keys.get("gradient_accumulation_steps", 1),
-                        "save_every_steps": keys.get("save_every_steps")}}
+                        "save_every_steps": keys.get("save_every_steps"),
+                        "save_torchscript": False, "loss_curve": False}}  # neither is what this test is about
     if keys.get("unknown"):
         raw["training"][keys["unknown"]] = 1
     path = folder / "config.yaml"
