@@ -324,8 +324,6 @@ def serve(
 
     SIGTERM or Ctrl-C stops taking connections, answers the requests in flight and exits 0.
     """
-    from bertcls import runs
-
     path, why = runs.find_model(model)
     typer.echo(f"model: {path} ({why})", err=True)
     from bertcls import serve as server  # raises a one-line error when the serve extra is missing
