@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-python -m pytest "$@"
+# -n 2: the suite on two worker processes (tests are independent; each builds its own shared tiny run)
+python -m pytest -n "${BERTCLS_TEST_WORKERS:-2}" "$@"
