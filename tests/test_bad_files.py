@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bertcls import runs
+from bertcls import atomic, runs
 from bertcls.cli import app
 from bertcls.errors import WriteError
 from conftest import assert_one_line_error, make_config, toy_rows, write_csv
@@ -331,17 +331,17 @@ def test_which_errors_are_a_refused_write(tmp_path):
     target = tmp_path / "run" / "model"
     wrapped = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
     wrapped.__context__ = OSError(errno.ENOSPC, "No space left on device")  # torch.save into a Python file
-    assert runs.refused_write(wrapped, target) == errno.ENOSPC
+    assert atomic.refused_write(wrapped, target) == errno.ENOSPC
     rust = Exception('Error while serializing: I/O error: Operation not permitted (os error 1) at path "/x/.tmp"')
-    assert runs.refused_write(rust, target) == errno.EPERM  # safetensors
-    assert runs.refused_write(OSError(errno.EACCES, "Permission denied", str(target.parent / ".model.tmp-x1")), target) == errno.EACCES
-    assert runs.refused_write(OSError(errno.EACCES, "Permission denied", str(tmp_path / "train.csv")), target) is None  # reading a source
-    assert runs.refused_write(OSError(errno.EIO, "Input/output error"), target) is None
-    assert runs.refused_write(ValueError("no"), target) is None
+    assert atomic.refused_write(rust, target) == errno.EPERM  # safetensors
+    assert atomic.refused_write(OSError(errno.EACCES, "Permission denied", str(target.parent / ".model.tmp-x1")), target) == errno.EACCES
+    assert atomic.refused_write(OSError(errno.EACCES, "Permission denied", str(tmp_path / "train.csv")), target) is None  # reading a source
+    assert atomic.refused_write(OSError(errno.EIO, "Input/output error"), target) is None
+    assert atomic.refused_write(ValueError("no"), target) is None
     with pytest.raises(WriteError, match=f"^{tmp_path}: Read-only file system; its file system is mounted read-only; write elsewhere$"):
-        with runs.writing(tmp_path):
+        with atomic.writing(tmp_path):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-    with pytest.raises(ValueError), runs.writing(tmp_path):
+    with pytest.raises(ValueError), atomic.writing(tmp_path):
         raise ValueError("a bug stays a bug")
 
 

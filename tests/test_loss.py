@@ -61,7 +61,7 @@ def test_unknown_label_in_class_weights_stops_before_training(tmp_path, toy_data
 
 def test_multilabel_balanced_weights_are_negatives_over_positives_in_the_bce():
     ids = [[1, 0], [1, 1], [1, 0], [0, 0]]  # label 0: 3 positives / 1 negative; label 1: 1 / 3
-    assert class_weights("balanced", ["a", "b"], ids) == pytest.approx([1 / 3, 3.0])
+    assert class_weights("balanced", ["a", "b"], ids, multi_label=True) == pytest.approx([1 / 3, 3.0])
     logits = torch.tensor([[0.5, -1.0], [2.0, 0.3], [-0.2, 0.1], [0.0, -2.0]])
     labels = torch.tensor(ids, dtype=torch.float32)
 
@@ -69,7 +69,7 @@ def test_multilabel_balanced_weights_are_negatives_over_positives_in_the_bce():
         def __call__(self, **inputs):
             return type("Out", (), {"logits": logits})()
 
-    loss = build_loss("balanced", ["a", "b"], ids, "cpu")(Model(), {"input_ids": None, "labels": labels})
+    loss = build_loss("balanced", ["a", "b"], ids, "cpu", multi_label=True)(Model(), {"input_ids": None, "labels": labels})
     p = torch.sigmoid(logits)
     by_hand = -(torch.tensor([1 / 3, 3.0]) * labels * p.log() + (1 - labels) * (1 - p).log()).mean()
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)

@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from bertcls import runlock, runs
+from bertcls import atomic, runlock, runs
 from bertcls.cli import app
 from conftest import make_config, toy_rows, wait_for
 
@@ -120,7 +120,7 @@ def test_overwrite_keeps_what_others_put_in_the_run_folder(tmp_path, trained_run
     left = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()}
     assert left == {*mine, "model/card.md", runs.RECORD_FILE, runlock.LOCK_FILE}
     # model/ is replaced whole by each best checkpoint: someone else's files in it move into the new one
-    tmp = runs.temp_dir_for(run / runs.MODEL_DIR)
+    tmp = atomic.temp_dir_for(run / runs.MODEL_DIR)
     (tmp / "model.safetensors").write_bytes(b"new weights")
     runs.publish_dir(tmp, run / runs.MODEL_DIR)
     assert sorted(p.name for p in (run / runs.MODEL_DIR).iterdir()) == ["README.md", "card.md", "model.safetensors"]

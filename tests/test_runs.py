@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from bertcls import runs
+from bertcls import atomic, runs
 from bertcls.errors import RunError
 
 
@@ -41,7 +41,7 @@ def test_publish_dir_replaces_a_folder_whole(tmp_path):
     dest = tmp_path / "model"
     dest.mkdir()
     (dest / "old.bin").write_text("old")
-    tmp = runs.temp_dir_for(dest)
+    tmp = atomic.temp_dir_for(dest)
     (tmp / "new.bin").write_text("new")
     runs.publish_dir(tmp, dest)
     assert [p.name for p in tmp_path.iterdir()] == ["model"] and [p.name for p in dest.iterdir()] == ["new.bin"]

@@ -137,7 +137,7 @@ def test_answers_are_not_held_back_by_nagle(trained_run, predictor):
 
 def test_a_model_failure_is_a_500_with_a_message(make_client, predictor):
     class Failing:
-        id2label, max_length, threshold, engine, precision = predictor.id2label, 32, None, "fake", "fp32"
+        id2label, max_length, threshold, multi_label, engine, precision = predictor.id2label, 32, None, False, "fake", "fp32"
 
         def predict(self, texts, pairs=None):
             if "boom" in texts:

@@ -29,7 +29,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from bertcls import runs
+from bertcls import atomic
 from bertcls.config import Config
 from bertcls.data import LabelMap, Split, load_splits
 from bertcls.errors import ConfigError
@@ -443,12 +443,12 @@ def write_tables(report: Report, folder: Path) -> list[Path]:
     written = []
     for name, columns in TABLES.items():
         path = folder / f"{name}.csv"
-        with runs.atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        with atomic.atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(report.tables.get(name, []))
         written.append(path)
-    runs.write_json(folder / SUMMARY_FILE, report.summary)
+    atomic.write_json(folder / SUMMARY_FILE, report.summary)
     return [*written, folder / SUMMARY_FILE]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bertcls import distributed, runs
+from bertcls import atomic, distributed, runs
 from bertcls.errors import RunError, first_line, load_reason
 from bertcls.evaluate import is_better, scalars
 from bertcls.model import quiet_unpickler, unreadable_weights
@@ -78,8 +78,8 @@ def save(run: Path, accelerator, model, optimizer, scheduler, *, state: dict[str
     dest = Path(run) / f"{runs.CHECKPOINT_PREFIX}{state['global_step']}"
     per_process = _gather(accelerator, {**own, "rng": _rng_state()})
     if accelerator.is_main_process:
-        with runs.writing(dest):  # disk full, say: one line, and the previous checkpoint stays
-            tmp = runs.temp_dir_for(dest)
+        with atomic.writing(dest):  # disk full, say: one line, and the previous checkpoint stays
+            tmp = atomic.temp_dir_for(dest)
             try:
                 save_model(accelerator.unwrap_model(model), str(tmp / runs.CHECKPOINT_WEIGHTS))
                 scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
@@ -266,7 +266,7 @@ def _trim_log(path: Path, step: int) -> None:
             continue  # a line cut short by a kill
         if isinstance(record, dict) and record.get("step", 0) <= step:
             kept.append(line + "\n")
-    runs.write_atomic(path, "".join(kept))
+    atomic.write_atomic(path, "".join(kept))
 
 
 def _rng_state() -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Annotated
 
 import typer
 
-from bertcls import __version__, distributed, machine, runs
+from bertcls import __version__, atomic, distributed, machine, runs
 from bertcls.errors import BertclsError, BertclsWarning, Interrupted, UsageError, WriteError
 from bertcls.predict_file import predict_file
 
@@ -52,9 +52,9 @@ def _error_boundary(command):
         except BertclsError as exc:
             _fail(exc, debug)
         except OSError as exc:
-            if exc.errno not in runs.WRITE_ERRNOS or exc.filename is None:
+            if exc.errno not in atomic.WRITE_ERRNOS or exc.filename is None:
                 raise  # not the file system refusing a file: a bug
-            _fail(runs.write_error(Path(os.fsdecode(exc.filename)), exc.errno, writing=False), debug)
+            _fail(atomic.write_error(Path(os.fsdecode(exc.filename)), exc.errno, writing=False), debug)
         except EOFError as exc:  # click would print a bare "Aborted." for it: keep the traceback of this bug
             raise RuntimeError("an EOFError escaped: a file or stream ended early") from exc
         except Interrupted as exc:
@@ -107,10 +107,10 @@ def train(
 
     again = ["bertcls", "train", str(config), *(a for item in set_ or [] for a in ("--set", item)), "--resume"]
     try:
-        with runs.writing(Path(cfg.output_dir)):
+        with atomic.writing(Path(cfg.output_dir)):
             run = run_training(cfg, overwrite=overwrite, quiet=quiet, resume=checkpoint or resume, force=force, config_file=config)
     except WriteError as exc:  # the checkpoint written before the disk filled up is complete: say how to go on from it
-        if exc.code not in runs.FIXABLE_IN_PLACE:
+        if exc.code not in atomic.FIXABLE_IN_PLACE:
             raise
         then = f"then resume with: {shlex.join(again)}" if runs.checkpoints(cfg.output_dir) else "then train again"
         raise WriteError(f"{exc}, {then}", exc.code) from exc
@@ -223,7 +223,7 @@ def evaluate(
     machine.check_device(device, "--device")
     machine.check_precision(precision, "--precision")
     if output is not None:
-        runs.check_folder_path(output, "--output")
+        atomic.check_folder_path(output, "--output")
     path, why = runs.find_model(model)
     if model is None or verbose:
         typer.echo(f"model: {path} ({why})", err=True)
@@ -232,12 +232,12 @@ def evaluate(
     evaluation = evaluate_file(path, data_file, text_column=text_column, text_pair_column=text_pair_column,
                                label_column=label_column, device=device, batch_size=batch_size, precision=precision,
                                say=(lambda line: typer.echo(line, err=True)) if verbose else None)
-    report.print_report(evaluation.metrics)
+    report.print_report(evaluation.metrics, multi_label=evaluation.multi_label)
     if output is not None:
-        with runs.writing(output):
+        with atomic.writing(output):
             output.mkdir(parents=True, exist_ok=True)
             written = report.write_report(output, evaluation)
-            runs.write_json(output / runs.METRICS_FILE, evaluation.metrics)
+            atomic.write_json(output / runs.METRICS_FILE, evaluation.metrics)
         typer.echo(f"wrote {output}: {', '.join(p.name for p in written)}, {runs.METRICS_FILE}", err=True)
 
 
@@ -295,7 +295,7 @@ def export(
     path, why = runs.find_model(model)
     if model is None:
         typer.echo(f"model: {path} ({why})", err=True)
-    with runs.writing(output):
+    with atomic.writing(output):
         result = export_onnx(path, output, quantize.value if quantize else None)
     diff = result["max_abs_logit_diff"]
     typer.echo(f"wrote {output} ({'int8' if quantize else 'fp32'}); largest logit difference from PyTorch on check texts: {diff:.2e}", err=True)

@@ -24,7 +24,7 @@ import torch
 
 from bertcls import tsv
 from bertcls.errors import DataError, first_line, listing, shown
-from bertcls.model import cut_long_texts
+from bertcls.model import cut_long_texts, pad_batch
 
 if TYPE_CHECKING:  # config (pydantic) is imported where files are read, not on the predict path
     from bertcls.config import DataConfig
@@ -304,7 +304,7 @@ def load_splits(cfg: DataConfig, seed: int, *, lenient: bool = False) -> tuple[S
     if cfg.validation:
         validation = read_split(cfg.validation, cfg, "validation", max_rows=cfg.max_validation_samples, keep_empty=lenient)
     else:
-        train, validation = split_off(train, cfg.validation_split, seed)
+        train, validation = split_off(train, cfg.validation_split, seed, labels.multi_label)
     test = read_split(cfg.test, cfg, "test", keep_empty=lenient) if cfg.test else None
     if not lenient:
         labels.encode(validation.labels, f"validation ({cfg.validation or 'split from train'})")
@@ -322,14 +322,13 @@ def check_paths(cfg: DataConfig) -> None:
                             "paths given with --set to the current folder)")
 
 
-def split_off(split: Split, share: float, seed: int) -> tuple[Split, Split]:
+def split_off(split: Split, share: float, seed: int, multi_label: bool = False) -> tuple[Split, Split]:
     """Hold out `share` of the rows, stratified by label when every class has two rows or more."""
     from sklearn.model_selection import train_test_split
 
     n_held = math.ceil(len(split) * share)
     if n_held < 1 or len(split) - n_held < 2:
         raise DataError(f"train: {len(split)} rows are too few to hold out data.validation_split={share}; add rows or give data.validation")
-    multi_label = any(isinstance(v, list) for v in split.labels)
     stratify = split.labels if not multi_label and min(Counter(map(str, split.labels)).values()) >= 2 and n_held >= len(set(map(str, split.labels))) else None
     keep, held = train_test_split(list(range(len(split))), test_size=n_held, random_state=seed, stratify=stratify)
     return _subset(split, sorted(keep), "train"), _subset(split, sorted(held), "validation")
@@ -349,6 +348,7 @@ class Encoded:
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
     labels: list[int] | list[list[float]] | None
+    multi_label: bool = False  # labels are 0/1 rows over the label names
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -374,7 +374,7 @@ def encode(split: Split, tokenizer, max_length: int, labels: LabelMap | None = N
             if types is not None:
                 types[i] = whole["token_type_ids"][j]
     label_ids = labels.encode(split.labels, split.name) if labels is not None and split.labels is not None else None
-    return Encoded(input_ids, types, label_ids)
+    return Encoded(input_ids, types, label_ids, multi_label=labels is not None and labels.multi_label)
 
 
 class LengthGroupedBatches(torch.utils.data.Sampler):
@@ -428,24 +428,14 @@ class Collator:
         self.pad_id = pad_id
 
     def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        rows = [self.encoded.input_ids[i] for i in indices]
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, row in enumerate(rows):
-            input_ids[j, : len(row)] = torch.tensor(row, dtype=torch.long)
-            attention_mask[j, : len(row)] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "index": torch.tensor(indices, dtype=torch.long)}
-        if self.encoded.token_type_ids is not None:
-            types = torch.zeros((len(rows), width), dtype=torch.long)
-            for j, i in enumerate(indices):
-                row = self.encoded.token_type_ids[i]
-                types[j, : len(row)] = torch.tensor(row, dtype=torch.long)
-            batch["token_type_ids"] = types
+        types = [self.encoded.token_type_ids[i] for i in indices] if self.encoded.token_type_ids is not None else None
+        padded = pad_batch([self.encoded.input_ids[i] for i in indices], types, self.pad_id)
+        batch = {name: torch.from_numpy(array) for name, array in padded.items()}
+        batch["index"] = torch.tensor(indices, dtype=torch.long)
         if self.encoded.labels is not None:
             rows = [self.encoded.labels[i] for i in indices]
             # multi-label rows are 0/1 vectors: BCE wants them as floats
-            batch["labels"] = torch.tensor(rows, dtype=torch.float32 if isinstance(rows[0], list) else torch.long)
+            batch["labels"] = torch.tensor(rows, dtype=torch.float32 if self.encoded.multi_label else torch.long)
         return batch
 
 

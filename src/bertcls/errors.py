@@ -47,7 +47,7 @@ class RunError(BertclsError):
 
 
 class WriteError(RunError):
-    """Raised by `bertcls.runs.writing`; the message names the path, the cause and the fix. `code`: the errno."""
+    """Raised by `bertcls.atomic.writing`; the message names the path, the cause and the fix. `code`: the errno."""
 
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)

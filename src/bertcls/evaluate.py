@@ -124,11 +124,8 @@ class Evaluation:
     gold: np.ndarray
     probs: np.ndarray
     metrics: dict[str, Any]
+    multi_label: bool = False
     threshold: float | None = None  # multi-label only: a label is predicted when its probability is >= this
-
-    @property
-    def multi_label(self) -> bool:
-        return self.threshold is not None
 
 
 def score(texts: Sequence[str], pairs: Sequence[str] | None, names: Sequence[str], logits: np.ndarray,
@@ -145,7 +142,7 @@ def score(texts: Sequence[str], pairs: Sequence[str] | None, names: Sequence[str
     probs = sigmoid(logits)
     if tune:
         threshold = tune_threshold(gold, probs)
-    return Evaluation(texts, pairs, list(names), gold, probs, multilabel_metrics(gold, probs, names, threshold, loss), threshold)
+    return Evaluation(texts, pairs, list(names), gold, probs, multilabel_metrics(gold, probs, names, threshold, loss), True, threshold)
 
 
 # Candidate thresholds for tuning: 0.05, 0.10, ..., 0.95.

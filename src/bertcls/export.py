@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from bertcls import runs
+from bertcls import atomic, runs
 from bertcls.errors import ModelError, RunError, first_line
 from bertcls.predict import ONNX_FILE, ONNX_INSTALL, ONNX_META, TORCHSCRIPT_META, OnnxPredictor, Predictor, TorchScriptPredictor
 
@@ -56,7 +56,7 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
 
 
     output = Path(output)
-    runs.check_folder_path(output, "--output")
+    atomic.check_folder_path(output, "--output")
     _require_onnx()
     if output.exists() and any(output.iterdir()):
         raise RunError(f"--output {output} is not empty; choose a new folder")
@@ -143,7 +143,7 @@ def save_torchscript(model_path: str | Path) -> dict[str, Any]:
         raise ModelError(f"{folder}: the traced graph's logits differ from the model's by {diff:.2g}; it was not saved")
     failed = {precision: why for precision in GRAPH_PRECISIONS[1:] if (why := _precision_failure(reference, graph, folder, meta, precision))}
     meta["precisions"] = [precision for precision in GRAPH_PRECISIONS if precision not in failed]
-    with runs.atomic_file(folder / runs.TORCHSCRIPT_FILE) as tmp:
+    with atomic.atomic_file(folder / runs.TORCHSCRIPT_FILE) as tmp:
         try:
             torch.jit.save(graph, str(tmp), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
         except RuntimeError as exc:

@@ -16,11 +16,11 @@ import torch
 from bertcls.errors import ConfigError, listing, shown
 
 
-def class_weights(setting: str | dict[Any, float], names: Sequence[str], train_ids: Sequence[int]) -> list[float] | None:
+def class_weights(setting: str | dict[Any, float], names: Sequence[str], train_ids: Sequence, multi_label: bool = False) -> list[float] | None:
     """One weight per label id, or None for an unweighted loss."""
     if setting == "none":
         return None
-    if setting == "balanced" and _multi_label(train_ids):
+    if setting == "balanced" and multi_label:
         positives = torch.tensor(train_ids, dtype=torch.float64).sum(dim=0)
         return ((len(train_ids) - positives) / positives.clamp(min=1)).tolist()
     if setting == "balanced":
@@ -39,13 +39,13 @@ def check_class_weights(setting: str | dict[Any, float], names: Sequence[str]) -
             raise ConfigError(f"training.class_weights: no label {listing(unknown, show=shown)} in train (labels: {listing(names, 20)})")
 
 
-def build_loss(setting: str | dict[Any, float], names: Sequence[str], train_ids: Sequence[int], device) -> Callable[[Any, dict], torch.Tensor]:
+def build_loss(setting: str | dict[Any, float], names: Sequence[str], train_ids: Sequence, device,
+               multi_label: bool = False) -> Callable[[Any, dict], torch.Tensor]:
     """`loss(model, batch)` for the training loop; the batch holds the labels."""
-    weights = class_weights(setting, names, train_ids)
+    weights = class_weights(setting, names, train_ids, multi_label)
     if weights is None:
         return lambda model, batch: model(**batch).loss
     weight = torch.tensor(weights, dtype=torch.float32, device=device)
-    multi_label = _multi_label(train_ids)
 
     def weighted(model, batch: dict) -> torch.Tensor:
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
@@ -54,7 +54,3 @@ def build_loss(setting: str | dict[Any, float], names: Sequence[str], train_ids:
         return torch.nn.functional.cross_entropy(logits, batch["labels"], weight=weight)
 
     return weighted
-
-
-def _multi_label(train_ids: Sequence) -> bool:
-    return len(train_ids) > 0 and isinstance(train_ids[0], list)

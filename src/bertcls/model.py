@@ -15,8 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from bertcls.atomic import temp_dir_for, writing
 from bertcls.errors import BertclsWarning, ModelError, first_line, load_reason
-from bertcls.runs import model_dir, publish_dir, temp_dir_for, writing
+from bertcls.runs import model_dir, publish_dir
 
 # Where a saved multi-label model keeps its decision threshold (in config.json, beside id2label).
 THRESHOLD_KEY = "multi_label_threshold"
@@ -273,3 +276,18 @@ def cut_long_texts(texts: Sequence[str], pairs: Sequence[str] | None, max_length
         if pairs is not None:
             pairs[i] = pairs[i][:bound]
     return texts, pairs, cut
+
+
+def pad_batch(ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | None, pad_id: int) -> dict[str, np.ndarray]:
+    """A model's inputs for rows of token ids (and segment ids): int64 arrays padded to the longest row, never
+    to max_length, with the attention mask. Training, evaluation and every predictor pad through here."""
+    width = max(len(row) for row in ids)
+    batch = {"input_ids": np.full((len(ids), width), pad_id, dtype=np.int64), "attention_mask": np.zeros((len(ids), width), dtype=np.int64)}
+    if types is not None:
+        batch["token_type_ids"] = np.zeros((len(ids), width), dtype=np.int64)
+    for j, row in enumerate(ids):
+        batch["input_ids"][j, : len(row)] = row
+        batch["attention_mask"][j, : len(row)] = 1
+        if types is not None:
+            batch["token_type_ids"][j, : len(row)] = types[j]
+    return batch

@@ -20,7 +20,7 @@ import numpy as np
 
 from bertcls import machine, runs
 from bertcls.errors import ModelError, first_line
-from bertcls.model import DEFAULT_THRESHOLD, THRESHOLD_KEY, cut_long_texts, load_trained
+from bertcls.model import DEFAULT_THRESHOLD, THRESHOLD_KEY, cut_long_texts, load_trained, pad_batch
 
 # Fallback when neither the run's config nor the tokenizer names a sensible limit.
 DEFAULT_MAX_LENGTH = 512
@@ -235,16 +235,8 @@ class _TokenizersPredictor(_Predicts):
         out = None
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
-            width = max(lengths[i] for i in rows)
-            feed = {name: np.zeros((len(rows), width), dtype=np.int64) for name in self.inputs}
-            feed["input_ids"].fill(self.pad_id)
-            for j, i in enumerate(rows):
-                e, n = encodings[i], lengths[i]
-                feed["input_ids"][j, :n] = e.ids
-                feed["attention_mask"][j, :n] = 1
-                if "token_type_ids" in feed:
-                    feed["token_type_ids"][j, :n] = e.type_ids
-            logits = self._forward(feed)
+            types = [encodings[i].type_ids for i in rows] if "token_type_ids" in self.inputs else None
+            logits = self._forward(pad_batch([encodings[i].ids for i in rows], types, self.pad_id))
             if out is None:
                 out = np.empty((len(encodings), logits.shape[1]), dtype=np.float32)
             out[rows] = logits

@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import IO, Any
 
-from bertcls import runs, tsv
+from bertcls import atomic, tsv
 from bertcls.errors import DataError
 
 CHUNK_ROWS = 10_000
@@ -136,15 +136,15 @@ def predict_file(predictor, source: Path, output: Path | None, *, text_column: s
             raise DataError(f"--output {output} is the input file; write the predictions somewhere else")
         if output.is_dir():
             raise DataError(f"--output {output} is a folder; give a file name")
-        runs.check_folder_path(output.parent, f"--output {output}: its folder")
-        with runs.writing(output.parent):
+        atomic.check_folder_path(output.parent, f"--output {output}: its folder")
+        with atomic.writing(output.parent):
             output.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=source.stat().st_size if source.is_file() else None, unit="B", unit_scale=True, desc="predict",
                disable=None if progress else True, leave=False)
     rows_done = 0
-    # --output is written under a temporary name and renamed when complete (runs.atomic_file); stdout as it goes.
+    # --output is written under a temporary name and renamed when complete (atomic.atomic_file); stdout as it goes.
     try:
-        with runs.atomic_file(output) if output is not None else nullcontext() as tmp, \
+        with atomic.atomic_file(output) if output is not None else nullcontext() as tmp, \
                 open(tmp, "w", encoding="utf-8", newline="") if tmp else nullcontext(sys.stdout) as out:
             writer = _Writer(out, kind)
             for chunk in read_chunks(source, chunk_rows, on_bytes=lambda pos: bar.update(pos - bar.n)):

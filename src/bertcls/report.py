@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from bertcls import runs
+from bertcls import atomic, runs
 from bertcls.evaluate import Evaluation, confusion_cells, decisions, reliability
 from bertcls.predict import top_ids
 
@@ -78,7 +78,7 @@ def _write_predictions(path: Path, ev: Evaluation) -> Path:
         else:
             row += [x for j in top_ids(probs, k) for x in (names[j], f"{probs[j]:.6f}")]
         writer.writerow(row)
-    runs.write_atomic(path, buffer.getvalue())
+    atomic.write_atomic(path, buffer.getvalue())
     return path
 
 
@@ -96,7 +96,7 @@ def _figure(width: float, height: float):
 def _save(fig, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    runs.write_atomic(path, buffer.getvalue())
+    atomic.write_atomic(path, buffer.getvalue())
     return path
 
 
@@ -255,7 +255,7 @@ def write_loss_curve(run: Path) -> Path:
 
 # ---------------------------------------------------------------------------- terminal
 
-def print_report(metrics: dict[str, Any], file: IO[str] | None = None, title: str | None = None) -> None:
+def print_report(metrics: dict[str, Any], file: IO[str] | None = None, title: str | None = None, multi_label: bool = False) -> None:
     """A per-class precision/recall/F1/support table, the headline figures and the worst confusions."""
     from rich.console import Console
     from rich.table import Table
@@ -274,7 +274,7 @@ def print_report(metrics: dict[str, Any], file: IO[str] | None = None, title: st
     hidden = len(metrics["per_class"]) - len(rows)
     if hidden:
         console.print(f"... and {hidden:,} more labels (shown: the {len(rows)} with the most rows)")
-    console.print(headline(metrics))
+    console.print(headline(metrics, multi_label))
     worst = worst_confusions(metrics["confusion_matrix"]) if "confusion_matrix" in metrics else []
     if worst:
         console.print("worst confusions (gold → predicted):")
@@ -282,8 +282,8 @@ def print_report(metrics: dict[str, Any], file: IO[str] | None = None, title: st
             console.print(f"  {gold} → {predicted}: {count} ({share:.1%} of {gold})")
 
 
-def headline(metrics: dict[str, Any]) -> str:
-    if "hamming_loss" in metrics:  # multi-label
+def headline(metrics: dict[str, Any], multi_label: bool = False) -> str:
+    if multi_label:
         keys = ("accuracy", "hamming_loss", "f1_micro", "f1_macro", "ece", "loss", "threshold")
         names = {"accuracy": "subset accuracy"}
     else:

@@ -341,7 +341,7 @@ def model_info(path: str | Path, predictor) -> dict[str, Any]:
     if (path / ONNX_META).is_file():  # an exported folder: fp32 or int8 weights, as exported
         precision = json.loads((path / ONNX_META).read_text(encoding="utf-8")).get("quantize") or "fp32"
     return {"name": path.resolve().name, "model": str(path.resolve()), "labels": [predictor.id2label[i] for i in sorted(predictor.id2label)],
-            "multi_label": predictor.threshold is not None, "max_length": predictor.max_length, "engine": predictor.engine,
+            "multi_label": predictor.multi_label, "max_length": predictor.max_length, "engine": predictor.engine,
             "precision": precision, "metrics": headline_metrics(path)}
 
 

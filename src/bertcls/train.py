@@ -28,9 +28,9 @@ from typing import Any
 import torch
 import yaml
 
+from bertcls import atomic, distributed, faults, machine, report, runlock, runs
 from bertcls import checkpoint as ckpt
 from bertcls import data as data_mod
-from bertcls import distributed, faults, machine, report, runlock, runs
 from bertcls.check import warnings as data_warnings
 from bertcls.checkpoint import LoopState
 from bertcls.config import Config, TrainingConfig
@@ -295,7 +295,7 @@ def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: f
     stop.share(accelerator)  # many processes stop at the same step
     _claim_run_dir(run, overwrite, inputs.resume_from is not None, accelerator, resources)
     if accelerator.is_main_process:
-        runs.write_atomic(run / runs.CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        atomic.write_atomic(run / runs.CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
     accelerator.wait_for_everyone()  # the folder is ready before any process goes on
     job = Job(config, inputs, accelerator)
     set_seed(config.seed)  # build the model after seeding so the seed also controls its initialisation
@@ -336,7 +336,7 @@ def _build(job: Job) -> None:
     train_loader = data_mod.loader(encoded["train"], pad_id, sampler)
     eval_loaders = {name: data_mod.loader(enc, pad_id, data_mod.sorted_batches(enc.lengths, tcfg.eval_batch_size))
                     for name, enc in encoded.items() if name != "train"}
-    job.compute_loss = build_loss(tcfg.class_weights, inputs.labels.names, encoded["train"].labels, acc.device)
+    job.compute_loss = build_loss(tcfg.class_weights, inputs.labels.names, encoded["train"].labels, acc.device, inputs.labels.multi_label)
     # Fused AdamW: on the CPU torch otherwise takes its per-tensor loop; fused made the whole reference loop 1.3x faster.
     fused = acc.device.type in ("cpu", "cuda") and not distributed.is_sharded(acc)
     optimizer = build_optimizer(job.model, tcfg, fused=fused)
@@ -412,7 +412,7 @@ def finish(job: Job, inputs: Inputs, stop: faults.StopRequest, listeners: list[C
     for listener in listeners:
         listener.on_end(result)
     if job.main:
-        runs.write_json(run / runs.METRICS_FILE, result)  # last: its presence marks the run finished
+        atomic.write_json(run / runs.METRICS_FILE, result)  # last: its presence marks the run finished
         if not tcfg.keep_checkpoints_at_end:  # only an unfinished run resumes: the finished one keeps model/
             for folder in runs.checkpoints(run):
                 runs.remove_ours(run, folder.name)
@@ -503,7 +503,8 @@ def _write_reports(run: Path, evaluations: dict[str, Evaluation], loss_curve: bo
         report.write_loss_curve(run)
     if not log.quiet:
         shown = "test" if "test" in evaluations else "validation"
-        report.print_report(evaluations[shown].metrics, file=sys.stderr, title=f"{shown} (best checkpoint)")
+        report.print_report(evaluations[shown].metrics, file=sys.stderr, title=f"{shown} (best checkpoint)",
+                            multi_label=evaluations[shown].multi_label)
 
 
 def _save_torchscript(run: Path, log: _Log) -> None:

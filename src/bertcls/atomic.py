@@ -1,0 +1,133 @@
+"""Writing files whole: a file or folder in place complete or not at all, with the permissions open()
+and mkdir() give; and a write the file system refuses (disk full, read-only, a file where a folder
+goes) turned into a one-line `WriteError` naming the path.
+
+Files are written under a temporary name in the same folder (`.NAME.*`), fsynced and renamed into place.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bertcls.errors import BertclsError, RunError, WriteError
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary path next to `path` to write; if the block succeeds it is fsynced and renamed onto `path`."""
+    path = Path(path)
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file the permissions open() would
+        try:
+            yield Path(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write a file (text or bytes) whole or not at all."""
+    with atomic_file(path) as tmp:
+        if isinstance(text, bytes):
+            tmp.write_bytes(text)
+        else:
+            tmp.write_text(text, encoding="utf-8")
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+# The file system refusing a write: full, over quota, read-only, not permitted, a file where a folder
+# goes or the reverse. These are the user's to fix; any other OSError is left to be a bug.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR})
+# Those fixed where they happen (space freed, permission given), after which a run can resume in place.
+FIXABLE_IN_PLACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM})
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn the file system refusing a write to `path` (a file, or a folder being filled) in the block into
+    a one-line WriteError naming `path`, the cause and the fix. Anything else passes through unchanged."""
+    path = Path(path)
+    try:
+        yield
+    except BertclsError:
+        raise
+    except Exception as exc:
+        code = refused_write(exc, path)
+        if code is None:
+            raise
+        raise write_error(path, code) from exc
+
+
+def refused_write(exc: BaseException | None, path: Path) -> int | None:
+    """The errno of a write to `path` that the file system refused, found in `exc` or what it wraps (torch
+    wraps the OSError in a RuntimeError; safetensors names the errno only in its message); None for
+    anything else, and for an error about some other file (a source being read, say)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS and _is_about(exc.filename, path):
+            return exc.errno
+        found = re.search(r"\(os error (\d+)\)", str(exc))
+        if found and int(found[1]) in WRITE_ERRNOS:
+            return int(found[1])
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _is_about(filename: str | bytes | int | None, path: Path) -> bool:
+    """Whether an OSError's file is `path`, inside it, or one of its temporaries (`.NAME.*`); a write
+    to an open file (the disk filling up) names no file at all."""
+    if filename is None or isinstance(filename, int):
+        return True
+    file, path = Path(os.path.abspath(os.fsdecode(filename))), Path(os.path.abspath(path))
+    return file == path or path in file.parents or (file.parent == path.parent and file.name.startswith(f".{path.name}."))
+
+
+def write_error(path: Path, code: int, writing: bool = True) -> WriteError:
+    """`path: cause; fix` for a write the file system refused with `code` (`writing` False: for an
+    access to `path` that may have been a read)."""
+    fixes = {
+        errno.ENOSPC: "free space on its disk",
+        errno.EDQUOT: "free space within your disk quota",
+        errno.EROFS: "its file system is mounted read-only; write elsewhere",
+        errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+        errno.EISDIR: "a folder is in the way of a file; move it, or choose another path",
+    }
+    fix = fixes.get(code, f"make {Path(path).parent} writable" if writing else f"check the permissions of {path} and its folder")
+    return WriteError(f"{path}: {os.strerror(code)}; {fix}", code)
+
+
+def check_folder_path(path: Path, what: str) -> None:
+    """Refuse a folder to write that is a file, or lies under one (`notes.txt/run`), before any work is done."""
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            where = "is a file" if part == path else f"is under {part}, which is a file"
+            raise RunError(f"{what} {path} {where}; choose a folder")
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def temp_dir_for(dest: Path) -> Path:
+    """A fresh temporary folder next to `dest`, to fill and then `publish_dir`."""
+    tmp = Path(tempfile.mkdtemp(dir=Path(dest).parent, prefix=f".{Path(dest).name}.tmp-"))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; give the folder the permissions mkdir would
+    return tmp
