@@ -73,11 +73,6 @@ def make_config(folder: Path, data: dict[str, Path], **sections) -> Path:
     return path
 
 
-@pytest.fixture
-def toy_config(tmp_path, toy_data) -> Path:
-    return make_config(tmp_path, toy_data)
-
-
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """One tiny run trained on the toy task, shared by the predict and evaluate tests (read-only)."""

@@ -37,7 +37,7 @@ CHARS_PER_TOKEN = 16
 if TYPE_CHECKING:  # pydantic stays off the predict path: it costs start-up time and prediction never needs it
     from bertcls.config import ModelConfig
 
-# The tiny BERT: the sizes of transformers' own BERT unit tests, big enough to learn a toy task.
+# The tiny BERT: 2 layers of hidden size 64, about 1/300 of bert-base's parameters; big enough to learn a toy task in seconds.
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
 TINY_VOCAB_SIZE = 4000
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
