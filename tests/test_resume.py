@@ -70,10 +70,13 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, 
     assert not (run / runs.METRICS_FILE).exists()
     state = json.loads((runs.checkpoints(run)[-1] / runs.CHECKPOINT_STATE).read_text())
     assert state["batches_done"] > 0, "the checkpoint should be mid-epoch"
+    resumed_from = runs.checkpoints(run)[-1].name
 
     result = runner.invoke(app, ["train", str(config), "--resume", "-q"])
     assert result.exit_code == 0, result.output
     assert_same_run(run, reference)
+    made = json.loads((run / runs.MANIFEST_FILE).read_text())  # the first start's command, and the resume's checkpoint
+    assert made["command"][1:] == ["train", str(config), "-q"] and [r["resumed_from"] for r in made["resumes"]] == [resumed_from]
     assert [p.name for p in runs.checkpoints(run)] == ["checkpoint-44"]  # keep_checkpoints=1: the last one only (every 4 steps)
 
 

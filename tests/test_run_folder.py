@@ -110,6 +110,7 @@ def test_a_run_by_an_older_bertcls_is_refused_not_cleared(tmp_path, toy_data):
 def test_overwrite_keeps_what_others_put_in_the_run_folder(tmp_path, trained_run):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
+    runs.remove_ours(run, "model/README.md")  # bertcls's card makes way for the user's own
     mine = {"notes.txt": "notes", "model/README.md": "my model card", "reports/paper.tex": "\\section{results}",
             "checkpoint-45/why.txt": "kept for the paper"}
     for name, text in mine.items():

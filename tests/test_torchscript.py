@@ -81,7 +81,7 @@ def test_a_graph_that_disagrees_with_the_model_is_not_saved(trained_run, tmp_pat
     monkeypatch.setattr(export, "FP32_TOLERANCE", -1.0)  # no graph can pass
     with pytest.raises(ModelError, match="differ from the model's"):
         export.save_torchscript(copy)
-    assert sorted(p.name for p in (copy / runs.MODEL_DIR).iterdir()) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(p.name for p in (copy / runs.MODEL_DIR).iterdir()) == [runs.CARD_FILE, "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     assert load_predictor(copy, device="cpu").engine == "pytorch"
 
 

@@ -7,9 +7,12 @@ a run to predict with.
                         the lock dies with the process, so a killed run never leaves it taken
     RUN/config.yaml     the resolved config the run was trained with
     RUN/log.jsonl       one JSON object per training log line and per evaluation
+    RUN/manifest.json   what the run was made with: versions, command line, host, the data files'
+                        sha256, start and end times, git commit (see `bertcls.manifest`)
     RUN/model/          the best checkpoint: save_pretrained output (safetensors) + tokenizer, and
         bertcls-torchscript.pt  its traced graph, for a fast-starting `bertcls predict` on the CPU
                             (training.save_torchscript; see `bertcls.export.save_torchscript`)
+        README.md           its Hugging Face model card, written at the end (see `bertcls.card`)
     RUN/checkpoint-N/   a resumable checkpoint after optimizer step N (see `bertcls.checkpoint`):
         model.safetensors   the weights
         optimizer.pt        optimizer, scheduler and gradient-scaler state
@@ -54,10 +57,12 @@ MODEL_DIR = "model"
 METRICS_FILE = "metrics.json"
 REPORTS_DIR = "reports"
 LOSS_FILE = "loss.png"
-RUN_FILES = (CONFIG_FILE, LOG_FILE, MODEL_DIR, REPORTS_DIR, LOSS_FILE, METRICS_FILE)
+MANIFEST_FILE = "manifest.json"
+RUN_FILES = (CONFIG_FILE, LOG_FILE, MODEL_DIR, REPORTS_DIR, LOSS_FILE, MANIFEST_FILE, METRICS_FILE)
 RECORD_FILE = "bertcls-run.json"
 OWN_FILES = (RECORD_FILE, LOCK_FILE)  # bertcls's in any folder that holds them
 TORCHSCRIPT_FILE = "bertcls-torchscript.pt"  # in MODEL_DIR
+CARD_FILE = "README.md"  # in MODEL_DIR
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_OPTIMIZER = "optimizer.pt"

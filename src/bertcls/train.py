@@ -6,8 +6,8 @@
               tokenizer, length-grouped batches, AdamW, the warmup schedule, a checkpoint's state
     loop      per epoch: optimizer steps (a log line every log_every_steps), then evaluate, keep the
               best model, checkpoint; callbacks hear each log line and evaluation and may stop it
-    finish    the best model scored on validation and test, reports, its traced graph, and
-              metrics.json last (its presence marks the run finished)
+    finish    the best model scored on validation and test, reports, its traced graph, the model
+              card, the manifest's end time, and metrics.json last (its presence marks the run finished)
 
 The loop is ours, on Hugging Face Accelerate: AdamW with decoupled weight decay, warmup then decay,
 gradient accumulation and clipping. SIGINT/SIGTERM stop it after the current step with a checkpoint.
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import yaml
 
-from bertcls import atomic, distributed, faults, machine, report, runlock, runs
+from bertcls import atomic, card, distributed, faults, machine, manifest, report, runlock, runs
 from bertcls import checkpoint as ckpt
 from bertcls import data as data_mod
 from bertcls.check import warnings as data_warnings
@@ -78,10 +78,12 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False, resum
     step with a checkpoint, or during the final evaluation (raising `Interrupted`). `config_file`,
     the file `config` was read from, is one of the inputs output_dir must not hold.
     """
-    tcfg = config.training
+    tcfg, started = config.training, manifest.utc_now()
     with faults.guarded(tcfg) as stop, ExitStack() as resources:
         inputs = check_inputs(config, config_file, resume, force, overwrite)
         job = set_up(config, inputs, overwrite, quiet, stop, resources)
+        if job.main:
+            manifest.begin(job.run, config, config_file, started, inputs.resume_from)
         acc, state = job.accelerator, job.state
         listeners = [EarlyStopping(tcfg, job.log), *callbacks]
         stop.armed = True
@@ -375,7 +377,7 @@ def _keep_best_on_resume(job: Job) -> None:
 
 
 def finish(job: Job, inputs: Inputs, stop: faults.StopRequest, listeners: list[Callback]) -> Path:
-    """Score the best model on validation and test, write the reports, its traced graph and metrics.json (last).
+    """Score the best model on validation and test, write the reports, its traced graph, the model card and metrics.json (last).
 
     From here a stop signal ends the run after the current stage, and the last checkpoint resumes into this finish.
     """
@@ -412,6 +414,8 @@ def finish(job: Job, inputs: Inputs, stop: faults.StopRequest, listeners: list[C
     for listener in listeners:
         listener.on_end(result)
     if job.main:
+        card.write_card(run, job.config, (inputs.train, inputs.validation, inputs.test), inputs.labels, result, job.log.say)
+        manifest.end(run)
         atomic.write_json(run / runs.METRICS_FILE, result)  # last: its presence marks the run finished
         if not tcfg.keep_checkpoints_at_end:  # only an unfinished run resumes: the finished one keeps model/
             for folder in runs.checkpoints(run):

@@ -1,0 +1,104 @@
+"""The model card a run writes (RUN/model/README.md), read back with huggingface_hub's own parser."""
+
+import hashlib
+import json
+import re
+import shutil
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from bertcls import card, runs
+from bertcls.config import validate_config
+from bertcls.data import LabelMap, Split
+
+runner = CliRunner()
+
+
+def _card(run):
+    from huggingface_hub import ModelCard
+
+    return ModelCard.load(run / runs.MODEL_DIR / runs.CARD_FILE)
+
+
+def test_the_card_is_a_hub_model_card_holding_the_runs_metrics(trained_run):
+    parsed = _card(trained_run)
+    metrics = json.loads((trained_run / runs.METRICS_FILE).read_text())
+    data = parsed.data
+    assert (data.pipeline_tag, data.library_name, data.base_model) == ("text-classification", "transformers", None)  # tiny: no hub base
+    assert data.tags == ["bertcls", "text-classification", "single-label-classification"]
+    found = {(r.dataset_split, r.metric_type): r.metric_value for r in data.eval_results}
+    expected = {(split, key): value for split in ("validation", "test") for key, value in metrics[split].items() if isinstance(value, float)}
+    assert found == expected and {r.task_type for r in data.eval_results} == {"text-classification"}
+    assert f"{runs.MODEL_DIR}/{runs.CARD_FILE}" in runs.read_record(trained_run)["files"]
+
+
+def test_the_card_says_what_the_model_was_trained_on_and_how(trained_run):
+    text = (trained_run / runs.MODEL_DIR / runs.CARD_FILE).read_text()
+    config = yaml.safe_load((trained_run / runs.CONFIG_FILE).read_text())
+    for split, rows in (("train", 240), ("validation", 60), ("test", 60)):
+        path = config["data"][split]
+        digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+        assert f"| {split} | {split}.csv | {rows} | `{digest}` |" in text  # the file's name, never its folder
+    assert "| 0 | negative |\n| 1 | positive |" in text
+    assert f"| training.learning_rate | {config['training']['learning_rate']} |" in text
+    assert str(trained_run.parent) not in text.partition(card.USAGE_HEADING)[0]  # local paths only where the user runs it
+
+
+def test_the_cards_pipeline_snippet_runs_as_written(trained_run, capsys):
+    from bertcls.predict import load_predictor
+
+    text = (trained_run / runs.MODEL_DIR / runs.CARD_FILE).read_text()
+    snippet = re.search(r"```python\n(.*?)```", text, re.S)[1]
+    exec(compile(snippet, "README.md", "exec"), {})
+    printed = eval(capsys.readouterr().out)  # what the snippet prints: [{'label': ..., 'score': ...}]
+    ours = load_predictor(trained_run, device="cpu").predict([card.EXAMPLE_TEXT])[0]
+    assert printed[0]["label"] == ours.label and printed[0]["score"] == pytest.approx(ours.score, abs=1e-4)
+
+
+def test_hub_model_hub_data_multi_label_and_pairs_reach_the_card():
+    from huggingface_hub import ModelCard
+
+    config = {"seed": 1, "data": {"train": "ag_news:train", "validation": None, "validation_split": 0.1, "test": "/data/test.jsonl",
+                                  "max_length": 64, "task": "multi_label", "text_pair_column": "b"},
+              "model": {"name": "bert-base-uncased"}, "training": {"epochs": 1}}
+    result = {"best_epoch": 1, "metric_for_best": "f1_micro",
+              "validation": {"num_examples": 5, "accuracy": 0.5, "f1_micro": 0.75, "threshold": 0.4},
+              "test": {"num_examples": 6, "accuracy": 0.25, "f1_micro": 0.5, "threshold": 0.4}}
+    usage = card.usage_section("/runs/r", "/runs/r/model", config)
+    text = card.render_card("r", config, {"train": 9, "validation": 1, "test": 6}, ["a", "b|c"], True, result, {}, usage)
+    data = ModelCard(text).data
+    assert (data.base_model, data.datasets, data.tags[-1]) == ("bert-base-uncased", ["ag_news"], "multi-label-classification")
+    assert {(r.dataset_split, r.dataset_name, r.metric_type): r.metric_value for r in data.eval_results} == {
+        ("validation", "ag_news:train", "accuracy"): 0.5, ("validation", "ag_news:train", "f1_micro"): 0.75,
+        ("test", "test.jsonl", "accuracy"): 0.25, ("test", "test.jsonl", "f1_micro"): 0.5}
+    assert "| validation | ag_news:train (10% held out) | 1 | - |" in text and "| 1 | b\\|c |" in text
+    assert "at least 0.4." in text and "fine-tuned by bertcls 0.1.0 from [`bert-base-uncased`](https://huggingface.co/bert-base-uncased)" in text
+    assert f'print(classifier({{"text": "{card.EXAMPLE_TEXT}", "text_pair": "{card.EXAMPLE_PAIR}"}}, top_k=None))' in text
+    assert f'--pair "{card.EXAMPLE_PAIR}"' in text
+
+
+def _write_card_again(run):
+    """What the end of training does, from the run's own files."""
+    config = validate_config(yaml.safe_load((run / runs.CONFIG_FILE).read_text()))
+    said = []
+    splits = [Split(name, ["x"] * n, None, ["positive"] * n) for name, n in (("train", 240), ("validation", 60), ("test", 60))]
+    written = card.write_card(run, config, splits, LabelMap(("negative", "positive")), json.loads((run / runs.METRICS_FILE).read_text()),
+                              said.append)
+    return written, said
+
+
+def test_a_card_someone_else_wrote_is_kept(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    ours = (run / runs.MODEL_DIR / runs.CARD_FILE).read_text()
+    (run / runs.MODEL_DIR / runs.CARD_FILE).write_text("stale")
+    assert _write_card_again(run) == (run / runs.MODEL_DIR / runs.CARD_FILE, [])  # ours, so replaced
+    assert (run / "model/README.md").read_text() == ours.replace(str(trained_run), str(run))
+    runs.remove_ours(run, f"{runs.MODEL_DIR}/{runs.CARD_FILE}")
+    (run / runs.MODEL_DIR / runs.CARD_FILE).write_text("my own card")
+    written, said = _write_card_again(run)
+    assert written is None and (run / "model/README.md").read_text() == "my own card"
+    assert said == [f"note: {run / 'model/README.md'} was not written by bertcls, so it is kept and no model card is written; "
+                    "move it away and train with --overwrite for one"]
