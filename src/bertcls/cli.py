@@ -1,4 +1,4 @@
-"""The command line: `bertcls train | check | predict | evaluate | export | serve`, and the one place errors become exit codes:
+"""The command line: `bertcls train | check | predict | evaluate | export | serve | push`, and the one place errors become exit codes:
 
     0    done
     1    a bug (with its traceback), or `check --strict` found leakage or conflicts
@@ -331,6 +331,46 @@ def serve(
     options = server.ServeOptions(str(path), device=device, precision=precision, max_batch_size=max_batch_size,
                                   max_wait_ms=max_wait_ms, max_texts=max_texts, max_body_bytes=max_body_bytes)
     server.run(options, host=host, port=port, workers=workers, access_log=access_log)
+
+
+@app.command()
+@_error_boundary
+def push(
+    run: Annotated[Path, typer.Argument(help="A finished run folder.", show_default=False)],
+    repo_id: Annotated[str, typer.Argument(help="The hub model repo: NAME or USER/NAME (created if it does not exist).", show_default=False)],
+    private: Annotated[bool, typer.Option("--private", help="Create the repo private (an existing repo keeps its visibility).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files that would be pushed, and their sizes; push nothing.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Push RUN's model (what from_pretrained needs, and its model card) to a Hugging Face Hub model repo."""
+    from bertcls import push as pusher  # through the manifest, importlib.metadata: start-up time the other commands need not pay
+
+    upload = pusher.plan(run, repo_id)
+    sizes = upload.sizes()
+    total = f"{len(sizes)} files ({_size(sum(size for _, size in sizes))}) from {run / runs.MODEL_DIR} to {pusher.repo_url(repo_id)}"
+    if dry_run:
+        typer.echo(f"would push {total}{' (private)' if private else ''}:")
+        width = max((len(name) for name, _ in sizes), default=0)
+        for name, size in sizes:
+            typer.echo(f"  {name:<{width}}  {_size(size):>9}")
+    else:
+        pusher.check_can_push()
+        url = pusher.push(upload, private)
+        typer.echo(f"pushed {total}", err=True)
+    for name, why in upload.left_out:
+        typer.echo(f"left out: {name} ({why})", err=not dry_run)
+    if upload.card_text is None:
+        typer.echo(f"note: {run / runs.MODEL_DIR} holds no model card of bertcls's; the repo shows its README.md as it is, if any", err=True)
+    if not dry_run:
+        typer.echo(url)
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
 
 
 def _version(value: bool) -> None:

@@ -7,7 +7,8 @@
     ├── ModelError        a model name or folder cannot be used
     ├── RunError          a run folder is missing, unfinished or already taken
     │   └── WriteError    the file system refused a write: disk full, read-only, a file where a folder goes
-    └── TrainingError     training cannot go on (the loss became NaN, the GPU ran out of memory)
+    ├── TrainingError     training cannot go on (the loss became NaN, the GPU ran out of memory)
+    └── HubError          the Hugging Face Hub cannot be reached (offline) or refused (not logged in)
 
     BertclsWarning        not an error: a likely mistake the run goes on with (the CLI prints "warning: <message>")
 
@@ -55,6 +56,10 @@ class WriteError(RunError):
 
 
 class TrainingError(BertclsError):
+    pass
+
+
+class HubError(BertclsError):
     pass
 
 
