@@ -1,4 +1,4 @@
-"""The command line: `bertcls train | check | predict | evaluate | export | serve | push`, and the one place errors become exit codes:
+"""The command line: `bertcls train | check | predict | evaluate | export | serve | push | runs`, and the one place errors become exit codes:
 
     0    done
     1    a bug (with its traceback), or `check --strict` found leakage or conflicts
@@ -371,6 +371,31 @@ def _size(size: int) -> str:
             return f"{size} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size:.1f} GB"
+
+
+@app.command("runs")
+@_error_boundary
+def list_runs(
+    folder: Annotated[Path, typer.Argument(help="The folder whose subfolders are runs (or one run folder).")] = Path(runs.DEFAULT_RUNS_ROOT),
+    sort: Annotated[str | None, typer.Option("--sort", help="name, date, a validation metric (f1_macro, accuracy, loss, ...) or test.METRIC. "
+                                              "Default: the metric the runs were chosen on (metric_for_best), best first.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as a JSON list, with every scalar metric.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Compare the runs in FOLDER: status (and where an unfinished one stopped), model, best epoch, metrics, train time, date."""
+    from bertcls import compare  # through the manifest, importlib.metadata: start-up time
+
+    rows = compare.list_runs(folder)
+    if sort is not None:
+        compare.check_sort_key(rows, sort)
+    key = sort or compare.default_metric(rows)
+    rows = compare.sort_rows(rows, key)
+    if as_json:
+        typer.echo(compare.rows_json(rows))
+    elif not rows:
+        typer.echo(f"no runs in {folder}", err=True)
+    else:
+        compare.print_table(rows, key if key not in compare.SORT_KEYS else compare.default_metric(rows))
 
 
 def _version(value: bool) -> None:

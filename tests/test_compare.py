@@ -1,0 +1,99 @@
+"""`bertcls runs`: one row per run folder, sorted, as a table or JSON; broken and foreign folders are rows, never a crash."""
+
+import json
+import os
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from bertcls import runlock, runs
+from bertcls.cli import app
+from conftest import assert_one_line_error
+
+runner = CliRunner()
+# validation f1_macro, validation loss, test f1_macro of the finished copies
+SCORES = {"alpha": (0.80, 0.50, 0.70), "beta": (0.95, 0.40, 0.60), "gamma": (0.90, 0.30, 0.90)}
+
+
+@pytest.fixture
+def runs_folder(trained_run, tmp_path):
+    """Three finished runs with other numbers, two unfinished ones, a corrupt metrics.json, a bad config.yaml,
+    a foreign folder, and what is skipped (a hidden folder, a file)."""
+    root = tmp_path / "runs"
+    for name, (f1, loss, test_f1) in SCORES.items():
+        shutil.copytree(trained_run, root / name)
+        metrics = json.loads((root / name / runs.METRICS_FILE).read_text())
+        metrics["validation"].update(f1_macro=f1, loss=loss)
+        metrics["test"]["f1_macro"] = test_f1
+        (root / name / runs.METRICS_FILE).write_text(json.dumps(metrics))
+    shutil.copytree(trained_run, root / "stopped")  # killed after its checkpoint
+    (root / "stopped" / runs.METRICS_FILE).unlink()
+    shutil.copytree(root / "stopped", root / "early")  # killed before any checkpoint
+    shutil.rmtree(root / "early" / "checkpoint-45")
+    shutil.copytree(trained_run, root / "cut")
+    (root / "cut" / runs.METRICS_FILE).write_text('{"best_epoch": 3, "valid')
+    shutil.copytree(trained_run, root / "garbled")
+    (root / "garbled" / runs.CONFIG_FILE).write_text("model: [tiny\n")
+    (root / "photos").mkdir()
+    (root / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
+    (root / ".trash").mkdir()
+    (root / "notes.txt").write_text("not a folder")
+    return root
+
+
+def _rows(*args):
+    result = runner.invoke(app, ["runs", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_rows_say_what_each_folder_is_best_first(runs_folder):
+    rows = {row["name"]: row for row in _rows(str(runs_folder))}
+    assert list(rows) == ["beta", "gamma", "alpha", "cut", "early", "garbled", "photos", "stopped"]  # no metric: by name
+    assert {name: (row["status"], row["detail"]) for name, row in rows.items() if name not in SCORES} == {
+        "cut": ("corrupt", "metrics.json unreadable: Unterminated string starting at: line 1 column 19 (char 18)"),
+        "early": ("unfinished", "stopped at step 45, no checkpoint"),
+        "garbled": ("corrupt", "config.yaml unreadable: while parsing a flow sequence"),
+        "photos": ("not a run", "no bertcls-run.json or config.yaml"),
+        "stopped": ("unfinished", "stopped at checkpoint-45"),
+    }
+    beta = rows["beta"]
+    assert (beta["status"], beta["model"], beta["best_epoch"], beta["metric_for_best"]) == ("finished", "tiny", 3, "f1_macro")
+    assert (beta["validation"]["f1_macro"], beta["test"]["f1_macro"]) == (0.95, 0.60)
+    assert beta["train_seconds"] == json.loads((runs_folder / "beta" / runs.METRICS_FILE).read_text())["train"]["seconds"]
+    assert beta["date"] == json.loads((runs_folder / "beta" / runs.MANIFEST_FILE).read_text())["ended"]
+
+
+@pytest.mark.parametrize("key, order", [
+    ("loss", ["gamma", "beta", "alpha"]),  # lowest first
+    ("test.f1_macro", ["gamma", "alpha", "beta"]),
+    ("name", ["alpha", "beta", "cut", "early", "gamma", "garbled", "photos", "stopped"]),
+])
+def test_sort_by_any_metric_or_name(runs_folder, key, order):
+    assert [row["name"] for row in _rows(str(runs_folder), "--sort", key)][:len(order)] == order
+
+
+def test_the_table_shows_the_headline_metric_and_accuracy(runs_folder):
+    result = runner.invoke(app, ["runs", str(runs_folder)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["run", "status", "model", "best", "epoch", "val", "f1_macro", "val", "accuracy", "test", "f1_macro",
+                                "test", "accuracy", "train", "time", "date"]
+    metrics = json.loads((runs_folder / "beta" / runs.METRICS_FILE).read_text())
+    accuracy = [f"{metrics[split]['accuracy']:.4f}" for split in ("validation", "test")]
+    assert lines[1].split()[:8] == ["beta", "finished", "tiny", "3", "0.9500", accuracy[0], "0.6000", accuracy[1]]
+    assert lines[-1].split()[:5] == ["stopped", "unfinished", "(stopped", "at", "checkpoint-45)"]
+
+
+def test_a_run_in_progress_is_running(runs_folder):
+    with runlock.locked(runs_folder / "stopped"):
+        [row] = _rows(str(runs_folder / "stopped"))  # a run folder itself is its one row
+    assert (row["status"], row["detail"]) == ("running", f"step 45, pid {os.getpid()}")
+
+
+def test_an_unknown_metric_or_folder_is_one_line(runs_folder, tmp_path):
+    assert_one_line_error(runner.invoke(app, ["runs", str(runs_folder), "--sort", "f1"]),
+                          "--sort f1: no run has this metric; use name, date, a metric (accuracy, ece, f1_macro,")
+    assert_one_line_error(runner.invoke(app, ["runs", str(tmp_path / "nowhere")]),
+                          f"{tmp_path / 'nowhere'}: no such folder; give the folder your runs are in (default ./runs)")
