@@ -36,6 +36,8 @@ def test_defaults_and_relative_paths(tmp_path):
         ("data: {train: a.csv, validation_split: 1.5}\n", "data.validation_split"),
         ("training: {epochs: 1}\n", "data: required key is missing"),
         ("data: {train: a.csv, text_column: t, text_pair_column: t}\n", "data.text_pair_column must differ"),
+        ("data: {train: a.csv}\ntraining: {max_steps: 0}\n", "training.max_steps: input should be greater than or equal to 1"),
+        ("data: {train: a.csv}\ntraining: {eval_every_steps: 0}\n", "training.eval_every_steps: input should be greater than or equal to 1"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, text, message):
@@ -94,3 +96,4 @@ def test_hub_ids_stay_hub_ids(tmp_path):
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     assert load_config(path).data.train
+

@@ -38,7 +38,7 @@ class LoopState:
     global_step: int = 0  # optimizer updates so far
     seconds: float = 0.0  # training time so far
     best_value: float | None = None  # the best validation metric_for_best so far ...
-    best_epoch: int | None = None  # ... the epoch it came after ...
+    best_epoch: int | None = None  # ... the epoch it came in (from 1) ...
     best_step: int | None = None  # ... the step model/ was saved at ...
     best_metrics: dict[str, Any] | None = None  # ... and its validation metrics
     evals_since_best: int = 0  # evaluations without a better result (early stopping)
@@ -58,6 +58,11 @@ class LoopState:
         self.best_value, self.best_epoch, self.best_step, self.evals_since_best = metrics[metric], epoch, self.global_step, 0
         self.best_metrics = scalars(metrics)  # only the headline numbers: per-label tables grow with the labels
         return True
+
+    @property
+    def epoch_number(self) -> int:
+        """The epoch (from 1) the last step belongs to: the one in progress, or the one just finished."""
+        return self.epoch + (1 if self.batches_done else 0)
 
     def forget_best(self) -> None:
         self.best_value = self.best_epoch = self.best_step = self.best_metrics = None

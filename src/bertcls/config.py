@@ -97,6 +97,8 @@ class ModelConfig(Section):
 
 class TrainingConfig(Section):
     epochs: int = Field(3, ge=1, le=1000, description="Passes over the training data.")
+    max_steps: int | None = Field(None, ge=1, description="Train exactly this many optimizer steps, over as many epochs as that "
+                                  "takes (the last one cut short); overrides epochs, and the learning-rate schedule spans them. null = epochs decide.")
     batch_size: int = Field(32, ge=1, le=65536, description="Examples per device (per process) per micro-batch; the effective batch is this x processes x gradient_accumulation_steps.")
     eval_batch_size: int = Field(128, ge=1, le=65536, description="Examples per batch when evaluating.")
     learning_rate: Float = Field(5e-5, gt=0.0, le=1.0, description="Peak learning rate of AdamW.")
@@ -109,11 +111,14 @@ class TrainingConfig(Section):
         "auto", pattern=machine.DEVICE_PATTERN, description="auto (CUDA when present), cpu, cuda or cuda:N.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 where the hardware runs it natively, else fp32.")
     fsdp: bool = Field(False, description="Shard weights, gradients and optimizer state across GPUs (FSDP2) for models too big for one; needs >= 2 GPU processes.")
+    eval_every_steps: int | None = Field(None, ge=1, description="Evaluate on validation every N optimizer steps, and after the last step: "
+                                         "the best model is kept and early_stopping_patience counted on these evaluations. null = after each epoch.")
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many evaluations without improvement; null = off.")
     metric_for_best: Literal[METRICS] = Field("f1_macro", description="Validation metric that picks the best checkpoint.")  # type: ignore[valid-type]
     log_every_steps: int = Field(50, ge=1, description="Write a training log line every this many optimizer steps.")
     num_threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for torch; null = torch's default.")
-    save_every_steps: int | None = Field(None, ge=1, description="Write a resumable checkpoint every N optimizer steps; null = after each epoch.")
+    save_every_steps: int | None = Field(None, ge=1, description="Write a resumable checkpoint every N optimizer steps (after the "
+                                         "evaluation when one falls on the same step); null = after each evaluation.")
     keep_checkpoints: int = Field(1, ge=1, le=1000, description="Resumable checkpoints to keep (the newest), besides the best model/.")
     keep_checkpoints_at_end: bool = Field(False, description="Keep the resumable checkpoints once the run has finished. They only serve to "
                                           "resume an unfinished run and hold the weights plus twice their size of optimizer state "

@@ -4,7 +4,8 @@
               cheap, before anything is written or loaded
     set up    device and precision, the run folder (locked for the whole run), seed, model and
               tokenizer, length-grouped batches, AdamW, the warmup schedule, a checkpoint's state
-    loop      per epoch: optimizer steps (a log line every log_every_steps), then evaluate, keep the
+    loop      optimizer steps (a log line every log_every_steps) until the last (epochs, or max_steps);
+              after each epoch, or every eval_every_steps, and after the last step: evaluate, keep the
               best model, checkpoint; callbacks hear each log line and evaluation and may stop it
     finish    the best model scored on validation and test, reports, its traced graph, and
               metrics.json last (its presence marks the run finished)
@@ -85,7 +86,7 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False, resum
         acc, state = job.accelerator, job.state
         listeners = [EarlyStopping(tcfg, job.log), *callbacks]
         stop.armed = True
-        for epoch in range(state.epoch, tcfg.epochs):
+        for epoch in job.epochs_left():
             skip = state.batches_done if epoch == state.epoch else 0
             window = job.window if skip else LossWindow(acc.device)
             job.train_loader.set_epoch(epoch)  # accelerate sets the sampler's epoch from its own counter
@@ -109,25 +110,17 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False, resum
                     record = job.log_step(window, epoch)
                     for listener in listeners:
                         listener.on_log(record)
-                last_batch = i + 1 == len(job.train_loader)  # the epoch's checkpoint comes after its evaluation
+                state.epoch, state.batches_done = (epoch + 1, 0) if i + 1 == len(job.train_loader) else (epoch, i + 1)
+                evaluated = job.evaluation_due()
+                if evaluated and job.validate(epoch, window, listeners):  # a listener stopped training: no checkpoint after it
+                    break
                 stopping = stop.agreed()
-                if stopping or (tcfg.save_every_steps and state.global_step % tcfg.save_every_steps == 0 and not last_batch):
-                    state.epoch, state.batches_done = epoch, i + 1
+                if stopping or job.checkpoint_due(evaluated):  # after the evaluation: it holds what the evaluation decided
                     job.save_checkpoint(window)
                     if stopping:
                         raise stop.interrupted(state.global_step, job.last_checkpoint)
-            state.epoch, state.batches_done = epoch + 1, 0
-            evaluation = job.evaluate("validation")
-            job.log_evaluation(evaluation.metrics, epoch)
-            if state.offer(evaluation.metrics, tcfg.metric_for_best, epoch + 1):
-                job.save_best(evaluation.threshold)
-            if any([listener.on_evaluate(state, evaluation.metrics) for listener in listeners]):  # every listener hears it
-                break
-            stopping = stop.agreed()
-            if stopping or not tcfg.save_every_steps or state.global_step % tcfg.save_every_steps == 0:
-                job.save_checkpoint(window)
-                if stopping:
-                    raise stop.interrupted(state.global_step, job.last_checkpoint)
+                if state.global_step == job.total_steps:
+                    break
         return finish(job, inputs, stop, listeners)
 
 
@@ -200,7 +193,8 @@ class Job:
     train_loader: Any
     eval_loaders: dict[str, Any]
     compute_loss: Any
-    total_steps: int
+    total_steps: int  # optimizer steps of the whole run
+    epochs: int  # epochs they take, the last one cut short by max_steps
     real_tokens: torch.Tensor
     state: LoopState
     window: LossWindow  # the restored window of a checkpoint taken mid-epoch
@@ -216,6 +210,37 @@ class Job:
         self.main = accelerator.is_main_process
         self.last_checkpoint = inputs.resume_from  # the one a stop signal names
         self.resumable = not distributed.is_sharded(accelerator)  # sharded optimizer states are not checkpointed yet
+        self.stopped_early = False  # by a listener (early stopping)
+
+    def epochs_left(self):
+        """The epochs to train, from the one in progress, until the last step or a listener stops training
+        (none for a run resumed from the checkpoint after its last step)."""
+        epoch = self.state.epoch
+        while epoch < self.epochs and self.state.global_step < self.total_steps and not self.stopped_early:
+            yield epoch
+            epoch += 1
+
+    def evaluation_due(self) -> bool:
+        """Whether the step just taken is evaluated: every eval_every_steps steps, else at each epoch's end; and the last step."""
+        step, every = self.state.global_step, self.cfg.eval_every_steps
+        return step == self.total_steps or (step % every == 0 if every else self.state.batches_done == 0)
+
+    def checkpoint_due(self, evaluated: bool) -> bool:
+        """Whether a checkpoint follows the step just taken: every save_every_steps steps, else after each evaluation."""
+        every = self.cfg.save_every_steps
+        return self.state.global_step % every == 0 if every else evaluated
+
+    def validate(self, epoch: int, window: LossWindow, listeners: list[Callback]) -> bool:
+        """Score validation after a step of `epoch`, keep the best model, tell the listeners; whether one of them stops training."""
+        state, began = self.state, time.perf_counter()
+        evaluation = self.evaluate("validation")
+        self.model.train()  # the evaluation may come mid-epoch
+        self.log_evaluation(evaluation.metrics, epoch)
+        if state.offer(evaluation.metrics, self.cfg.metric_for_best, epoch + 1):
+            self.save_best(evaluation.threshold)
+        self.stopped_early = any([listener.on_evaluate(state, evaluation.metrics) for listener in listeners])  # every listener hears it
+        window.started += time.perf_counter() - began  # the next log line's examples/s counts training time only
+        return self.stopped_early
 
     def batches(self, skip: int):
         """(micro-batch index, batch) of this epoch from `skip` on: a resumed epoch skips the batches already trained."""
@@ -343,7 +368,9 @@ def _build(job: Job) -> None:
     distributed.set_shard_units(acc, job.model)
     job.model, job.optimizer, job.train_loader = acc.prepare(job.model, optimizer, train_loader)
     job.eval_loaders = {name: acc.prepare(loader) for name, loader in eval_loaders.items()}
-    job.total_steps = math.ceil(len(job.train_loader) / tcfg.gradient_accumulation_steps) * tcfg.epochs
+    steps_per_epoch = math.ceil(len(job.train_loader) / tcfg.gradient_accumulation_steps)
+    job.total_steps = tcfg.max_steps or steps_per_epoch * tcfg.epochs
+    job.epochs = math.ceil(job.total_steps / steps_per_epoch)
     job.scheduler = get_scheduler(tcfg.lr_scheduler if tcfg.lr_scheduler != "constant" else "constant_with_warmup", job.optimizer,
                                   num_warmup_steps=round(tcfg.warmup_ratio * job.total_steps), num_training_steps=job.total_steps)
     job.real_tokens = torch.tensor(0, device=acc.device)  # non-pad tokens trained on
@@ -385,7 +412,7 @@ def finish(job: Job, inputs: Inputs, stop: faults.StopRequest, listeners: list[C
     job.optimizer.state.clear()  # the moment estimates (twice the weights) are done with: room for what follows
     if state.best_epoch is None:  # resumed after its last evaluation with the best model lost: the model now is the best there is
         evaluation = job.evaluate("validation")
-        state.offer(evaluation.metrics, tcfg.metric_for_best, state.epoch)
+        state.offer(evaluation.metrics, tcfg.metric_for_best, state.epoch_number)
         job.save_best(evaluation.threshold)
     stop.finishing = True
 
@@ -403,7 +430,7 @@ def finish(job: Job, inputs: Inputs, stop: faults.StopRequest, listeners: list[C
     if job.main:
         _write_reports(run, evaluations, tcfg.loss_curve, job.log)
     stop_if_asked()
-    result = {"best_epoch": state.best_epoch, "metric_for_best": tcfg.metric_for_best,
+    result = {"best_epoch": state.best_epoch, "best_step": state.best_step, "metric_for_best": tcfg.metric_for_best,
               **{name: evaluation.metrics for name, evaluation in evaluations.items()},
               "train": _train_summary(job, train_seconds)}
     if job.main and tcfg.save_torchscript:
@@ -425,8 +452,9 @@ def finish(job: Job, inputs: Inputs, stop: faults.StopRequest, listeners: list[C
 def _train_summary(job: Job, seconds: float) -> dict[str, Any]:
     acc, state = job.accelerator, job.state
     tokens = int(acc.reduce(job.real_tokens, reduction="sum"))
-    summary = {"seconds": round(seconds, 2), "optimizer_steps": state.global_step, "epochs": state.epoch,
-               "examples_per_s": round(len(job.inputs.train) * state.epoch / seconds, 2),
+    epochs = state.epoch + state.batches_done / len(job.train_loader)  # a fraction when max_steps or early stopping cut an epoch short
+    summary = {"seconds": round(seconds, 2), "optimizer_steps": state.global_step, "epochs": round(epochs, 3) if state.batches_done else state.epoch,
+               "examples_per_s": round(len(job.inputs.train) * epochs / seconds, 2),
                "real_tokens_per_s": round(tokens / seconds, 1), "device": str(acc.device), "precision": job.precision}
     if acc.device.type == "cuda":
         summary["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(acc.device) / 2**20, 1)
