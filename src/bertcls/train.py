@@ -6,7 +6,7 @@
               tokenizer, length-grouped batches, AdamW, the warmup schedule, a checkpoint's state
     loop      optimizer steps (a log line every log_every_steps) until the last (epochs, or max_steps);
               after each epoch, or every eval_every_steps, and after the last step: evaluate, keep the
-              best model, checkpoint; callbacks hear each log line and evaluation and may stop it
+              best model, checkpoint; callbacks hear the start, each log line and evaluation, and may stop it
     finish    the best model scored on validation and test, reports, its traced graph, and
               metrics.json last (its presence marks the run finished)
 
@@ -32,6 +32,7 @@ import yaml
 from bertcls import atomic, distributed, faults, machine, report, runlock, runs
 from bertcls import checkpoint as ckpt
 from bertcls import data as data_mod
+from bertcls.callbacks import Callback
 from bertcls.check import warnings as data_warnings
 from bertcls.checkpoint import LoopState
 from bertcls.config import Config, TrainingConfig
@@ -40,21 +41,6 @@ from bertcls.evaluate import Evaluation, scalars, score
 from bertcls.inference import predict_logits
 from bertcls.loss import build_loss, check_class_weights
 from bertcls.model import check_model_source, load_model, save_model
-
-
-class Callback:
-    """What the loop tells as it goes. Subclass, override what you need, and pass instances to
-    `train(..., callbacks=[...])`; every process calls them, so act on `main` alone where it matters."""
-
-    def on_log(self, record: dict[str, Any]) -> None:
-        """After each logged step: step, epoch, loss, lr, examples_per_s."""
-
-    def on_evaluate(self, state: LoopState, metrics: dict[str, Any]) -> bool:
-        """After each validation pass (`state` already counts it); return True to stop training."""
-        return False
-
-    def on_end(self, result: dict[str, Any]) -> None:
-        """Once, with what metrics.json holds, just before it is written."""
 
 
 class EarlyStopping(Callback):
@@ -85,6 +71,8 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False, resum
         job = set_up(config, inputs, overwrite, quiet, stop, resources)
         acc, state = job.accelerator, job.state
         listeners = [EarlyStopping(tcfg, job.log), *callbacks]
+        for listener in listeners:
+            listener.on_start(job)
         stop.armed = True
         for epoch in job.epochs_left():
             skip = state.batches_done if epoch == state.epoch else 0
