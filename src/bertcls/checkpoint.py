@@ -10,7 +10,7 @@ import hashlib
 import json
 import random
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from bertcls.model import quiet_unpickler, unreadable_weights
 # Keys that may change between a checkpoint and its resume without changing what is trained.
 HARMLESS_KEYS = frozenset({"output_dir", "training.log_every_steps", "training.num_threads",
                            "training.save_every_steps", "training.keep_checkpoints",
-                           "training.keep_checkpoints_at_end"})
+                           "training.keep_checkpoints_at_end", "training.report_to"})
 
 
 @dataclass
@@ -42,6 +42,7 @@ class LoopState:
     best_step: int | None = None  # ... the step model/ was saved at ...
     best_metrics: dict[str, Any] | None = None  # ... and its validation metrics
     evals_since_best: int = 0  # evaluations without a better result (early stopping)
+    trackers: dict[str, str] = field(default_factory=dict)  # experiment tracker -> its run (MLflow's run id), to log on to after a resume
 
     @classmethod
     def from_saved(cls, saved: dict[str, Any]) -> LoopState:
@@ -157,7 +158,7 @@ STATE_FIELDS: dict[str, tuple[tuple[type, ...], float | None, str]] = {
     "processes": ((int,), 1, "a whole number >= 1"), "seconds": ((int, float), 0, "a number >= 0"),
     "best_value": ((int, float, type(None)), None, "a number or null"), "best_epoch": ((int, type(None)), 1, "a whole number >= 1 or null"),
     "best_metrics": ((dict, type(None)), None, "an object or null"), "data_fingerprint": ((str,), None, "a string"),
-    "config": ((dict,), None, "an object"),
+    "config": ((dict,), None, "an object"), "trackers": ((dict,), None, "an object"),
 }
 REQUIRED_STATE = ("global_step", "epoch", "batches_done")
 

@@ -20,6 +20,8 @@ from bertcls.errors import ConfigError, clipped, shown
 
 DATA_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
 METRICS = ("accuracy", "f1_macro", "f1_micro", "f1_weighted", "precision_macro", "recall_macro", "loss")
+# Experiment trackers, by Accelerate's names for them (bertcls.track): those every Accelerate since 1.0 knows.
+TRACKERS = ("tensorboard", "mlflow", "wandb", "comet_ml", "aim", "clearml", "dvclive")
 # YAML aliases (*name) may repeat an anchored value; past this many values added by repeating, a file is refused:
 # nested aliases grow exponentially (a "billion laughs" file), and a real config repeats a few dozen at most.
 MAX_ALIAS_EXPANSION = 10_000
@@ -55,6 +57,16 @@ def _class_weights(value: Any) -> Any:
     if not any(weights.values()):
         raise ValueError("training.class_weights: at least one weight must be above 0")
     return weights
+
+
+def _trackers(value: Any) -> Any:
+    """One tracker's name, or a list of names, each once; null is none."""
+    names = [] if value is None else [value] if isinstance(value, str) else value
+    if isinstance(names, list):
+        twice = sorted({name for name in names if names.count(name) > 1 and isinstance(name, str)})
+        if twice:
+            raise ValueError(f"training.report_to: {', '.join(twice)} is listed more than once")
+    return names
 
 
 def _absolute(path: str) -> str:
@@ -129,6 +141,11 @@ class TrainingConfig(Section):
     threshold: Float = Field(0.5, gt=0.0, lt=1.0, description="multi_label: a label is predicted when its probability is at least this.")
     tune_threshold: bool = Field(False, description="multi_label: pick the threshold with the best micro-F1 on validation instead; saved with the model.")
     loss_curve: bool = Field(True, description="Draw RUN/loss.png (training and validation loss) from log.jsonl at the end.")
+    report_to: Annotated[list[Literal[TRACKERS]], BeforeValidator(_trackers)] = Field(  # type: ignore[valid-type]
+        default_factory=list, description="Experiment trackers to log to, through Accelerate: the config, each log line "
+        "(loss, lr, examples/s), each evaluation and the test metrics. tensorboard writes RUN/tensorboard/; mlflow logs to "
+        "$MLFLOW_TRACKING_URI, else MLflow's default (in the current folder), with the reports as artifacts; the others use "
+        "their own settings. Each needs its package (pip install tensorboard, mlflow, ...). [] = none.")
     save_torchscript: bool = Field(True, description="At the end, also save the model as a traced TorchScript graph "
                                    "(RUN/model/bertcls-torchscript.pt, one more copy of the weights): `bertcls predict` "
                                    "on the CPU then starts without importing transformers, about 3x sooner.")

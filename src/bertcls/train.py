@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import yaml
 
-from bertcls import atomic, distributed, faults, machine, report, runlock, runs
+from bertcls import atomic, distributed, faults, machine, report, runlock, runs, track
 from bertcls import checkpoint as ckpt
 from bertcls import data as data_mod
 from bertcls.callbacks import Callback
@@ -68,9 +68,11 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False, resum
     tcfg = config.training
     with faults.guarded(tcfg) as stop, ExitStack() as resources:
         inputs = check_inputs(config, config_file, resume, force, overwrite)
-        job = set_up(config, inputs, overwrite, quiet, stop, resources)
+        tracking = track.Tracking(config, inputs.resume_from)
+        job = set_up(config, inputs, overwrite, quiet, stop, resources, log_with=tracking.trackers)
+        resources.push(tracking.close)  # an error or a stop ends the trackers' runs too
         acc, state = job.accelerator, job.state
-        listeners = [EarlyStopping(tcfg, job.log), *callbacks]
+        listeners = [EarlyStopping(tcfg, job.log), tracking, *callbacks]
         for listener in listeners:
             listener.on_start(job)
         stop.armed = True
@@ -130,6 +132,7 @@ def check_inputs(config: Config, config_file: str | Path | None, resume: bool | 
     weights, the model source and max_length, the checkpoint to resume from, and the run folder."""
     run = Path(config.output_dir)
     runs.check_output_dir(run, _inputs(config, config_file))
+    track.check_installed(config.training.report_to)
     train_split, val_split, test_split, labels = data_mod.load_splits(config.data, config.seed)
     check_class_weights(config.training.class_weights, labels.names)
     check_model_source(config.model, config.data.max_length)
@@ -293,9 +296,10 @@ class Job:
         self.accelerator.wait_for_everyone()
 
 
-def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: faults.StopRequest, resources: ExitStack) -> Job:
-    """The accelerator, the claimed run folder, then (after seeding) the model, batches, optimizer and
-    schedule, and last the checkpoint's state, whose random states the loop continues from."""
+def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: faults.StopRequest, resources: ExitStack,
+           log_with: list | None = None) -> Job:
+    """The accelerator (with the experiment trackers `log_with`, not yet started), the claimed run folder, then (after
+    seeding) the model, batches, optimizer and schedule, and last the checkpoint's state, whose random states the loop continues from."""
     from accelerate.utils import set_seed
 
     tcfg, run = config.training, Path(config.output_dir)
@@ -304,7 +308,7 @@ def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: f
     # oneDNN (CPU matmuls) keeps a primitive for each of the last 1,024 shapes it ran, and length-grouped batches
     # bring dozens of shapes: a cap of 16 cut peak RSS by about 190 MB at the same speed. Read at its first use.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
-    accelerator = make_accelerator(tcfg)
+    accelerator = make_accelerator(tcfg, log_with)
     stop.share(accelerator)  # many processes stop at the same step
     _claim_run_dir(run, overwrite, inputs.resume_from is not None, accelerator, resources)
     if accelerator.is_main_process:
@@ -449,8 +453,8 @@ def _train_summary(job: Job, seconds: float) -> dict[str, Any]:
     return summary
 
 
-def make_accelerator(cfg: TrainingConfig):
-    """An Accelerator on the configured device, with the configured (or best native) precision."""
+def make_accelerator(cfg: TrainingConfig, log_with: list | None = None):
+    """An Accelerator on the configured device, with the configured (or best native) precision, and the trackers `log_with` (`bertcls.track`)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -465,7 +469,7 @@ def make_accelerator(cfg: TrainingConfig):
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     # cpu=True also under torchrun: Accelerate then joins the launched processes over gloo.
     return Accelerator(cpu=on_cpu, mixed_precision=mixed, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                       step_scheduler_with_optimizer=False, fsdp_plugin=distributed.fsdp_plugin(cfg))
+                       step_scheduler_with_optimizer=False, fsdp_plugin=distributed.fsdp_plugin(cfg), log_with=log_with or None)
 
 
 def build_optimizer(model, cfg: TrainingConfig, fused: bool) -> torch.optim.AdamW:
