@@ -61,7 +61,8 @@ class KilledAt(Callback):
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory, data):
-    """The same run reporting to TensorBoard and MLflow (a SQLite store in its folder), killed at step 12 and resumed."""
+    """The same run reporting to TensorBoard and MLflow, killed at step 12 and resumed. Killed, it logged to MLflow's default
+    store in the current folder (its own folder here); resumed, to the same store named by $MLFLOW_TRACKING_URI."""
     pytest.importorskip("tensorboard")
     MlflowClient = pytest.importorskip("mlflow").MlflowClient
 
@@ -72,12 +73,13 @@ def tracked(tmp_path_factory, data):
     with pytest.MonkeyPatch.context() as patch:
         for name in [name for name in os.environ if name.startswith("MLFLOW_")]:
             patch.delenv(name)
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.chdir(folder)  # MLflow puts artifacts in ./mlruns
-        with pytest.raises(RuntimeError, match="killed"):
+        patch.chdir(folder)  # MLflow's default store, and where it puts artifacts (./mlruns)
+        with pytest.raises(RuntimeError, match="killed"), pytest.warns(BertclsWarning) as default:
             train(config, quiet=True, callbacks=(KilledAt(12),))
         state = json.loads((runs.checkpoints(folder / "run")[-1] / runs.CHECKPOINT_STATE).read_text())
-        killed = SimpleNamespace(state=state, status=MlflowClient(uri).get_run(state["trackers"]["mlflow"]).info.status)
+        killed = SimpleNamespace(state=state, status=MlflowClient(uri).get_run(state["trackers"]["mlflow"]).info.status,
+                                 warnings=[str(w.message) for w in default if w.category is BertclsWarning])
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
         run = train(config, quiet=True, resume=True)
     torch.set_num_threads(threads)
     return SimpleNamespace(run=run, uri=uri, killed=killed, folder=folder)
@@ -168,6 +170,9 @@ def test_mlflow_holds_one_run_continued_after_the_kill_with_the_metrics_and_repo
     assert len(found) == 1, "the resumed run started a second MLflow run"
     run_id = found[0].info.run_id
     assert run_id == tracked.killed.state["trackers"]["mlflow"] and tracked.killed.status == "FAILED"
+    assert [w for w in tracked.killed.warnings if w.startswith("mlflow")] == [  # quiet or not, the current folder is never written silently
+        f"mlflow logs to run {run_id} of experiment bertcls at {tracked.uri}, MLflow's default as $MLFLOW_TRACKING_URI is not set; "
+        f"artifacts go to {tracked.folder}/mlruns/1/{run_id}/artifacts"]
     assert found[0].info.status == "FINISHED" and found[0].info.run_name == "run"
     client = mlflow.MlflowClient(tracked.uri)
     history = lambda key: {m.step: m.value for m in client.get_metric_history(run_id, key)}  # noqa: E731

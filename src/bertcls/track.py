@@ -78,7 +78,10 @@ class Tracking(Callback):
         job.state.trackers = started
         if job.main:
             for tracker in self.trackers:
-                job.log.say(tracker.where(self.run))
+                if tracker.name == "mlflow" and not os.environ.get("MLFLOW_TRACKING_URI"):  # its default store is the current folder: never silently
+                    warnings.warn(tracker.where(self.run), BertclsWarning, stacklevel=2)
+                else:
+                    job.log.say(tracker.where(self.run))
 
     def _start(self, accelerator) -> dict[str, str]:
         folder = self.run / runs.TENSORBOARD_DIR
@@ -183,7 +186,7 @@ class Guarded(GeneralTracker):
             import mlflow
 
             uri = mlflow.get_tracking_uri()
-            default = "" if os.environ.get("MLFLOW_TRACKING_URI") else " (MLflow's default; set $MLFLOW_TRACKING_URI to choose)"
+            default = "" if os.environ.get("MLFLOW_TRACKING_URI") else ", MLflow's default as $MLFLOW_TRACKING_URI is not set"
             return (f"mlflow {again} run {self.run_id()} of experiment {self.inner.experiment_name} at {uri}{default}; "
                     f"artifacts go to {mlflow.get_artifact_uri()}")
         return f"{self.name} {again} project {PROJECT}"
