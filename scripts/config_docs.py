@@ -48,6 +48,8 @@ def _type_name(annotation) -> str:
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         names = [_type_name(a) for a in args if a is not type(None)]
         return " or ".join(names) + (" or null" if type(None) in args else "")
+    if origin is list:
+        return f"list of {_type_name(args[0])}"
     if origin is dict:
         return "mapping"
     return getattr(annotation, "__name__", str(annotation))

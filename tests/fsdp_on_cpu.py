@@ -17,8 +17,8 @@ from bertcls.distributed import fsdp_plugin
 make_accelerator = train_mod.make_accelerator
 
 
-def make_fsdp_accelerator_on_cpu(cfg):
-    accelerator = make_accelerator(cfg.model_copy(update={"fsdp": False}))
+def make_fsdp_accelerator_on_cpu(cfg, log_with=None):
+    accelerator = make_accelerator(cfg.model_copy(update={"fsdp": False}), log_with)
     accelerator.state.distributed_type = DistributedType.FSDP
     accelerator.state.fsdp_plugin = fsdp_plugin(cfg)
     return accelerator

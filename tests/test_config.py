@@ -36,6 +36,10 @@ def test_defaults_and_relative_paths(tmp_path):
         ("data: {train: a.csv, validation_split: 1.5}\n", "data.validation_split"),
         ("training: {epochs: 1}\n", "data: required key is missing"),
         ("data: {train: a.csv, text_column: t, text_pair_column: t}\n", "data.text_pair_column must differ"),
+        ("data: {train: a.csv}\ntraining: {report_to: [neptune]}\n", "training.report_to.0: input should be 'tensorboard', 'mlflow', "),
+        ("data: {train: a.csv}\ntraining: {report_to: [mlflow, tensorboard, mlflow]}\n", "training.report_to: mlflow is listed more than once"),
+        ("data: {train: a.csv}\ntraining: {max_steps: 0}\n", "training.max_steps: input should be greater than or equal to 1"),
+        ("data: {train: a.csv}\ntraining: {eval_every_steps: 0}\n", "training.eval_every_steps: input should be greater than or equal to 1"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, text, message):
@@ -94,3 +98,9 @@ def test_hub_ids_stay_hub_ids(tmp_path):
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     assert load_config(path).data.train
+
+
+@pytest.mark.parametrize("given, trackers", [("tensorboard", ["tensorboard"]), ("[mlflow, tensorboard]", ["mlflow", "tensorboard"]),
+                                             ("null", []), ("[]", [])])
+def test_report_to_takes_one_tracker_or_a_list(tmp_path, given, trackers):
+    assert load_config(write(tmp_path, f"data: {{train: a.csv}}\ntraining: {{report_to: {given}}}\n")).training.report_to == trackers

@@ -53,7 +53,7 @@ def two_process_run(tmp_path_factory):
         "validation": write_csv(folder / "validation.csv", toy_rows(61, 1)),
         "test": write_csv(folder / "test.csv", toy_rows(67, 2)),
     }
-    config = make_config(folder, data, training={**TRAINING, "batch_size": 8})
+    config = make_config(folder, data, training={**TRAINING, "batch_size": 8, "report_to": ["tensorboard"]})
     result = _torchrun(2, "train", str(config), cwd=folder)
     return folder, data, result
 
@@ -68,6 +68,13 @@ def test_two_processes_train_and_write_one_run_folder_once(two_process_run):
     assert set(runs.RUN_FILES) <= names and not [n for n in names if n.startswith(".")]  # no stray temp files
     log = [json.loads(line) for line in (run / runs.LOG_FILE).read_text().splitlines()]
     assert [r["epoch"] for r in log if r.get("split") == "validation"] == [1, 2, 3, 4, 5, 6]  # one writer
+    # TensorBoard too: the main process's writer alone, each step once
+    assert result.stderr.count("tensorboard logs to") == 1 and len(list((run / runs.TENSORBOARD_DIR).rglob("*tfevents*"))) == 2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / runs.TENSORBOARD_DIR))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [r["step"] for r in log if "split" not in r]
     metrics = json.loads((run / runs.METRICS_FILE).read_text())
     assert metrics["train"]["optimizer_steps"] == 6 * 15  # 240 rows / (8 x 2) per step
     assert metrics["validation"]["num_examples"] == 61 and metrics["test"]["num_examples"] == 67

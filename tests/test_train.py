@@ -57,6 +57,20 @@ def test_gradient_accumulation_and_early_stopping(tmp_path, toy_data):
     assert metrics["best_epoch"] == 1 and metrics["train"]["epochs"] == 3 and metrics["train"]["optimizer_steps"] == 15
 
 
+def test_early_stopping_counts_evaluations_by_steps(tmp_path, toy_data):
+    # Nothing is learnt at this learning rate: validation accuracy never improves on the first evaluation.
+    cfg = load_config(make_config(tmp_path, toy_data, training={"epochs": 2, "eval_every_steps": 4, "early_stopping_patience": 2,
+                                                                 "learning_rate": 1e-12, "metric_for_best": "accuracy",
+                                                                 "save_torchscript": False, "loss_curve": False}))
+    run = train(cfg, quiet=True)
+    metrics = json.loads((run / runs.METRICS_FILE).read_text())
+    steps = [r["step"] for r in map(json.loads, (run / runs.LOG_FILE).read_text().splitlines()) if r.get("split")]
+    assert steps == [4, 8, 12]  # stopped 12 steps into the 15 of epoch 1, two evaluations after the best
+    assert (metrics["best_step"], metrics["best_epoch"]) == (4, 1)
+    assert metrics["train"]["optimizer_steps"] == 12 and metrics["train"]["epochs"] == 0.8
+    assert [p.name for p in runs.checkpoints(run)] == ["checkpoint-8"]  # after each evaluation but the one that stopped training
+
+
 def test_no_weight_decay_on_biases_and_layernorm(trained_run):
     from bertcls.config import TrainingConfig
     from bertcls.model import load_trained

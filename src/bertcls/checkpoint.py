@@ -10,7 +10,7 @@ import hashlib
 import json
 import random
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from bertcls.model import quiet_unpickler, unreadable_weights
 # Keys that may change between a checkpoint and its resume without changing what is trained.
 HARMLESS_KEYS = frozenset({"output_dir", "training.log_every_steps", "training.num_threads",
                            "training.save_every_steps", "training.keep_checkpoints",
-                           "training.keep_checkpoints_at_end"})
+                           "training.keep_checkpoints_at_end", "training.report_to"})
 
 
 @dataclass
@@ -38,10 +38,11 @@ class LoopState:
     global_step: int = 0  # optimizer updates so far
     seconds: float = 0.0  # training time so far
     best_value: float | None = None  # the best validation metric_for_best so far ...
-    best_epoch: int | None = None  # ... the epoch it came after ...
+    best_epoch: int | None = None  # ... the epoch it came in (from 1) ...
     best_step: int | None = None  # ... the step model/ was saved at ...
     best_metrics: dict[str, Any] | None = None  # ... and its validation metrics
     evals_since_best: int = 0  # evaluations without a better result (early stopping)
+    trackers: dict[str, str] = field(default_factory=dict)  # experiment tracker -> its run (MLflow's run id), to log on to after a resume
 
     @classmethod
     def from_saved(cls, saved: dict[str, Any]) -> LoopState:
@@ -58,6 +59,11 @@ class LoopState:
         self.best_value, self.best_epoch, self.best_step, self.evals_since_best = metrics[metric], epoch, self.global_step, 0
         self.best_metrics = scalars(metrics)  # only the headline numbers: per-label tables grow with the labels
         return True
+
+    @property
+    def epoch_number(self) -> int:
+        """The epoch (from 1) the last step belongs to: the one in progress, or the one just finished."""
+        return self.epoch + (1 if self.batches_done else 0)
 
     def forget_best(self) -> None:
         self.best_value = self.best_epoch = self.best_step = self.best_metrics = None
@@ -152,7 +158,7 @@ STATE_FIELDS: dict[str, tuple[tuple[type, ...], float | None, str]] = {
     "processes": ((int,), 1, "a whole number >= 1"), "seconds": ((int, float), 0, "a number >= 0"),
     "best_value": ((int, float, type(None)), None, "a number or null"), "best_epoch": ((int, type(None)), 1, "a whole number >= 1 or null"),
     "best_metrics": ((dict, type(None)), None, "an object or null"), "data_fingerprint": ((str,), None, "a string"),
-    "config": ((dict,), None, "an object"),
+    "config": ((dict,), None, "an object"), "trackers": ((dict,), None, "an object"),
 }
 REQUIRED_STATE = ("global_step", "epoch", "batches_done")
 

@@ -20,6 +20,8 @@ from bertcls.errors import ConfigError, clipped, shown
 
 DATA_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
 METRICS = ("accuracy", "f1_macro", "f1_micro", "f1_weighted", "precision_macro", "recall_macro", "loss")
+# Experiment trackers, by Accelerate's names for them (bertcls.track): those every Accelerate since 1.0 knows.
+TRACKERS = ("tensorboard", "mlflow", "wandb", "comet_ml", "aim", "clearml", "dvclive")
 # YAML aliases (*name) may repeat an anchored value; past this many values added by repeating, a file is refused:
 # nested aliases grow exponentially (a "billion laughs" file), and a real config repeats a few dozen at most.
 MAX_ALIAS_EXPANSION = 10_000
@@ -55,6 +57,16 @@ def _class_weights(value: Any) -> Any:
     if not any(weights.values()):
         raise ValueError("training.class_weights: at least one weight must be above 0")
     return weights
+
+
+def _trackers(value: Any) -> Any:
+    """One tracker's name, or a list of names, each once; null is none."""
+    names = [] if value is None else [value] if isinstance(value, str) else value
+    if isinstance(names, list):
+        twice = sorted({name for name in names if names.count(name) > 1 and isinstance(name, str)})
+        if twice:
+            raise ValueError(f"training.report_to: {', '.join(twice)} is listed more than once")
+    return names
 
 
 def _absolute(path: str) -> str:
@@ -97,6 +109,8 @@ class ModelConfig(Section):
 
 class TrainingConfig(Section):
     epochs: int = Field(3, ge=1, le=1000, description="Passes over the training data.")
+    max_steps: int | None = Field(None, ge=1, description="Train exactly this many optimizer steps, over as many epochs as that "
+                                  "takes (the last one cut short); overrides epochs, and the learning-rate schedule spans them. null = epochs decide.")
     batch_size: int = Field(32, ge=1, le=65536, description="Examples per device (per process) per micro-batch; the effective batch is this x processes x gradient_accumulation_steps.")
     eval_batch_size: int = Field(128, ge=1, le=65536, description="Examples per batch when evaluating.")
     learning_rate: Float = Field(5e-5, gt=0.0, le=1.0, description="Peak learning rate of AdamW.")
@@ -109,11 +123,14 @@ class TrainingConfig(Section):
         "auto", pattern=machine.DEVICE_PATTERN, description="auto (CUDA when present), cpu, cuda or cuda:N.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 where the hardware runs it natively, else fp32.")
     fsdp: bool = Field(False, description="Shard weights, gradients and optimizer state across GPUs (FSDP2) for models too big for one; needs >= 2 GPU processes.")
+    eval_every_steps: int | None = Field(None, ge=1, description="Evaluate on validation every N optimizer steps, and after the last step: "
+                                         "the best model is kept and early_stopping_patience counted on these evaluations. null = after each epoch.")
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many evaluations without improvement; null = off.")
     metric_for_best: Literal[METRICS] = Field("f1_macro", description="Validation metric that picks the best checkpoint.")  # type: ignore[valid-type]
     log_every_steps: int = Field(50, ge=1, description="Write a training log line every this many optimizer steps.")
     num_threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for torch; null = torch's default.")
-    save_every_steps: int | None = Field(None, ge=1, description="Write a resumable checkpoint every N optimizer steps; null = after each epoch.")
+    save_every_steps: int | None = Field(None, ge=1, description="Write a resumable checkpoint every N optimizer steps (after the "
+                                         "evaluation when one falls on the same step); null = after each evaluation.")
     keep_checkpoints: int = Field(1, ge=1, le=1000, description="Resumable checkpoints to keep (the newest), besides the best model/.")
     keep_checkpoints_at_end: bool = Field(False, description="Keep the resumable checkpoints once the run has finished. They only serve to "
                                           "resume an unfinished run and hold the weights plus twice their size of optimizer state "
@@ -124,6 +141,11 @@ class TrainingConfig(Section):
     threshold: Float = Field(0.5, gt=0.0, lt=1.0, description="multi_label: a label is predicted when its probability is at least this.")
     tune_threshold: bool = Field(False, description="multi_label: pick the threshold with the best micro-F1 on validation instead; saved with the model.")
     loss_curve: bool = Field(True, description="Draw RUN/loss.png (training and validation loss) from log.jsonl at the end.")
+    report_to: Annotated[list[Literal[TRACKERS]], BeforeValidator(_trackers)] = Field(  # type: ignore[valid-type]
+        default_factory=list, description="Experiment trackers to log to, through Accelerate: the config, each log line "
+        "(loss, lr, examples/s), each evaluation and the test metrics. tensorboard writes RUN/tensorboard/; mlflow logs to "
+        "$MLFLOW_TRACKING_URI, else MLflow's default (in the current folder), with the reports as artifacts; the others use "
+        "their own settings. Each needs its package (pip install tensorboard, mlflow, ...). [] = none.")
     save_torchscript: bool = Field(True, description="At the end, also save the model as a traced TorchScript graph "
                                    "(RUN/model/bertcls-torchscript.pt, one more copy of the weights): `bertcls predict` "
                                    "on the CPU then starts without importing transformers, about 3x sooner.")

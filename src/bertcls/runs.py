@@ -21,11 +21,12 @@ a run to predict with.
         state.json          epoch, position in the epoch's data order, step, best so far, config
     RUN/reports/        validation/ and test/: predictions.csv and figures (see bertcls.report)
     RUN/loss.png        training and validation loss (training.loss_curve)
+    RUN/tensorboard/    TensorBoard's event files (training.report_to: tensorboard; see `bertcls.track`)
     RUN/metrics.json    validation (best checkpoint) and test metrics; written last, so a
                         folder without it is an unfinished run
 
 The record lists every file bertcls wrote (paths relative to RUN), each added before the file is
-written, and the step model/ was saved at with its weights' stamp (`record_best`). Files someone
+written (TensorBoard's, which it names by time, host and pid, right after it makes them), and the step model/ was saved at with its weights' stamp (`record_best`). Files someone
 else put in the folder, or inside model/ or reports/, are never deleted: a fresh start leaves them,
 and replacing model/ carries them into the new one.
 
@@ -58,7 +59,8 @@ METRICS_FILE = "metrics.json"
 REPORTS_DIR = "reports"
 LOSS_FILE = "loss.png"
 MANIFEST_FILE = "manifest.json"
-RUN_FILES = (CONFIG_FILE, LOG_FILE, MODEL_DIR, REPORTS_DIR, LOSS_FILE, MANIFEST_FILE, METRICS_FILE)
+TENSORBOARD_DIR = "tensorboard"
+RUN_FILES = (CONFIG_FILE, LOG_FILE, MODEL_DIR, REPORTS_DIR, LOSS_FILE, MANIFEST_FILE, METRICS_FILE, TENSORBOARD_DIR)
 RECORD_FILE = "bertcls-run.json"
 OWN_FILES = (RECORD_FILE, LOCK_FILE)  # bertcls's in any folder that holds them
 TORCHSCRIPT_FILE = "bertcls-torchscript.pt"  # in MODEL_DIR

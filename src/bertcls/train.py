@@ -4,8 +4,9 @@
               cheap, before anything is written or loaded
     set up    device and precision, the run folder (locked for the whole run), seed, model and
               tokenizer, length-grouped batches, AdamW, the warmup schedule, a checkpoint's state
-    loop      per epoch: optimizer steps (a log line every log_every_steps), then evaluate, keep the
-              best model, checkpoint; callbacks hear each log line and evaluation and may stop it
+    loop      optimizer steps (a log line every log_every_steps) until the last (epochs, or max_steps);
+              after each epoch, or every eval_every_steps, and after the last step: evaluate, keep the
+              best model, checkpoint; callbacks hear the start, each log line and evaluation, and may stop it
     finish    the best model scored on validation and test, reports, its traced graph, the model
               card, the manifest's end time, and metrics.json last (its presence marks the run finished)
 
@@ -28,9 +29,10 @@ from typing import Any
 import torch
 import yaml
 
-from bertcls import atomic, card, distributed, faults, machine, manifest, report, runlock, runs
+from bertcls import atomic, card, distributed, faults, machine, manifest, report, runlock, runs, track
 from bertcls import checkpoint as ckpt
 from bertcls import data as data_mod
+from bertcls.callbacks import Callback
 from bertcls.check import warnings as data_warnings
 from bertcls.checkpoint import LoopState
 from bertcls.config import Config, TrainingConfig
@@ -39,21 +41,6 @@ from bertcls.evaluate import Evaluation, scalars, score
 from bertcls.inference import predict_logits
 from bertcls.loss import build_loss, check_class_weights
 from bertcls.model import check_model_source, load_model, save_model
-
-
-class Callback:
-    """What the loop tells as it goes. Subclass, override what you need, and pass instances to
-    `train(..., callbacks=[...])`; every process calls them, so act on `main` alone where it matters."""
-
-    def on_log(self, record: dict[str, Any]) -> None:
-        """After each logged step: step, epoch, loss, lr, examples_per_s."""
-
-    def on_evaluate(self, state: LoopState, metrics: dict[str, Any]) -> bool:
-        """After each validation pass (`state` already counts it); return True to stop training."""
-        return False
-
-    def on_end(self, result: dict[str, Any]) -> None:
-        """Once, with what metrics.json holds, just before it is written."""
 
 
 class EarlyStopping(Callback):
@@ -81,13 +68,17 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False, resum
     tcfg, started = config.training, manifest.utc_now()
     with faults.guarded(tcfg) as stop, ExitStack() as resources:
         inputs = check_inputs(config, config_file, resume, force, overwrite)
-        job = set_up(config, inputs, overwrite, quiet, stop, resources)
+        tracking = track.Tracking(config, inputs.resume_from)
+        job = set_up(config, inputs, overwrite, quiet, stop, resources, log_with=tracking.trackers)
+        resources.push(tracking.close)  # an error or a stop ends the trackers' runs too
         if job.main:
             manifest.begin(job.run, config, config_file, started, inputs.resume_from)
         acc, state = job.accelerator, job.state
-        listeners = [EarlyStopping(tcfg, job.log), *callbacks]
+        listeners = [EarlyStopping(tcfg, job.log), tracking, *callbacks]
+        for listener in listeners:
+            listener.on_start(job)
         stop.armed = True
-        for epoch in range(state.epoch, tcfg.epochs):
+        for epoch in job.epochs_left():
             skip = state.batches_done if epoch == state.epoch else 0
             window = job.window if skip else LossWindow(acc.device)
             job.train_loader.set_epoch(epoch)  # accelerate sets the sampler's epoch from its own counter
@@ -111,25 +102,17 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False, resum
                     record = job.log_step(window, epoch)
                     for listener in listeners:
                         listener.on_log(record)
-                last_batch = i + 1 == len(job.train_loader)  # the epoch's checkpoint comes after its evaluation
+                state.epoch, state.batches_done = (epoch + 1, 0) if i + 1 == len(job.train_loader) else (epoch, i + 1)
+                evaluated = job.evaluation_due()
+                if evaluated and job.validate(epoch, window, listeners):  # a listener stopped training: no checkpoint after it
+                    break
                 stopping = stop.agreed()
-                if stopping or (tcfg.save_every_steps and state.global_step % tcfg.save_every_steps == 0 and not last_batch):
-                    state.epoch, state.batches_done = epoch, i + 1
+                if stopping or job.checkpoint_due(evaluated):  # after the evaluation: it holds what the evaluation decided
                     job.save_checkpoint(window)
                     if stopping:
                         raise stop.interrupted(state.global_step, job.last_checkpoint)
-            state.epoch, state.batches_done = epoch + 1, 0
-            evaluation = job.evaluate("validation")
-            job.log_evaluation(evaluation.metrics, epoch)
-            if state.offer(evaluation.metrics, tcfg.metric_for_best, epoch + 1):
-                job.save_best(evaluation.threshold)
-            if any([listener.on_evaluate(state, evaluation.metrics) for listener in listeners]):  # every listener hears it
-                break
-            stopping = stop.agreed()
-            if stopping or not tcfg.save_every_steps or state.global_step % tcfg.save_every_steps == 0:
-                job.save_checkpoint(window)
-                if stopping:
-                    raise stop.interrupted(state.global_step, job.last_checkpoint)
+                if state.global_step == job.total_steps:
+                    break
         return finish(job, inputs, stop, listeners)
 
 
@@ -151,6 +134,7 @@ def check_inputs(config: Config, config_file: str | Path | None, resume: bool | 
     weights, the model source and max_length, the checkpoint to resume from, and the run folder."""
     run = Path(config.output_dir)
     runs.check_output_dir(run, _inputs(config, config_file))
+    track.check_installed(config.training.report_to)
     train_split, val_split, test_split, labels = data_mod.load_splits(config.data, config.seed)
     check_class_weights(config.training.class_weights, labels.names)
     check_model_source(config.model, config.data.max_length)
@@ -202,7 +186,8 @@ class Job:
     train_loader: Any
     eval_loaders: dict[str, Any]
     compute_loss: Any
-    total_steps: int
+    total_steps: int  # optimizer steps of the whole run
+    epochs: int  # epochs they take, the last one cut short by max_steps
     real_tokens: torch.Tensor
     state: LoopState
     window: LossWindow  # the restored window of a checkpoint taken mid-epoch
@@ -218,6 +203,37 @@ class Job:
         self.main = accelerator.is_main_process
         self.last_checkpoint = inputs.resume_from  # the one a stop signal names
         self.resumable = not distributed.is_sharded(accelerator)  # sharded optimizer states are not checkpointed yet
+        self.stopped_early = False  # by a listener (early stopping)
+
+    def epochs_left(self):
+        """The epochs to train, from the one in progress, until the last step or a listener stops training
+        (none for a run resumed from the checkpoint after its last step)."""
+        epoch = self.state.epoch
+        while epoch < self.epochs and self.state.global_step < self.total_steps and not self.stopped_early:
+            yield epoch
+            epoch += 1
+
+    def evaluation_due(self) -> bool:
+        """Whether the step just taken is evaluated: every eval_every_steps steps, else at each epoch's end; and the last step."""
+        step, every = self.state.global_step, self.cfg.eval_every_steps
+        return step == self.total_steps or (step % every == 0 if every else self.state.batches_done == 0)
+
+    def checkpoint_due(self, evaluated: bool) -> bool:
+        """Whether a checkpoint follows the step just taken: every save_every_steps steps, else after each evaluation."""
+        every = self.cfg.save_every_steps
+        return self.state.global_step % every == 0 if every else evaluated
+
+    def validate(self, epoch: int, window: LossWindow, listeners: list[Callback]) -> bool:
+        """Score validation after a step of `epoch`, keep the best model, tell the listeners; whether one of them stops training."""
+        state, began = self.state, time.perf_counter()
+        evaluation = self.evaluate("validation")
+        self.model.train()  # the evaluation may come mid-epoch
+        self.log_evaluation(evaluation.metrics, epoch)
+        if state.offer(evaluation.metrics, self.cfg.metric_for_best, epoch + 1):
+            self.save_best(evaluation.threshold)
+        self.stopped_early = any([listener.on_evaluate(state, evaluation.metrics) for listener in listeners])  # every listener hears it
+        window.started += time.perf_counter() - began  # the next log line's examples/s counts training time only
+        return self.stopped_early
 
     def batches(self, skip: int):
         """(micro-batch index, batch) of this epoch from `skip` on: a resumed epoch skips the batches already trained."""
@@ -282,9 +298,10 @@ class Job:
         self.accelerator.wait_for_everyone()
 
 
-def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: faults.StopRequest, resources: ExitStack) -> Job:
-    """The accelerator, the claimed run folder, then (after seeding) the model, batches, optimizer and
-    schedule, and last the checkpoint's state, whose random states the loop continues from."""
+def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: faults.StopRequest, resources: ExitStack,
+           log_with: list | None = None) -> Job:
+    """The accelerator (with the experiment trackers `log_with`, not yet started), the claimed run folder, then (after
+    seeding) the model, batches, optimizer and schedule, and last the checkpoint's state, whose random states the loop continues from."""
     from accelerate.utils import set_seed
 
     tcfg, run = config.training, Path(config.output_dir)
@@ -293,7 +310,7 @@ def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: f
     # oneDNN (CPU matmuls) keeps a primitive for each of the last 1,024 shapes it ran, and length-grouped batches
     # bring dozens of shapes: a cap of 16 cut peak RSS by about 190 MB at the same speed. Read at its first use.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
-    accelerator = make_accelerator(tcfg)
+    accelerator = make_accelerator(tcfg, log_with)
     stop.share(accelerator)  # many processes stop at the same step
     _claim_run_dir(run, overwrite, inputs.resume_from is not None, accelerator, resources)
     if accelerator.is_main_process:
@@ -345,7 +362,9 @@ def _build(job: Job) -> None:
     distributed.set_shard_units(acc, job.model)
     job.model, job.optimizer, job.train_loader = acc.prepare(job.model, optimizer, train_loader)
     job.eval_loaders = {name: acc.prepare(loader) for name, loader in eval_loaders.items()}
-    job.total_steps = math.ceil(len(job.train_loader) / tcfg.gradient_accumulation_steps) * tcfg.epochs
+    steps_per_epoch = math.ceil(len(job.train_loader) / tcfg.gradient_accumulation_steps)
+    job.total_steps = tcfg.max_steps or steps_per_epoch * tcfg.epochs
+    job.epochs = math.ceil(job.total_steps / steps_per_epoch)
     job.scheduler = get_scheduler(tcfg.lr_scheduler if tcfg.lr_scheduler != "constant" else "constant_with_warmup", job.optimizer,
                                   num_warmup_steps=round(tcfg.warmup_ratio * job.total_steps), num_training_steps=job.total_steps)
     job.real_tokens = torch.tensor(0, device=acc.device)  # non-pad tokens trained on
@@ -387,7 +406,7 @@ def finish(job: Job, inputs: Inputs, stop: faults.StopRequest, listeners: list[C
     job.optimizer.state.clear()  # the moment estimates (twice the weights) are done with: room for what follows
     if state.best_epoch is None:  # resumed after its last evaluation with the best model lost: the model now is the best there is
         evaluation = job.evaluate("validation")
-        state.offer(evaluation.metrics, tcfg.metric_for_best, state.epoch)
+        state.offer(evaluation.metrics, tcfg.metric_for_best, state.epoch_number)
         job.save_best(evaluation.threshold)
     stop.finishing = True
 
@@ -405,7 +424,7 @@ def finish(job: Job, inputs: Inputs, stop: faults.StopRequest, listeners: list[C
     if job.main:
         _write_reports(run, evaluations, tcfg.loss_curve, job.log)
     stop_if_asked()
-    result = {"best_epoch": state.best_epoch, "metric_for_best": tcfg.metric_for_best,
+    result = {"best_epoch": state.best_epoch, "best_step": state.best_step, "metric_for_best": tcfg.metric_for_best,
               **{name: evaluation.metrics for name, evaluation in evaluations.items()},
               "train": _train_summary(job, train_seconds)}
     if job.main and tcfg.save_torchscript:
@@ -429,16 +448,17 @@ def finish(job: Job, inputs: Inputs, stop: faults.StopRequest, listeners: list[C
 def _train_summary(job: Job, seconds: float) -> dict[str, Any]:
     acc, state = job.accelerator, job.state
     tokens = int(acc.reduce(job.real_tokens, reduction="sum"))
-    summary = {"seconds": round(seconds, 2), "optimizer_steps": state.global_step, "epochs": state.epoch,
-               "examples_per_s": round(len(job.inputs.train) * state.epoch / seconds, 2),
+    epochs = state.epoch + state.batches_done / len(job.train_loader)  # a fraction when max_steps or early stopping cut an epoch short
+    summary = {"seconds": round(seconds, 2), "optimizer_steps": state.global_step, "epochs": round(epochs, 3) if state.batches_done else state.epoch,
+               "examples_per_s": round(len(job.inputs.train) * epochs / seconds, 2),
                "real_tokens_per_s": round(tokens / seconds, 1), "device": str(acc.device), "precision": job.precision}
     if acc.device.type == "cuda":
         summary["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(acc.device) / 2**20, 1)
     return summary
 
 
-def make_accelerator(cfg: TrainingConfig):
-    """An Accelerator on the configured device, with the configured (or best native) precision."""
+def make_accelerator(cfg: TrainingConfig, log_with: list | None = None):
+    """An Accelerator on the configured device, with the configured (or best native) precision, and the trackers `log_with` (`bertcls.track`)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -453,7 +473,7 @@ def make_accelerator(cfg: TrainingConfig):
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     # cpu=True also under torchrun: Accelerate then joins the launched processes over gloo.
     return Accelerator(cpu=on_cpu, mixed_precision=mixed, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                       step_scheduler_with_optimizer=False, fsdp_plugin=distributed.fsdp_plugin(cfg))
+                       step_scheduler_with_optimizer=False, fsdp_plugin=distributed.fsdp_plugin(cfg), log_with=log_with or None)
 
 
 def build_optimizer(model, cfg: TrainingConfig, fused: bool) -> torch.optim.AdamW:
