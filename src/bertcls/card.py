@@ -124,7 +124,8 @@ def _summary(name: str, config: dict[str, Any], labels: list[str], multi_label: 
     base = (f"[`{hub_id}`](https://huggingface.co/{hub_id})" if hub_id else
             "`tiny` (a small random BERT that bertcls builds for tests)" if model == "tiny" else f"a local model (`{Path(model).name}`)")
     kind = "multi-label" if multi_label else "single-label"
-    best = (f" The weights are those after epoch {result['best_epoch']}, the best on validation "
+    when = f"optimizer step {result['best_step']} (epoch {result['best_epoch']})" if result.get("best_step") else f"epoch {result.get('best_epoch')}"
+    best = (f" The weights are those after {when}, the best on validation "
             f"`{result['metric_for_best']}`.") if result.get("best_epoch") else ""
     return f"# {name}\n\nA {kind} text classifier with {len(labels)} labels, fine-tuned by bertcls {__version__} from {base}.{best}"
 
