@@ -369,7 +369,10 @@ def _run_trials(job: Search, timeout: float | None) -> None:
 
     while True:
         done, running = _count(job.study)
-        if done + running >= job.target or (timeout is not None and time.monotonic() - started >= timeout):
+        if done + running >= job.target:
+            break
+        if timeout is not None and time.monotonic() - started >= timeout:
+            job.say(f"--timeout {timeout:g} s passed: no new trial; {done} of {job.target} done, and the same command continues")
             break
         current.clear()
         try:
