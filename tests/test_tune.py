@@ -217,6 +217,7 @@ def test_two_workers_share_one_study_and_never_run_a_trial_twice(tmp_path):
     ({"training": [1]}, "tune.space.training: a section; name one of its keys"),
     ({"output_dir": ["a", "b"]}, "tune.space.output_dir: each trial writes to OUTPUT_DIR/trial-N"),
     ({"tune.trials": [1, 2]}, "tune.space.tune.trials: the search's own settings cannot be searched"),
+    ({"training.metric_for_best": ["loss"]}, "tune.space.training.metric_for_best: each trial picks its best checkpoint by tune.metric"),
 ])
 def test_a_bad_search_space_is_refused_before_any_trial(tmp_path, space, message):
     config = tune_config(tmp_path, space=space)

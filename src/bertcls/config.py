@@ -287,8 +287,11 @@ def _checked_space(config: Config) -> dict[str, Dimension]:
 def _check_space_key(key: str) -> None:
     """Refuse a tune.space key that is not a key of the config, or that the search sets itself."""
     parts, model = key.split("."), Config
-    if parts[0] in ("tune", "output_dir"):
-        why = "the search's own settings cannot be searched" if parts[0] == "tune" else "each trial writes to OUTPUT_DIR/trial-N; output_dir is not searched"
+    fixed = {"tune": "the search's own settings cannot be searched",
+             "output_dir": "each trial writes to OUTPUT_DIR/trial-N; output_dir is not searched",
+             "training.metric_for_best": "each trial picks its best checkpoint by tune.metric; set that instead"}
+    why = fixed.get(parts[0]) or fixed.get(key)
+    if why:
         raise ValueError(f"tune.space.{clipped(key)}: {why}")
     for i, part in enumerate(parts):
         field = model.model_fields.get(part)
