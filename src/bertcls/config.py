@@ -1,9 +1,9 @@
 """The run configuration: a YAML file plus dotted `--set` overrides in, a validated `Config` out.
 
 Every key, its type, default and meaning lives here, and nowhere else; so does the `tune` section,
-which `bertcls tune` reads and training ignores (it is not part of a run's saved config). Paths in a config file
-are relative to the file's folder; paths given with `--set`, and the default output_dir, are
-relative to the current folder. All are stored absolute.
+which `bertcls tune` reads and training ignores (it is not part of a run's saved config). Paths in
+a config file are relative to the file's folder; paths given with `--set`, and the default
+output_dir, are relative to the current folder. All are stored absolute.
 """
 
 from __future__ import annotations
