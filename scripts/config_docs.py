@@ -91,7 +91,8 @@ def render() -> str:
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             sections.append(f"\n## `{name}`\n\n{field.description or ''}\n\n| key | type | default | range | meaning |\n| --- | --- | --- | --- | --- |\n"
                             + "\n".join(rows(field.annotation, f"{name}.")) + "\n")
-    top = [r for r in rows(Config) if r.count("`") and not any(r.startswith(f"| `{s}.") for s in ("data", "model", "training"))]
+    nested = [name for name, field in Config.model_fields.items() if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)]
+    top = [r for r in rows(Config) if r.count("`") and not any(r.startswith(f"| `{s}.") for s in nested)]
     head = "\n## Top level\n\n| key | type | default | range | meaning |\n| --- | --- | --- | --- | --- |\n" + "\n".join(top) + "\n"
     return INTRO + head + "".join(sections)
 

@@ -1,9 +1,9 @@
-"""The command line: `bertcls train | check | predict | evaluate | export | serve | push | runs`, and the one place errors become exit codes:
+"""The command line: `bertcls train | tune | check | predict | evaluate | export | serve | push | runs`, and the one place errors become exit codes:
 
     0    done
     1    a bug (with its traceback), or `check --strict` found leakage or conflicts
     2    bad input: a one-line `Error: ...` (BertclsError), or misused options
-    130  stopped by SIGINT (Ctrl-C); 143 by SIGTERM: training says how to resume
+    130  stopped by SIGINT (Ctrl-C); 143 by SIGTERM: training says how to resume, tune how to go on
 
 Heavy libraries (torch, transformers, datasets) are imported inside the commands, so `--help`
 and argument errors answer at once.
@@ -120,6 +120,53 @@ def train(
         raise
     if distributed.is_main_process():  # under torchrun / accelerate launch: once, from the main process
         typer.echo(str(run))
+
+
+class Keep(str, Enum):
+    best = "best"
+    all = "all"
+
+
+@app.command()
+@_error_boundary
+def tune(
+    config: Annotated[Path, typer.Argument(help="The run's YAML config, with a `tune:` section saying what to search.", show_default=False)],
+    trials: Annotated[int | None, typer.Option("--trials", min=1, help="Trials in the study, completed and pruned ones counted (default: tune.trials).", show_default=False)] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=0, help="Start no new trial after this many seconds.", show_default=False)] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="An RDB URL (postgresql://..., mysql+pymysql://...) that workers on many machines share; default: OUTPUT_DIR/study.db (SQLite).", show_default=False)] = None,
+    study: Annotated[str | None, typer.Option("--study", help="The study's name (default: the output folder's name).", show_default=False)] = None,
+    report: Annotated[bool, typer.Option("--report", help="Write best.yaml, trials.csv and the figures from the study as it stands; train nothing.")] = False,
+    keep: Annotated[Keep | None, typer.Option("--keep", help="At the end, keep the model/ of the best trial only (best), or of every trial (all); default: best.", show_default=False)] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set tune.trials=40 (repeatable).")] = None,
+    debug: Debug = False,
+) -> None:
+    """Search hyperparameters as CONFIG's `tune:` section says: each trial an ordinary run folder OUTPUT_DIR/trial-N.
+
+    Running the same command again continues the study to its trial count; so does a second
+    worker (here or, with --storage, on another machine). At the end: OUTPUT_DIR/best.yaml, ready
+    for `bertcls train`, trials.csv and figures/.
+    """
+    from bertcls.config import load_config, model_name_warning
+
+    if report and (timeout is not None or keep is not None):
+        raise UsageError("--report trains nothing; --timeout and --keep apply to a search")
+    cfg = load_config(config, set_ or [])
+    from bertcls import tune as tune_mod  # raises a one-line error when the tune extra is missing
+
+    options = tune_mod.Options(trials=trials, timeout=timeout, storage=storage, study=study, keep=(keep or Keep.best).value)
+    if report:
+        tune_mod.report(cfg, options)
+        return
+    if warning := model_name_warning(cfg):
+        typer.echo(f"warning: {warning}", err=True)
+    again = ["bertcls", "tune", str(config), *(a for item in set_ or [] for a in ("--set", item)),
+             *(["--storage", tune_mod.redacted(storage)] if storage else []), *(["--study", study] if study else []), *(["--trials", str(trials)] if trials else [])]
+    try:
+        folder = tune_mod.search(cfg, options, config_file=config)
+    except Interrupted as exc:
+        exc.hint = f"{exc.hint}continue the search with: {shlex.join(again)}"
+        raise
+    typer.echo(str(folder))
 
 
 def _stray_argument(argument: Path, overrides: list[str]) -> str:

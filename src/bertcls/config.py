@@ -1,14 +1,18 @@
 """The run configuration: a YAML file plus dotted `--set` overrides in, a validated `Config` out.
 
-Every key, its type, default and meaning lives here, and nowhere else. Paths in a config file
-are relative to the file's folder; paths given with `--set`, and the default output_dir, are
-relative to the current folder. All are stored absolute.
+Every key, its type, default and meaning lives here, and nowhere else; so does the `tune` section,
+which `bertcls tune` reads and training ignores (it is not part of a run's saved config). Paths in
+a config file are relative to the file's folder; paths given with `--set`, and the default
+output_dir, are relative to the current folder. All are stored absolute.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,6 +31,8 @@ TRACKERS = ("tensorboard", "mlflow", "wandb", "comet_ml", "aim", "clearml", "dvc
 MAX_ALIAS_EXPANSION = 10_000
 # Problems listed in one config error; the rest are counted.
 MAX_ERRORS_SHOWN = 10
+# A tune.sampler grid larger than this is refused: optuna lists every point in memory.
+MAX_GRID_POINTS = 100_000
 
 
 def _float_from_yaml(value: Any) -> Any:
@@ -151,12 +157,123 @@ class TrainingConfig(Section):
                                    "on the CPU then starts without importing transformers, about 3x sooner.")
 
 
+@dataclass(frozen=True)
+class Dimension:
+    """One key of tune.space: a list of `choices`, or a range from `low` to `high` (integers when both
+    are), on a log scale or in steps of `step`."""
+
+    choices: tuple[Any, ...] | None = None
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: int | float | None = None
+
+    @property
+    def integer(self) -> bool:
+        return self.choices is None and all(isinstance(v, int) for v in (self.low, self.high, self.step or 1))
+
+    def ends(self) -> list[tuple[str, Any]]:
+        """The values a config is checked with before a search: every choice, or both ends of the range."""
+        if self.choices is not None:
+            return [("choice", choice) for choice in self.choices]
+        return [("low", self.low), ("high", self.high)]
+
+    def grid(self) -> list[Any] | None:
+        """Every value, when there are finitely many: the choices, or the range in steps (1 for integers); else None."""
+        if self.choices is not None:
+            return list(self.choices)
+        if self.integer:
+            return list(range(self.low, self.high + 1, self.step or 1))
+        if self.step is None:
+            return None
+        count = math.floor((self.high - self.low) / self.step + 1e-9) + 1
+        return [round(self.low + i * self.step, 12) for i in range(count)]
+
+
+RANGE_KEYS = ("low", "high", "log", "step")
+
+
+def _space(value: Any) -> dict[str, Dimension]:
+    """tune.space as written ({dotted.key: [choices] or {low, high, log?, step?}}, sections may nest, as
+    `--set tune.space.training.epochs=[1,2]` makes them) to one Dimension per dotted key."""
+    if not isinstance(value, dict):
+        raise ValueError(f"tune.space: expected a mapping of config keys to choices or ranges (got {shown(value)})")
+    flat: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, spec in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(spec, dict) and spec and not set(spec) & set(RANGE_KEYS):
+                walk(spec, f"{name}.")
+            elif isinstance(spec, dict) and isinstance(flat.get(name), dict):  # `--set tune.space.KEY.step=...` adds to KEY's range
+                flat[name] = {**flat[name], **spec}
+            else:
+                flat[name] = spec
+
+    walk(value, "")
+    return {key: _dimension(key, spec) for key, spec in flat.items()}
+
+
+def _dimension(key: str, spec: Any) -> Dimension:
+    where = f"tune.space.{clipped(key)}"
+    if isinstance(spec, list):
+        if not spec:
+            raise ValueError(f"{where}: no choices; list at least one value")
+        bad = [c for c in spec if not (c is None or isinstance(c, (bool, int, float, str)))]
+        if bad:
+            raise ValueError(f"{where}: a choice must be a number, string, boolean or null (got {shown(bad[0])})")
+        return Dimension(choices=tuple(spec))
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: expected a list of choices or a range {{low: A, high: B}} (got {shown(spec)})")
+    unknown = [k for k in spec if k not in RANGE_KEYS]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), RANGE_KEYS, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(RANGE_KEYS)}"
+        raise ValueError(f"{where}.{clipped(str(unknown[0]))}: unknown key ({hint})")
+    if "low" not in spec or "high" not in spec:
+        raise ValueError(f"{where}: a range needs both low and high, e.g. {{low: 1.0e-5, high: 1.0e-3, log: true}}")
+    low, high = _number(spec["low"], f"{where}.low"), _number(spec["high"], f"{where}.high")
+    step = _number(spec["step"], f"{where}.step") if spec.get("step") is not None else None
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ValueError(f"{where}.log: expected true or false (got {shown(log)})")
+    if low > high:
+        raise ValueError(f"{where}: low ({low}) is above high ({high})")
+    if log and low <= 0:
+        raise ValueError(f"{where}: a log range needs low > 0 (got {low})")
+    if log and step is not None:
+        raise ValueError(f"{where}: log and step do not go together; drop one")
+    if step is not None and step <= 0:
+        raise ValueError(f"{where}.step: must be above 0 (got {step})")
+    return Dimension(low=low, high=high, log=log, step=step)
+
+
+def _number(value: Any, where: str) -> int | float:
+    value = _float_from_yaml(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{where}: expected a number (got {shown(value)})")
+    return value
+
+
+class TuneConfig(Section):
+    metric: Literal[METRICS] | None = Field(None, description="Validation metric the search optimises: loss is minimised, the others maximised; null = training.metric_for_best. Each trial also picks its best checkpoint by it.")  # type: ignore[valid-type]
+    trials: int = Field(20, ge=1, le=100_000, description="Trials in the study, counting completed and pruned ones (not failed); running `bertcls tune` again continues to this count. With the grid sampler, at most the grid's size.")
+    sampler: Literal["tpe", "random", "grid"] = Field("tpe", description="tpe: Bayesian (optuna's TPE); random; grid: every combination of the choices (ranges need a step).")
+    pruner: Literal["median", "hyperband", "none"] = Field("median", description="Stop a weak trial after an evaluation: median (worse than the median of earlier trials at the same evaluation), hyperband, or none.")
+    startup_trials: int = Field(5, ge=0, le=10_000, description="Trials before the search uses what it learned: TPE samples these at random, and the median pruner stops none until this many have completed.")
+    space: Annotated[dict[str, Any], BeforeValidator(_space)] = Field(
+        default_factory=dict, description="What to search: `dotted.config.key: [choice, ...]` or `{low: A, high: B, log: false, step: null}` "
+        "(integers when low and high are). Every value is checked against the key's own range before any trial starts.")
+    seeds: int | None = Field(None, ge=2, le=100, description="Re-train the best configuration with this many new seeds and report the metric's mean ± std, to show whether its lead is bigger than the noise; null = off.")
+
+
 class Config(Section):
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Seeds data order, initialisation and dropout: the same config and seed give the same metrics on the CPU.")
     output_dir: Annotated[str, AfterValidator(_absolute)] = Field("runs/run", min_length=1, description="The run folder, where everything a run writes goes (see docs/training.md#the-run-folder).")
     data: DataConfig = Field(description="Where the examples come from and how they are read: files or hub datasets, columns, labels, length.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The pretrained encoder to fine-tune; a fresh classification head is put on it.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="The training loop: optimisation, schedule, device and precision, evaluation and checkpoints.")
+    tune: TuneConfig = Field(default_factory=TuneConfig, description="The hyperparameter search that `bertcls tune` runs; `bertcls train` ignores this section.")
 
     @model_validator(mode="after")
     def _cross_field(self) -> Config:
@@ -164,10 +281,66 @@ class Config(Section):
             raise ValueError("data.text_pair_column must differ from data.text_column")
         if self.data.label_column in (self.data.text_column, self.data.text_pair_column):
             raise ValueError("data.label_column must differ from the text columns")
+        self.tune.space = _checked_space(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The run's config as training reads it (and saves it): without the search's own `tune` section."""
+        return self.model_dump(mode="json", exclude={"tune"})
+
+
+def _checked_space(config: Config) -> dict[str, Dimension]:
+    """tune.space with every key a config key, and every choice or end of a range one that the key
+    takes (checked by validating the config with it), as the config holds it (`1e-5` a float)."""
+    tune, checked = config.tune, {}
+    base = config.to_dict() if tune.space else {}
+    for key, dim in tune.space.items():
+        _check_space_key(key)
+        values = [_space_value(base, key, what, value) for what, value in dim.ends()]
+        checked[key] = Dimension(choices=tuple(values)) if dim.choices is not None else \
+            Dimension(low=values[0], high=values[1], log=dim.log, step=dim.step)
+        if tune.sampler == "grid" and dim.grid() is None:
+            raise ValueError(f"tune.space.{clipped(key)}: tune.sampler grid needs a finite set of values; give a list of choices or a step")
+    if tune.sampler == "grid" and math.prod(len(dim.grid()) for dim in checked.values()) > MAX_GRID_POINTS:
+        raise ValueError(f"tune.space: the grid has more than {MAX_GRID_POINTS:,} points; narrow it, or use tune.sampler: tpe")
+    return checked
+
+
+def _check_space_key(key: str) -> None:
+    """Refuse a tune.space key that is not a key of the config, or that the search sets itself."""
+    parts, model = key.split("."), Config
+    fixed = {"tune": "the search's own settings cannot be searched",
+             "output_dir": "each trial writes to OUTPUT_DIR/trial-N; output_dir is not searched",
+             "training.metric_for_best": "each trial picks its best checkpoint by tune.metric; set that instead"}
+    why = fixed.get(parts[0]) or fixed.get(key)
+    if why:
+        raise ValueError(f"tune.space.{clipped(key)}: {why}")
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            what = "unknown key" if i == len(parts) - 1 else f"unknown section '{clipped(part)}'"
+            raise ValueError(f"tune.space.{clipped(key)}: {what}{_suggest(parts[: i + 1]) if i else _suggest_dotted(part)}")
+        annotation = field.annotation
+        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if is_section and i == len(parts) - 1:
+            raise ValueError(f"tune.space.{clipped(key)}: a section; name one of its keys, e.g. {key}.{next(iter(annotation.model_fields))}")
+        if not is_section and i < len(parts) - 1:
+            raise ValueError(f"tune.space.{clipped(key)}: {'.'.join(parts[: i + 1])} is a key, not a section")
+        model = annotation if is_section else model
+
+
+def _space_value(base: dict[str, Any], key: str, what: str, value: Any) -> Any:
+    """`value` as the config holds it at `key`; a ValueError naming the key when the config refuses it."""
+    raw = copy.deepcopy(base)
+    set_dotted(raw, key, value)
+    try:
+        node: Any = Config.model_validate(raw)
+    except ValidationError as exc:
+        reason = _format_error(exc.errors()[0]).removeprefix(f"{key}: ")
+        raise ValueError(f"tune.space.{clipped(key)}: {what} {shown(value)} is refused: {reason}") from None
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
 
 
 # Keys whose values are paths to resolve (model.name only when it names a local folder).
@@ -313,6 +486,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         node = raw.get(section) if section else raw
         if isinstance(node, dict) and isinstance(node.get(leaf), str):
             node[leaf] = _resolve_path_value(key, node[leaf], base)
+    space = raw["tune"].get("space") if isinstance(raw.get("tune"), dict) else None
+    for key, spec in space.items() if isinstance(space, dict) else ():
+        if isinstance(spec, list):  # choices of a path key (model.name: [tiny, ./my-model]) are relative to the file too
+            space[key] = [_resolve_path_value(key, choice, base) for choice in spec]
     return raw
 
 
@@ -354,6 +531,16 @@ ALIASES = {
     "labels": "label_column", "dev": "validation", "valid": "validation", "val": "validation", "eval": "validation",
     "max_seq_length": "max_length", "output": "output_dir", "out_dir": "output_dir", "fp16": "precision", "bf16": "precision",
 }
+
+
+def _suggest_dotted(name: str) -> str:
+    """For a tune.space key missing its section (`learning_rate`, `lr`): the dotted key meant."""
+    for section, field in Config.model_fields.items():
+        keys = getattr(field.annotation, "model_fields", {})
+        for candidate in (name, ALIASES.get(name.lower())):
+            if candidate in keys:
+                return f" (did you mean '{section}.{candidate}'?)"
+    return _suggest([name])
 
 
 def _suggest(loc: list[str]) -> str:

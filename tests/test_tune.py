@@ -1,0 +1,283 @@
+"""`bertcls tune` as a user meets it: a study of ordinary run folders that continues where it stopped
+(another run of the command, Ctrl-C, kill -9), prunes a hopeless trial, shares its study between two
+workers, and writes best.yaml for `bertcls train`; and the tune section's checks, which train nothing."""
+
+import csv
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import bertcls
+from bertcls import runs
+from bertcls.cli import app
+from bertcls.config import load_config
+from conftest import assert_one_line_error, make_config, toy_rows, wait_for, write_csv
+
+runner = CliRunner()
+# Trials as small as they come: one epoch over 80 rows, no checkpoints, no loss figure.
+# One thread: on a busy machine torch's second one mostly waits.
+TRAINING = {"epochs": 1, "batch_size": 16, "keep_checkpoints_at_end": False, "save_every_steps": 10_000, "loss_curve": False, "num_threads": 1}
+SPACE = {"training.learning_rate": {"low": 1.0e-4, "high": 1.0e-2, "log": True}, "training.batch_size": [8, 16]}
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_trial_reports(monkeypatch):
+    """Trials in this process skip their report figures (tests/test_report.py covers them): drawing
+    them was a third of a tiny trial's time."""
+    import bertcls.train
+
+    monkeypatch.setattr(bertcls.train, "_write_reports", lambda *args, **kwargs: None)
+
+
+def tune_config(folder: Path, training: dict | None = None, seed: int = 7, **tune) -> Path:
+    data = {"train": write_csv(folder / "train.csv", toy_rows(80, 0)), "validation": write_csv(folder / "validation.csv", toy_rows(20, 1))}
+    path = make_config(folder, data, seed=seed, output_dir=str(folder / "search"), training={**TRAINING, **(training or {})},
+                       tune={"trials": 4, "pruner": "none", "space": SPACE, **tune})
+    raw = yaml.safe_load(path.read_text())
+    raw["data"]["test"] = None  # no test split: half the reports a trial draws
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def trials(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "trials.csv", encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def counted(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [row for row in rows if row["state"] in ("complete", "pruned")]
+
+
+def start(config: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "bertcls", "tune", str(config), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_study_writes_a_best_config_for_train_and_a_second_run_adds_only_the_missing_trials(tmp_path, no_trial_reports):
+    config = tune_config(tmp_path)
+    folder = tmp_path / "search"
+    began = time.perf_counter()
+    result = runner.invoke(app, ["tune", str(config)])
+    seconds = time.perf_counter() - began
+    assert result.exit_code == 0, result.output
+    rows = trials(folder)
+    assert [row["number"] for row in rows] == ["0", "1", "2", "3"] and {row["state"] for row in rows} == {"complete"}
+    for row in rows:  # each trial is an ordinary run folder whose config holds its sampled values
+        trained = load_config(folder / f"trial-{row['number']}" / runs.CONFIG_FILE)
+        assert (trained.training.learning_rate, trained.training.batch_size) == (float(row["training.learning_rate"]), int(row["training.batch_size"]))
+        assert (folder / f"trial-{row['number']}" / runs.METRICS_FILE).is_file()
+    best = min(rows, key=lambda row: -float(row["f1_macro"]))
+    # best.yaml is the best trial's full config, for `bertcls train`, writing next to the trials
+    cfg = load_config(folder / "best.yaml")
+    assert cfg.output_dir == str(folder / "best") and cfg.training.learning_rate == float(best["training.learning_rate"])
+    assert cfg.training.save_torchscript and "tune" not in yaml.safe_load((folder / "best.yaml").read_text())
+    # --keep best (the default): only the best trial keeps its model; every trial keeps its metrics
+    assert [row["number"] for row in rows if (folder / f"trial-{row['number']}" / runs.MODEL_DIR).is_dir()] == [best["number"]]
+    assert sorted(p.name for p in (folder / "figures").iterdir()) == ["history.png", "importances.png", "slice.png"]
+    assert f"train the best configuration with: bertcls train {folder / 'best.yaml'}" in result.output
+    print(f"4-trial study: {seconds:.1f} s")
+
+    finished = {n: (folder / f"trial-{n}" / runs.METRICS_FILE).stat().st_mtime_ns for n in range(4)}
+    result = runner.invoke(app, ["tune", str(config), "--trials", "6"])
+    assert result.exit_code == 0, result.output
+    assert "4 of 6 trials done; running 2 more" in result.output
+    assert [row["number"] for row in counted(trials(folder))] == ["0", "1", "2", "3", "4", "5"]
+    assert {n: (folder / f"trial-{n}" / runs.METRICS_FILE).stat().st_mtime_ns for n in range(4)} == finished
+    assert sorted(p.name for p in folder.glob("trial-*")) == [f"trial-{n}" for n in range(6)]
+
+    # the study is complete: nothing to run, but tune.seeds re-trains the best configuration with 2 new seeds
+    result = runner.invoke(app, ["tune", str(config), "--trials", "6", "--set", "tune.seeds=2"])
+    assert result.exit_code == 0, result.output
+    assert "6 of 6 trials done; nothing to run" in result.output and not (folder / "trial-6").exists()
+    seeds = json.loads((folder / "seeds.json").read_text())
+    values = [run["validation"] for run in seeds["seeds"]]
+    assert [run["seed"] for run in seeds["seeds"]] == [8, 9] and seeds["validation"] == {"mean": statistics.fmean(values), "std": statistics.stdev(values)}
+    assert f"f1_macro of the best configuration over 2 new seeds: validation {seeds['validation']['mean']:.4f} ± {seeds['validation']['std']:.4f}" in result.output
+
+
+def test_pruning_stops_a_hopeless_trial_after_its_first_evaluation(tmp_path, no_trial_reports):
+    # A grid of three learning rates that train and one so large that the loss jumps far above where it
+    # started. Once a trial has completed, the median pruner judges each later one after its first
+    # evaluation; the hopeless one is stopped there and finishes as a run folder one epoch long.
+    config = tune_config(tmp_path, training={"epochs": 2}, sampler="grid", pruner="median", startup_trials=1, metric="loss",
+                         space={"training.learning_rate": [1.0e-4, 3.0e-4, 1.0e-3, 1.0]})
+    result = runner.invoke(app, ["tune", str(config)])
+    assert result.exit_code == 0, result.output
+    rows = trials(tmp_path / "search")
+    hopeless = next(row for row in rows if row["training.learning_rate"] == "1.0")
+    assert hopeless is not rows[0], "optuna's grid order changed: choose a seed whose grid does not start with the hopeless rate"
+    assert (hopeless["state"], hopeless["note"]) == ("pruned", "pruned after evaluation 1")
+    run = tmp_path / "search" / f"trial-{hopeless['number']}"
+    log = [json.loads(line) for line in (run / runs.LOG_FILE).read_text().splitlines()]
+    assert [r["epoch"] for r in log if r.get("split") == "validation"] == [1]  # one evaluation of two
+    assert json.loads((run / runs.METRICS_FILE).read_text())["train"]["epochs"] == 1
+    assert float(hopeless["loss"]) > 2 * max(float(row["loss"]) for row in rows if row is not hopeless)
+
+
+def training(folder: Path, n: int):
+    """Whether trial n has logged its first step."""
+    log = folder / f"trial-{n}" / runs.LOG_FILE
+    return lambda: log.is_file() and log.stat().st_size > 0
+
+
+def test_a_study_continues_after_ctrl_c_and_after_a_worker_died(tmp_path, no_trial_reports):
+    config = tune_config(tmp_path, training={"epochs": 2, "batch_size": 8, "log_every_steps": 1}, trials=3)
+    folder = tmp_path / "search"
+    process = start(config)
+    wait_for(training(folder, 1), process, "trial 1's first step")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert f"trial 1 is marked failed, and its values run again in a new trial; continue the search with: bertcls tune {config}" in stderr
+    assert "Traceback" not in stderr
+    # A worker that dies (kill -9) leaves its trial marked running: here, the retry of trial 1, taken and left
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{folder / 'study.db'}")
+    assert study.ask().number == 2
+
+    result = runner.invoke(app, ["tune", str(config)])
+    assert result.exit_code == 0, result.output
+    rows = trials(folder)
+    assert [(row["number"], row["state"]) for row in rows] == [("0", "complete"), ("1", "fail"), ("2", "fail"), ("3", "complete"), ("4", "complete")]
+    assert rows[1]["training.learning_rate"] == rows[2]["training.learning_rate"] == rows[3]["training.learning_rate"]  # tried twice more
+    assert (folder / "best.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_a_study_continues_after_kill_9(tmp_path, no_trial_reports):
+    """Slow: a process starts and trains a trial and a half, about 12 s on 2 cores."""
+    config = tune_config(tmp_path, training={"epochs": 2, "batch_size": 8, "log_every_steps": 1}, trials=3)
+    folder = tmp_path / "search"
+    process = start(config)
+    wait_for(training(folder, 1), process, "trial 1's first step")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    result = runner.invoke(app, ["tune", str(config)])
+    assert result.exit_code == 0, result.output
+    rows = trials(folder)
+    assert [(row["number"], row["state"]) for row in rows] == [("0", "complete"), ("1", "fail"), ("2", "complete"), ("3", "complete")]
+    assert rows[1]["training.learning_rate"] == rows[2]["training.learning_rate"]  # the killed trial's values, tried again
+    assert not (folder / "trial-1" / runs.METRICS_FILE).exists()
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_and_never_run_a_trial_twice(tmp_path):
+    """Slow: two processes start, on 2 cores that took about 25 s."""
+    config = tune_config(tmp_path, trials=4, startup_trials=4)
+    folder = tmp_path / "search"
+    workers = [start(config), start(config)]
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    rows = trials(folder)
+    assert [row["state"] for row in rows] == ["complete"] * 4
+    assert len({(row["training.learning_rate"], row["training.batch_size"]) for row in rows}) == 4  # each worker drew its own values
+    for row in rows:  # one training per trial folder: its log holds one validation record
+        log = (folder / f"trial-{row['number']}" / runs.LOG_FILE).read_text().splitlines()
+        assert sum(json.loads(line).get("split") == "validation" for line in log) == 1
+    # each worker ran some trials and said so, a line per trial
+    said = [sum(line.startswith("trial ") for line in stderr.splitlines()) for _, stderr in outputs]
+    assert sum(said) == 4 and min(said) >= 1, outputs
+
+
+# ---------------------------------------------------------------------------- checks that train nothing
+
+@pytest.mark.parametrize("space, message", [
+    ({"training.learnig_rate": [1.0e-4]}, "tune.space.training.learnig_rate: unknown key (did you mean 'learning_rate'?)"),
+    ({"trainig.epochs": [1, 2]}, "tune.space.trainig.epochs: unknown section 'trainig' (did you mean 'training'?)"),
+    ({"lr": [1.0e-4]}, "tune.space.lr: unknown key (did you mean 'training.learning_rate'?)"),
+    ({"training.learning_rate": {"low": 1.0e-5, "high": 2.0, "log": True}},
+     "tune.space.training.learning_rate: high 2.0 is refused: input should be less than or equal to 1 (got 2.0)"),
+    ({"training.epochs": {"low": 0, "high": 3}}, "tune.space.training.epochs: low 0 is refused: input should be greater than or equal to 1 (got 0)"),
+    ({"training.epochs": {"low": 1.5, "high": 3}}, "tune.space.training.epochs: low 1.5 is refused: input should be a valid integer"),
+    ({"training.lr_scheduler": ["linear", "exponential"]}, "tune.space.training.lr_scheduler: choice 'exponential' is refused"),
+    ({"training.learning_rate": {"low": 0.0, "high": 1.0e-3, "log": True}}, "tune.space.training.learning_rate: a log range needs low > 0"),
+    ({"training.learning_rate": {"low": 1.0e-3, "high": 1.0e-5}}, "tune.space.training.learning_rate: low (0.001) is above high (1e-05)"),
+    ({"training.learning_rate": {"lo": 1.0e-5, "high": 1.0e-3}}, "tune.space.training.learning_rate.lo: unknown key (did you mean 'low'?)"),
+    ({"training.batch_size": []}, "tune.space.training.batch_size: no choices"),
+    ({"training": [1]}, "tune.space.training: a section; name one of its keys"),
+    ({"output_dir": ["a", "b"]}, "tune.space.output_dir: each trial writes to OUTPUT_DIR/trial-N"),
+    ({"tune.trials": [1, 2]}, "tune.space.tune.trials: the search's own settings cannot be searched"),
+    ({"training.metric_for_best": ["loss"]}, "tune.space.training.metric_for_best: each trial picks its best checkpoint by tune.metric"),
+])
+def test_a_bad_search_space_is_refused_before_any_trial(tmp_path, space, message):
+    config = tune_config(tmp_path, space=space)
+    result = runner.invoke(app, ["tune", str(config)])
+    assert_one_line_error(result, message)
+    assert not (tmp_path / "search").exists()
+
+
+def test_the_grid_sampler_needs_a_finite_space(tmp_path):
+    config = tune_config(tmp_path, sampler="grid", space={"training.warmup_ratio": {"low": 0.0, "high": 0.2}})
+    assert_one_line_error(runner.invoke(app, ["tune", str(config)]), "tune.space.training.warmup_ratio: tune.sampler grid needs a finite set of values")
+    cfg = load_config(config, ["tune.space.training.warmup_ratio.step=0.05", "tune.space.training.epochs=[1, 2]"])  # --set makes nested keys
+    assert {key: dim.grid() for key, dim in cfg.tune.space.items()} == {"training.warmup_ratio": [0.0, 0.05, 0.1, 0.15, 0.2], "training.epochs": [1, 2]}
+
+
+def test_train_accepts_a_config_with_a_tune_section_and_leaves_it_out_of_the_run(tmp_path):
+    cfg = load_config(tune_config(tmp_path, space={"training.learning_rate": ["1e-5", 3.0e-5]}))
+    assert cfg.tune.space["training.learning_rate"].choices == (1e-5, 3e-5)  # as the config holds them: floats
+    assert "tune" not in cfg.to_dict()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--report", "--timeout", "5"], "--report trains nothing; --timeout and --keep apply to a search"),
+    (["--report"], "holds no search (tune.json is missing)"),
+    (["--storage", "nosuchdb://x"], "--storage nosuchdb://x: cannot open it"),
+])
+def test_misused_options_are_one_line_errors(tmp_path, args, message):
+    assert_one_line_error(runner.invoke(app, ["tune", str(tune_config(tmp_path)), *args]), message)
+
+
+def test_an_empty_space_says_what_to_write(tmp_path):
+    config = tune_config(tmp_path, space={})
+    assert_one_line_error(runner.invoke(app, ["tune", str(config)]), "tune.space is empty; name the keys to search")
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"notes.txt": "mine"}, "is not empty and not a bertcls run (it holds notes.txt)"),
+    ({"bertcls-run.json": json.dumps({"written_by": "bertcls", "files": ["config.yaml", "metrics.json"]})}, "holds a training run, not a search"),
+])
+def test_the_output_folder_must_be_new_or_a_search(tmp_path, content, message):
+    config = tune_config(tmp_path)
+    (tmp_path / "search").mkdir()
+    for name, text in content.items():
+        (tmp_path / "search" / name).write_text(text)
+    assert_one_line_error(runner.invoke(app, ["tune", str(config)]), message)
+    assert sorted(p.name for p in (tmp_path / "search").iterdir()) == sorted(content)
+
+
+def test_a_second_study_in_the_same_folder_is_refused(tmp_path):
+    config = tune_config(tmp_path)
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / "bertcls-run.json").write_text(json.dumps({"written_by": "bertcls", "files": ["tune.json"]}))
+    (tmp_path / "search" / "tune.json").write_text(json.dumps({"study": "search", "storage": "embedded", "metric": "f1_macro"}))
+    assert_one_line_error(runner.invoke(app, ["tune", str(config), "--study", "other"]),
+                          "belongs to study 'search' in embedded, not 'other' in embedded")
+
+
+def test_tune_without_optuna_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "bertcls.tune", raising=False)
+    monkeypatch.delattr(bertcls, "tune", raising=False)
+    result = runner.invoke(app, ["tune", str(tune_config(tmp_path))])
+    assert_one_line_error(result, 'bertcls tune needs optuna, which is not installed; install the extra with: pip install -e ".[tune]"')
