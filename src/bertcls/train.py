@@ -57,19 +57,20 @@ class EarlyStopping(Callback):
 
 
 def train(config: Config, *, overwrite: bool = False, quiet: bool = False, resume: bool | str | Path = False, force: bool = False,
-          config_file: str | Path | None = None, callbacks: tuple[Callback, ...] = ()) -> Path:
+          config_file: str | Path | None = None, callbacks: tuple[Callback, ...] = (), warn_data: bool = True) -> Path:
     """Train and evaluate as `config` says; return the finished run folder.
 
     `resume`: True continues from the newest checkpoint in output_dir, a path from that checkpoint;
     `force` resumes even though the config or data changed. SIGINT/SIGTERM stop after the current
     step with a checkpoint, or during the final evaluation (raising `Interrupted`). `config_file`,
-    the file `config` was read from, is one of the inputs output_dir must not hold.
+    the file `config` was read from, is one of the inputs output_dir must not hold. `warn_data`: print the
+    data checks' warning lines (leakage, conflicts, truncation); a search says them once, not per trial.
     """
     tcfg, started = config.training, manifest.utc_now()
     with faults.guarded(tcfg) as stop, ExitStack() as resources:
         inputs = check_inputs(config, config_file, resume, force, overwrite)
         tracking = track.Tracking(config, inputs.resume_from)
-        job = set_up(config, inputs, overwrite, quiet, stop, resources, log_with=tracking.trackers)
+        job = set_up(config, inputs, overwrite, quiet, stop, resources, log_with=tracking.trackers, warn_data=warn_data)
         resources.push(tracking.close)  # an error or a stop ends the trackers' runs too
         if job.main:
             manifest.begin(job.run, config, config_file, started, inputs.resume_from)
@@ -194,6 +195,7 @@ class Job:
     log: _Log
     started: float
     precision: str
+    warn_data: bool  # print the data checks' warnings
     bar: bool
     progress: Any
 
@@ -299,7 +301,7 @@ class Job:
 
 
 def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: faults.StopRequest, resources: ExitStack,
-           log_with: list | None = None) -> Job:
+           log_with: list | None = None, warn_data: bool = True) -> Job:
     """The accelerator (with the experiment trackers `log_with`, not yet started), the claimed run folder, then (after
     seeding) the model, batches, optimizer and schedule, and last the checkpoint's state, whose random states the loop continues from."""
     from accelerate.utils import set_seed
@@ -317,6 +319,7 @@ def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: f
         atomic.write_atomic(run / runs.CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
     accelerator.wait_for_everyone()  # the folder is ready before any process goes on
     job = Job(config, inputs, accelerator)
+    job.warn_data = warn_data
     set_seed(config.seed)  # build the model after seeding so the seed also controls its initialisation
     _build(job)
     job.state = LoopState()
@@ -347,7 +350,7 @@ def _build(job: Job) -> None:
                                           multi_label=inputs.labels.multi_label)
     encoded = {name: data_mod.encode(split, job.tokenizer, config.data.max_length, inputs.labels)
                for name, split in (("train", inputs.train), ("validation", inputs.validation), ("test", inputs.test)) if split is not None}
-    if job.main:  # leakage, conflicting labels, heavy truncation: a line each, also with --quiet; `bertcls check` has the details
+    if job.main and job.warn_data:  # leakage, conflicting labels, heavy truncation: a line each, also with --quiet; `bertcls check` has the details
         for line in data_warnings((inputs.train, inputs.validation, inputs.test), encoded["train"].lengths, config.data.max_length):
             print(line, file=sys.stderr, flush=True)
     pad_id = job.tokenizer.pad_token_id if job.tokenizer.pad_token_id is not None else 0

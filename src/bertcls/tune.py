@@ -95,6 +95,7 @@ class Search:
     study: optuna.Study
     storage_shown: str
     say: Callable[[str], None]
+    warn_data: bool = True  # the next trial prints the data checks' warnings (once, unless the space changes the data)
 
 
 def search(config: Config, options: Options, config_file: str | Path | None = None, say: Callable[[str], None] | None = None) -> Path:
@@ -395,7 +396,8 @@ def run_trial(job: Search, trial: optuna.Trial) -> float:
     config = trial_config(job.config, params, run, job.metric)
     pruning = PruningCallback(trial, job.metric)
     try:
-        train(config, quiet=True, callbacks=(pruning,), config_file=job.config_file)
+        train(config, quiet=True, callbacks=(pruning,), config_file=job.config_file, warn_data=job.warn_data)
+        job.warn_data = any(key.startswith("data.") for key in tune.space)  # the same data: its warnings once
     except TrainingError as exc:  # the loss became NaN, or memory ran out: these values cannot train
         trial.set_user_attr("note", first_line(exc))
         raise optuna.TrialPruned(first_line(exc)) from None
