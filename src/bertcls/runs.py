@@ -18,7 +18,8 @@ a run to predict with.
         state.json          epoch, position in the epoch's data order, step, best so far, config
     RUN/reports/        validation/ and test/: predictions.csv and figures (see bertcls.report)
     RUN/loss.png        training and validation loss (training.loss_curve)
-    RUN/metrics.json    validation (best checkpoint) and test metrics; written last, so a
+    RUN/metrics.json    validation (best checkpoint) and test metrics, the training summary, and per
+                        split the texts over max_length ("data"); written last, so a
                         folder without it is an unfinished run
 
 The record lists every file bertcls wrote (paths relative to RUN), each added before the file is
