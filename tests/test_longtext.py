@@ -1,22 +1,33 @@
 """data.long_text: truncate, head_tail and sliding_window read a long text as promised, alike in training and in every
 engine; windows' logits are pooled back so metrics count texts; the run's setting travels with its model."""
 
+import json
 import math
+import os
 import random
+import subprocess
+import sys
+import time
 from itertools import pairwise
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
-from bertcls import longtext
+from bertcls import longtext, runs
+from bertcls.cli import app
 from bertcls.config import DataConfig, validate_config
 from bertcls.data import LabelMap, Split, encode, loader, sorted_batches
-from bertcls.errors import ConfigError, ModelError
+from bertcls.errors import ConfigError, DataError, ModelError
 from bertcls.inference import loss_of, predict_logits
 from bertcls.longtext import MAX_WINDOWS, LongText, Reading, head_tail, window_starts
 from bertcls.model import build_tiny_tokenizer
+from conftest import FILLER, assert_one_line_error, make_config, write_csv
+
+runner = CliRunner()
+
 
 # ---------------------------------------------------------------------------- the arithmetic
 
@@ -171,3 +182,154 @@ def test_stride_defaults_to_a_quarter_of_max_length_and_is_documented():
 def test_a_model_with_a_long_text_setting_it_cannot_read_is_refused(saved):
     with pytest.raises(ModelError, match="bertcls_long_text"):
         LongText.saved(saved, "config.json")
+
+
+# ---------------------------------------------------------------------------- trained end to end
+
+CUES = {"positive": "great", "negative": "awful"}
+
+
+def cue_at_the_end(n: int, seed: int) -> list[tuple[str, str]]:
+    """40-50 filler words, then the label's cue word twelve times: truncation at 32 tokens never sees it. (With fewer
+    cues the tiny model, trained from scratch, sometimes stays at a constant answer for the 30 steps it gets.)"""
+    rng = random.Random(seed)
+    labels = ["positive", "negative"] * (n // 2)
+    return [(" ".join([rng.choice(FILLER) for _ in range(rng.randint(40, 50))] + [CUES[label]] * 12), label) for label in labels]
+
+
+@pytest.fixture(scope="module")
+def long_runs(tmp_path_factory):
+    """The same long texts trained three ways (tiny model, 3 epochs of 80 texts): the run folder and what train printed."""
+    folder = tmp_path_factory.mktemp("long")
+    data = {"train": write_csv(folder / "train.csv", cue_at_the_end(80, 0)),
+            "validation": write_csv(folder / "validation.csv", cue_at_the_end(40, 1))}
+    trained = {}
+    for mode in ("truncate", "head_tail", "sliding_window"):
+        (folder / mode).mkdir()
+        config = make_config(folder / mode, data, training={"batch_size": 8, "learning_rate": 5e-3, "loss_curve": False,
+                                                            "save_torchscript": mode == "sliding_window", "keep_checkpoints_at_end": False})
+        result = runner.invoke(app, ["train", str(config), "--set", f"data.long_text={mode}", "--set", "data.test=null"])
+        assert result.exit_code == 0, result.output
+        trained[mode] = (folder / mode / "run", result.output)
+    return trained
+
+
+def test_only_the_modes_that_read_the_end_learn_a_label_written_at_the_end(long_runs):
+    accuracy = {mode: json.loads((run / runs.METRICS_FILE).read_text())["validation"]["accuracy"] for mode, (run, _) in long_runs.items()}
+    assert accuracy["truncate"] <= 0.7 and accuracy["head_tail"] >= 0.95 and accuracy["sliding_window"] >= 0.95, accuracy
+
+
+def test_the_log_and_metrics_count_texts_over_max_length_and_windows(long_runs):
+    words = {name: [len(text.split()) for text, _ in cue_at_the_end(n, seed)] for name, n, seed in (("train", 80, 0), ("validation", 40, 1))}
+    windows = {name: sum(1 + math.ceil(max(0, n - 30) / 22) for n in lengths) for name, lengths in words.items()}  # a word is a token
+    for mode, (run, output) in long_runs.items():
+        data = json.loads((run / runs.METRICS_FILE).read_text())["data"]
+        expected = {"long_text": mode, "max_length": 32, "texts": {"train": 80, "validation": 40}, "over_max_length": {"train": 80, "validation": 40}}
+        if mode == "sliding_window":
+            expected.update({"stride": 8, "window_pooling": "mean", "windows": windows, "beyond_max_windows": {"train": 0, "validation": 0}})
+        assert data == expected
+        assert json.loads((run / "model" / "config.json").read_text()).get("bertcls_long_text") == (
+            None if mode == "truncate" else {"long_text": mode, "max_length": 32, "stride": 8 if mode == "sliding_window" else 0, "window_pooling": "mean"})
+        assert "texts over max_length 32: train 80/80, validation 40/40 | long_text " + mode in output
+    assert (f"long_text sliding_window: overlap 8 tokens, mean of window logits | windows: train {windows['train']}, "
+            f"validation {windows['validation']}") in long_runs["sliding_window"][1]
+    assert "warning: truncation: 100% of train texts (80)" in long_runs["truncate"][1]
+    assert "warning: truncation" not in long_runs["head_tail"][1] + long_runs["sliding_window"][1]  # they read the end
+
+
+def test_the_traced_graph_reads_windows_as_transformers_does(long_runs):
+    from bertcls.predict import Predictor, load_predictor
+
+    run = long_runs["sliding_window"][0]
+    traced, eager = load_predictor(run, device="cpu"), Predictor.load(run, device="cpu", precision="fp32", batch_size=5)
+    assert traced.engine == "torchscript" and traced.long_text == eager.long_text == LongText("sliding_window", 8, "mean")
+    texts = [text for text, _ in cue_at_the_end(12, 2)] + ["great " * 12, "", "the " * (30 + 22 * MAX_WINDOWS) + "great"]
+    assert abs(traced.logits(texts) - eager.logits(texts)).max() < 1e-4
+    ours, theirs = traced.predict(texts), eager.predict(texts)
+    assert [(p.label, p.truncated, p.windows, p.beyond_windows) for p in ours] == [(p.label, p.truncated, p.windows, p.beyond_windows) for p in theirs]
+    assert [p.label for p in ours[:13]] == [label for _, label in cue_at_the_end(12, 2)] + ["positive"]
+    assert (ours[-1].windows, ours[-1].beyond_windows, ours[-2].windows) == (MAX_WINDOWS, True, 1)
+
+
+def test_predict_and_evaluate_use_the_runs_setting(long_runs, tmp_path):
+    from bertcls.evaluate import evaluate_file
+
+    run = long_runs["sliding_window"][0]
+    long = "the " * 60 + "great " * 12  # 72 tokens: 3 windows
+    result = runner.invoke(app, ["predict", "--model", str(run), "-v", long, "awful " * 12])
+    assert result.exit_code == 0, result.output
+    assert ("note: 1 of 2 text(s) over max_length 32 tokens, read in 4 window(s) for 2 text(s) "
+            "(sliding_window: overlap 8 tokens, mean of window logits)") in result.output
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["positive", "negative"]
+    head_tail = long_runs["head_tail"][0]
+    result = runner.invoke(app, ["predict", "--model", str(head_tail), "-v", long])
+    assert "note: 1 of 1 text(s) over max_length 32 tokens, each read as its first quarter and last three quarters" in result.output
+    assert result.stdout.startswith("positive\t")
+    validation = write_csv(tmp_path / "v.csv", cue_at_the_end(20, 3))
+    assert evaluate_file(run, str(validation), device="cpu").metrics["accuracy"] >= 0.95
+    assert evaluate_file(head_tail, str(validation), device="cpu").metrics["num_examples"] == 20
+
+
+def test_pairs_are_refused_by_a_model_that_reads_single_texts(long_runs):
+    from bertcls.predict import Predictor
+
+    run = long_runs["head_tail"][0]
+    with pytest.raises(DataError, match="reads long texts with head_tail"):
+        Predictor.load(run, device="cpu").predict(["a text"], ["a pair"])
+    result = runner.invoke(app, ["predict", "--model", str(run), "--pair", "a pair", "a text"])
+    assert_one_line_error(result, "this model reads long texts with head_tail (its data.long_text), which takes single texts")
+
+
+def test_serve_answers_per_text_and_refuses_pairs_for_a_windowed_model(long_runs):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from bertcls.predict import load_predictor
+    from bertcls.serve import ServeOptions, create_app
+
+    run = long_runs["sliding_window"][0]
+    predictor = load_predictor(run, device="cpu")
+    with TestClient(create_app(ServeOptions(str(run)), load=lambda: predictor)) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        answer = client.post("/predict", json={"texts": ["the " * 60 + "great " * 12, "awful " * 12]})
+        assert answer.status_code == 200 and [p["label"] for p in answer.json()["predictions"]] == ["positive", "negative"]
+        refused = client.post("/predict", json={"texts": ["a"], "pairs": ["b"]})
+        assert refused.status_code == 422
+        assert refused.json() == {"detail": "pairs: this model reads long texts with sliding_window, which takes single texts; send no pairs"}
+
+
+@pytest.mark.slow  # an ONNX export takes about 10 s of CPU
+def test_an_onnx_export_reads_windows_as_the_run_does(long_runs, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from bertcls.export import export_onnx
+    from bertcls.predict import OnnxPredictor, Predictor
+
+    run = long_runs["sliding_window"][0]
+    checked = export_onnx(run, tmp_path / "onnx")
+    assert checked["max_abs_logit_diff"] < 1e-4  # its check texts include one read in windows
+    onnx = OnnxPredictor.load(tmp_path / "onnx")
+    assert onnx.long_text == LongText("sliding_window", 8, "mean")
+    texts = [text for text, _ in cue_at_the_end(12, 2)] + ["the " * 200 + "great " * 12]
+    assert abs(onnx.logits(texts) - Predictor.load(run, device="cpu", precision="fp32").logits(texts)).max() < 1e-4
+
+
+@pytest.mark.slow  # two processes under torchrun: about a minute on two cores
+def test_two_processes_pool_windows_as_one_process_does(tmp_path):
+    # 22 validation texts are 66 windows, 9 batches of 8 (the last short): one process gets a batch more, Accelerate
+    # tops the other up with repeated windows, and each window must count once before its text's are pooled.
+    data = {"train": write_csv(tmp_path / "train.csv", cue_at_the_end(40, 0)), "validation": write_csv(tmp_path / "validation.csv", cue_at_the_end(22, 1))}
+    config = make_config(tmp_path, data, training={"epochs": 2, "batch_size": 8, "eval_batch_size": 8, "num_threads": 1,
+                                                   "save_torchscript": False, "loss_curve": False})
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "bertcls",
+               "train", str(config), "--set", "data.long_text=sliding_window"]
+    done = subprocess.run(command, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / runs.METRICS_FILE).read_text())
+    assert metrics["validation"]["num_examples"] == 22 and metrics["data"]["windows"]["validation"] == 66
+    result = runner.invoke(app, ["evaluate", str(data["validation"]), "--model", str(tmp_path / "run"), "--batch-size", "8",
+                                 "--device", "cpu", "--output", str(tmp_path / "evaluated")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "evaluated" / runs.METRICS_FILE).read_text()) == metrics["validation"]
