@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import time
+from functools import cache
 from itertools import pairwise
 from types import SimpleNamespace
 
@@ -25,6 +26,7 @@ from bertcls.inference import loss_of, predict_logits
 from bertcls.longtext import MAX_WINDOWS, LongText, Reading, head_tail, window_starts
 from bertcls.model import build_tiny_tokenizer
 from conftest import FILLER, assert_one_line_error, make_config, write_csv
+from tiny_models import ARCHITECTURES, TOKENIZERS
 
 runner = CliRunner()
 
@@ -102,10 +104,12 @@ def test_a_text_past_max_windows_is_read_that_far_and_counted(tokenizer, monkeyp
 
 
 @pytest.mark.parametrize("setting", [LongText("head_tail"), LongText("sliding_window", stride=8)])
-def test_cutting_huge_texts_first_never_changes_what_is_read(tokenizer, monkeypatch, setting):
+@pytest.mark.parametrize("architecture", ["tiny", *ARCHITECTURES])
+def test_cutting_huge_texts_first_never_changes_what_is_read(tokenizer, monkeypatch, setting, architecture):
     # Words the vocabulary lacks are many tokens each, so a cut lands inside one; mixed with whole-token words.
     rng = random.Random(0)
     texts = [" ".join(rng.choice(WORDS + ["unbelievable", "xylophones", "qu", "z"]) for _ in range(n)) for n in (3, 40, 400, 3000)]
+    tokenizer = tokenizer if architecture == "tiny" else _family(architecture)
     monkeypatch.setattr(longtext, "MAX_WINDOWS", 4)
     monkeypatch.setattr(longtext, "CHARS_PER_TOKEN", 10**9)  # never cut: every text tokenised whole
     whole = longtext.read(tokenizer.backend_tokenizer, texts, 32, setting)
@@ -115,8 +119,31 @@ def test_cutting_huge_texts_first_never_changes_what_is_read(tokenizer, monkeypa
     cut = longtext.read(tokenizer.backend_tokenizer, texts, 32, setting)
     assert tokenised_whole == texts[:2]  # the two long ones were read from their cuts
     assert cut.input_ids == whole.input_ids and cut.type_ids == whole.type_ids
-    assert cut.reading.over == whole.reading.over == [False, True, True, True]
+    assert cut.reading.over == whole.reading.over and whole.reading.over[2:] == [True, True]
     assert cut.reading.beyond == whole.reading.beyond
+
+
+@cache
+def _family(architecture: str):
+    """The kind of tokenizer `architecture`'s checkpoints ship (tests/tiny_models.py), trained on a few texts."""
+    texts = ["the film was great and the cast superb", "dreadful acting, boring plot", " ".join(WORDS), "the quick brown fox jumps over the lazy dog"]
+    return TOKENIZERS[architecture](texts * 20)  # the pangram: every letter known, so no word is one unknown token
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_every_tokenizer_family_reads_a_fitting_text_as_it_tokenises_it_and_a_long_one_by_its_ends(architecture):
+    tokenizer = _family(architecture)
+    fits, long = "the cast was great", " ".join(f"film {i} was great" for i in range(60))
+    read = longtext.read(tokenizer.backend_tokenizer, [fits, long], 32, LongText("head_tail"))
+    own = tokenizer([fits, long], truncation=True, max_length=32)  # the special tokens (and segment ids) it adds
+    assert read.input_ids[0] == own["input_ids"][0] and read.reading.over == [False, True]
+    whole, cut = _ids(tokenizer, long), own["input_ids"][1]
+    room = len(cut) - (len(own["input_ids"][0]) - len(_ids(tokenizer, fits)))
+    head = room // 4
+    specials_before = cut.index(whole[0])
+    assert read.input_ids[1] == [*cut[:specials_before], *whole[:head], *whole[len(whole) - (room - head):], *cut[specials_before + room:]]
+    if "token_type_ids" in own:
+        assert read.type_ids[0] == own["token_type_ids"][0] and read.type_ids[1] == own["token_type_ids"][1]
 
 
 def test_truncate_counts_exactly_the_texts_longer_than_max_length(tokenizer):
