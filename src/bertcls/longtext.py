@@ -76,7 +76,7 @@ class LongText:
     def check_pairs(self, pairs: Sequence[str] | None) -> None:
         if pairs is not None and self.mode != "truncate":
             raise DataError(f"this model reads long texts with {self.mode} (its data.long_text), which takes single texts; "
-                            "give no pairs (--pair)")
+                            "give it texts without pairs")
 
     def describe(self) -> str:
         """The setting in a few words, for log and --verbose lines."""
