@@ -16,6 +16,7 @@ from bertcls.cli import app
 from bertcls.config import load_config
 from bertcls.errors import ConfigError
 from bertcls.evaluate import compute_metrics, confusion_cells, score
+from bertcls.longtext import Reading
 from conftest import make_config, toy_rows, write_csv
 
 runner = CliRunner()
@@ -91,7 +92,7 @@ def test_predictions_read_probabilities_from_the_row_and_rank_ties_in_label_orde
         row = rng.integers(0, 4, size=int(rng.integers(1, 12))).astype(np.float32)
         k = int(rng.integers(1, 14))
         assert predict.top_ids(row, k).tolist() == np.argsort(-row, kind="stable")[:k].tolist()
-    out = predict.to_predictions(np.array([[0.0, 2.0, 2.0, 1.0]]), [4], {0: "a", 1: "b", 2: "c", 3: "d"}, 8)[0]
+    out = predict.to_predictions(np.array([[0.0, 2.0, 2.0, 1.0]]), Reading([False]), {0: "a", 1: "b", 2: "c", 3: "d"})[0]
     assert list(out.probabilities) == ["a", "b", "c", "d"] and out.probabilities["b"] == out.probabilities["c"] == out.score
     assert out.top(3) == [("b", out.score), ("c", out.score), ("d", out.probabilities["d"])] and sum(out.probabilities.values()) == pytest.approx(1)
 

@@ -192,7 +192,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (an exported ONNX folder always runs on the CPU)")] = "auto",
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16; auto: the run's training precision where this device runs it natively, else fp32.")] = "auto",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Say which model is used and which texts were truncated.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Say which model is used and which texts were truncated (or how many were read by head and tail, or in windows).")] = False,
     debug: Debug = False,
 ) -> None:
     """Print `label<TAB>score` for each text (or JSON lines with --json); with --file, write every row plus its prediction."""
@@ -234,9 +234,17 @@ def _texts_to_predict(texts: list[str] | None, file: Path | None, output: Path |
 
 
 def _print_predictions(predictor, texts: list[str], pair: list[str] | None, top_k: int | None, as_json: bool, verbose: bool) -> None:
-    """`label<TAB>score` per text (a multi-label model: every label at or above its threshold), or JSON records."""
-    for text, result in zip(texts, predictor.predict(texts, pair), strict=True):
-        if verbose and result.truncated:
+    """`label<TAB>score` per text (a multi-label model: every label at or above its threshold), or JSON records.
+    --verbose notes each truncated text, or in one line how many texts were read by head and tail, or in windows."""
+    from bertcls import longtext
+
+    results = predictor.predict(texts, pair)
+    note = verbose and longtext.verbose_note(predictor.long_text, predictor.max_length, [r.truncated for r in results],
+                                             [r.windows for r in results], [r.beyond_windows for r in results])
+    if note:
+        typer.echo(note, err=True)
+    for text, result in zip(texts, results, strict=True):
+        if verbose and result.truncated and predictor.long_text.mode == "truncate":
             typer.echo(f"note: text truncated to {predictor.max_length} tokens: {text[:60]!r}...", err=True)
         if as_json:
             typer.echo(json.dumps(result.record(text, top_k), ensure_ascii=False))

@@ -103,7 +103,19 @@ class DataConfig(Section):
     task: Literal["single_label", "multi_label"] = Field("single_label", description="single_label: one label per row (softmax, cross-entropy); multi_label: any number of labels per row (one sigmoid per label, binary cross-entropy).")
     label_separator: str = Field(";", min_length=1, description="multi_label in csv/tsv: the labels of a row in one string, separated by this (`sport;politics`); in json/jsonl a row's labels are a list.")
     validation_split: Float = Field(0.1, gt=0.0, lt=1.0, description="Share of train held out when no validation file is given.")
-    max_length: int = Field(128, ge=8, le=8192, description="Longest input in tokens; longer texts are truncated.")
+    max_length: int = Field(128, ge=8, le=8192, description="Longest input in tokens (special tokens included); how a longer text is read is data.long_text.")
+    long_text: Literal["truncate", "head_tail", "sliding_window"] = Field(
+        "truncate", description="Texts longer than max_length: truncate keeps the first tokens; head_tail the first quarter and the "
+        "last three quarters of the tokens that fit (a review's verdict is often at its end); sliding_window reads the whole "
+        "text in windows of max_length tokens (at most 64 per text; the rest is not read, and counted): in training each "
+        "window is an example with its text's label, in evaluation and prediction the windows' logits are pooled into "
+        "one answer per text, so every metric counts texts. Single texts only: not with data.text_pair_column. "
+        "multi_label works with all three (windows' logits pooled per label). Saved with the model: predict, evaluate, "
+        "export and serve read texts the same way.")
+    stride: int | None = Field(None, ge=0, description="sliding_window: tokens each window shares with the one before (its overlap), at "
+                               "most half of max_length; null = a quarter of max_length.")
+    window_pooling: Literal["mean", "max"] = Field("mean", description="sliding_window: how the windows' logits become one row per "
+                                                   "text: their mean, or their maximum per label (a label any window is sure of wins).")
     max_train_samples: int | None = Field(None, ge=2, description="Use only the first N rows of train (quick experiments); null = all.")
     max_validation_samples: int | None = Field(None, ge=1, description="Use only the first N rows of the validation file; null = all.")
 
@@ -281,6 +293,7 @@ class Config(Section):
             raise ValueError("data.text_pair_column must differ from data.text_column")
         if self.data.label_column in (self.data.text_column, self.data.text_pair_column):
             raise ValueError("data.label_column must differ from the text columns")
+        _check_long_text(self.data)
         self.tune.space = _checked_space(self)
         return self
 
@@ -341,6 +354,19 @@ def _space_value(base: dict[str, Any], key: str, what: str, value: Any) -> Any:
     for part in key.split("."):
         node = getattr(node, part)
     return node
+
+
+def _check_long_text(data: DataConfig) -> None:
+    """data.long_text against the keys it goes with: pairs, and the window keys that only sliding_window reads."""
+    mode = data.long_text
+    if mode != "truncate" and data.text_pair_column is not None:
+        raise ValueError(f"data.long_text: {mode} reads single texts; with data.text_pair_column set, use long_text: truncate")
+    if mode != "sliding_window" and (data.stride is not None or data.window_pooling != "mean"):
+        key = "data.stride" if data.stride is not None else "data.window_pooling"
+        raise ValueError(f"{key} only applies with data.long_text: sliding_window (it is {mode})")
+    if data.stride is not None and data.stride > data.max_length // 2:
+        raise ValueError(f"data.stride={data.stride} must be at most half of data.max_length={data.max_length} "
+                         f"({data.max_length // 2}): it is the overlap of consecutive windows, in tokens")
 
 
 # Keys whose values are paths to resolve (model.name only when it names a local folder).

@@ -3,8 +3,9 @@
 Local files are read through `datasets` into memory, by each process, via a temporary cache of
 its own that is removed at once: nothing lands in the shared Hugging Face cache, and launched
 processes never race. Hub datasets use datasets' normal download cache (file-locked). Texts are
-tokenised in memory, in batch, by each process. Batches are grouped by length so each one is
-padded only to its own longest sequence.
+tokenised in memory, in batch, by each process; a text longer than max_length is truncated, or read
+by head and tail or in windows (one example each), as data.long_text says (`bertcls.longtext`).
+Batches are grouped by length so each one is padded only to its own longest sequence.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bertcls import tsv
-from bertcls.errors import DataError, first_line, listing, shown
+from bertcls import longtext, tsv
+from bertcls.errors import DataError, ModelError, first_line, listing, shown
+from bertcls.longtext import LongText, Reading
 from bertcls.model import cut_long_texts, pad_batch
 
 if TYPE_CHECKING:  # config (pydantic) is imported where files are read, not on the predict path
@@ -343,12 +345,14 @@ def _subset(split: Split, rows: list[int], name: str) -> Split:
 
 @dataclass
 class Encoded:
-    """Token ids per example (unpadded), in the split's order."""
+    """Token ids per example (unpadded), in the split's order, and how its texts were read (`reading`): under
+    sliding_window an example is a window, `reading.text_of` its text, and its label is its text's."""
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
     labels: list[int] | list[list[float]] | None
     multi_label: bool = False  # labels are 0/1 rows over the label names
+    reading: Reading | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -358,23 +362,60 @@ class Encoded:
         return [len(ids) for ids in self.input_ids]
 
 
-def encode(split: Split, tokenizer, max_length: int, labels: LabelMap | None = None) -> Encoded:
-    """Tokenise every text once, in batch with the fast tokenizer, long texts cut first (see
-    `model.CHARS_PER_TOKEN`); truncated to max_length, no padding here."""
+def encode(split: Split, tokenizer, max_length: int, labels: LabelMap | None = None, long_text: LongText | None = None) -> Encoded:
+    """Tokenise every text once, in batch with the fast tokenizer, no padding here. truncate (the default): long texts
+    cut first (see `model.CHARS_PER_TOKEN`), then truncated to max_length; head_tail and sliding_window: as
+    `longtext.read` says."""
+    long_text = long_text or LongText()
+    label_ids = labels.encode(split.labels, split.name) if labels is not None and split.labels is not None else None
+    multi_label = labels is not None and labels.multi_label
+    if long_text.mode != "truncate":
+        long_text.check_pairs(split.pairs)
+        rows = longtext.read(_backend(tokenizer), split.texts, max_length, long_text)
+        wants_types = "token_type_ids" in tokenizer.model_input_names
+        if label_ids is not None and rows.reading.windowed:
+            label_ids = [label_ids[i] for i in rows.reading.text_of]
+        return Encoded(rows.input_ids, rows.type_ids if wants_types else None, label_ids, multi_label, rows.reading)
+    input_ids, types, over = _truncated(split, tokenizer, max_length)
+    return Encoded(input_ids, types, label_ids, multi_label, Reading(over))
+
+
+def _truncated(split: Split, tokenizer, max_length: int) -> tuple[list[list[int]], list[list[int]] | None, list[bool]]:
+    """Token ids and segment ids truncated to max_length, and per row whether the text was longer."""
     wants_types = "token_type_ids" in tokenizer.model_input_names
     options = {"truncation": True, "max_length": max_length, "return_attention_mask": False, "return_token_type_ids": wants_types}
     texts, pairs, cut = cut_long_texts(split.texts, split.pairs, max_length)
     out = tokenizer(texts, pairs, **options)
     input_ids, types = out["input_ids"], out["token_type_ids"] if wants_types else None
+    over = overflowed(out, max_length)
+    for i in cut:
+        over[i] = True  # its first max_length x CHARS_PER_TOKEN characters fill max_length, or it is tokenised again below
     again = [i for i in cut if len(input_ids[i]) < max_length]  # cut too soon: these rows again, whole
     if again:
         whole = tokenizer([split.texts[i] for i in again], [split.pairs[i] for i in again] if split.pairs is not None else None, **options)
-        for j, i in enumerate(again):
-            input_ids[i] = whole["input_ids"][j]
+        for j, (i, over_whole) in enumerate(zip(again, overflowed(whole, max_length), strict=True)):
+            input_ids[i], over[i] = whole["input_ids"][j], over_whole
             if types is not None:
                 types[i] = whole["token_type_ids"][j]
-    label_ids = labels.encode(split.labels, split.name) if labels is not None and split.labels is not None else None
-    return Encoded(input_ids, types, label_ids, multi_label=labels is not None and labels.multi_label)
+    return input_ids, types, over
+
+
+def overflowed(out, max_length: int) -> list[bool]:
+    """Per row of a tokenizer's output, whether truncation cut tokens off: a fast tokenizer keeps what it cut
+    (`overflowing`); a Python one is asked only for the kept ids, so a row that fills max_length counts as cut."""
+    encodings = getattr(out, "encodings", None)
+    if encodings is None:
+        return [len(ids) >= max_length for ids in out["input_ids"]]
+    return [len(ids) >= max_length and bool(encoding.overflowing) for ids, encoding in zip(out["input_ids"], encodings, strict=True)]
+
+
+def _backend(tokenizer):
+    """The `tokenizers.Tokenizer` behind a transformers fast tokenizer: what head_tail and sliding_window read with."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ModelError(f"data.long_text: head_tail and sliding_window need a fast tokenizer (tokenizer.json), and "
+                         f"{type(tokenizer).__name__} is not one; use long_text: truncate")
+    return backend
 
 
 class LengthGroupedBatches(torch.utils.data.Sampler):

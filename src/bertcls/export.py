@@ -5,7 +5,7 @@ without transformers (`save_torchscript`).
     DIR/model.onnx        the classifier: input_ids, attention_mask[, token_type_ids] -> logits,
                           batch and sequence axes dynamic (fp32, or int8 weights with --quantize)
     DIR/tokenizer.json    the fast tokenizer, read with `tokenizers` alone
-    DIR/config.json       the model's config: id2label, problem_type, multi_label_threshold
+    DIR/config.json       the model's config: id2label, problem_type, multi_label_threshold, bertcls_long_text
     DIR/bertcls-onnx.json what predict needs besides: max_length, input names, quantization
     DIR/config.yaml       the run's config (when exporting a run), for its column mapping
 
@@ -180,13 +180,22 @@ def _reference(model_path: str | Path, what: str):
     return predictor, inputs, example
 
 
+def check_cases(reference) -> tuple:
+    """CHECK_CASES, for a model that reads long texts by head and tail or in windows (single texts only) its cases
+    without pairs, and a text a few times max_length long: the way every engine reads it is checked too."""
+    if reference.long_text.mode == "truncate":
+        return CHECK_CASES
+    long = " ".join(CHECK_TEXTS * max(1, reference.max_length // 4))  # over 5 tokens per repeat: past 2 x max_length
+    return (*(case for case in CHECK_CASES if case[1] is None), ([long, *CHECK_TEXTS], None))
+
+
 def max_logit_difference(reference, candidate) -> float:
-    """The largest absolute difference between two predictors' logits on CHECK_CASES."""
-    return max(float(abs(candidate.logits(*case) - reference.logits(*case)).max()) for case in CHECK_CASES)
+    """The largest absolute difference between two predictors' logits on `check_cases`."""
+    return max(float(abs(candidate.logits(*case) - reference.logits(*case)).max()) for case in check_cases(reference))
 
 
 def max_probability_difference(reference, candidate) -> float:
-    """The largest absolute difference between two predictors' probabilities on CHECK_CASES."""
+    """The largest absolute difference between two predictors' probabilities on `check_cases`."""
     return max(abs(ours.probabilities[label] - theirs.probabilities[label])
-               for case in CHECK_CASES for ours, theirs in zip(candidate.predict(*case), reference.predict(*case), strict=True)
+               for case in check_cases(reference) for ours, theirs in zip(candidate.predict(*case), reference.predict(*case), strict=True)
                for label in theirs.probabilities)

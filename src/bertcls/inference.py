@@ -1,4 +1,5 @@
-"""Inference: a model and batches in, logits in the data's original order (gathered across processes) out.
+"""Inference: a model and batches in, logits in the data's original order (gathered across processes, and
+pooled per text where texts were read in windows) out.
 
 The one loop that runs a model without training it: training's evaluation, `bertcls evaluate` and
 the transformers predictor all go through `predict_logits`.
@@ -10,22 +11,25 @@ import numpy as np
 import torch
 
 from bertcls import distributed
+from bertcls.longtext import Reading
 
 
-def predict_logits(model, loader, accelerator=None) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+def predict_logits(model, loader, accelerator=None, reading: Reading | None = None) -> tuple[np.ndarray, np.ndarray | None, float | None]:
     """Logits (float32), labels and mean loss over `loader`, rows back in the data's original order.
 
     With an Accelerator over N processes, each process scores its own batches; the rows are
     gathered once at the end and each example counted exactly once (see `_gather_rows`).
+    A windowed `reading` (sliding_window): the examples are windows, gathered by their own index like
+    any row, then pooled into one row per text; labels and the loss are then per text too.
     """
     # FSDP swaps parameter storage in place around each forward, which inference tensors forbid
     # in older PyTorch (no version counter; pytorch/pytorch#197327): no_grad there, to be safe.
     sharded = accelerator is not None and distributed.is_sharded(accelerator)
     with torch.no_grad() if sharded else torch.inference_mode():
-        return _predict_logits(model, loader, accelerator)
+        return _predict_logits(model, loader, accelerator, reading)
 
 
-def _predict_logits(model, loader, accelerator):
+def _predict_logits(model, loader, accelerator, reading):
     model.eval()
     device = next(model.parameters()).device
     logits_parts, index_parts, label_parts = [], [], []
@@ -44,6 +48,9 @@ def _predict_logits(model, loader, accelerator):
     order = index.argsort()
     logits_all = logits[order].cpu().numpy()
     labels_all = labels[order].cpu().numpy() if labels is not None else None
+    if reading is not None and reading.windowed:
+        logits_all = reading.pool(logits_all)
+        labels_all = reading.per_text(labels_all) if labels_all is not None else None
     mean_loss = None if labels_all is None else loss_of(logits_all, labels_all)
     return logits_all, labels_all, mean_loss
 

@@ -30,7 +30,8 @@ DEFAULT_THRESHOLD = 0.5
 # averages 3-6 characters, so the cut keeps every token truncation keeps; a row it leaves short of max_length
 # tokens (mostly whitespace, or long words that are one unknown token each) is tokenised again whole. Pairs:
 # each side is cut; when both sides are that long, which side keeps the odd token of an odd budget follows
-# the cut sides' token counts (the tokenizer gives it to the longer side).
+# the cut sides' token counts (the tokenizer gives it to the longer side). head_tail and sliding_window, which read
+# a text's end or all of it, cut with the same ratio where what they read ends (`bertcls.longtext`).
 CHARS_PER_TOKEN = 16
 
 

@@ -3,7 +3,9 @@ in; labels and scores out.
 
 Texts are tokenised in one batch call, sorted by length so each batch pads little, run (under
 `torch.inference_mode`, with bf16 autocast where the run trained in it and the hardware runs it
-natively, or in onnxruntime), and returned in input order. Two paths skip transformers, whose
+natively, or in onnxruntime), and returned in input order. A text longer than max_length is read as the
+model's saved `data.long_text` says (`bertcls.longtext`), by every engine alike: truncated, by head and
+tail, or in windows whose logits are pooled into the text's one row. Two paths skip transformers, whose
 import alone takes seconds: a run's traced TorchScript graph (torch and `tokenizers` only), and
 an exported ONNX folder (onnxruntime and `tokenizers`, no torch).
 """
@@ -18,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bertcls import machine, runs
+from bertcls import longtext, machine, runs
 from bertcls.errors import ModelError, first_line
+from bertcls.longtext import LONG_TEXT_KEY, LongText, Reading
 from bertcls.model import DEFAULT_THRESHOLD, THRESHOLD_KEY, cut_long_texts, load_trained, pad_batch
 
 # Fallback when neither the run's config nor the tokenizer names a sensible limit.
@@ -28,13 +31,19 @@ DEFAULT_MAX_LENGTH = 512
 
 @dataclass
 class Prediction:
-    """The most probable label and its probability; for multi-label models also every label at or above the threshold."""
+    """The most probable label and its probability; for multi-label models also every label at or above the threshold.
+
+    `truncated`: the text is longer than max_length tokens (so it was truncated, or read by head and tail, or in
+    `windows` windows, as the model's long_text says; `beyond_windows`: it needed more than longtext.MAX_WINDOWS).
+    """
 
     label: str
     score: float
     probabilities: Mapping[str, float] = field(repr=False)
     truncated: bool = False
     labels: list[str] | None = None
+    windows: int = 1
+    beyond_windows: bool = False
 
     def top(self, k: int) -> list[tuple[str, float]]:
         """The k most probable labels with their probabilities, best first."""
@@ -92,20 +101,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return out
 
 
-def to_predictions(logits: np.ndarray, lengths: Sequence[int], id2label: dict[int, str], max_length: int,
-                   threshold: float | None = None) -> list[Prediction]:
-    """Softmax (or, with a multi-label threshold, sigmoid) rows -> Predictions."""
+def to_predictions(logits: np.ndarray, reading: Reading, id2label: dict[int, str], threshold: float | None = None) -> list[Prediction]:
+    """Softmax (or, with a multi-label threshold, sigmoid) rows, one per text, -> Predictions."""
     probs = softmax(logits) if threshold is None else sigmoid(logits)
     names = [id2label[k] for k in range(probs.shape[1])]
     ids = {name: k for k, name in enumerate(names)}
+    windows, beyond = reading.windows().tolist(), reading.beyond or [False] * len(reading.over)
     results = []
-    for row, length in zip(probs, lengths, strict=True):
+    for row, over, n_windows, past in zip(probs, reading.over, windows, beyond, strict=True):
         best = int(row.argmax())
         if threshold is not None:
             above = np.flatnonzero(row >= threshold)
             above = [names[k] for k in above[np.argsort(-row[above], kind="stable")]]
         results.append(Prediction(label=names[best], score=float(row[best]), probabilities=RowProbabilities(row, names, ids),
-                                  truncated=length >= max_length, labels=above if threshold is not None else None))
+                                  truncated=over, labels=above if threshold is not None else None, windows=n_windows, beyond_windows=past))
     return results
 
 
@@ -159,7 +168,7 @@ TORCHSCRIPT_META = "bertcls.json"
 
 
 class _Predicts:
-    """What every predictor offers; each supplies `_run(texts, pairs) -> (logits, token lengths)`."""
+    """What every predictor offers; each supplies `_run(texts, pairs) -> (logits, longtext.Reading)`, one row per text."""
 
     engine: str  # pytorch, torchscript or onnx: what runs the model
     device = "cpu"
@@ -167,20 +176,24 @@ class _Predicts:
     id2label: dict[int, str]
     max_length: int
     threshold: float | None
+    long_text: LongText  # how a text over max_length is read: as the model was trained (its config.json says)
 
     def describe(self) -> str:
-        """What runs the model, where, in which precision: the line `--verbose` prints."""
-        return f"engine: {self.engine} | device: {self.device} | precision: {self.precision}"
+        """What runs the model, where, in which precision (and how it reads long texts): the line `--verbose` prints."""
+        reads = f" | long_text: {self.long_text.describe()}" if self.long_text.mode != "truncate" else ""
+        return f"engine: {self.engine} | device: {self.device} | precision: {self.precision}{reads}"
 
     def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
         """Raw logits (float32 array, one row per text, input order)."""
+        self.long_text.check_pairs(pairs)
         return self._run(texts, pairs)[0]
 
     def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[Prediction]:
+        self.long_text.check_pairs(pairs)
         if not texts:
             return []
-        logits, lengths = self._run(texts, pairs)
-        return to_predictions(logits, lengths, self.id2label, self.max_length, self.threshold)
+        logits, reading = self._run(texts, pairs)
+        return to_predictions(logits, reading, self.id2label, self.threshold)
 
 
 class _TokenizersPredictor(_Predicts):
@@ -198,6 +211,7 @@ class _TokenizersPredictor(_Predicts):
         self.id2label = {int(k): v for k, v in config.get("id2label", {0: "LABEL_0", 1: "LABEL_1"}).items()}
         self.multi_label = config.get("problem_type") == "multi_label_classification"
         self.threshold = float(config.get(THRESHOLD_KEY, DEFAULT_THRESHOLD)) if self.multi_label else None
+        self.long_text = LongText.saved(config.get(LONG_TEXT_KEY), "config.json")
 
     @staticmethod
     def _read(folder: Path, max_length: int):
@@ -216,8 +230,12 @@ class _TokenizersPredictor(_Predicts):
     def _forward(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
-    def _tokenise(self, texts: Sequence[str], pairs: Sequence[str] | None) -> list:
-        """Encodings truncated to max_length, long texts cut first (see CHARS_PER_TOKEN)."""
+    def _tokenise(self, texts: Sequence[str], pairs: Sequence[str] | None) -> longtext.Rows:
+        """The rows of token ids the model reads: as the long_text setting says, or truncated to max_length,
+        long texts cut first (see CHARS_PER_TOKEN)."""
+        if self.long_text.mode != "truncate":
+            return longtext.read(self.tokenizer, texts, self.max_length, self.long_text)
+
         def encode(texts, pairs):
             return self.tokenizer.encode_batch(list(zip(texts, pairs, strict=True)) if pairs is not None else list(texts))
 
@@ -226,21 +244,24 @@ class _TokenizersPredictor(_Predicts):
         again = [i for i in cut if len(encodings[i].ids) < self.max_length]
         for i, encoding in zip(again, encode([texts[i] for i in again], [pairs[i] for i in again] if pairs is not None else None), strict=True):
             encodings[i] = encoding
-        return encodings
+        # as data.encode tells: truncation keeps what it cut; a text cut short and not tokenised again was long
+        was_cut = set(cut) - set(again)
+        over = [len(e.ids) >= self.max_length and (bool(e.overflowing) or i in was_cut) for i, e in enumerate(encodings)]
+        return longtext.Rows([e.ids for e in encodings], [e.type_ids for e in encodings], Reading(over))
 
     def _run(self, texts: Sequence[str], pairs: Sequence[str] | None):
-        encodings = self._tokenise(texts, pairs)
-        lengths = [len(e.ids) for e in encodings]
-        order = sorted(range(len(encodings)), key=lambda i: -lengths[i])  # similar lengths together: little padding
+        read = self._tokenise(texts, pairs)
+        lengths = [len(ids) for ids in read.input_ids]
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # similar lengths together: little padding
         out = None
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
-            types = [encodings[i].type_ids for i in rows] if "token_type_ids" in self.inputs else None
-            logits = self._forward(pad_batch([encodings[i].ids for i in rows], types, self.pad_id))
+            types = [read.type_ids[i] for i in rows] if "token_type_ids" in self.inputs else None
+            logits = self._forward(pad_batch([read.input_ids[i] for i in rows], types, self.pad_id))
             if out is None:
-                out = np.empty((len(encodings), logits.shape[1]), dtype=np.float32)
+                out = np.empty((len(lengths), logits.shape[1]), dtype=np.float32)
             out[rows] = logits
-        return out, lengths
+        return read.reading.pool(out), read.reading
 
 
 class OnnxPredictor(_TokenizersPredictor):
@@ -354,13 +375,15 @@ class Predictor(_Predicts):
         self.id2label = {int(k): v for k, v in model.config.id2label.items()}
         self.multi_label = model.config.problem_type == "multi_label_classification"
         self.threshold = float(getattr(model.config, THRESHOLD_KEY, DEFAULT_THRESHOLD)) if self.multi_label else None
+        self.long_text = LongText.saved(getattr(model.config, LONG_TEXT_KEY, None), "the model's config.json")
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", batch_size: int = 64, precision: str = "auto") -> Predictor:
         """The model through transformers; `device` and `precision` as `resolve_device_precision` says."""
         device, precision = resolve_device_precision(path, device, precision)
         model, tokenizer = load_trained(path)
-        return cls(model.to(device), tokenizer, run_max_length(path, tokenizer), batch_size, precision)
+        return cls(model.to(device), tokenizer, run_max_length(path, tokenizer, getattr(model.config, LONG_TEXT_KEY, None)),
+                   batch_size, precision)
 
     def _run(self, texts: Sequence[str], pairs: Sequence[str] | None):
         import torch
@@ -368,18 +391,20 @@ class Predictor(_Predicts):
         from bertcls.data import Split, encode, loader, sorted_batches
         from bertcls.inference import predict_logits
 
-        encoded = encode(Split("predict", list(texts), list(pairs) if pairs is not None else None, None), self.tokenizer, self.max_length)
+        split = Split("predict", list(texts), list(pairs) if pairs is not None else None, None)
+        encoded = encode(split, self.tokenizer, self.max_length, long_text=self.long_text)
         batches = loader(encoded, self.tokenizer.pad_token_id or 0, sorted_batches(encoded.lengths, self.batch_size))
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         device_type = next(self.model.parameters()).device.type
         with torch.autocast(device_type, dtype=dtype) if dtype else nullcontext():
-            return predict_logits(self.model, batches)[0], encoded.lengths
+            return predict_logits(self.model, batches, reading=encoded.reading)[0], encoded.reading
 
 
-def run_max_length(path: str | Path, tokenizer) -> int:
-    """The run's data.max_length, else the tokenizer's limit when it names a sensible one, else DEFAULT_MAX_LENGTH."""
+def run_max_length(path: str | Path, tokenizer, long_text: Mapping | None = None) -> int:
+    """The run's data.max_length, else the one a model saved with its long_text setting (`long_text`, its
+    LONG_TEXT_KEY), else the tokenizer's limit when it names a sensible one, else DEFAULT_MAX_LENGTH."""
 
-    max_length = runs.run_setting(path, "data", "max_length")
+    max_length = runs.run_setting(path, "data", "max_length") or (long_text or {}).get("max_length")
     if max_length:
         return int(max_length)
     limit = getattr(tokenizer, "model_max_length", DEFAULT_MAX_LENGTH)

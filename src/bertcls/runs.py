@@ -22,7 +22,8 @@ a run to predict with.
     RUN/reports/        validation/ and test/: predictions.csv and figures (see bertcls.report)
     RUN/loss.png        training and validation loss (training.loss_curve)
     RUN/tensorboard/    TensorBoard's event files (training.report_to: tensorboard; see `bertcls.track`)
-    RUN/metrics.json    validation (best checkpoint) and test metrics; written last, so a
+    RUN/metrics.json    validation (best checkpoint) and test metrics, the training summary, and per
+                        split the texts over max_length ("data"); written last, so a
                         folder without it is an unfinished run
 
 The record lists every file bertcls wrote (paths relative to RUN), each added before the file is

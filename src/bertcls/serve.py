@@ -174,7 +174,7 @@ class Metrics:
         self.batch_seconds = Histogram("bertcls_batch_seconds", "Model time per batch (tokenising included)", registry=r,
                                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
         self.texts = Counter("bertcls_texts", "Texts predicted", registry=r)
-        self.truncated = Counter("bertcls_texts_truncated", "Texts longer than the model's max_length, cut to fit", registry=r)
+        self.truncated = Counter("bertcls_texts_truncated", "Texts longer than the model's max_length: truncated, or read by head and tail or in windows, as the model's long_text says", registry=r)
         self.queue_depth = Gauge("bertcls_queue_depth", "Requests waiting for the model", registry=r)
 
     def batch(self, results: list, seconds: float) -> None:
@@ -263,6 +263,9 @@ def create_app(options: ServeOptions, load: Callable[[], Any] | None = None, on_
         """Classify texts: one record per text, in the order given. Requests arriving together are batched."""
         predictor = state.ready()
         body = parse_request(await read_body(request, options.max_body_bytes, options.body_timeout_s), options, len(predictor.id2label))
+        long_text = getattr(predictor, "long_text", None)  # how it reads long texts (a stand-in predictor may not say)
+        if body.pairs is not None and long_text is not None and long_text.mode != "truncate":
+            raise HTTPException(422, f"pairs: this model reads long texts with {long_text.mode}, which takes single texts; send no pairs")
         try:
             results = await state.batcher.submit(body.texts, body.pairs)
         except Exception as exc:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import yaml
 
-from bertcls import atomic, card, distributed, faults, machine, manifest, report, runlock, runs, track
+from bertcls import atomic, card, distributed, faults, longtext, machine, manifest, report, runlock, runs, track
 from bertcls import checkpoint as ckpt
 from bertcls import data as data_mod
 from bertcls.callbacks import Callback
@@ -192,6 +192,8 @@ class Job:
     real_tokens: torch.Tensor
     state: LoopState
     window: LossWindow  # the restored window of a checkpoint taken mid-epoch
+    readings: dict[str, longtext.Reading]  # per split, how its texts were read (windows pooled back per text)
+    long_texts: dict[str, Any]  # texts over max_length per split, and how they are read: metrics.json's "data"
     log: _Log
     started: float
     precision: str
@@ -273,7 +275,7 @@ class Job:
 
     def evaluate(self, split: str, threshold: float | None = None) -> Evaluation:
         """Score a split; multi-label decisions use `threshold` (default training.threshold), tuned on validation when asked."""
-        logits, gold, loss = predict_logits(self.model, self.eval_loaders[split], self.accelerator)
+        logits, gold, loss = predict_logits(self.model, self.eval_loaders[split], self.accelerator, self.readings[split])
         rows, labels = getattr(self.inputs, split), self.inputs.labels
         tune = split == "validation" and self.cfg.tune_threshold
         return score(rows.texts, rows.pairs, labels.names, logits, gold, loss, multi_label=labels.multi_label,
@@ -348,10 +350,16 @@ def _build(job: Job) -> None:
     texts = inputs.train.texts + (inputs.train.pairs or [])
     job.model, job.tokenizer = load_model(config.model, inputs.labels.id2label, config.data.max_length, texts,
                                           multi_label=inputs.labels.multi_label)
-    encoded = {name: data_mod.encode(split, job.tokenizer, config.data.max_length, inputs.labels)
+    long_text = longtext.LongText.of(config.data)
+    if long_text.mode != "truncate":  # saved with the model, which then reads long texts so wherever it goes
+        setattr(job.model.config, longtext.LONG_TEXT_KEY, long_text.to_saved(config.data.max_length))
+    encoded = {name: data_mod.encode(split, job.tokenizer, config.data.max_length, inputs.labels, long_text)
                for name, split in (("train", inputs.train), ("validation", inputs.validation), ("test", inputs.test)) if split is not None}
+    job.readings = {name: enc.reading for name, enc in encoded.items()}
+    job.long_texts = longtext.summary(long_text, config.data.max_length, job.readings)
+    truncated = encoded["train"].lengths if long_text.mode == "truncate" else ()  # the other modes read the ends they promise
     if job.main and job.warn_data:  # leakage, conflicting labels, heavy truncation: a line each, also with --quiet; `bertcls check` has the details
-        for line in data_warnings((inputs.train, inputs.validation, inputs.test), encoded["train"].lengths, config.data.max_length):
+        for line in data_warnings((inputs.train, inputs.validation, inputs.test), truncated, config.data.max_length):
             print(line, file=sys.stderr, flush=True)
     pad_id = job.tokenizer.pad_token_id if job.tokenizer.pad_token_id is not None else 0
     sampler = data_mod.LengthGroupedBatches(encoded["train"].lengths, tcfg.batch_size, config.seed)
@@ -381,6 +389,7 @@ def _say_header(job: Job) -> None:
     job.log.say(f"train {len(inputs.train):,} | validation {len(inputs.validation):,} | test {tested:,} | "
                 f"{len(inputs.labels.names)} labels | effective batch {effective} | {job.total_steps} steps | "
                 f"device {acc.device} | precision {job.precision} | model {job.config.model.name}")
+    job.log.say(longtext.header_line(job.long_texts))
     if inputs.resume_from:
         job.log.say(f"resumed from {inputs.resume_from} at step {job.state.global_step}")
     if not job.resumable:
@@ -429,7 +438,7 @@ def finish(job: Job, inputs: Inputs, stop: faults.StopRequest, listeners: list[C
     stop_if_asked()
     result = {"best_epoch": state.best_epoch, "best_step": state.best_step, "metric_for_best": tcfg.metric_for_best,
               **{name: evaluation.metrics for name, evaluation in evaluations.items()},
-              "train": _train_summary(job, train_seconds)}
+              "train": _train_summary(job, train_seconds), "data": job.long_texts}
     if job.main and tcfg.save_torchscript:
         _save_torchscript(run, job.log)
     stop_if_asked()
