@@ -222,6 +222,9 @@ def test_config_differences_name_the_keys():
     old = {"seed": 1, "output_dir": "a", "training": {"epochs": 3, "log_every_steps": 5}}
     new = {"seed": 1, "output_dir": "b", "training": {"epochs": 4, "log_every_steps": 9}}
     assert config_differences(old, new) == ["training.epochs: 3 -> 4"]
+    # a checkpoint written before a key existed: the key at its default is no change, at another value it is
+    newer = {**new, "training": {**new["training"], "eval_every_steps": None, "max_steps": 100}}
+    assert config_differences(old, newer) == ["training.epochs: 3 -> 4", "training.max_steps: None -> 100"]
 
 
 def test_nonfinite_loss_names_step_and_lr_and_keeps_the_last_checkpoint(tmp_path, data, monkeypatch):

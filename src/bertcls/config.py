@@ -373,6 +373,19 @@ def _check_long_text(data: DataConfig) -> None:
 PATH_KEYS = ("output_dir", "data.train", "data.validation", "data.test", "model.name")
 
 
+def default_values() -> dict[str, Any]:
+    """Every key that has a default, dotted (`training.epochs`), with that default as the config holds it."""
+    values: dict[str, Any] = {}
+    for name, field in Config.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            values.update({f"{name}.{key}": sub.get_default(call_default_factory=True)
+                           for key, sub in annotation.model_fields.items() if not sub.is_required()})
+        elif not field.is_required():
+            values[name] = field.get_default(call_default_factory=True)
+    return values
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read, override, resolve and validate a config file; raise ConfigError naming what is wrong."""
     path = Path(path)
