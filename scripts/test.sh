@@ -5,5 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-# -n 2: the suite on two worker processes (tests are independent; each builds its own shared tiny run)
-python -m pytest -n "${BERTCLS_TEST_WORKERS:-2}" "$@"
+# -n 2: the suite on two worker processes; --dist loadscope keeps a module's tests on one worker, so a
+# module-scoped training runs once, not once per worker (each worker still builds its own shared tiny run)
+python -m pytest -n "${BERTCLS_TEST_WORKERS:-2}" --dist loadscope "$@"

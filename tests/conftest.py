@@ -61,7 +61,8 @@ def make_config(folder: Path, data: dict[str, Path], **sections) -> Path:
         "data": {"train": str(data["train"]), "validation": str(data["validation"]), "test": str(data.get("test", data["validation"])), "max_length": 32},
         "model": {"name": "tiny"},
         "training": {"epochs": 3, "batch_size": 16, "learning_rate": 2e-3, "precision": "fp32", "log_every_steps": 5,
-                     "keep_checkpoints_at_end": True},  # tests look into a finished run's checkpoints
+                     "keep_checkpoints_at_end": True,  # tests look into a finished run's checkpoints
+                     "report_figures": False},  # most of a tiny run's finish; the tests of reports turn them on
     }
     for key, value in sections.items():
         if isinstance(value, dict):
@@ -85,7 +86,7 @@ def trained_run(tmp_path_factory) -> Path:
         "validation": write_csv(folder / "validation.csv", toy_rows(60, 1)),
         "test": write_csv(folder / "test.csv", toy_rows(60, 2)),
     }
-    return train(load_config(make_config(folder, data)), quiet=True)
+    return train(load_config(make_config(folder, data, training={"report_figures": True})), quiet=True)
 
 
 def assert_one_line_error(result, message: str, run: Path | None = None) -> None:

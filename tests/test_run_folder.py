@@ -176,6 +176,7 @@ def test_a_folder_in_use_is_refused_and_predict_says_it_is_still_training(tmp_pa
     assert runner.invoke(app, ["predict", "--model", str(run), "a wonderful film"]).stderr == ""
 
 
+@pytest.mark.slow  # two torchrun processes; the lock itself is tested in one process above
 def test_under_torchrun_every_process_stops_on_a_folder_in_use(tmp_path, toy_data, hold):
     run = tmp_path / "run"
     holder = hold(run)

@@ -33,7 +33,7 @@ def test_a_many_label_run_writes_small_files_and_capped_reports(tmp_path, capsys
     rows = lambda n, seed: [(f"{text} cue{i % labels}", f"label{i % labels:03d}") for i, (text, _) in enumerate(toy_rows(n, seed))]  # noqa: E731
     files = {"train": write_csv(tmp_path / "train.csv", rows(600, 0)), "validation": write_csv(tmp_path / "validation.csv", rows(300, 1))}
     config = make_config(tmp_path, files, training={"epochs": 1, "batch_size": 64, "precision": "fp32", "loss_curve": False,
-                                                     "save_torchscript": False})
+                                                     "save_torchscript": False, "report_figures": True})
     run = train(load_config(config))
     metrics_file, state_file = run / runs.METRICS_FILE, next(run.glob("checkpoint-*")) / runs.CHECKPOINT_STATE
     # Dense, one matrix is 90,000 numbers (over 700 KB indented); per-class results are ~40 KB a split.

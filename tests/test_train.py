@@ -41,9 +41,10 @@ def test_a_finished_run_is_not_overwritten_without_asking(tmp_path, toy_data):
     assert (run / "notes.txt").read_text() == "mine"  # never delete what bertcls did not write
 
 
-def test_loss_curve_can_be_turned_off(tmp_path, toy_data):
-    run = train(load_config(make_config(tmp_path, toy_data, training={"epochs": 1, "loss_curve": False})), quiet=True)
-    assert not (run / runs.LOSS_FILE).exists() and (run / runs.REPORTS_DIR / "test" / "confusion_matrix.png").is_file()
+def test_loss_curve_and_report_figures_can_be_turned_off(tmp_path, toy_data):
+    run = train(load_config(make_config(tmp_path, toy_data, training={"epochs": 1, "loss_curve": False, "report_figures": False})), quiet=True)
+    assert not (run / runs.LOSS_FILE).exists()
+    assert {p.name for p in (run / runs.REPORTS_DIR / "test").iterdir()} == {"predictions.csv"}  # the figures are trained_run's test
 
 
 def test_gradient_accumulation_and_early_stopping(tmp_path, toy_data):

@@ -140,6 +140,7 @@ def training(folder: Path, n: int):
     return lambda: log.is_file() and log.stat().st_size > 0
 
 
+@pytest.mark.slow  # a subprocess study interrupted by SIGINT: about 18 s, so with the other process tests
 def test_a_study_continues_after_ctrl_c_and_after_a_worker_died(tmp_path, no_trial_reports):
     config = tune_config(tmp_path, training={"epochs": 2, "batch_size": 8, "log_every_steps": 1}, trials=3)
     folder = tmp_path / "search"

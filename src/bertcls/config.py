@@ -159,6 +159,9 @@ class TrainingConfig(Section):
     threshold: Float = Field(0.5, gt=0.0, lt=1.0, description="multi_label: a label is predicted when its probability is at least this.")
     tune_threshold: bool = Field(False, description="multi_label: pick the threshold with the best micro-F1 on validation instead; saved with the model.")
     loss_curve: bool = Field(True, description="Draw RUN/loss.png (training and validation loss) from log.jsonl at the end.")
+    report_figures: bool = Field(True, description="Draw the figures in RUN/reports/ (confusion matrix, ROC and PR curves, reliability) "
+                                 "at the end: about 0.3 s each, most of a tiny run's finish. predictions.csv and metrics.json are "
+                                 "written either way, and `bertcls evaluate` draws them for any run.")
     report_to: Annotated[list[Literal[TRACKERS]], BeforeValidator(_trackers)] = Field(  # type: ignore[valid-type]
         default_factory=list, description="Experiment trackers to log to, through Accelerate: the config, each log line "
         "(loss, lr, examples/s), each evaluation and the test metrics. tensorboard writes RUN/tensorboard/; mlflow logs to "

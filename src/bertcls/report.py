@@ -44,11 +44,13 @@ FOCUS_LABELS = 30
 TABLE_MAX_ROWS = 50
 
 
-def write_report(folder: Path, ev: Evaluation) -> list[Path]:
-    """Write every report file for `ev` into `folder`; return the paths written."""
+def write_report(folder: Path, ev: Evaluation, figures: bool = True) -> list[Path]:
+    """Write every report file for `ev` into `folder` (predictions.csv alone without `figures`); return the paths written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = [_write_predictions(folder / PREDICTIONS_FILE, ev)]
+    if not figures:
+        return written
     figure = multilabel_confusion_figure(ev.metrics["per_class"]) if ev.multi_label else confusion_figure(ev.metrics["confusion_matrix"])
     written.append(_save(figure, folder / CONFUSION_FILE))
     if "roc_auc" in ev.metrics:

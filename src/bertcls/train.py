@@ -434,7 +434,7 @@ def finish(job: Job, inputs: Inputs, stop: faults.StopRequest, listeners: list[C
         evaluations["test"] = job.evaluate("test", evaluations["validation"].threshold)
     stop_if_asked()
     if job.main:
-        _write_reports(run, evaluations, tcfg.loss_curve, job.log)
+        _write_reports(run, evaluations, tcfg, job.log)
     stop_if_asked()
     result = {"best_epoch": state.best_epoch, "best_step": state.best_step, "metric_for_best": tcfg.metric_for_best,
               **{name: evaluation.metrics for name, evaluation in evaluations.items()},
@@ -530,12 +530,13 @@ def _best_on_resume(run: Path, state: LoopState, accelerator) -> str:
     return distributed.from_main(verdict, accelerator)
 
 
-def _write_reports(run: Path, evaluations: dict[str, Evaluation], loss_curve: bool, log: _Log) -> None:
+def _write_reports(run: Path, evaluations: dict[str, Evaluation], cfg: TrainingConfig, log: _Log) -> None:
     """RUN/reports/<split>/ for the best checkpoint's validation and test scores, loss.png, and the test table."""
+    files = report.REPORT_FILES if cfg.report_figures else (report.PREDICTIONS_FILE,)
     for name, evaluation in evaluations.items():
-        runs.record_files(run, *(f"{runs.REPORTS_DIR}/{name}/{file}" for file in report.REPORT_FILES))
-        report.write_report(run / runs.REPORTS_DIR / name, evaluation)
-    if loss_curve:
+        runs.record_files(run, *(f"{runs.REPORTS_DIR}/{name}/{file}" for file in files))
+        report.write_report(run / runs.REPORTS_DIR / name, evaluation, figures=cfg.report_figures)
+    if cfg.loss_curve:
         report.write_loss_curve(run)
     if not log.quiet:
         shown = "test" if "test" in evaluations else "validation"

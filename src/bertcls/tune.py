@@ -417,16 +417,18 @@ def _suggest(trial: optuna.Trial, key: str, dim: Dimension, grid: bool) -> Any:
     return trial.suggest_float(key, float(dim.low), float(dim.high), step=dim.step, log=dim.log)
 
 
-def trial_config(base: Config, params: dict[str, Any], run: Path, metric: str, save_torchscript: bool = False) -> Config:
+def trial_config(base: Config, params: dict[str, Any], run: Path, metric: str, kept: bool = False) -> Config:
     """The base config with `params` set, writing to `run`, choosing its best checkpoint by the searched metric.
 
-    Trials skip the TorchScript graph (only a model you keep needs it), unless `save_torchscript`."""
+    Trials skip the TorchScript graph (only a model you keep needs it) and the report figures (their predictions.csv
+    and metrics stay; `bertcls evaluate` draws them for any trial), unless `kept` (best.yaml: your settings)."""
     raw = base.to_dict()
     for key, value in params.items():
         set_dotted(raw, key, value)
     raw["output_dir"] = str(run)
     raw["training"]["metric_for_best"] = metric
-    raw["training"]["save_torchscript"] = save_torchscript and raw["training"]["save_torchscript"]
+    raw["training"]["save_torchscript"] = kept and raw["training"]["save_torchscript"]
+    raw["training"]["report_figures"] = kept and raw["training"]["report_figures"]
     return validate_config(raw)
 
 
@@ -499,7 +501,7 @@ def write_report(job: Search) -> optuna.trial.FrozenTrial | None:
 
 def best_config(job: Search, best: optuna.trial.FrozenTrial) -> Config:
     """The best trial's config, writing to OUTPUT_DIR/best, with the TorchScript graph as the config says."""
-    return trial_config(job.config, best.params, job.folder / BEST_DIR, job.metric, save_torchscript=True)
+    return trial_config(job.config, best.params, job.folder / BEST_DIR, job.metric, kept=True)
 
 
 def _trials_csv(job: Search, trials: list[optuna.trial.FrozenTrial]) -> str:
@@ -584,11 +586,12 @@ def _seed_run(job: Search, base: Config, seed: int, remove_models: bool) -> dict
     """OUTPUT_DIR/seed-S: the best config trained with `seed` (a finished run of the same config is kept); its metric."""
     run = job.folder / f"{SEED_PREFIX}{seed}"
     raw = base.to_dict() | {"seed": seed, "output_dir": str(run)}
-    raw["training"]["save_torchscript"] = False
+    raw["training"]["save_torchscript"] = raw["training"]["report_figures"] = False  # its metric is what counts
     config = validate_config(raw)
     if not ((run / runs.METRICS_FILE).is_file() and runs.read_run_config(run) == config.to_dict()):
         job.say(f"seed {seed}: training the best configuration again")
-        train(config, overwrite=True, quiet=True, config_file=job.config_file)
+        train(config, overwrite=True, quiet=True, config_file=job.config_file, warn_data=job.warn_data)
+        job.warn_data = False
     if remove_models:
         runs.remove_ours(run, runs.MODEL_DIR)
     metrics = json.loads((run / runs.METRICS_FILE).read_text(encoding="utf-8"))
