@@ -97,3 +97,12 @@ def test_an_unknown_metric_or_folder_is_one_line(runs_folder, tmp_path):
                           "--sort f1: no run has this metric; use name, date, a metric (accuracy, ece, f1_macro,")
     assert_one_line_error(runner.invoke(app, ["runs", str(tmp_path / "nowhere")]),
                           f"{tmp_path / 'nowhere'}: no such folder; give the folder your runs are in (default ./runs)")
+
+
+def test_a_search_folder_lists_its_trials(trained_run, tmp_path):
+    search = tmp_path / "search"  # what `bertcls tune` leaves: its own record, the study's files, trials, figures
+    shutil.copytree(trained_run, search / "trial-0")
+    (search / "figures").mkdir()
+    for name in (runs.SEARCH_FILE, runs.RECORD_FILE):
+        (search / name).write_text("{}")
+    assert [(row["name"], row["status"]) for row in _rows(str(search))] == [("trial-0", "finished")]

@@ -51,15 +51,18 @@ class Row:
 
 
 def list_runs(folder: Path) -> list[Row]:
-    """A row for each run under `folder` (its immediate subfolders, hidden ones aside), or for `folder` itself when it is a run."""
+    """A row for each run under `folder` (its immediate subfolders, hidden ones aside), or for `folder` itself when it
+    is a run; in a search's folder (`bertcls tune`), a row for each trial and run it holds."""
     folder = Path(folder)
     if not folder.exists():
         raise RunError(f"{folder}: no such folder; give the folder your runs are in (default ./{runs.DEFAULT_RUNS_ROOT})")
     if not folder.is_dir():
         raise RunError(f"{folder} is a file; give the folder your runs are in")
-    if (folder / runs.RECORD_FILE).is_file():  # a run folder itself: its one row
+    search = (folder / runs.SEARCH_FILE).is_file()
+    if (folder / runs.RECORD_FILE).is_file() and not search:  # a run folder itself: its one row
         return [read_row(folder)]
-    return [read_row(path) for path in sorted(folder.iterdir()) if path.is_dir() and not path.name.startswith(".")]
+    return [read_row(path) for path in sorted(folder.iterdir())
+            if path.is_dir() and not path.name.startswith(".") and (_looks_like_run(path) or not search)]
 
 
 def _looks_like_run(path: Path) -> bool:

@@ -63,6 +63,7 @@ MANIFEST_FILE = "manifest.json"
 TENSORBOARD_DIR = "tensorboard"
 RUN_FILES = (CONFIG_FILE, LOG_FILE, MODEL_DIR, REPORTS_DIR, LOSS_FILE, MANIFEST_FILE, METRICS_FILE, TENSORBOARD_DIR)
 RECORD_FILE = "bertcls-run.json"
+SEARCH_FILE = "tune.json"  # marks a search's folder (`bertcls.tune`), whose trials are run folders
 OWN_FILES = (RECORD_FILE, LOCK_FILE)  # bertcls's in any folder that holds them
 TORCHSCRIPT_FILE = "bertcls-torchscript.pt"  # in MODEL_DIR
 CARD_FILE = "README.md"  # in MODEL_DIR

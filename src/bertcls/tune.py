@@ -53,7 +53,7 @@ except ModuleNotFoundError as exc:  # an optional extra: say how to get it inste
     raise BertclsError(f'bertcls tune needs {exc.name}, which is not installed; install the extra with: pip install -e ".[tune]"') from None
 
 STUDY_FILE = "study.db"
-TUNE_FILE = "tune.json"
+TUNE_FILE = runs.SEARCH_FILE
 LOCK_FILE = "tune.lock"
 BEST_FILE = "best.yaml"
 BEST_DIR = "best"  # where best.yaml trains
