@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from bertcls import atomic, distributed, runs
-from bertcls.config import default_values
+from bertcls.config import default_values, dotted
 from bertcls.errors import RunError, first_line, load_reason
 from bertcls.evaluate import is_better, scalars
 from bertcls.model import quiet_unpickler, unreadable_weights
@@ -248,21 +248,11 @@ def fingerprint(texts, pairs, labels) -> str:
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """`key: old -> new` for every dotted key whose value changed, except HARMLESS_KEYS. A key the
     checkpoint's config lacks (a key newer than the bertcls that wrote it) is no change at its default."""
-    before, after, defaults = _flatten(old), _flatten(new), default_values()
+    before, after, defaults = dotted(old), dotted(new), default_values()
     keys = sorted((before.keys() | after.keys()) - HARMLESS_KEYS)
     new_at_default = {key for key in keys if key not in before and key in defaults and after.get(key) == defaults[key]}
     return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in keys
             if before.get(key) != after.get(key) and key not in new_at_default]
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _trim_log(path: Path, step: int) -> None:

@@ -522,6 +522,17 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as flat dotted keys (`training.epochs`), the inverse of `set_dotted`."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in PATH_KEYS:
         section, _, leaf = key.rpartition(".")

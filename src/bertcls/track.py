@@ -32,7 +32,7 @@ from bertcls import atomic, distributed, runs
 from bertcls import checkpoint as ckpt
 from bertcls.callbacks import Callback
 from bertcls.checkpoint import LoopState
-from bertcls.config import Config
+from bertcls.config import Config, dotted
 from bertcls.errors import BertclsWarning, ConfigError, Interrupted, first_line
 from bertcls.evaluate import scalars
 
@@ -224,15 +224,9 @@ def _make(name: str, run: Path, previous: str | None, step: int) -> GeneralTrack
     return LOGGER_TYPE_TO_CLASS[name](PROJECT)
 
 
-def hyperparameters(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def hyperparameters(tree: dict[str, Any]) -> dict[str, Any]:
     """The config in flat dotted keys, with values every tracker takes (numbers, strings, booleans, None): a list becomes one string."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(hyperparameters(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = ",".join(map(str, value)) if isinstance(value, list) else value
-    return flat
+    return {key: ",".join(map(str, value)) if isinstance(value, list) else value for key, value in dotted(tree).items()}
 
 
 def numbers(split: str, metrics: dict[str, Any]) -> dict[str, float]:
