@@ -37,20 +37,10 @@ def data(tmp_path_factory):
             (("train", 240, 0), ("validation", 60, 1), ("test", 60, 2))}
 
 
-@pytest.fixture
-def keep_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data):
     """The same config trained without interruption."""
-    threads = torch.get_num_threads()
-    run = train(load_config(make_config(tmp_path_factory.mktemp("reference"), data, training=TRAINING)), quiet=True)
-    torch.set_num_threads(threads)
-    return run
+    return train(load_config(make_config(tmp_path_factory.mktemp("reference"), data, training=TRAINING)), quiet=True)
 
 
 def start(config: Path) -> subprocess.Popen:
@@ -59,7 +49,7 @@ def start(config: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, data, reference, keep_threads):
+def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, data, reference):
     config = make_config(tmp_path, data, training=TRAINING)
     run = tmp_path / "run"
     process = start(config)
@@ -82,7 +72,7 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, 
 
 # SIGINT and SIGTERM take one path (faults.StopRequest); the default suite runs SIGTERM, `-m slow` both.
 @pytest.mark.parametrize("sig, code", [pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow), (signal.SIGTERM, 143)])
-def test_a_signal_stops_after_the_step_with_a_checkpoint_and_says_how_to_resume(tmp_path, data, reference, keep_threads, sig, code):
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_says_how_to_resume(tmp_path, data, reference, sig, code):
     config = make_config(tmp_path, data, training=TRAINING)
     run = tmp_path / "run"
     process = start(config)
@@ -122,7 +112,7 @@ def test_a_second_ctrl_c_stops_at_once():
     assert signal.getsignal(signal.SIGINT) is before
 
 
-def test_ctrl_c_while_a_checkpoint_is_written_leaves_the_previous_one_whole(tmp_path, data, monkeypatch, keep_threads):
+def test_ctrl_c_while_a_checkpoint_is_written_leaves_the_previous_one_whole(tmp_path, data, monkeypatch):
     import bertcls.checkpoint
 
     rng_state, calls = bertcls.checkpoint._rng_state, []
@@ -144,7 +134,7 @@ def test_ctrl_c_while_a_checkpoint_is_written_leaves_the_previous_one_whole(tmp_
     assert runner.invoke(app, ["train", str(config), "--resume", "-q"]).exit_code == 0
 
 
-def test_resume_by_path_and_refusing_a_changed_config(tmp_path, data, keep_threads):
+def test_resume_by_path_and_refusing_a_changed_config(tmp_path, data):
     config = make_config(tmp_path, data, training={**TRAINING, "epochs": 1, "save_every_steps": 5, "keep_checkpoints": 2})
     run = tmp_path / "run"
     # an unfinished run with checkpoints: what a kill leaves, made here without the race
@@ -178,7 +168,7 @@ def test_resume_with_nothing_to_resume(tmp_path, data):
     assert not (tmp_path / "run").exists()
 
 
-def test_changed_training_data_is_refused_unless_forced(tmp_path, data, keep_threads):
+def test_changed_training_data_is_refused_unless_forced(tmp_path, data):
     config = make_config(tmp_path, data, training={**TRAINING, "epochs": 1})
     run = train(load_config(config), quiet=True)
     (run / runs.METRICS_FILE).unlink()
@@ -199,7 +189,7 @@ def test_changed_training_data_is_refused_unless_forced(tmp_path, data, keep_thr
         write_csv(data["train"], toy_rows(240, 0))
 
 
-def test_checkpoint_files_load_without_pickle(tmp_path, data, keep_threads):
+def test_checkpoint_files_load_without_pickle(tmp_path, data):
     run = train(load_config(make_config(tmp_path, data, training={**TRAINING, "epochs": 1})), quiet=True)
     folder = runs.checkpoints(run)[-1]
     assert sorted(p.name for p in folder.iterdir()) == sorted([runs.CHECKPOINT_WEIGHTS, runs.CHECKPOINT_OPTIMIZER,
@@ -210,7 +200,7 @@ def test_checkpoint_files_load_without_pickle(tmp_path, data, keep_threads):
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-def test_a_corrupt_checkpoint_is_a_one_line_error(tmp_path, data, keep_threads):
+def test_a_corrupt_checkpoint_is_a_one_line_error(tmp_path, data):
     config = make_config(tmp_path, data, training={**TRAINING, "epochs": 1})
     run = train(load_config(config), quiet=True)
     (run / runs.METRICS_FILE).unlink()
@@ -282,7 +272,7 @@ def test_resume_arguments_are_checked(tmp_path, data):
         assert result.exit_code == 2 and message in result.output, result.output
 
 
-def test_a_finished_run_keeps_its_checkpoint_when_asked_and_overwrite_clears_it(tmp_path, data, keep_threads):
+def test_a_finished_run_keeps_its_checkpoint_when_asked_and_overwrite_clears_it(tmp_path, data):
     config = make_config(tmp_path, data, training={**TRAINING, "epochs": 1, "save_every_steps": None, "keep_checkpoints_at_end": True})
     run = train(load_config(config), quiet=True)
     assert [p.name for p in runs.checkpoints(run)] == ["checkpoint-15"]  # one checkpoint, after each epoch

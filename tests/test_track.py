@@ -44,7 +44,7 @@ def reference(tmp_path_factory, data):
     """The run evaluated by steps, never stopped, with no tracker."""
     threads = torch.get_num_threads()
     run = train(load_config(make_config(tmp_path_factory.mktemp("reference"), data, training=STEPS)), quiet=True)
-    torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads  # training.num_threads held for the run only
     return run
 
 
@@ -69,7 +69,6 @@ def tracked(tmp_path_factory, data):
     folder = tmp_path_factory.mktemp("tracked")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     config = load_config(make_config(folder, data, training={**STEPS, "report_to": ["tensorboard", "mlflow"]}))
-    threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
         for name in [name for name in os.environ if name.startswith("MLFLOW_")]:
             patch.delenv(name)
@@ -81,7 +80,6 @@ def tracked(tmp_path_factory, data):
                                  warnings=[str(w.message) for w in default if w.category is BertclsWarning])
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         run = train(config, quiet=True, resume=True)
-    torch.set_num_threads(threads)
     return SimpleNamespace(run=run, uri=uri, killed=killed, folder=folder)
 
 

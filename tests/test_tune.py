@@ -30,15 +30,6 @@ TRAINING = {"epochs": 1, "batch_size": 16, "keep_checkpoints_at_end": False, "sa
 SPACE = {"training.learning_rate": {"low": 1.0e-4, "high": 1.0e-2, "log": True}, "training.batch_size": [8, 16]}
 
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def no_trial_reports(monkeypatch):
     """Trials in this process skip their report figures (tests/test_report.py covers them): drawing

@@ -309,7 +309,8 @@ def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: f
     from accelerate.utils import set_seed
 
     tcfg, run = config.training, Path(config.output_dir)
-    if tcfg.num_threads:
+    if tcfg.num_threads:  # for this run only: a process that trains again (a search, a notebook) gets its own count back
+        resources.callback(torch.set_num_threads, torch.get_num_threads())
         torch.set_num_threads(tcfg.num_threads)
     # oneDNN (CPU matmuls) keeps a primitive for each of the last 1,024 shapes it ran, and length-grouped batches
     # bring dozens of shapes: a cap of 16 cut peak RSS by about 190 MB at the same speed. Read at its first use.
