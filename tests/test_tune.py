@@ -131,13 +131,19 @@ def training(folder: Path, n: int):
     return lambda: log.is_file() and log.stat().st_size > 0
 
 
-@pytest.mark.slow  # a subprocess study interrupted by SIGINT: about 18 s, so with the other process tests
-def test_a_study_continues_after_ctrl_c_and_after_a_worker_died(tmp_path, no_trial_reports):
+def stopped_study(tmp_path: Path, sig: int) -> tuple[Path, Path, subprocess.Popen]:
+    """A 3-trial study in a subprocess, sent `sig` once trial 1 has logged its first step: config, folder, process."""
     config = tune_config(tmp_path, training={"epochs": 2, "batch_size": 8, "log_every_steps": 1}, trials=3)
     folder = tmp_path / "search"
     process = start(config)
     wait_for(training(folder, 1), process, "trial 1's first step")
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sig)
+    return config, folder, process
+
+
+@pytest.mark.slow  # a subprocess study interrupted by SIGINT: about 18 s, so with the other process tests
+def test_a_study_continues_after_ctrl_c_and_after_a_worker_died(tmp_path, no_trial_reports):
+    config, folder, process = stopped_study(tmp_path, signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert f"trial 1 is marked failed, and its values run again in a new trial; continue the search with: bertcls tune {config}" in stderr
@@ -157,11 +163,7 @@ def test_a_study_continues_after_ctrl_c_and_after_a_worker_died(tmp_path, no_tri
 @pytest.mark.slow
 def test_a_study_continues_after_kill_9(tmp_path, no_trial_reports):
     """Slow: a process starts and trains a trial and a half, about 12 s on 2 cores."""
-    config = tune_config(tmp_path, training={"epochs": 2, "batch_size": 8, "log_every_steps": 1}, trials=3)
-    folder = tmp_path / "search"
-    process = start(config)
-    wait_for(training(folder, 1), process, "trial 1's first step")
-    process.send_signal(signal.SIGKILL)
+    config, folder, process = stopped_study(tmp_path, signal.SIGKILL)
     process.wait()
 
     result = runner.invoke(app, ["tune", str(config)])
