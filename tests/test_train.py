@@ -1,12 +1,13 @@
 import json
 
 import pytest
+import torch
 import yaml
 
 from bertcls import runs
 from bertcls.config import load_config
 from bertcls.errors import RunError
-from bertcls.train import build_optimizer, train
+from bertcls.train import Callback, build_optimizer, train
 from conftest import make_config
 
 
@@ -56,6 +57,29 @@ def test_gradient_accumulation_and_early_stopping(tmp_path, toy_data):
     steps = [r["step"] for r in map(json.loads, (run / runs.LOG_FILE).read_text().splitlines()) if r.get("split")]
     assert steps == [5, 10, 15]  # 240 rows / batch 16 = 15 micro-batches = 5 optimizer steps per epoch; stopped after epoch 3
     assert metrics["best_epoch"] == 1 and metrics["train"]["epochs"] == 3 and metrics["train"]["optimizer_steps"] == 15
+
+
+def test_a_best_model_before_the_last_step_is_the_one_scored_on_test(tmp_path, toy_data):
+    class Spoil(Callback):  # after the first evaluation, a head that calls everything "0": every later model is worse
+        def on_start(self, job):
+            self.job = job
+
+        def on_evaluate(self, state, metrics):
+            if state.global_step == 15:
+                head = self.job.accelerator.unwrap_model(self.job.model).classifier
+                with torch.no_grad():
+                    head.weight.zero_()
+                    head.bias.copy_(torch.tensor([50.0, -50.0]))
+            return False
+
+    cfg = load_config(make_config(tmp_path, toy_data, training={"epochs": 2, "learning_rate": 1e-6, "metric_for_best": "loss",
+                                                                 "save_torchscript": False, "loss_curve": False}))
+    run = train(cfg, quiet=True, callbacks=(Spoil(),))
+    metrics = json.loads((run / runs.METRICS_FILE).read_text())
+    evaluations = {r["step"]: r for r in map(json.loads, (run / runs.LOG_FILE).read_text().splitlines()) if r.get("split")}
+    assert evaluations[30]["loss"] > 10 and metrics["best_step"] == 15  # the spoiled model was never the best
+    assert metrics["validation"]["loss"] == pytest.approx(evaluations[15]["loss"], abs=1e-6)
+    assert metrics["test"]["loss"] < 1  # scored with the best model, not the spoiled one in memory at the end
 
 
 def test_early_stopping_counts_evaluations_by_steps(tmp_path, toy_data):

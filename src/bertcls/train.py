@@ -208,6 +208,8 @@ class Job:
         self.last_checkpoint = inputs.resume_from  # the one a stop signal names
         self.resumable = not distributed.is_sharded(accelerator)  # sharded optimizer states are not checkpointed yet
         self.stopped_early = False  # by a listener (early stopping)
+        self.best_evaluation: Evaluation | None = None  # the best model's validation scores, when this process computed them
+        self.paused = {"validation": 0.0, "checkpoint": 0.0}  # seconds of the loop not spent training (metrics.json)
 
     def epochs_left(self):
         """The epochs to train, from the one in progress, until the last step or a listener stops training
@@ -235,8 +237,11 @@ class Job:
         self.log_evaluation(evaluation.metrics, epoch)
         if state.offer(evaluation.metrics, self.cfg.metric_for_best, epoch + 1):
             self.save_best(evaluation.threshold)
+            self.best_evaluation = evaluation
         self.stopped_early = any([listener.on_evaluate(state, evaluation.metrics) for listener in listeners])  # every listener hears it
-        window.started += time.perf_counter() - began  # the next log line's examples/s counts training time only
+        spent = time.perf_counter() - began
+        window.started += spent  # the next log line's examples/s counts training time only
+        self.paused["validation"] += spent
         return self.stopped_early
 
     def batches(self, skip: int):
@@ -283,7 +288,7 @@ class Job:
 
     def save_checkpoint(self, window: LossWindow) -> None:
         """Everything the loop needs to continue from where `state` stands (a collective: every process calls it)."""
-        acc, state = self.accelerator, self.state
+        acc, state, began = self.accelerator, self.state, time.perf_counter()
         total = acc.reduce(window.loss, reduction="sum").item()  # all processes' losses: all refuse together
         if not math.isfinite(total):
             raise _nonfinite_loss(total, state.global_step, self.scheduler.get_last_lr()[0], self.run)
@@ -291,7 +296,8 @@ class Job:
             return
         self.last_checkpoint = ckpt.save(self.run, acc, self.model, self.optimizer, self.scheduler, config=self.config.to_dict(),
                                          keep=self.cfg.keep_checkpoints, state={**state.saved(), "seconds": self.seconds(), "data_fingerprint": self.inputs.data_id},
-                                         own={"window": window.saved(), "real_tokens": int(self.real_tokens)})
+                                         own={"window": window.saved(), "real_tokens": int(self.real_tokens), "paused": self.paused})
+        self.paused["checkpoint"] += time.perf_counter() - began
 
     def save_best(self, threshold: float | None) -> None:
         """model/ <- the weights now, the best so far; the run's record notes the step (`runs.record_best`)."""
@@ -332,6 +338,7 @@ def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: f
         job.state = LoopState.from_saved(restored)
         job.window = LossWindow(accelerator.device, *restored.get("window", (0.0, 0, 0)))
         job.real_tokens += restored.get("real_tokens", 0)
+        job.paused.update(restored.get("paused", {}))
     # Opened after `restore`, which trims log.jsonl back to the checkpoint's step.
     job.log = resources.enter_context(_Log(run / runs.LOG_FILE if job.main else None, quiet=quiet or not job.main))
     job.started = time.perf_counter() - job.state.seconds
@@ -421,15 +428,18 @@ def finish(job: Job, inputs: Inputs, stop: faults.StopRequest, listeners: list[C
         evaluation = job.evaluate("validation")
         state.offer(evaluation.metrics, tcfg.metric_for_best, state.epoch_number)
         job.save_best(evaluation.threshold)
+        job.best_evaluation = evaluation
     stop.finishing = True
 
     def stop_if_asked() -> None:
         if stop.agreed():  # every process calls it at the same points
             raise stop.interrupted(state.global_step, job.last_checkpoint)
 
-    # The best model again: its predictions feed the reports (a resumed run holds only its metrics).
-    distributed.load_full_state(acc, job.model, run / runs.MODEL_DIR)
-    evaluations = {"validation": job.evaluate("validation")}
+    # The best model's predictions feed the reports: kept from its evaluation, else (a resumed run holds only
+    # its metrics) scored again. The model in memory is the best one when the last evaluation was.
+    if job.best_evaluation is None or state.best_step != state.global_step:
+        distributed.load_full_state(acc, job.model, run / runs.MODEL_DIR)
+    evaluations = {"validation": job.best_evaluation or job.evaluate("validation")}
     if inputs.test is not None:
         stop_if_asked()
         evaluations["test"] = job.evaluate("test", evaluations["validation"].threshold)
@@ -464,7 +474,9 @@ def _train_summary(job: Job, seconds: float) -> dict[str, Any]:
     epochs = state.epoch + state.batches_done / len(job.train_loader)  # a fraction when max_steps or early stopping cut an epoch short
     summary = {"seconds": round(seconds, 2), "optimizer_steps": state.global_step, "epochs": round(epochs, 3) if state.batches_done else state.epoch,
                "examples_per_s": round(len(job.inputs.train) * epochs / seconds, 2),
-               "real_tokens_per_s": round(tokens / seconds, 1), "device": str(acc.device), "precision": job.precision}
+               "real_tokens_per_s": round(tokens / seconds, 1), "device": str(acc.device), "precision": job.precision,
+               # of `seconds`, the time spent scoring validation and writing checkpoints rather than training
+               **{f"{name}_seconds": round(spent, 2) for name, spent in job.paused.items()}}
     if acc.device.type == "cuda":
         summary["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(acc.device) / 2**20, 1)
     return summary
