@@ -56,7 +56,7 @@ def toy_data(tmp_path) -> dict[str, Path]:
 def make_config(folder: Path, data: dict[str, Path], **sections) -> Path:
     """A config file in `folder` for the tiny model on `data`; `sections` update its sections."""
     raw = {
-        "seed": 7,
+        "seed": 8,
         "output_dir": str(folder / "run"),
         "data": {"train": str(data["train"]), "validation": str(data["validation"]), "test": str(data.get("test", data["validation"])), "max_length": 32},
         "model": {"name": "tiny"},

@@ -224,6 +224,10 @@ def cue_at_the_end(n: int, seed: int) -> list[tuple[str, str]]:
     return [(" ".join([rng.choice(FILLER) for _ in range(rng.randint(40, 50))] + [CUES[label]] * 12), label) for label in labels]
 
 
+# Unseen texts like the training ones: a positive one of 59 words and a negative one of 56, 3 windows each
+PROBES = cue_at_the_end(2, 9)
+
+
 @pytest.fixture(scope="module")
 def long_runs(tmp_path_factory):
     """The same long texts trained three ways (tiny model, 3 epochs of 80 texts): the run folder and what train printed."""
@@ -282,12 +286,12 @@ def test_predict_and_evaluate_use_the_runs_setting(long_runs, tmp_path):
     from bertcls.evaluate import evaluate_file
 
     run = long_runs["sliding_window"][0]
-    long = "the " * 60 + "great " * 12  # 72 tokens: 3 windows
-    result = runner.invoke(app, ["predict", "--model", str(run), "-v", long, "awful " * 12])
+    (long, _), (other, _) = PROBES
+    result = runner.invoke(app, ["predict", "--model", str(run), "-v", long, other, "awful " * 12])
     assert result.exit_code == 0, result.output
-    assert ("note: 1 of 2 text(s) over max_length 32 tokens, read in 4 window(s) for 2 text(s) "
+    assert ("note: 2 of 3 text(s) over max_length 32 tokens, read in 7 window(s) for 3 text(s) "
             "(sliding_window: overlap 8 tokens, mean of window logits)") in result.output
-    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["positive", "negative"]
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["positive", "negative", "negative"]
     head_tail = long_runs["head_tail"][0]
     result = runner.invoke(app, ["predict", "--model", str(head_tail), "-v", long])
     assert "note: 1 of 1 text(s) over max_length 32 tokens, each read as its first quarter and last three quarters" in result.output
@@ -321,7 +325,7 @@ def test_serve_answers_per_text_and_refuses_pairs_for_a_windowed_model(long_runs
         while client.get("/ready").status_code != 200:
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        answer = client.post("/predict", json={"texts": ["the " * 60 + "great " * 12, "awful " * 12]})
+        answer = client.post("/predict", json={"texts": [text for text, _ in PROBES]})
         assert answer.status_code == 200 and [p["label"] for p in answer.json()["predictions"]] == ["positive", "negative"]
         refused = client.post("/predict", json={"texts": ["a"], "pairs": ["b"]})
         assert refused.status_code == 422

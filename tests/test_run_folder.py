@@ -204,7 +204,7 @@ def test_stopped_in_the_finish_resumed_and_resumed_from_an_older_checkpoint(tmp_
     process = subprocess.Popen([sys.executable, "-m", "bertcls", "train", str(config), "-q"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, umask=0o027)
     wait_for(lambda: (run / runs.CONFIG_FILE).is_file(), process, "the run folder")
-    assert_one_line_error(runner.invoke(app, ["train", str(config), "--set", "seed=8"]), IN_USE.format(run=run, pid=process.pid))
+    assert_one_line_error(runner.invoke(app, ["train", str(config), "--set", "seed=9"]), IN_USE.format(run=run, pid=process.pid))
 
     # SIGTERM after the last epoch, during the final evaluation: the message, the resume command, exit 143
     wait_for(lambda: (run / "checkpoint-30").is_dir(), process, "the last checkpoint")
@@ -213,7 +213,7 @@ def test_stopped_in_the_finish_resumed_and_resumed_from_an_older_checkpoint(tmp_
     assert process.returncode == 143, stderr
     assert f"stopped by SIGTERM after step 30; resumable checkpoint: {run / 'checkpoint-30'}\nresume with: bertcls train {config} --resume\n" in stderr
     assert "Traceback" not in stderr and not (run / runs.METRICS_FILE).exists()
-    assert yaml.safe_load((run / runs.CONFIG_FILE).read_text())["seed"] == 7  # the refused run wrote nothing
+    assert yaml.safe_load((run / runs.CONFIG_FILE).read_text())["seed"] == 8  # the refused run wrote nothing
     states = {n: json.loads((run / f"checkpoint-{n}" / runs.CHECKPOINT_STATE).read_text()) for n in (15, 30)}
     assert (states[15]["best_step"], states[30]["best_step"]) == (15, 30)
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bertcls import first_token
 from bertcls.atomic import temp_dir_for, writing
 from bertcls.errors import BertclsWarning, ModelError, first_line, load_reason
 from bertcls.runs import model_dir, publish_dir
@@ -121,7 +122,9 @@ def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, text
             vocab_size=len(tokenizer), max_position_embeddings=max(512, max_length), num_labels=len(id2label),
             id2label=id2label, label2id=label2id, pad_token_id=tokenizer.pad_token_id, problem_type=problem_type, **TINY,
         )
-        return transformers.BertForSequenceClassification(config), tokenizer
+        model = transformers.BertForSequenceClassification(config)
+        first_token.apply(model)
+        return model, tokenizer
     if cfg.trust_remote_code:
         warnings.warn(f"model.trust_remote_code is on: code shipped with {cfg.name} will run", BertclsWarning, stacklevel=2)
     tokenizer = load_tokenizer(cfg, max_length, texts)
@@ -138,6 +141,7 @@ def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, text
             raise ModelError(f"model.name {cfg.name!r}: {_download_failure()}") from None
         raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({load_reason(exc)})") from None
     check_max_length(model.config, max_length, cfg.name)
+    first_token.apply(model)
     return model, tokenizer
 
 
@@ -226,6 +230,7 @@ def load_trained(path: str | Path):
         warnings.warn(f"{folder}: its classification head was never trained ({missing} not in the folder, so random); "
                       f"its predictions mean nothing until it is fine-tuned: bertcls train with model.name: {folder}",
                       BertclsWarning, stacklevel=2)
+    first_token.apply(model)
     return model.eval(), tokenizer
 
 
