@@ -101,8 +101,7 @@ def assert_same_scores(got, want) -> None:
         for key in want:
             assert_same_scores(got[key], want[key])
     elif isinstance(want, list):
-        assert len(got) == len(want)
-        for a, b in zip(got, want):
+        for a, b in zip(got, want, strict=True):
             assert_same_scores(a, b)
     elif isinstance(want, float):
         assert got == pytest.approx(want, rel=1e-6, abs=1e-12)
