@@ -75,18 +75,26 @@ def make_config(folder: Path, data: dict[str, Path], **sections) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory) -> Path:
-    """One tiny run trained on the toy task, shared by the predict and evaluate tests (read-only)."""
+def trained_run(tmp_path_factory, worker_id) -> Path:
+    """One tiny run trained on the toy task, shared by the predict and evaluate tests (read-only). Trained once
+    per test session: the first worker process to need it trains it, the others wait for it and read it."""
+    from filelock import FileLock
+
     from bertcls.config import load_config
     from bertcls.train import train
 
-    folder = tmp_path_factory.mktemp("trained")
-    data = {
-        "train": write_csv(folder / "train.csv", toy_rows(240, 0)),
-        "validation": write_csv(folder / "validation.csv", toy_rows(60, 1)),
-        "test": write_csv(folder / "test.csv", toy_rows(60, 2)),
-    }
-    return train(load_config(make_config(folder, data, training={"report_figures": True})), quiet=True)
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    folder = shared / "trained"
+    with FileLock(str(shared / "trained.lock")):
+        if not (folder / "run" / "metrics.json").is_file():
+            folder.mkdir(exist_ok=True)
+            data = {
+                "train": write_csv(folder / "train.csv", toy_rows(240, 0)),
+                "validation": write_csv(folder / "validation.csv", toy_rows(60, 1)),
+                "test": write_csv(folder / "test.csv", toy_rows(60, 2)),
+            }
+            train(load_config(make_config(folder, data, training={"report_figures": True})), overwrite=True, quiet=True)
+    return folder / "run"
 
 
 def assert_one_line_error(result, message: str, run: Path | None = None) -> None:

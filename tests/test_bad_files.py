@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bertcls import atomic, runs
+from bertcls import atomic, runlock, runs
 from bertcls.cli import app
 from bertcls.errors import WriteError
 from conftest import assert_one_line_error, make_config, toy_rows, write_csv
@@ -60,7 +60,8 @@ class Payload:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file's bytes, but the run lock's: whoever takes the lock writes its pid there (`bertcls.runlock`)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != runlock.LOCK_FILE}
 
 
 # ---------------------------------------------------------------------------- damaged and hostile model files
