@@ -299,6 +299,14 @@ class Job:
                                          own={"window": window.saved(), "real_tokens": int(self.real_tokens), "paused": self.paused})
         self.paused["checkpoint"] += time.perf_counter() - began
 
+    def release(self) -> None:
+        """Free the prepared model, optimizer and loaders now, while the process group and the interpreter are alive.
+        Left to the interpreter's exit, a DDP model's pending gloo work was sometimes destroyed during finalisation,
+        and the process died with SIGABRT ("terminate called without an active exception") after a finished run."""
+        self.model = self.optimizer = self.scheduler = self.train_loader = self.compute_loss = None
+        self.eval_loaders = {}
+        self.accelerator.free_memory()  # accelerate's own references, then the garbage collector
+
     def save_best(self, threshold: float | None) -> None:
         """model/ <- the weights now, the best so far; the run's record notes the step (`runs.record_best`)."""
         weights = distributed.full_state_dict(self.accelerator, self.model)  # every process: a collective under FSDP
@@ -464,6 +472,7 @@ def finish(job: Job, inputs: Inputs, stop: faults.StopRequest, listeners: list[C
                 runs.remove_ours(run, folder.name)
     stop.armed = False
     job.log.say(f"run folder: {run}")
+    job.release()
     acc.end_training()
     return run
 
