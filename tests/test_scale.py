@@ -160,7 +160,7 @@ def _tokenizer():
 ])
 def test_cutting_long_texts_keeps_exactly_the_tokens_truncation_keeps(texts, pairs, full):
     tokenizer = _tokenizer()
-    assert predict.cut_long_texts(texts, pairs, 32)[2] == [i for i, long in enumerate(full) if long]  # cut by characters
+    assert model.cut_long_texts(texts, pairs, 32)[2] == [i for i, long in enumerate(full) if long]  # cut by characters
     encoded = data.encode(data.Split("x", texts, pairs, None), tokenizer, 32)
     whole = tokenizer(texts, pairs, truncation=True, max_length=32)
     assert encoded.input_ids == whole["input_ids"] and encoded.token_type_ids == whole["token_type_ids"]

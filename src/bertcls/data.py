@@ -26,7 +26,7 @@ import torch
 from bertcls import longtext, tsv
 from bertcls.errors import DataError, ModelError, first_line, listing, shown
 from bertcls.longtext import LongText, Reading
-from bertcls.model import cut_long_texts, pad_batch
+from bertcls.model import pad_batch, truncate_long_texts
 
 if TYPE_CHECKING:  # config (pydantic) is imported where files are read, not on the predict path
     from bertcls.config import DataConfig
@@ -384,29 +384,23 @@ def _truncated(split: Split, tokenizer, max_length: int) -> tuple[list[list[int]
     """Token ids and segment ids truncated to max_length, and per row whether the text was longer."""
     wants_types = "token_type_ids" in tokenizer.model_input_names
     options = {"truncation": True, "max_length": max_length, "return_attention_mask": False, "return_token_type_ids": wants_types}
-    texts, pairs, cut = cut_long_texts(split.texts, split.pairs, max_length)
-    out = tokenizer(texts, pairs, **options)
-    input_ids, types = out["input_ids"], out["token_type_ids"] if wants_types else None
-    over = overflowed(out, max_length)
-    for i in cut:
-        over[i] = True  # its first max_length x CHARS_PER_TOKEN characters fill max_length, or it is tokenised again below
-    again = [i for i in cut if len(input_ids[i]) < max_length]  # cut too soon: these rows again, whole
-    if again:
-        whole = tokenizer([split.texts[i] for i in again], [split.pairs[i] for i in again] if split.pairs is not None else None, **options)
-        for j, (i, over_whole) in enumerate(zip(again, overflowed(whole, max_length), strict=True)):
-            input_ids[i], over[i] = whole["input_ids"][j], over_whole
-            if types is not None:
-                types[i] = whole["token_type_ids"][j]
-    return input_ids, types, over
+
+    def encode(texts, pairs):
+        out = tokenizer(texts, pairs, **options)
+        types = out["token_type_ids"] if wants_types else [None] * len(texts)
+        return list(zip(out["input_ids"], types, _overflowed(out, max_length), strict=True))
+
+    input_ids, types, over = truncate_long_texts(encode, split.texts, split.pairs, max_length)
+    return input_ids, types if wants_types else None, over
 
 
-def overflowed(out, max_length: int) -> list[bool]:
+def _overflowed(out, max_length: int) -> list[bool]:
     """Per row of a tokenizer's output, whether truncation cut tokens off: a fast tokenizer keeps what it cut
     (`overflowing`); a Python one is asked only for the kept ids, so a row that fills max_length counts as cut."""
     encodings = getattr(out, "encodings", None)
     if encodings is None:
         return [len(ids) >= max_length for ids in out["input_ids"]]
-    return [len(ids) >= max_length and bool(encoding.overflowing) for ids, encoding in zip(out["input_ids"], encodings, strict=True)]
+    return [bool(encoding.overflowing) for encoding in encodings]
 
 
 def _backend(tokenizer):

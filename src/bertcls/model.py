@@ -10,7 +10,7 @@ import pickle
 import shutil
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -282,6 +282,28 @@ def cut_long_texts(texts: Sequence[str], pairs: Sequence[str] | None, max_length
         if pairs is not None:
             pairs[i] = pairs[i][:bound]
     return texts, pairs, cut
+
+
+# A tokenised row as `truncate_long_texts` takes it: (token ids, segment ids or None, whether truncation cut tokens off).
+TokenRow = tuple[list[int], list[int] | None, bool]
+
+
+def truncate_long_texts(encode: Callable[[Sequence[str], Sequence[str] | None], list[TokenRow]], texts: Sequence[str],
+                        pairs: Sequence[str] | None, max_length: int) -> tuple[list[list[int]], list[list[int] | None], list[bool]]:
+    """(token ids, segment ids, per row whether the text was longer than max_length): `encode` (a tokenizer that
+    truncates at max_length) reads the texts cut by `cut_long_texts`, and again whole the rows the cut left short.
+    Training, evaluation and every predictor truncate through here."""
+    short_texts, short_pairs, cut = cut_long_texts(texts, pairs, max_length)
+    rows = encode(short_texts, short_pairs)
+    again = [i for i in cut if len(rows[i][0]) < max_length]  # cut too soon: these rows again, whole
+    if again:
+        whole = encode([texts[i] for i in again], [pairs[i] for i in again] if pairs is not None else None)
+        for i, row in zip(again, whole, strict=True):
+            rows[i] = row
+    # a row cut by characters that still fills max_length was longer, whatever truncation saw of the cut text
+    was_cut = set(cut) - set(again)
+    over = [len(ids) >= max_length and (overflowing or i in was_cut) for i, (ids, _, overflowing) in enumerate(rows)]
+    return [ids for ids, _, _ in rows], [types for _, types, _ in rows], over
 
 
 def pad_batch(ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | None, pad_id: int) -> dict[str, np.ndarray]:

@@ -23,7 +23,7 @@ import numpy as np
 from bertcls import longtext, machine, runs
 from bertcls.errors import ModelError, first_line
 from bertcls.longtext import LONG_TEXT_KEY, LongText, Reading
-from bertcls.model import DEFAULT_THRESHOLD, THRESHOLD_KEY, cut_long_texts, load_trained, pad_batch
+from bertcls.model import DEFAULT_THRESHOLD, THRESHOLD_KEY, load_trained, pad_batch, truncate_long_texts
 
 # Fallback when neither the run's config nor the tokenizer names a sensible limit.
 DEFAULT_MAX_LENGTH = 512
@@ -237,17 +237,11 @@ class _TokenizersPredictor(_Predicts):
             return longtext.read(self.tokenizer, texts, self.max_length, self.long_text)
 
         def encode(texts, pairs):
-            return self.tokenizer.encode_batch(list(zip(texts, pairs, strict=True)) if pairs is not None else list(texts))
+            encodings = self.tokenizer.encode_batch(list(zip(texts, pairs, strict=True)) if pairs is not None else list(texts))
+            return [(e.ids, e.type_ids, bool(e.overflowing)) for e in encodings]
 
-        short_texts, short_pairs, cut = cut_long_texts(texts, pairs, self.max_length)
-        encodings = encode(short_texts, short_pairs)
-        again = [i for i in cut if len(encodings[i].ids) < self.max_length]
-        for i, encoding in zip(again, encode([texts[i] for i in again], [pairs[i] for i in again] if pairs is not None else None), strict=True):
-            encodings[i] = encoding
-        # as data.encode tells: truncation keeps what it cut; a text cut short and not tokenised again was long
-        was_cut = set(cut) - set(again)
-        over = [len(e.ids) >= self.max_length and (bool(e.overflowing) or i in was_cut) for i, e in enumerate(encodings)]
-        return longtext.Rows([e.ids for e in encodings], [e.type_ids for e in encodings], Reading(over))
+        input_ids, type_ids, over = truncate_long_texts(encode, texts, pairs, self.max_length)
+        return longtext.Rows(input_ids, type_ids, Reading(over))
 
     def _run(self, texts: Sequence[str], pairs: Sequence[str] | None):
         read = self._tokenise(texts, pairs)
