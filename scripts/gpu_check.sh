@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check: train configs/sst2-minilm.yaml in fp32 and bf16 on this machine's GPU(s); print
-# samples/s, real (non-pad) tokens/s, peak GPU memory and test accuracy for each.
+# samples/s, real (non-pad) tokens/s, peak GPU memory, MFU (model FLOPs, 6 x non-embedding
+# parameters per real token, against the GPU's dense bf16 peak; PEAK_TFLOPS=N sets it) and test accuracy for each.
 #
 # Usage: scripts/gpu_check.sh MODEL_DIR SST2_DIR [NPROC] [--set KEY=VALUE ...]
 #   MODEL_DIR  all-MiniLM-L6-v2 as a model folder (bash ../shared/scripts/get-minilm.sh makes one)
@@ -39,13 +40,34 @@ for precision in fp32 bf16; do
 done
 
 "$python" - "$out" "$nproc" <<'PY'
-import json, sys
+import json, math, os, sys
 from pathlib import Path
-out, nproc = Path(sys.argv[1]), sys.argv[2]
-print(f"{'precision':<10} {'processes':>9} {'samples/s':>10} {'tokens/s':>11} {'peak GPU MiB':>13} {'test acc':>9}")
+
+import torch
+from safetensors import safe_open
+
+# Dense bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s per GPU, by a part of the name torch
+# reports (the H100 SXM reports itself as "H100 80GB HBM3"; first match wins); PEAK_TFLOPS overrides.
+BF16_PEAK = {"H200": 989.4, "H100 PCIe": 756.5, "H100 NVL": 835.5, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}
+out, nproc = Path(sys.argv[1]), int(sys.argv[2])
+name = torch.cuda.get_device_name(0)
+peak = float(os.environ["PEAK_TFLOPS"]) if os.environ.get("PEAK_TFLOPS") else \
+    next((tflops for key, tflops in BF16_PEAK.items() if key in name), None)
+
+
+def nonembedding_params(model_dir: Path) -> int:
+    with safe_open(str(model_dir / "model.safetensors"), framework="pt") as weights:
+        return sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys() if "embeddings" not in key)
+
+
+print(f"GPU: {name}; bf16 peak {peak or 'unknown (set PEAK_TFLOPS)'} TFLOP/s per GPU")
+print(f"{'precision':<10} {'processes':>9} {'samples/s':>10} {'tokens/s':>11} {'peak GPU MiB':>13} {'MFU':>6} {'test acc':>9}")
 for precision in ("fp32", "bf16"):
     m = json.loads((out / precision / "metrics.json").read_text())
     t = m["train"]
+    # model FLOPs per real (non-pad) token: forward 2 and backward 4 per non-embedding parameter
+    flops = 6 * nonembedding_params(out / precision / "model") * t["real_tokens_per_s"]
+    mfu = f"{100 * flops / (peak * 1e12 * nproc):.1f}%" if peak else "n/a"
     print(f"{precision:<10} {nproc:>9} {t['examples_per_s']:>10.1f} {t['real_tokens_per_s']:>11.0f} "
-          f"{t.get('peak_gpu_memory_mb', float('nan')):>13.0f} {m['test']['accuracy']:>9.4f}")
+          f"{t.get('peak_gpu_memory_mb', float('nan')):>13.0f} {mfu:>6} {m['test']['accuracy']:>9.4f}")
 PY
