@@ -228,7 +228,39 @@ def worker_predict(spec: dict) -> None:
     for row in rows.values():
         row["same_as_bertcls_fp32"] = sum(a == b for a, b in zip(row.pop("labels"), reference, strict=True)) / len(reference)
     # What `bertcls predict` runs in by default for this run on this machine: the rows its ratio counts.
-    emit({"predict": rows, "sentences": len(texts), "default_precision": resolve_device_precision(run, device, "auto")[1]})
+    emit({"predict": rows, "sentences": len(texts), "default_precision": resolve_device_precision(run, device, "auto")[1],
+          "products": matrix_products(Predictor.load(run, device=device, precision="fp32"), texts) if device == "cpu" else None})
+
+
+def matrix_products(predictor, texts: list[str]) -> dict:
+    """How much of prediction is matrix multiplication: the FLOPs of the model's matrix products over `texts`, counted
+    as the Predictor runs them (its batches and padding, the last layer's first token only), and the rate this CPU
+    multiplies matrices of the model's shapes at on their own (one encoder layer's mix, a typical batch), per precision."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        predictor.predict(texts)
+    lengths = [len(ids) for ids in predictor.tokenizer(texts, truncation=True, max_length=predictor.max_length)["input_ids"]]
+    config = predictor.model.config
+    m, h, i = predictor.batch_size * round(sum(lengths) / len(lengths)), config.hidden_size, config.intermediate_size
+    shapes = [(h, h)] * 4 + [(h, i), (i, h)]  # queries, keys, values, attention output; the feed-forward block's two
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        cases = [(torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype), torch.randn(n, dtype=dtype)) for k, n in shapes]
+        flops = sum(2 * m * k * n for k, n in shapes)
+        for x, w, b in cases:  # warm-up: oneDNN builds its kernels on the first call of a shape
+            F.linear(x, w, b)
+        best = min(_timed(lambda c=cases: [F.linear(x, w, b) for x, w, b in c for _ in range(10)]) for _ in range(5))
+        rates[name] = 10 * flops / best / 1e9
+    return {"gflop": counter.get_total_flops() / 1e9, "gemm_gflops": rates, "batch_tokens": m}
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def worker_pipeline_one(spec: dict) -> None:
@@ -414,7 +446,18 @@ def report(r: dict) -> str:
         fastest_other = max(others, key=lambda k: others[k]["per_s"])
         lines += ["", f"Ratio: fastest bertcls in {default} (what `bertcls predict` runs this run in here) / fastest other "
                   f"({fastest_other}) = {best_bertcls / others[fastest_other]['per_s']:.2f}x "
-                  f"(target >= 3); / Trainer.predict = {best_bertcls / rows['Trainer.predict (defaults)']['per_s']:.2f}x.", ""]
+                  f"(target >= 3); / Trainer.predict = {best_bertcls / rows['Trainer.predict (defaults)']['per_s']:.2f}x."]
+        products = pred.get("products")
+        if products:
+            engines = {name: max(v["per_s"] for k, v in rows.items() if k.startswith("bertcls") and k.endswith(f"({name})"))
+                       for name in products["gemm_gflops"]}
+            lines += ["", f"Matrix products: the model's over test.tsv come to {products['gflop']:.0f} GFLOP as bertcls runs them. "
+                      "The fastest bertcls engine computed them at "
+                      + " and ".join(f"{products['gflop'] * per_s / pred['sentences']:.0f} GFLOP/s in {name}" for name, per_s in engines.items())
+                      + f"; a standalone multiply of the model's shapes ({products['batch_tokens']:,} tokens a batch, one encoder "
+                      "layer's mix) ran at " + " and ".join(f"{rate:.0f} GFLOP/s in {name}" for name, rate in products["gemm_gflops"].items())
+                      + " in the same process."]
+        lines.append("")
     start = r.get("startup")
     if start:
         lines += ["| start-up (whole process, median) | wall s | each run, s | CPU s | peak RSS MiB |", "| --- | ---: | --- | ---: | ---: |"]
