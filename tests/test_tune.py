@@ -3,6 +3,7 @@
 workers, and writes best.yaml for `bertcls train`; and the tune section's checks, which train nothing."""
 
 import csv
+import fcntl
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ import bertcls
 from bertcls import runs
 from bertcls.cli import app
 from bertcls.config import load_config
+from bertcls.tune import LOCK_FILE
 from conftest import assert_one_line_error, make_config, toy_rows, wait_for, write_csv
 
 runner = CliRunner()
@@ -89,9 +91,14 @@ def test_a_study_writes_a_best_config_for_train_and_a_second_run_adds_only_the_m
     print(f"4-trial study: {seconds:.1f} s")
 
     finished = {n: (folder / f"trial-{n}" / runs.METRICS_FILE).stat().st_mtime_ns for n in range(4)}
-    result = runner.invoke(app, ["tune", str(config), "--trials", "6"])
+    with open(folder / LOCK_FILE) as other_worker:  # another worker on the folder: this one is not the last out
+        fcntl.flock(other_worker, fcntl.LOCK_SH)
+        result = runner.invoke(app, ["tune", str(config), "--trials", "6"])
     assert result.exit_code == 0, result.output
     assert "4 of 6 trials done; running 2 more" in result.output
+    # the losing models are the last worker's to remove: it alone knows the final best
+    assert "removed the model/" not in result.output
+    assert all((folder / f"trial-{n}" / runs.MODEL_DIR).is_dir() for n in (4, 5))
     assert [row["number"] for row in counted(trials(folder))] == ["0", "1", "2", "3", "4", "5"]
     assert {n: (folder / f"trial-{n}" / runs.METRICS_FILE).stat().st_mtime_ns for n in range(4)} == finished
     assert sorted(p.name for p in folder.glob("trial-*")) == [f"trial-{n}" for n in range(6)]
@@ -100,6 +107,9 @@ def test_a_study_writes_a_best_config_for_train_and_a_second_run_adds_only_the_m
     result = runner.invoke(app, ["tune", str(config), "--trials", "6", "--set", "tune.seeds=2"])
     assert result.exit_code == 0, result.output
     assert "6 of 6 trials done; nothing to run" in result.output and not (folder / "trial-6").exists()
+    best = min(counted(trials(folder)), key=lambda row: -float(row["f1_macro"]))
+    assert [n for n in range(6) if (folder / f"trial-{n}" / runs.MODEL_DIR).is_dir()] == [int(best["number"])]
+    assert "removed the model/ of 2 losing trial(s)" in result.output
     seeds = json.loads((folder / "seeds.json").read_text())
     values = [run["validation"] for run in seeds["seeds"]]
     assert [run["seed"] for run in seeds["seeds"]] == [8, 9] and seeds["validation"] == {"mean": statistics.fmean(values), "std": statistics.stdev(values)}
@@ -181,7 +191,8 @@ def test_two_workers_share_one_study_and_never_run_a_trial_twice(tmp_path):
     folder = tmp_path / "search"
     workers = [start(config), start(config)]
     outputs = [worker.communicate(timeout=300) for worker in workers]
-    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    assert [worker.returncode for worker in workers] == [0, 0], "\n".join(
+        f"worker {i}: exit {worker.returncode}, stdout {out!r}, stderr:\n{err}" for i, (worker, (out, err)) in enumerate(zip(workers, outputs, strict=True)))
     rows = trials(folder)
     assert [row["state"] for row in rows] == ["complete"] * 4
     assert len({(row["training.learning_rate"], row["training.batch_size"]) for row in rows}) == 4  # each worker drew its own values
@@ -191,6 +202,10 @@ def test_two_workers_share_one_study_and_never_run_a_trial_twice(tmp_path):
     # each worker ran some trials and said so, a line per trial
     said = [sum(line.startswith("trial ") for line in stderr.splitlines()) for _, stderr in outputs]
     assert sum(said) == 4 and min(said) >= 1, outputs
+    # the last worker out removed the losing trials' models, once, keeping the best's
+    best = min(rows, key=lambda row: -float(row["f1_macro"]))
+    assert [row["number"] for row in rows if (folder / f"trial-{row['number']}" / runs.MODEL_DIR).is_dir()] == [best["number"]]
+    assert sum("removed the model/ of 3 losing trial(s)" in stderr for _, stderr in outputs) == 1, outputs
 
 
 # ---------------------------------------------------------------------------- checks that train nothing

@@ -116,12 +116,19 @@ def search(config: Config, options: Options, config_file: str | Path | None = No
         worker.share()
         _say_start(job)
         _run_trials(job, options.timeout)
-        best = write_report(job)
-        if best is not None and options.keep == "best":
+        best = write_report(job)  # under the shared lock, so no worker's report replaces a later one
+        ended = _ended(job.study)
+        # The last worker out tidies up: the other workers' trials have all ended by then, so its best is final, and no
+        # two workers delete losing models at once (one found the other's files gone, or a trial that had just become
+        # the best lost its model to a worker that had not yet seen it end).
+        last = worker.last()
+        if last and _ended(job.study) != ended:
+            best = write_report(job)
+        if best is not None and last and options.keep == "best":
             _remove_losing_models(job, best.number)
         if best is not None and config.tune.seeds:
             complete = _count(job.study)[0] >= job.target
-            if complete and worker.last():
+            if complete and last:
                 run_seeds(job, best, remove_models=options.keep == "best")
             elif not complete:
                 say(f"note: the {config.tune.seeds} seeds run once the study holds its {job.target} trials")
@@ -473,6 +480,11 @@ def _say_start(job: Search) -> None:
 
 
 # ---------------------------------------------------------------------------- the report
+
+def _ended(study: optuna.Study) -> int:
+    """How many of the study's trials have ended (completed, pruned or failed)."""
+    return sum(trial.state.is_finished() for trial in study.get_trials(deepcopy=False))
+
 
 def write_report(job: Search) -> optuna.trial.FrozenTrial | None:
     """trials.csv, and with a completed trial best.yaml and the figures; the best trial (None if none completed)."""
