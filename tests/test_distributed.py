@@ -53,11 +53,14 @@ def two_process_run(tmp_path_factory):
         "validation": write_csv(folder / "validation.csv", toy_rows(61, 1)),
         "test": write_csv(folder / "test.csv", toy_rows(67, 2)),
     }
-    config = make_config(folder, data, training={**TRAINING, "batch_size": 8, "report_to": ["tensorboard"]})
+    # a whole run (loss curve, traced graph): each file is the main process's to write, once
+    config = make_config(folder, data, training={**TRAINING, "batch_size": 8, "report_to": ["tensorboard"], "loss_curve": True,
+                                                 "save_torchscript": True})
     result = _torchrun(2, "train", str(config), cwd=folder)
     return folder, data, result
 
 
+@pytest.mark.slow  # in CI's second pass: the two-process run they share takes about 20 s
 def test_two_processes_train_and_write_one_run_folder_once(two_process_run):
     folder, _, result = two_process_run
     assert result.returncode == 0, result.stderr[-3000:]
@@ -80,6 +83,7 @@ def test_two_processes_train_and_write_one_run_folder_once(two_process_run):
     assert metrics["validation"]["num_examples"] == 61 and metrics["test"]["num_examples"] == 67
 
 
+@pytest.mark.slow  # in CI's second pass: the two-process run they share takes about 20 s
 def test_two_process_metrics_equal_a_single_process_evaluation_of_the_checkpoint(two_process_run):
     # Same batches (eval batch 8, length-sorted) in one process: the same counts and the same scores, up to
     # float rounding (a batch padded to another length moves a logit by about 1e-9); a padded duplicate or a
@@ -109,6 +113,7 @@ def assert_same_scores(got, want) -> None:
         assert got == want
 
 
+@pytest.mark.slow  # in CI's second pass: the two-process run they share takes about 20 s
 def test_two_processes_with_batch_b_learn_like_one_process_with_batch_2b(two_process_run, tmp_path):
     # Same effective batch, steps and schedule, but not the same run: the batches of 8 are grouped
     # by length differently from batches of 16, and each process draws the same dropout masks.
@@ -202,6 +207,7 @@ def test_two_processes_stopped_resumed_killed_and_resumed_end_like_the_uninterru
     assert_same_run(run, folder / "run")
 
 
+@pytest.mark.slow  # in CI's second pass: the two-process run they share takes about 20 s
 def test_resuming_with_another_number_of_processes_is_refused(two_process_run, tmp_path):
     folder, _, reference = two_process_run
     assert reference.returncode == 0, reference.stderr[-3000:]
