@@ -62,7 +62,9 @@ def make_config(folder: Path, data: dict[str, Path], **sections) -> Path:
         "model": {"name": "tiny"},
         "training": {"epochs": 3, "batch_size": 16, "learning_rate": 2e-3, "precision": "fp32", "log_every_steps": 5,
                      "keep_checkpoints_at_end": True,  # tests look into a finished run's checkpoints
-                     "report_figures": False},  # most of a tiny run's finish; the tests of reports turn them on
+                     # most of a tiny run's finish: the report figures, the loss curve and the traced graph (checked
+                     # in each precision); the tests of reports, figures and the graph turn them on
+                     "report_figures": False, "loss_curve": False, "save_torchscript": False},
     }
     for key, value in sections.items():
         if isinstance(value, dict):
@@ -93,7 +95,8 @@ def trained_run(tmp_path_factory, worker_id) -> Path:
                 "validation": write_csv(folder / "validation.csv", toy_rows(60, 1)),
                 "test": write_csv(folder / "test.csv", toy_rows(60, 2)),
             }
-            train(load_config(make_config(folder, data, training={"report_figures": True})), overwrite=True, quiet=True)
+            train(load_config(make_config(folder, data, training={"report_figures": True, "loss_curve": True, "save_torchscript": True})),
+                  overwrite=True, quiet=True)  # a run as a user's: figures, loss curve and the traced graph
     return folder / "run"
 
 

@@ -45,7 +45,7 @@ def train_run(folder: Path, architecture: str, rows: dict[str, list], precision:
     header = ("text", "pair", "label") if pair_column else ("text", "label")
     data = {name: write_csv(folder / f"{name}.csv", split, header=header) for name, split in rows.items()}
     model = build(architecture, folder / "base", [text for row in rows["train"] for text in row[:-1]])
-    config = make_config(folder, data, model={"name": str(model)}, training={"epochs": 1, "precision": precision})
+    config = make_config(folder, data, model={"name": str(model)}, training={"epochs": 1, "precision": precision, "save_torchscript": True})
     result = runner.invoke(app, ["train", str(config), *(["--set", f"data.text_pair_column={pair_column}"] if pair_column else [])])
     assert result.exit_code == 0, result.output
     if "bf16" not in GRAPH_PRECISIONS[architecture]:

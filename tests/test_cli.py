@@ -30,11 +30,12 @@ def test_train_then_predict_end_to_end(tmp_path, toy_data):
     assert pred.returncode == 0, pred.stderr
     assert [line.split("\t")[0] for line in pred.stdout.splitlines()] == ["positive", "negative"]
     assert "runs/toy" in pred.stderr
-    as_json = bertcls("predict", "--json", "--model", run, "-", cwd=tmp_path, stdin="great acting\nawful\n")
+    # the rest in this process: what the CLI prints, without paying a Python start-up each
+    as_json = runner.invoke(app, ["predict", "--json", "--model", str(run), "-"], input="great acting\nawful\n")
     rows = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert [r["label"] for r in rows] == ["positive", "negative"] and set(rows[0]) == {"text", "label", "score", "probabilities"}
-    evaluated = bertcls("evaluate", toy_data["test"], "--model", run, "--output", tmp_path / "eval", cwd=tmp_path)
-    assert evaluated.returncode == 0, evaluated.stderr
+    evaluated = runner.invoke(app, ["evaluate", str(toy_data["test"]), "--model", str(run), "--output", str(tmp_path / "eval")])
+    assert evaluated.exit_code == 0, evaluated.output
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["accuracy"] >= 0.8
     assert {p.name for p in (tmp_path / "eval").iterdir()} == {"metrics.json", "predictions.csv", "confusion_matrix.png", "roc_curve.png",
                                                                "pr_curve.png", "reliability.png"}

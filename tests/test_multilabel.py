@@ -38,7 +38,8 @@ def topic_rows(n, seed):
 def multilabel_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("multilabel")
     data = {name: write_csv(folder / f"{name}.csv", topic_rows(n, seed)) for name, n, seed in (("train", 300, 0), ("validation", 60, 1), ("test", 60, 2))}
-    config = make_config(folder, data, training={"epochs": 4, "batch_size": 8, "learning_rate": 3e-3, "tune_threshold": True, "report_figures": True})
+    config = make_config(folder, data, training={"epochs": 4, "batch_size": 8, "learning_rate": 3e-3, "tune_threshold": True, "report_figures": True,
+                                                                 "save_torchscript": True})
     return train(load_config(config, ["data.task=multi_label"]), quiet=True), data
 
 

@@ -102,7 +102,7 @@ def test_a_failure_to_save_the_graph_never_costs_the_run(tmp_path, toy_data, mon
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(export, "save_torchscript", full_disk)
-    result = runner.invoke(app, ["train", str(make_config(tmp_path, toy_data, training={"epochs": 1}))])
+    result = runner.invoke(app, ["train", str(make_config(tmp_path, toy_data, training={"epochs": 1, "save_torchscript": True}))])
     assert result.exit_code == 0, result.output
     assert "note: no TorchScript graph, so predict will load transformers ([Errno 28] No space left on device)" in result.output
     assert runs.is_finished(tmp_path / "run")

@@ -68,7 +68,7 @@ def tracked(tmp_path_factory, data):
 
     folder = tmp_path_factory.mktemp("tracked")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    config = load_config(make_config(folder, data, training={**STEPS, "report_to": ["tensorboard", "mlflow"]}))
+    config = load_config(make_config(folder, data, training={**STEPS, "report_to": ["tensorboard", "mlflow"], "loss_curve": True}))
     with pytest.MonkeyPatch.context() as patch:
         for name in [name for name in os.environ if name.startswith("MLFLOW_")]:
             patch.delenv(name)

@@ -29,7 +29,8 @@ from conftest import assert_one_line_error, make_config, toy_rows, wait_for, wri
 runner = CliRunner()
 # Trials as small as they come: one epoch over 80 rows, no checkpoints, no loss figure.
 # One thread: on a busy machine torch's second one mostly waits.
-TRAINING = {"epochs": 1, "batch_size": 16, "keep_checkpoints_at_end": False, "save_every_steps": 10_000, "loss_curve": False, "num_threads": 1}
+# save_torchscript: the user's setting, which trials skip and best.yaml keeps
+TRAINING = {"epochs": 1, "batch_size": 16, "keep_checkpoints_at_end": False, "save_every_steps": 10_000, "num_threads": 1, "save_torchscript": True}
 SPACE = {"training.learning_rate": {"low": 1.0e-4, "high": 1.0e-2, "log": True}, "training.batch_size": [8, 16]}
 
 
