@@ -329,7 +329,8 @@ class _Worker:
         self.fd = fd
         self.alone = _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if not self.alone and not _flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, tries=40):  # setting a study up takes a moment
-            _stderr("waiting for the other bertcls tune on this folder to finish its seeds")
+            _stderr("waiting for the other bertcls tune on this folder: it holds the folder alone while it sets the study up, "
+                    "and at the end while it removes the losing trials' models and runs the seeds")
             fcntl.flock(fd, fcntl.LOCK_SH)
 
     def share(self) -> None:
