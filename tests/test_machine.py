@@ -55,6 +55,19 @@ def test_without_torchs_probes_cpuinfo_decides(monkeypatch, flags, expected):
     assert machine.resolve_precision("auto", "cpu") == expected
 
 
+@pytest.mark.parametrize(("vendor", "expected"), [("AuthenticAMD", True), ("GenuineIntel", False), ("", False)])
+def test_fp32_inference_multiplies_through_onednn_on_amd_cpus_only(monkeypatch, vendor, expected):
+    monkeypatch.setattr(machine, "_cpuinfo_field", lambda name: {"vendor_id": vendor}.get(name, ""))
+    monkeypatch.setattr(machine.platform, "processor", lambda: "")
+    assert machine.onednn_fp32_matmul() is (expected and torch.backends.mkldnn.is_available())
+
+
+def test_off_linux_the_vendor_comes_from_the_processor_string(monkeypatch):
+    monkeypatch.setattr(machine, "_cpuinfo_field", lambda name: "")
+    monkeypatch.setattr(machine.platform, "processor", lambda: "AMD64 Family 25 Model 17 Stepping 1, AuthenticAMD")
+    assert machine.cpu_vendor() == "AuthenticAMD"
+
+
 @pytest.mark.parametrize(("capability", "expected"), [((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])
 def test_auto_on_a_gpu_is_bf16_from_compute_capability_8(monkeypatch, capability, expected):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
@@ -131,4 +144,5 @@ def test_verbose_says_the_precision_used(tmp_path, trained_run, command, precisi
     result = runner.invoke(app, [command, *target, "--model", str(trained_run), "--verbose", "--precision", precision])
     assert result.exit_code == 0, result.output
     expected = "fp32" if precision == "auto" else precision  # auto follows the run, which trained in fp32
-    assert f"engine: torchscript | device: cpu | precision: {expected}\n" in result.stderr
+    line = next(line for line in result.stderr.splitlines() if line.startswith("engine: "))
+    assert line.split(" | ")[:3] == ["engine: torchscript", "device: cpu", f"precision: {expected}"]

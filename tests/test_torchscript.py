@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
-from bertcls import runs
+from bertcls import machine, predict, runs
 from bertcls.cli import app
 from bertcls.errors import ModelError
 from bertcls.predict import Predictor, TorchScriptPredictor, load_predictor
@@ -24,16 +25,49 @@ def test_training_saves_a_graph_that_predict_uses_on_the_cpu(trained_run):
     assert load_predictor(trained_run / runs.MODEL_DIR, device="cpu").engine == "torchscript"
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_graph_gives_the_models_results_in_input_order(trained_run, precision):
+@pytest.mark.parametrize(("precision", "onednn"), [("fp32", False), ("fp32", True), ("bf16", True)])
+def test_graph_gives_the_models_results_in_input_order(trained_run, precision, onednn, monkeypatch):
+    """fp32 on an AMD CPU (onednn) multiplies through oneDNN; bf16 autocast always does."""
+    monkeypatch.setattr(machine, "onednn_fp32_matmul", lambda: onednn)
     eager = Predictor.load(trained_run, device="cpu", batch_size=3, precision=precision)
     traced = TorchScriptPredictor.load(trained_run, batch_size=3, precision=precision)
+    assert traced.onednn is (onednn and precision == "fp32" and torch.backends.mkldnn.is_available())
     long = [False, False, False, False, True, False, False]  # TEXTS[4] is over max_length (32 tokens)
     for args, truncated in (((TEXTS, None), long), ((TEXTS, TEXTS[::-1]), [a or b for a, b in zip(long, long[::-1], strict=True)])):
         assert abs(traced.logits(*args) - eager.logits(*args)).max() < 1e-4
         ours, theirs = traced.predict(*args), eager.predict(*args)
         assert [p.label for p in ours] == [p.label for p in theirs]
         assert [p.truncated for p in ours] == [p.truncated for p in theirs] == truncated
+
+
+def test_a_onednn_graph_that_disagrees_with_the_traced_one_is_not_used(trained_run, monkeypatch):
+    """The rewritten graph is checked on probe texts: here every linear layer wrongly gets a ReLU after it."""
+    monkeypatch.setattr(machine, "onednn_fp32_matmul", lambda: True)
+    monkeypatch.setattr(predict, "ONEDNN_REWRITES", [(pattern, replacement.replace('"none"', '"relu"')) for pattern, replacement in predict.ONEDNN_REWRITES])
+    traced = TorchScriptPredictor.load(trained_run, precision="fp32")
+    assert not traced.onednn and "oneDNN" not in traced.describe()
+    assert abs(traced.logits(TEXTS) - Predictor.load(trained_run, device="cpu", precision="fp32").logits(TEXTS)).max() < 1e-4
+
+
+def test_the_onednn_graph_leaves_the_saved_file_as_it_was(trained_run, monkeypatch):
+    monkeypatch.setattr(machine, "onednn_fp32_matmul", lambda: True)
+    file = trained_run / runs.MODEL_DIR / runs.TORCHSCRIPT_FILE
+    before = file.read_bytes()
+    traced = TorchScriptPredictor.load(trained_run, precision="fp32")
+    if torch.backends.mkldnn.is_available():
+        assert traced.onednn and traced.describe().endswith("| matmul: oneDNN")
+        kinds = {node.kind() for node in traced.module.graph.nodes()}
+        assert "mkldnn::_linear_pointwise" in kinds and "aten::linear" not in kinds and "aten::gelu" not in kinds
+    assert file.read_bytes() == before
+
+
+def test_predict_multiplies_through_onednn_only_for_more_than_one_batch(trained_run, monkeypatch):
+    """A few texts on the command line start faster without the rewrite, which pays off over many batches."""
+    monkeypatch.setattr(machine, "onednn_fp32_matmul", lambda: True)
+    for args, rewritten in ((["a wonderful film"], False), (["--batch-size", "1", "a wonderful film", "boring"], True)):
+        result = runner.invoke(app, ["predict", "--model", str(trained_run), "--device", "cpu", "-v", *args])
+        assert result.exit_code == 0, result.output
+        assert ("matmul: oneDNN" in result.stderr) is (rewritten and torch.backends.mkldnn.is_available()), result.stderr
 
 
 def test_cli_predict_from_the_graph_imports_no_transformers(trained_run):
@@ -49,8 +83,6 @@ def test_cli_predict_from_the_graph_imports_no_transformers(trained_run):
 
 
 def test_graph_is_not_used_once_the_weights_change(trained_run, tmp_path):
-    import torch
-
     copy = tmp_path / "copy"
     shutil.copytree(trained_run, copy)  # new mtimes, same bytes: the sha256 still matches
     assert load_predictor(copy, device="cpu").engine == "torchscript"
@@ -86,8 +118,6 @@ def test_a_graph_that_disagrees_with_the_model_is_not_saved(trained_run, tmp_pat
 
 
 def test_saved_graph_records_what_it_was_traced_from(trained_run):
-    import torch
-
     extra = {"bertcls.json": ""}
     torch.jit.load(str(trained_run / runs.MODEL_DIR / runs.TORCHSCRIPT_FILE), _extra_files=extra)
     meta = json.loads(extra["bertcls.json"])
@@ -111,8 +141,6 @@ def test_a_failure_to_save_the_graph_never_costs_the_run(tmp_path, toy_data, mon
 
 def test_a_graph_checked_in_fp32_only_is_not_run_in_bf16(trained_run, tmp_path):
     """Graphs of earlier versions record no precisions: they were checked in fp32 alone, so bf16 runs transformers."""
-    import torch
-
     copy = tmp_path / "copy"
     shutil.copytree(trained_run, copy)
     file = copy / runs.MODEL_DIR / runs.TORCHSCRIPT_FILE

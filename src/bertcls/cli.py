@@ -206,7 +206,8 @@ def predict(
         typer.echo(note, err=True)
     from bertcls.predict import load_predictor
 
-    predictor = load_predictor(path, device=device, batch_size=batch_size, precision=precision)
+    few_texts = file is None and len(texts) <= batch_size  # one forward pass: start-up counts, not throughput
+    predictor = load_predictor(path, device=device, batch_size=batch_size, precision=precision, few_texts=few_texts)
     if verbose:
         typer.echo(predictor.describe(), err=True)
     if file is None:

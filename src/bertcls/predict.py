@@ -122,8 +122,9 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
 
 
-def load_predictor(path: str | Path, device: str = "auto", batch_size: int = 64, precision: str = "auto"):
-    """The fastest way to run `path` on `device`.
+def load_predictor(path: str | Path, device: str = "auto", batch_size: int = 64, precision: str = "auto", few_texts: bool = False):
+    """The fastest way to run `path` on `device`; `few_texts`: for a handful of texts, where start-up counts more than
+    speed (the graph's oneDNN rewrite, which pays off over many batches, is skipped).
 
     - a folder `bertcls export` wrote: an OnnxPredictor (CPU; `device` and `precision` do not apply);
     - on the CPU, a model whose traced graph (`runs.TORCHSCRIPT_FILE`, saved by training) matches its
@@ -137,7 +138,7 @@ def load_predictor(path: str | Path, device: str = "auto", batch_size: int = 64,
         return OnnxPredictor.load(path, batch_size=batch_size)
     device, precision = resolve_device_precision(path, device, precision)
     if device == "cpu":
-        traced = TorchScriptPredictor.load(path, batch_size=batch_size, precision=precision)
+        traced = TorchScriptPredictor.load(path, batch_size=batch_size, precision=precision, few_texts=few_texts)
         if traced is not None:
             return traced
     return Predictor.load(path, device=device, batch_size=batch_size, precision=precision)
@@ -165,6 +166,28 @@ ONNX_META = "bertcls-onnx.json"
 ONNX_INSTALL = 'pip install -e ".[onnx]" in the bertcls repository'
 # Inside a traced graph file: what TorchScriptPredictor needs besides the graph (see bertcls.export.save_torchscript).
 TORCHSCRIPT_META = "bertcls.json"
+# A traced graph's linear layers as oneDNN runs them: a linear followed by a GELU first (one fused op), then the rest.
+ONEDNN_REWRITES = [(
+    """graph(%x, %w, %b, %approximate):
+  %y = aten::linear(%x, %w, %b)
+  %r = aten::gelu(%y, %approximate)
+  return (%r)""",
+    """graph(%x, %w, %b, %approximate):
+  %attr : str = prim::Constant[value="gelu"]()
+  %scalars : Scalar?[] = prim::ListConstruct()
+  %r = mkldnn::_linear_pointwise(%x, %w, %b, %attr, %scalars, %approximate)
+  return (%r)"""), (
+    """graph(%x, %w, %b):
+  %r = aten::linear(%x, %w, %b)
+  return (%r)""",
+    """graph(%x, %w, %b):
+  %attr : str = prim::Constant[value="none"]()
+  %scalars : Scalar?[] = prim::ListConstruct()
+  %algorithm : str? = prim::Constant()
+  %r = mkldnn::_linear_pointwise(%x, %w, %b, %attr, %scalars, %algorithm)
+  return (%r)""")]
+ONEDNN_PROBE = ["a short text", "and a longer one, so that the batch holds padding as well"]
+FP32_PROBE_TOLERANCE = 1e-4  # as export.FP32_TOLERANCE: two fp32 libraries differ in rounding only
 
 
 class _Predicts:
@@ -312,13 +335,16 @@ class TorchScriptPredictor(_TokenizersPredictor):
         super().__init__(tokenizer, config, meta, batch_size)
         self.module = module
         self.precision = precision  # fp32, or bf16: the autocast dtype
+        self.onednn = False  # whether the linear layers run through oneDNN (see machine.onednn_fp32_matmul)
 
     @classmethod
-    def load(cls, path: str | Path, batch_size: int = 64, precision: str = "fp32", graph: Path | None = None) -> TorchScriptPredictor | None:
+    def load(cls, path: str | Path, batch_size: int = 64, precision: str = "fp32", graph: Path | None = None,
+             few_texts: bool = False) -> TorchScriptPredictor | None:
         """None when the model folder has no traced graph, its weights changed since it was traced, or it did not
         pass its check in `precision` (the graph's `precisions`; a graph without them was checked in fp32 only).
 
-        `graph`: read the graph from this file instead (to check one before it is put in place).
+        `graph`: read the graph from this file instead (to check one before it is put in place). `few_texts`: as
+        load_predictor.
         """
         import torch
 
@@ -335,15 +361,43 @@ class TorchScriptPredictor(_TokenizersPredictor):
                 return None  # e.g. DeBERTa's graph overflows under bf16 autocast: transformers runs it instead
             if not runs.same_weights(folder, meta["weights"]):
                 return None  # stale: the weights were replaced after tracing
-            return cls.on_graph(module, folder, meta, batch_size, precision)
+            return cls.on_graph(module, folder, meta, batch_size, precision, few_texts)
         except (OSError, RuntimeError, ValueError, KeyError):
             return None  # unreadable (or from another torch): the transformers path still works
 
     @classmethod
-    def on_graph(cls, module, folder: Path, meta: dict, batch_size: int = 64, precision: str = "fp32") -> TorchScriptPredictor:
+    def on_graph(cls, module, folder: Path, meta: dict, batch_size: int = 64, precision: str = "fp32",
+                 few_texts: bool = False) -> TorchScriptPredictor:
         """The graph `module` (loaded, or just traced and still to be checked) with the tokenizer of model folder `folder`."""
         config, tokenizer = cls._read(folder, int(meta["max_length"]))
-        return cls(module.eval(), tokenizer, config, meta, batch_size, precision)
+        predictor = cls(module.eval(), tokenizer, config, meta, batch_size, precision)
+        if precision == "fp32" and not few_texts and machine.onednn_fp32_matmul():
+            predictor._multiply_through_onednn()
+        return predictor
+
+    def describe(self) -> str:
+        return super().describe() + (" | matmul: oneDNN" if self.onednn else "")
+
+    def _multiply_through_onednn(self) -> None:
+        """Run the graph's linear layers (and each GELU that follows one, fused) through oneDNN instead of MKL.
+
+        Done on a frozen copy of the graph (the weights become constants; the file is not touched), and kept
+        only when two probe texts get the same logits as the graph as traced, within FP32_PROBE_TOLERANCE.
+        """
+        import torch
+
+        traced = self.module
+        probe = self.logits(ONEDNN_PROBE)
+        try:
+            frozen = torch.jit.freeze(traced)
+            for pattern, replacement in ONEDNN_REWRITES:
+                torch._C._jit_pass_custom_pattern_based_rewrite_graph(pattern, replacement, frozen.graph)
+            self.module = frozen
+            kept = bool(np.allclose(self.logits(ONEDNN_PROBE), probe, rtol=0, atol=FP32_PROBE_TOLERANCE))
+        except (RuntimeError, AttributeError):  # a torch without the op or the pass: the graph as traced still works
+            kept = False
+        self.module = self.module if kept else traced
+        self.onednn = kept
 
     def _forward(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         import torch
