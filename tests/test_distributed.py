@@ -223,7 +223,7 @@ def test_resuming_with_another_number_of_processes_is_refused(two_process_run, t
 @pytest.mark.slow
 def test_fsdp_path_on_cpu_processes_matches_data_parallel(two_process_run, tmp_path):
     # FSDP2 forced onto the two gloo processes (see fsdp_on_cpu.py): the same run as the DDP one
-    # up to float rounding, and its checkpoint scores exactly as recorded (best epoch < last,
+    # up to float rounding, and its checkpoint scores as recorded, counts exactly (best epoch < last,
     # so the best weights were broadcast back into the shards).
     folder, data, result = two_process_run
     assert result.returncode == 0, result.stderr[-3000:]
@@ -236,7 +236,7 @@ def test_fsdp_path_on_cpu_processes_matches_data_parallel(two_process_run, tmp_p
     assert fsdp["best_epoch"] == ddp["best_epoch"] < 6
     assert fsdp["test"]["accuracy"] == ddp["test"]["accuracy"]
     assert fsdp["test"]["loss"] == pytest.approx(ddp["test"]["loss"], abs=1e-3)
-    assert _evaluate(tmp_path / "fsdp", data["test"], 8) == fsdp["test"]
+    assert_same_scores(_evaluate(tmp_path / "fsdp", data["test"], 8), fsdp["test"])  # evaluate may multiply through oneDNN
 
 
 @pytest.mark.parametrize("rows", [240, 250, 241, 33, 10])
