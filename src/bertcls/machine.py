@@ -4,6 +4,7 @@ One place for what train, predict and evaluate accept (`auto | cpu | cuda | cuda
 fp16`), their error messages, and the rule behind `precision: auto`: bf16 only where the hardware
 computes it natively (CUDA compute capability 8.0+, CPUs with AVX512-BF16 or AMX). Elsewhere bf16 is
 emulated (oneDNN still reports it "supported" on any AVX-512 CPU) and several times slower than fp32.
+Also which library multiplies fp32 matrices fastest in prediction: oneDNN on AMD CPUs, else MKL.
 """
 
 from __future__ import annotations

@@ -396,7 +396,8 @@ class TorchScriptPredictor(_TokenizersPredictor):
             kept = bool(np.allclose(self.logits(ONEDNN_PROBE), probe, rtol=0, atol=FP32_PROBE_TOLERANCE))
         except (RuntimeError, AttributeError):  # a torch without the op or the pass: the graph as traced still works
             kept = False
-        self.module = self.module if kept else traced
+        if not kept:
+            self.module = traced
         self.onednn = kept
 
     def _forward(self, feed: dict[str, np.ndarray]) -> np.ndarray:
