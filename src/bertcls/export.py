@@ -148,7 +148,8 @@ def save_torchscript(model_path: str | Path) -> dict[str, Any]:
             torch.jit.save(graph, str(tmp), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
         except RuntimeError as exc:
             raise ModelError(f"{folder}: the traced graph could not be saved ({first_line(exc)})") from exc
-        if TorchScriptPredictor.load(model_path, precision="fp32", graph=tmp) is None:
+        # whether it reads back, no more: the graph's logits (oneDNN's too, where it applies) were checked above
+        if TorchScriptPredictor.load(model_path, precision="fp32", graph=tmp, few_texts=True) is None:
             raise ModelError(f"{folder}: the traced graph could not be read back; it was not saved")
     return {"max_abs_logit_diff": diff, "file": str(folder / runs.TORCHSCRIPT_FILE), "precisions": meta["precisions"], "failed": failed}
 
