@@ -207,13 +207,16 @@ def worker_predict(spec: dict) -> None:
         graph = TorchScriptPredictor.load(run, precision=precision) if device == "cpu" else None  # the run's traced graph
         if graph is not None:
             predictors["TorchScript"] = graph
-            if graph.onednn:  # and as traced, through MKL, as on an Intel CPU: side by side, outside the ratio
-                with mock.patch.object(bertcls_machine, "onednn_fp32_matmul", lambda: False):
-                    predictors["TorchScript, MKL"] = TorchScriptPredictor.load(run, precision=precision)
+            if precision == "fp32" and torch.backends.mkldnn.is_available():
+                # and through the library this CPU's vendor does not get (machine.onednn_fp32_matmul): the graph as
+                # traced through MKL on AMD, rewritten for oneDNN on Intel; side by side, outside the ratio
+                other = "MKL" if graph.onednn else "oneDNN"
+                with mock.patch.object(bertcls_machine, "onednn_fp32_matmul", lambda o=graph.onednn: not o):
+                    predictors[f"TorchScript, {other}"] = TorchScriptPredictor.load(run, precision=precision)
         for name, predictor in predictors.items():
             predictor.predict(texts[:64])  # warm-up: first-call allocations, oneDNN kernel selection
             *timing, out = _best_of(repeat, lambda p=predictor: p.predict(texts))
-            record(f"bertcls {name} ({precision})", predictor.batch_size, timing, [int(o.label) for o in out], counted="MKL" not in name)
+            record(f"bertcls {name} ({precision})", predictor.batch_size, timing, [int(o.label) for o in out], counted=", " not in name)
         if precision == "fp32" and device == "cpu":
             products = matrix_products(predictors["Predictor"], texts)
 
