@@ -208,8 +208,8 @@ def worker_predict(spec: dict) -> None:
         if graph is not None:
             predictors["TorchScript"] = graph
             if precision == "fp32" and torch.backends.mkldnn.is_available():
-                # and through the library this CPU's vendor does not get (machine.onednn_fp32_matmul): the graph as
-                # traced through MKL on AMD, rewritten for oneDNN on Intel; side by side, outside the ratio
+                # and through the other library (machine.onednn_fp32_matmul): the graph as traced, through MKL,
+                # where bertcls rewrites it for oneDNN, and the other way round; side by side, outside the ratio
                 other = "MKL" if graph.onednn else "oneDNN"
                 with mock.patch.object(bertcls_machine, "onednn_fp32_matmul", lambda o=graph.onednn: not o):
                     predictors[f"TorchScript, {other}"] = TorchScriptPredictor.load(run, precision=precision)
@@ -258,7 +258,7 @@ def matrix_products(predictor, texts: list[str]) -> dict:
     config = predictor.model.config
     m, h, i = predictor.batch_size * round(sum(lengths) / len(lengths)), config.hidden_size, config.intermediate_size
     shapes = [(h, h)] * 4 + [(h, i), (i, h)]  # queries, keys, values, attention output; the feed-forward block's two
-    def onednn(x, w, b):  # what the traced graph runs in fp32 on AMD CPUs (see bertcls.machine.onednn_fp32_matmul)
+    def onednn(x, w, b):  # what the traced graph runs in fp32 on AMD and Intel CPUs (see bertcls.machine.onednn_fp32_matmul)
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
 
     rates = {}

@@ -55,8 +55,8 @@ def test_without_torchs_probes_cpuinfo_decides(monkeypatch, flags, expected):
     assert machine.resolve_precision("auto", "cpu") == expected
 
 
-@pytest.mark.parametrize(("vendor", "expected"), [("AuthenticAMD", True), ("GenuineIntel", False), ("", False)])
-def test_fp32_inference_multiplies_through_onednn_on_amd_cpus_only(monkeypatch, vendor, expected):
+@pytest.mark.parametrize(("vendor", "expected"), [("AuthenticAMD", True), ("GenuineIntel", True), ("HygonGenuine", False), ("", False)])
+def test_fp32_inference_multiplies_through_onednn_on_amd_and_intel_cpus_only(monkeypatch, vendor, expected):
     monkeypatch.setattr(machine, "_cpuinfo_field", lambda name: {"vendor_id": vendor}.get(name, ""))
     monkeypatch.setattr(machine.platform, "processor", lambda: "")
     assert machine.onednn_fp32_matmul() is (expected and torch.backends.mkldnn.is_available())

@@ -4,7 +4,7 @@ One place for what train, predict and evaluate accept (`auto | cpu | cuda | cuda
 fp16`), their error messages, and the rule behind `precision: auto`: bf16 only where the hardware
 computes it natively (CUDA compute capability 8.0+, CPUs with AVX512-BF16 or AMX). Elsewhere bf16 is
 emulated (oneDNN still reports it "supported" on any AVX-512 CPU) and several times slower than fp32.
-Also which library multiplies fp32 matrices fastest in prediction: oneDNN on AMD CPUs, else MKL.
+Also which library multiplies fp32 matrices in prediction: oneDNN on AMD and Intel CPUs, else torch's default.
 """
 
 from __future__ import annotations
@@ -100,15 +100,20 @@ def cpu_bf16_flags() -> dict[str, bool]:
     return {"avx512_bf16": "avx512_bf16" in flags, "amx": "amx_bf16" in flags}
 
 
-def onednn_fp32_matmul() -> bool:
-    """Whether fp32 inference should multiply through oneDNN rather than torch's default BLAS, MKL: on AMD CPUs.
+ONEDNN_VENDORS = ("AuthenticAMD", "GenuineIntel")
 
-    MKL picks its fastest kernels by CPU vendor; on AMD, oneDNN's fp32 matrix products at BERT's shapes ran
-    1.2x faster (1.1-1.4x by shape, on an AMD EPYC). On Intel CPUs MKL is Intel's own best, so it stays.
+
+def onednn_fp32_matmul() -> bool:
+    """Whether fp32 inference should multiply through oneDNN rather than torch's default BLAS (MKL on x86): on
+    AMD and Intel CPUs.
+
+    Measured on the traced MiniLM graph over 872 sentences: on an AMD EPYC, where MKL does not pick its fastest
+    kernels, 1.1-1.25x faster; on an Intel Xeon 1.02-1.04x; on both, the process's peak memory fell by 38-41%.
+    Other CPUs (ARM, ...) were never measured, so they keep torch's default.
     """
     import torch
 
-    return torch.backends.mkldnn.is_available() and cpu_vendor() == "AuthenticAMD"
+    return torch.backends.mkldnn.is_available() and cpu_vendor() in ONEDNN_VENDORS
 
 
 def cpu_vendor() -> str:
