@@ -7,7 +7,7 @@ import yaml
 from bertcls import runs
 from bertcls.config import load_config
 from bertcls.errors import RunError
-from bertcls.train import Callback, build_optimizer, train
+from bertcls.train import Callback, build_optimizer, clip_gradients, train
 from conftest import make_config
 
 
@@ -105,6 +105,23 @@ def test_no_weight_decay_on_biases_and_layernorm(trained_run):
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
     assert len(no_decay["params"]) > 0
+
+
+@pytest.mark.parametrize("scale, max_norm", [(1.0, 0.5), (1e-4, 0.5), (float("inf"), 0.5)])
+def test_clipping_scales_the_gradients_as_torch_does(trained_run, scale, max_norm):
+    from types import SimpleNamespace
+
+    from bertcls.model import load_trained
+
+    models = [load_trained(trained_run)[0] for _ in range(2)]
+    torch.manual_seed(0)
+    for ours, theirs in zip(*(m.parameters() for m in models), strict=True):
+        ours.grad = torch.randn_like(ours) * scale
+        theirs.grad = ours.grad.clone()
+    clip_gradients(SimpleNamespace(device=torch.device("cpu"), distributed_type="NO", scaler=None), models[0], max_norm)
+    torch.nn.utils.clip_grad_norm_(models[1].parameters(), max_norm)
+    for ours, theirs in zip(*(m.parameters() for m in models), strict=True):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-3, atol=0, equal_nan=True)  # torch's fp32 norm is off by ~1e-4
 
 
 def test_checkpoint_works_with_plain_transformers_pipeline(trained_run):
