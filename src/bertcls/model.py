@@ -113,6 +113,8 @@ def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, text
 
     Call after seeding: the seed then also fixes the head's (and the tiny model's) initialisation.
     """
+    from bertcls import cpu_training  # torch: kept off the import path of prediction through ONNX
+
     transformers = _quiet_transformers()
     label2id = {name: i for i, name in id2label.items()}
     problem_type = "multi_label_classification" if multi_label else "single_label_classification"
@@ -124,6 +126,7 @@ def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, text
         )
         model = transformers.BertForSequenceClassification(config)
         first_token.apply(model)
+        cpu_training.apply(model)
         return model, tokenizer
     if cfg.trust_remote_code:
         warnings.warn(f"model.trust_remote_code is on: code shipped with {cfg.name} will run", BertclsWarning, stacklevel=2)
@@ -142,6 +145,7 @@ def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, text
         raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({load_reason(exc)})") from None
     check_max_length(model.config, max_length, cfg.name)
     first_token.apply(model)
+    cpu_training.apply(model)
     return model, tokenizer
 
 

@@ -1,0 +1,85 @@
+"""Training on the CPU: dropout at the rate asked with masks fixed by the seed; attention that computes what sdpa does."""
+
+import pytest
+import torch
+
+from bertcls.cpu_training import ATTENTION, CpuDropout, apply, drop
+from tiny_models import ARCHITECTURES, build
+
+TEXTS = ["a wonderful film", "dreadful acting and a plot with holes", "boring", "the cast was superb " * 6]
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_drops_at_the_rate_asked_and_keeps_the_mean(p):
+    torch.manual_seed(0)
+    x = torch.ones(1_000_001)  # not a multiple of the four elements one draw gives
+    y = drop(x, p)
+    dropped = y == 0
+    assert y.shape == x.shape
+    assert abs(dropped.float().mean().item() - p) < 0.003
+    assert abs(y.mean().item() - 1) < 0.005
+    assert torch.unique(y[~dropped]).numel() == 1  # every kept element scaled alike
+    # Four neighbours share one 64-bit draw: their masks must still be independent.
+    assert abs((dropped[:-1] & dropped[1:]).float().mean().item() - p * p) < 0.003
+    assert abs((dropped[:-4] & dropped[4:]).float().mean().item() - p * p) < 0.003
+
+
+def test_the_seed_fixes_the_masks():
+    x = torch.randn(32, 17, 64)
+    masks = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        masks.append(drop(x, 0.1) == 0)
+    assert torch.equal(masks[0], masks[1])
+    assert not torch.equal(masks[0], masks[2])
+
+
+def test_gradients_pass_through_kept_elements_only():
+    torch.manual_seed(0)
+    x = torch.randn(8, 5, 16, requires_grad=True)
+    y = drop(x, 0.3)
+    y.sum().backward()
+    kept = y != 0
+    assert torch.all(x.grad[~kept] == 0)
+    torch.testing.assert_close(x.grad[kept], torch.full_like(x.grad[kept], 1 / 0.7), rtol=1e-4, atol=0)
+
+
+def test_module_drops_in_training_only_and_keeps_the_dtype():
+    layer = CpuDropout(0.1)
+    x = torch.randn(4, 7, 32, dtype=torch.bfloat16)
+    assert torch.equal(layer.eval()(x), x)
+    y = layer.train()(x)
+    assert y.dtype == torch.bfloat16 and bool((y == 0).any())
+    assert torch.equal(CpuDropout(0.0).train()(x), x)
+    assert torch.equal(CpuDropout(1.0).train()(x), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_training_attention_gives_sdpa_logits_and_gradients(architecture, tmp_path):
+    import transformers
+
+    folder = build(architecture, tmp_path / architecture, TEXTS * 5)
+    models = [transformers.AutoModelForSequenceClassification.from_pretrained(folder) for _ in range(2)]
+    apply(models[0])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    batch = tokenizer(TEXTS, TEXTS[::-1], padding=True, return_tensors="pt")  # pairs, padded: the mask matters
+    results = []
+    for model in models:
+        model.train()
+        for module in model.modules():  # training mode without dropout: the same numbers expected
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        if hasattr(model.config, "attention_dropout"):
+            for module in model.modules():
+                if isinstance(getattr(module, "attention_dropout", None), float):
+                    module.attention_dropout = 0.0
+        out = model(**batch, labels=torch.tensor([0, 1, 1, 0]))
+        out.loss.backward()
+        results.append((out.logits.detach(), {k: p.grad for k, p in model.named_parameters() if p.grad is not None}))
+    (logits, grads), (sdpa_logits, sdpa_grads) = results
+    torch.testing.assert_close(logits, sdpa_logits, rtol=1e-4, atol=1e-5)
+    assert grads.keys() == sdpa_grads.keys()
+    for key, grad in sdpa_grads.items():
+        torch.testing.assert_close(grads[key], grad, rtol=1e-3, atol=1e-5, msg=key)
+    models[0].save_pretrained(tmp_path / "saved")
+    assert ATTENTION not in (tmp_path / "saved" / "config.json").read_text()  # a saved model loads with sdpa
