@@ -222,7 +222,7 @@ def test_resuming_with_another_number_of_processes_is_refused(two_process_run, t
 
 @pytest.mark.slow
 def test_fsdp_path_on_cpu_processes_matches_data_parallel(two_process_run, tmp_path):
-    # FSDP2 forced onto the two gloo processes (see fsdp_on_cpu.py): the same run as the DDP one
+    # FSDP2 forced onto the two gloo processes (see fsdp_on_cpu.py): the same run as the DDP one, but for how the clipping norm is summed,
     # up to float rounding, and its checkpoint scores as recorded, counts exactly (best epoch < last,
     # so the best weights were broadcast back into the shards).
     folder, data, result = two_process_run
@@ -235,7 +235,9 @@ def test_fsdp_path_on_cpu_processes_matches_data_parallel(two_process_run, tmp_p
     ddp = json.loads((folder / "run" / runs.METRICS_FILE).read_text())
     assert fsdp["best_epoch"] == ddp["best_epoch"] < 6
     assert fsdp["test"]["accuracy"] == ddp["test"]["accuracy"]
-    assert fsdp["test"]["loss"] == pytest.approx(ddp["test"]["loss"], abs=1e-3)
+    # Clipping norms differ a little: torch's fp32 norms over the shards under FSDP, bertcls's dot products summed in
+    # double under DDP (4e-4 apart, relatively); six epochs of the tiny model carry that to about 2e-3 of test loss.
+    assert fsdp["test"]["loss"] == pytest.approx(ddp["test"]["loss"], abs=4e-3)
     assert_same_scores(_evaluate(tmp_path / "fsdp", data["test"], 8), fsdp["test"])  # evaluate may multiply through oneDNN
 
 

@@ -514,8 +514,8 @@ def clip_gradients(acc, model, max_norm: float) -> None:
     """Scale the gradients down to an L2 norm of `max_norm` where it is above, as `torch.nn.utils.clip_grad_norm_` does.
 
     On the CPU, unsharded and unscaled, the norm is summed from BLAS dot products (2.3 ms for MiniLM's 22.7 M
-    gradients on two cores, against 8.3 ms for torch's norms) and gradients already under it are not
-    multiplied by 1: a training step 6% faster. Elsewhere Accelerate clips (it unscales fp16 and gathers shards first).
+    gradients on two cores, against 8.3 ms for torch's norms), and gradients already under it are not
+    multiplied by 1. Elsewhere Accelerate clips (it unscales fp16 and gathers shards first).
     """
     if acc.device.type != "cpu" or distributed.is_sharded(acc) or acc.scaler is not None:
         acc.clip_grad_norm_(model.parameters(), max_norm)
