@@ -61,6 +61,8 @@ def test_training_attention_gives_sdpa_logits_and_gradients(architecture, tmp_pa
     folder = build(architecture, tmp_path / architecture, TEXTS * 5)
     models = [transformers.AutoModelForSequenceClassification.from_pretrained(folder) for _ in range(2)]
     apply(models[0])
+    plain = models[1].config._attn_implementation  # DeBERTa's attention is its own ("eager"): unchanged
+    assert models[0].config._attn_implementation == (ATTENTION if plain == "sdpa" else plain)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     batch = tokenizer(TEXTS, TEXTS[::-1], padding=True, return_tensors="pt")  # pairs, padded: the mask matters
     results = []
@@ -69,10 +71,8 @@ def test_training_attention_gives_sdpa_logits_and_gradients(architecture, tmp_pa
         for module in model.modules():  # training mode without dropout: the same numbers expected
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
-        if hasattr(model.config, "attention_dropout"):
-            for module in model.modules():
-                if isinstance(getattr(module, "attention_dropout", None), float):
-                    module.attention_dropout = 0.0
+            if isinstance(getattr(module, "attention_dropout", None), float):  # ModernBERT's, a number
+                module.attention_dropout = 0.0
         out = model(**batch, labels=torch.tensor([0, 1, 1, 0]))
         out.loss.backward()
         results.append((out.logits.detach(), {k: p.grad for k, p in model.named_parameters() if p.grad is not None}))

@@ -222,9 +222,9 @@ def test_resuming_with_another_number_of_processes_is_refused(two_process_run, t
 
 @pytest.mark.slow
 def test_fsdp_path_on_cpu_processes_matches_data_parallel(two_process_run, tmp_path):
-    # FSDP2 forced onto the two gloo processes (see fsdp_on_cpu.py): the same run as the DDP one, but for how the clipping norm is summed,
-    # up to float rounding, and its checkpoint scores as recorded, counts exactly (best epoch < last,
-    # so the best weights were broadcast back into the shards).
+    # FSDP2 forced onto the two gloo processes (see fsdp_on_cpu.py): the same run as the DDP one up to float
+    # rounding and the clipping norm (below), and its checkpoint scores as recorded, counts exactly (best
+    # epoch < last, so the best weights were broadcast back into the shards).
     folder, data, result = two_process_run
     assert result.returncode == 0, result.stderr[-3000:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
