@@ -43,9 +43,9 @@ def test_the_logged_learning_rate_follows_the_linear_warmup_schedule(trained_run
 
 @pytest.mark.parametrize("schedule, max_grad_norm", [("cosine", 0.05), ("constant", None)])
 def test_schedules_max_train_samples_and_gradient_clipping(tmp_path, toy_data, monkeypatch, schedule, max_grad_norm):
-    norms = []  # the gradients' L2 norm at every optimizer step
+    norms = []  # the L2 norm of the gradients every optimizer step applied (a fused step scales them in place)
     original = torch.optim.AdamW.step
-    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **kw: norms.append(gradient_norm(self)) or original(self, *a, **kw))
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **kw: original(self, *a, **kw) or norms.append(gradient_norm(self)))
     # max_train_samples 64: 4 micro-batches an epoch at batch 16, 2 optimizer steps with accumulation 2, 4 in all;
     # warmup_ratio 0.25: 1 step
     training = {**QUICK, "lr_scheduler": schedule, "warmup_ratio": 0.25, "max_grad_norm": max_grad_norm, "gradient_accumulation_steps": 2}
