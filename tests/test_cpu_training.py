@@ -64,7 +64,9 @@ def test_training_attention_gives_sdpa_logits_and_gradients(architecture, tmp_pa
     plain = models[1].config._attn_implementation  # DeBERTa's attention is its own ("eager"): unchanged
     assert models[0].config._attn_implementation == (ATTENTION if plain == "sdpa" else plain)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    batch = tokenizer(TEXTS, TEXTS[::-1], padding=True, return_tensors="pt")  # pairs, padded: the mask matters
+    batches = [tokenizer(TEXTS, TEXTS[::-1], padding=True, return_tensors="pt"),  # pairs, padded: the mask matters
+               tokenizer(["boring", "a film", "great"], padding=True, return_tensors="pt")]  # under 16 tokens: the padded softmax
+    assert batches[1]["input_ids"].shape[1] < 16 <= batches[0]["input_ids"].shape[1]
     results = []
     for model in models:
         model.train()
@@ -73,9 +75,9 @@ def test_training_attention_gives_sdpa_logits_and_gradients(architecture, tmp_pa
                 module.p = 0.0
             if isinstance(getattr(module, "attention_dropout", None), float):  # ModernBERT's, a number
                 module.attention_dropout = 0.0
-        out = model(**batch, labels=torch.tensor([0, 1, 1, 0]))
-        out.loss.backward()
-        results.append((out.logits.detach(), {k: p.grad for k, p in model.named_parameters() if p.grad is not None}))
+        outs = [model(**batch, labels=torch.tensor([0, 1, 1, 0][:len(batch["input_ids"])])) for batch in batches]
+        sum(out.loss for out in outs).backward()
+        results.append((torch.cat([out.logits.detach() for out in outs]), {k: p.grad for k, p in model.named_parameters() if p.grad is not None}))
     (logits, grads), (sdpa_logits, sdpa_grads) = results
     torch.testing.assert_close(logits, sdpa_logits, rtol=1e-4, atol=1e-5)
     assert grads.keys() == sdpa_grads.keys()
