@@ -1,9 +1,13 @@
 """Training on the CPU: dropout at the rate asked with masks fixed by the seed; attention that computes what sdpa does."""
 
+import os
+import platform
+from pathlib import Path
+
 import pytest
 import torch
 
-from bertcls.cpu_training import ATTENTION, CpuDropout, apply, drop
+from bertcls.cpu_training import ATTENTION, MALLOC_SETTINGS, CpuDropout, apply, drop, freed_memory_kept
 from tiny_models import ARCHITECTURES, build
 
 TEXTS = ["a wonderful film", "dreadful acting and a plot with holes", "boring", "the cast was superb " * 6]
@@ -85,3 +89,25 @@ def test_training_attention_gives_sdpa_logits_and_gradients(architecture, tmp_pa
         torch.testing.assert_close(grads[key], grad, rtol=1e-3, atol=1e-5, msg=key)
     models[0].save_pretrained(tmp_path / "saved")
     assert ATTENTION not in (tmp_path / "saved" / "config.json").read_text()  # a saved model loads with sdpa
+
+
+def resident_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+@pytest.mark.parametrize("tuned", [False, True])
+def test_memory_freed_while_training_is_kept_until_the_loop_ends(monkeypatch, tuned):
+    for name in MALLOC_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=131072" if tuned else "glibc.cpu.x86_shstk=permissive")
+    with freed_memory_kept(torch.device("cpu")):
+        held = resident_mb()
+        step = torch.ones(50_000_000)  # 200 MB, past any threshold glibc picks by itself
+        assert resident_mb() > held + 150
+        del step
+        if tuned:  # the user tuned malloc: bertcls leaves it as it is
+            assert resident_mb() < held + 50
+        else:  # kept for the next step
+            assert resident_mb() > held + 150
+    assert resident_mb() < held + 50  # and returned when the loop ends

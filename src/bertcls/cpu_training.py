@@ -21,11 +21,24 @@ attention, position biases, soft caps), run transformers' `sdpa` as before.
 
 Nothing saved changes: dropout has no weights, and a saved config does not record the attention
 function, so a saved model loads with `sdpa`. On a GPU torch's fused kernels run.
+
+Freed memory: glibc's malloc hands much of what a step frees back to the operating system (every
+block over 32 MB, such as MiniLM's 47 MB word-embedding gradient, at once; the rest whenever the
+free top of the heap outgrows 64 MB or less), and the next step pays a page fault for each 4 KB it
+writes to afresh: about 12,000 a step on MiniLM. While the loop trains on the CPU, malloc keeps
+what is freed for the next step; after the loop its usual limits come back and what is free goes
+back at once, before the evaluation and saving that follow. On the Intel Xeon this made steps
+1.03-1.07x faster in bf16 and 1.01-1.04x in fp32, for 2-4% more peak memory.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
+import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -34,6 +47,13 @@ SPAN = 1 << BITS
 ATTENTION = "bertcls_cpu_training"  # the name the attention below is registered under with transformers
 # torch's CPU softmax takes a scalar path over rows shorter than this, 5-10x slower than over rows of 16
 SOFTMAX_ROW = 16
+
+
+# glibc's mallopt parameters, and the values its dynamic threshold settles at on 64-bit machines
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_MAX, TRIM_THRESHOLD_MAX = 32 << 20, 64 << 20
+# what a user sets to tune glibc's malloc (and GLIBC_TUNABLES's glibc.malloc.*): their choice stands
+MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 
 def apply(model: torch.nn.Module) -> None:
@@ -95,3 +115,35 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32)[..., :keys].to(value.dtype)
     context = torch.matmul(drop(probs, dropout), value)
     return context.transpose(1, 2).contiguous(), None
+
+
+@contextmanager
+def freed_memory_kept(device: torch.device) -> Iterator[None]:
+    """Within: glibc's malloc keeps what the process frees, for the next training step to reuse.
+
+    Only on the CPU, where glibc is the allocator, and where the user has not tuned malloc themselves.
+    """
+    tuned = any(name in os.environ for name in MALLOC_SETTINGS) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
+    libc = _glibc() if device.type == "cpu" and not tuned else None
+    if libc is None:
+        yield
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)  # from the heap up to 1 GB: XLM-R large's word-embedding gradient
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # the heap's free top stays
+    try:
+        yield
+    finally:
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_MAX)
+        libc.malloc_trim(0)  # what is free goes back now, from anywhere in the heap
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, where Python runs on it (not on macOS, Windows or musl)."""
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None

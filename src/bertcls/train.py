@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import yaml
 
-from bertcls import atomic, card, distributed, faults, longtext, machine, manifest, report, runlock, runs, track
+from bertcls import atomic, card, cpu_training, distributed, faults, longtext, machine, manifest, report, runlock, runs, track
 from bertcls import checkpoint as ckpt
 from bertcls import data as data_mod
 from bertcls.callbacks import Callback
@@ -79,41 +79,43 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False, resum
         for listener in listeners:
             listener.on_start(job)
         stop.armed = True
-        for epoch in job.epochs_left():
-            skip = state.batches_done if epoch == state.epoch else 0
-            window = job.window if skip else LossWindow(acc.device)
-            job.train_loader.set_epoch(epoch)  # accelerate sets the sampler's epoch from its own counter
-            job.model.train()
-            for i, batch in job.batches(skip):
-                with acc.accumulate(job.model):
-                    loss = job.compute_loss(job.model, batch)
-                    acc.backward(loss)
-                    if acc.sync_gradients and tcfg.max_grad_norm:
-                        clip_gradients(acc, job.model, job.optimizer, tcfg.max_grad_norm)
-                    job.optimizer.step()
-                    job.optimizer.zero_grad(set_to_none=True)
-                window.add(loss, batch)
-                job.real_tokens += batch["attention_mask"].sum()
-                if not acc.sync_gradients:
-                    continue
-                job.scheduler.step()
-                state.global_step += 1
-                job.progress.update(1)
-                if state.global_step % tcfg.log_every_steps == 0 or state.global_step == job.total_steps:
-                    record = job.log_step(window, epoch)
-                    for listener in listeners:
-                        listener.on_log(record)
-                state.epoch, state.batches_done = (epoch + 1, 0) if i + 1 == len(job.train_loader) else (epoch, i + 1)
-                evaluated = job.evaluation_due()
-                if evaluated and job.validate(epoch, window, listeners):  # a listener stopped training: no checkpoint after it
-                    break
-                stopping = stop.agreed()
-                if stopping or job.checkpoint_due(evaluated):  # after the evaluation: it holds what the evaluation decided
-                    job.save_checkpoint(window)
-                    if stopping:
-                        raise stop.interrupted(state.global_step, job.last_checkpoint)
-                if state.global_step == job.total_steps:
-                    break
+        with cpu_training.freed_memory_kept(acc.device):
+            for epoch in job.epochs_left():
+                skip = state.batches_done if epoch == state.epoch else 0
+                window = job.window if skip else LossWindow(acc.device)
+                job.train_loader.set_epoch(epoch)  # accelerate sets the sampler's epoch from its own counter
+                job.model.train()
+                for i, batch in job.batches(skip):
+                    with acc.accumulate(job.model):
+                        loss = job.compute_loss(job.model, batch)
+                        acc.backward(loss)
+                        if acc.sync_gradients and tcfg.max_grad_norm:
+                            clip_gradients(acc, job.model, job.optimizer, tcfg.max_grad_norm)
+                        job.optimizer.step()
+                        job.optimizer.zero_grad(set_to_none=True)
+                    window.add(loss, batch)
+                    job.real_tokens += batch["attention_mask"].sum()
+                    if not acc.sync_gradients:
+                        continue
+                    job.scheduler.step()
+                    state.global_step += 1
+                    job.progress.update(1)
+                    if state.global_step % tcfg.log_every_steps == 0 or state.global_step == job.total_steps:
+                        record = job.log_step(window, epoch)
+                        for listener in listeners:
+                            listener.on_log(record)
+                    state.epoch, state.batches_done = (epoch + 1, 0) if i + 1 == len(job.train_loader) else (epoch, i + 1)
+                    evaluated = job.evaluation_due()
+                    if evaluated and job.validate(epoch, window, listeners):  # a listener stopped training: no checkpoint after it
+                        break
+                    stopping = stop.agreed()
+                    if stopping or job.checkpoint_due(evaluated):  # after the evaluation: it holds what the evaluation decided
+                        job.save_checkpoint(window)
+                        if stopping:
+                            raise stop.interrupted(state.global_step, job.last_checkpoint)
+                    if state.global_step == job.total_steps:
+                        break
+            job.optimizer.state.clear()  # the moment estimates (twice the weights) are done with: room for what follows
         return finish(job, inputs, stop, listeners)
 
 
@@ -431,7 +433,6 @@ def finish(job: Job, inputs: Inputs, stop: faults.StopRequest, listeners: list[C
     acc, state, run, tcfg = job.accelerator, job.state, job.run, job.cfg
     train_seconds = job.seconds()
     job.progress.close()
-    job.optimizer.state.clear()  # the moment estimates (twice the weights) are done with: room for what follows
     if state.best_epoch is None:  # resumed after its last evaluation with the best model lost: the model now is the best there is
         evaluation = job.evaluate("validation")
         state.offer(evaluation.metrics, tcfg.metric_for_best, state.epoch_number)
