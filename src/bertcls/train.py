@@ -328,11 +328,6 @@ def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: f
     if tcfg.num_threads:  # for this run only: a process that trains again (a search, a notebook) gets its own count back
         resources.callback(torch.set_num_threads, torch.get_num_threads())
         torch.set_num_threads(tcfg.num_threads)
-    # oneDNN (bf16 CPU matmuls) keeps a compiled primitive for each of the last 1,024 shapes it ran, about 0.6 MB
-    # each, and length-grouped batches bring hundreds. 64 holds the ~40 shapes of one step (a step reuses those every
-    # step has, and the last steps' of the same length): on AMX, where compiling one takes ~1 ms, bf16 steps were
-    # 1.03-1.09x faster than with 16 for 45-70 MB more peak RSS; 1,024, 1.23x for 330 MB more. Read at its first use.
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     accelerator = make_accelerator(tcfg, log_with)
     stop.share(accelerator)  # many processes stop at the same step
     _claim_run_dir(run, overwrite, inputs.resume_from is not None, accelerator, resources)
@@ -507,6 +502,13 @@ def make_accelerator(cfg: TrainingConfig, log_with: list | None = None):
     on_cpu = device == "cpu"
     distributed.check_launch(cfg, on_cpu, distributed.launched_processes())
     precision = machine.resolve_precision(cfg.precision, device, "training.precision")
+    # oneDNN (bf16 CPU matmuls) keeps a compiled primitive for each of the last 1,024 shapes it ran, about 0.6 MB
+    # each, and length-grouped batches bring hundreds. In bf16, 64 holds the ~40 shapes of one step (a step reuses
+    # those every step has, and the last steps' of the same length): on AMX, where compiling one takes ~1 ms, steps
+    # were 1.03-1.09x faster than with 16 for 45-70 MB more peak RSS; 1,024, 1.23x for 330 MB more. fp32 training
+    # multiplies through MKL: 16 there, as fast as 64 and 20-40 MB smaller. Read at oneDNN's first use.
+    if on_cpu:
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64" if precision == "bf16" else "16")
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     # cpu=True also under torchrun: Accelerate then joins the launched processes over gloo.
     return Accelerator(cpu=on_cpu, mixed_precision=mixed, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
