@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertcls.cpu_training import ATTENTION, MALLOC_SETTINGS, CpuDropout, apply, drop, freed_memory_kept
+from bertcls.cpu_training import ATTENTION, MALLOC_SETTINGS, CpuDropout, apply, attention, drop, freed_memory_kept
 from tiny_models import ARCHITECTURES, build
 
 TEXTS = ["a wonderful film", "dreadful acting and a plot with holes", "boring", "the cast was superb " * 6]
@@ -89,6 +89,25 @@ def test_training_attention_gives_sdpa_logits_and_gradients(architecture, tmp_pa
         torch.testing.assert_close(grads[key], grad, rtol=1e-3, atol=1e-5, msg=key)
     models[0].save_pretrained(tmp_path / "saved")
     assert ATTENTION not in (tmp_path / "saved" / "config.json").read_text()  # a saved model loads with sdpa
+
+
+
+@pytest.mark.parametrize("keys", [14, 80])
+def test_training_attention_under_bf16_autocast_stays_within_bf16_rounding_of_sdpa(keys):
+    # Under autocast, up to 64 keys multiply in fp32 here (in bf16 in sdpa); more, in bf16 in both.
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    module = torch.nn.Module()  # a training one, as attention is given
+    module.is_causal = False
+    torch.manual_seed(0)
+    query, key, value = (torch.randn(2, 4, keys, 16, dtype=torch.bfloat16) for _ in range(3))
+    mask = torch.ones(2, 1, keys, keys, dtype=torch.bool)
+    mask[1, ..., keys // 2:] = False  # the second text padded
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, _ = attention(module, query, key, value, mask)
+        theirs, _ = sdpa_attention_forward(module, query, key, value, mask)
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), theirs.float(), rtol=0, atol=0.03)
 
 
 def resident_mb() -> float:

@@ -15,7 +15,8 @@ the plain products instead (scores, a softmax in fp32, the cheaper mask, the wei
 backward, a layer for 32 texts is 1.06x faster at 8 tokens, 1.35x at 14 and 2.1x at 40-64. Rows of
 fewer than 16 scores are padded to 16 for the softmax, whose CPU kernel is 5-10x slower on them:
 a layer's attention over 10-15 tokens, with the backward, then takes 1.5-2.1x less time in fp32 and
-1.3-1.4x in bf16.
+1.3-1.4x in bf16. Under bf16 autocast, the products of texts up to 64 tokens are in fp32 (see
+FP32_PRODUCTS_UP_TO).
 Evaluation and prediction, and every case the plain products do not cover (causal or grouped-query
 attention, position biases, soft caps), run transformers' `sdpa` as before.
 
@@ -47,6 +48,10 @@ SPAN = 1 << BITS
 ATTENTION = "bertcls_cpu_training"  # the name the attention below is registered under with transformers
 # torch's CPU softmax takes a scalar path over rows shorter than this, 5-10x slower than over rows of 16
 SOFTMAX_ROW = 16
+# Under bf16 autocast, attention over up to this many keys multiplies in fp32: oneDNN compiles a bf16 kernel for
+# each new shape (about 1 ms, six for each text length), MKL multiplies fp32 without compiling, and at these sizes
+# about as fast. Beyond, bf16 is faster (1.3x at 256 keys).
+FP32_PRODUCTS_UP_TO = 64
 
 
 # glibc's mallopt parameters, and the values its dynamic threshold settles at on 64-bit machines
@@ -105,7 +110,18 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
             or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
-    scores = torch.matmul(query, key.transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    if torch.is_autocast_enabled("cpu") and key.shape[2] <= FP32_PRODUCTS_UP_TO:
+        with torch.autocast("cpu", enabled=False):
+            context = _products(query.float(), key.float(), value.float(), attention_mask, dropout, scaling).to(value.dtype)
+    else:
+        context = _products(query, key, value, attention_mask, dropout, scaling)
+    return context.transpose(1, 2).contiguous(), None
+
+
+def _products(query, key, value, attention_mask, dropout: float, scaling: float) -> torch.Tensor:
+    """The scores, a softmax in fp32, the cheaper dropout mask, the weighted sum."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
     if attention_mask is not None:  # sdpa's: True where a query may attend, or a float to add
         scores = (scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min) if attention_mask.dtype == torch.bool
                   else scores + attention_mask)
@@ -113,8 +129,7 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     if keys < SOFTMAX_ROW:  # padded with keys no query attends to: the same probabilities, from the fast kernel
         scores = torch.nn.functional.pad(scores, (0, SOFTMAX_ROW - keys), value=-math.inf)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32)[..., :keys].to(value.dtype)
-    context = torch.matmul(drop(probs, dropout), value)
-    return context.transpose(1, 2).contiguous(), None
+    return torch.matmul(drop(probs, dropout), value)
 
 
 @contextmanager
