@@ -1,4 +1,4 @@
-"""What a training step runs on the CPU in place of torch's slow paths: dropout masks and attention.
+"""What a training step runs on the CPU in place of torch's slow paths: dropout masks, attention, freed memory.
 
 Dropout: torch's CPU dropout draws its mask with `bernoulli_`, one Mersenne Twister number per
 element on one thread, about 5 ns an element: on MiniLM with two cores, a tenth of a training step.

@@ -125,15 +125,22 @@ def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, text
             id2label=id2label, label2id=label2id, pad_token_id=tokenizer.pad_token_id, problem_type=problem_type, **TINY,
         )
         model = transformers.BertForSequenceClassification(config)
-        first_token.apply(model)
-        cpu_training.apply(model)
-        return model, tokenizer
-    if cfg.trust_remote_code:
-        warnings.warn(f"model.trust_remote_code is on: code shipped with {cfg.name} will run", BertclsWarning, stacklevel=2)
-    tokenizer = load_tokenizer(cfg, max_length, texts)
+    else:
+        if cfg.trust_remote_code:
+            warnings.warn(f"model.trust_remote_code is on: code shipped with {cfg.name} will run", BertclsWarning, stacklevel=2)
+        tokenizer = load_tokenizer(cfg, max_length, texts)
+        model = _from_pretrained(transformers, cfg, id2label, label2id, problem_type)
+        check_max_length(model.config, max_length, cfg.name)
+    first_token.apply(model)
+    cpu_training.apply(model)
+    return model, tokenizer
+
+
+def _from_pretrained(transformers, cfg: ModelConfig, id2label: dict[int, str], label2id: dict[str, int], problem_type: str):
+    """The named encoder with a fresh classification head, in fp32; a ModelError saying why where it cannot load."""
     try:
         with quiet_unpickler():
-            model = transformers.AutoModelForSequenceClassification.from_pretrained(
+            return transformers.AutoModelForSequenceClassification.from_pretrained(
                 cfg.name, num_labels=len(id2label), id2label=id2label, label2id=label2id, problem_type=problem_type,
                 ignore_mismatched_sizes=True,  # a checkpoint fine-tuned on other labels gets a fresh head
                 trust_remote_code=cfg.trust_remote_code,
@@ -143,10 +150,6 @@ def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, text
         if _not_downloaded(exc):
             raise ModelError(f"model.name {cfg.name!r}: {_download_failure()}") from None
         raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({load_reason(exc)})") from None
-    check_max_length(model.config, max_length, cfg.name)
-    first_token.apply(model)
-    cpu_training.apply(model)
-    return model, tokenizer
 
 
 def _not_downloaded(exc: BaseException) -> bool:
