@@ -129,6 +129,20 @@ def test_overwrite_keeps_what_others_put_in_the_run_folder(tmp_path, trained_run
     assert "model/model.safetensors" in runs.read_record(run)["files"] and "model/README.md" not in runs.read_record(run)["files"]
 
 
+def test_a_model_that_cannot_load_leaves_the_run_it_would_overwrite_as_it_was(tmp_path, trained_run, toy_data):
+    run, damaged = tmp_path / "run", tmp_path / "damaged"
+    shutil.copytree(trained_run, run)
+    shutil.copytree(trained_run / "model", damaged)
+    with open(damaged / "model.safetensors", "r+b") as weights:  # a copy cut short
+        weights.truncate(2000)
+    config = make_config(tmp_path, toy_data, model={"name": str(damaged)})
+    before = snapshot(tmp_path)
+    for flags in (["--overwrite"], ["--set", f"output_dir={tmp_path / 'fresh'}"]):
+        result = runner.invoke(app, ["train", str(config), *flags])
+        assert result.exit_code == 2 and result.output.startswith(f"Error: model.name '{damaged}': cannot load it"), result.output
+        assert snapshot(tmp_path) == before  # the finished run kept whole; no half-made fresh folder
+
+
 def test_a_link_where_bertcls_writes_is_refused(tmp_path, toy_data, trained_run):
     run, theirs = tmp_path / "run", tmp_path / "my-model"
     shutil.copytree(trained_run, run)

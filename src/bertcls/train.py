@@ -320,8 +320,9 @@ class Job:
 
 def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: faults.StopRequest, resources: ExitStack,
            log_with: list | None = None, warn_data: bool = True) -> Job:
-    """The accelerator (with the experiment trackers `log_with`, not yet started), the claimed run folder, then (after
-    seeding) the model, batches, optimizer and schedule, and last the checkpoint's state, whose random states the loop continues from."""
+    """The accelerator (with the experiment trackers `log_with`, not yet started), the model (after seeding), the
+    claimed run folder, then the batches, optimizer and schedule, and last the checkpoint's state, whose random states
+    the loop continues from."""
     from accelerate.utils import set_seed
 
     tcfg, run = config.training, Path(config.output_dir)
@@ -330,13 +331,17 @@ def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: f
         torch.set_num_threads(tcfg.num_threads)
     accelerator = make_accelerator(tcfg, log_with)
     stop.share(accelerator)  # many processes stop at the same step
+    set_seed(config.seed)  # build the model after seeding so the seed also controls its initialisation
+    # ... and before the run folder is touched: a model that cannot load leaves the folder (an earlier run) as it was
+    model, tokenizer = load_model(config.model, inputs.labels.id2label, config.data.max_length,
+                                  inputs.train.texts + (inputs.train.pairs or []), multi_label=inputs.labels.multi_label)
     _claim_run_dir(run, overwrite, inputs.resume_from is not None, accelerator, resources)
     if accelerator.is_main_process:
         atomic.write_atomic(run / runs.CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
     accelerator.wait_for_everyone()  # the folder is ready before any process goes on
     job = Job(config, inputs, accelerator)
     job.warn_data = warn_data
-    set_seed(config.seed)  # build the model after seeding so the seed also controls its initialisation
+    job.model, job.tokenizer = model, tokenizer
     _build(job)
     job.state = LoopState()
     job.window = LossWindow(accelerator.device)
@@ -358,13 +363,11 @@ def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: f
 
 
 def _build(job: Job) -> None:
-    """Model and tokenizer, tokenised splits and their loaders, the loss, AdamW and the schedule, prepared by Accelerate."""
+    """On the loaded model and tokenizer: the tokenised splits and their loaders, the loss, AdamW and the schedule,
+    prepared by Accelerate."""
     from transformers import get_scheduler
 
     config, tcfg, inputs, acc = job.config, job.cfg, job.inputs, job.accelerator
-    texts = inputs.train.texts + (inputs.train.pairs or [])
-    job.model, job.tokenizer = load_model(config.model, inputs.labels.id2label, config.data.max_length, texts,
-                                          multi_label=inputs.labels.multi_label)
     long_text = longtext.LongText.of(config.data)
     if long_text.mode != "truncate":  # saved with the model, which then reads long texts so wherever it goes
         setattr(job.model.config, longtext.LONG_TEXT_KEY, long_text.to_saved(config.data.max_length))
