@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -134,6 +135,20 @@ def test_predict_warns_once_about_a_head_that_was_never_trained(tmp_path, traine
                              f"with model.name: {folder}\n")
     trained = runner.invoke(app, ["predict", "--model", str(trained_run / "model"), "great"])
     assert trained.exit_code == 0 and "warning" not in trained.stderr
+
+
+def test_a_model_folder_without_its_tokenizer_files_is_refused(tmp_path, trained_run, toy_data):
+    """transformers reads a folder without tokenizer files as an empty vocabulary: every word unknown, one answer for all."""
+    folder = tmp_path / "copied"
+    shutil.copytree(trained_run / "model", folder, ignore=shutil.ignore_patterns("tokenizer*", "*.pt"))
+    vocabulary = json.loads((folder / "config.json").read_text())["vocab_size"]
+    reason = (f"its tokenizer knows 5 tokens and the model {vocabulary:,}, so its tokenizer files (tokenizer.json, or vocab.txt "
+              "and the like) are missing or not the model's; copy them from the model it was trained from")
+    for command in (["predict", "--model", str(folder), "great"], ["evaluate", str(toy_data["validation"]), "--model", str(folder)]):
+        assert one_line_error(runner.invoke(app, command)) == f"{folder}: {reason}"
+    config = make_config(tmp_path, toy_data, model={"name": str(folder)})
+    assert one_line_error(runner.invoke(app, ["train", str(config)])) == f"model.name {str(folder)!r}: {reason}"
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("offline", [True, False])

@@ -197,11 +197,24 @@ def load_tokenizer(cfg: ModelConfig, max_length: int, texts: Sequence[str] = ())
         return build_tiny_tokenizer(texts, model_max_length=max(512, max_length))
     _check_model_source(cfg.name)
     try:
-        return transformers.AutoTokenizer.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
+        config = transformers.AutoConfig.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
         if _not_downloaded(exc):
             raise ModelError(f"model.name {cfg.name!r}: {_download_failure()}") from None
         raise ModelError(f"model.name {cfg.name!r}: cannot load its tokenizer ({first_line(exc)})") from None
+    check_tokenizer(tokenizer, config, f"model.name {cfg.name!r}")
+    return tokenizer
+
+
+def check_tokenizer(tokenizer, model_config, where: str) -> None:
+    """Refuse a tokenizer that knows far fewer tokens than the model: for a folder without its tokenizer files,
+    transformers builds an empty one (a few special tokens), which reads every word as unknown."""
+    vocab_size = getattr(model_config, "vocab_size", None)
+    if isinstance(vocab_size, int) and len(tokenizer) * 2 < vocab_size:
+        raise ModelError(f"{where}: its tokenizer knows {len(tokenizer):,} tokens and the model {vocab_size:,}, so its tokenizer "
+                         "files (tokenizer.json, or vocab.txt and the like) are missing or not the model's; copy them from "
+                         "the model it was trained from")
 
 
 def _check_model_source(name: str) -> None:
@@ -232,6 +245,7 @@ def load_trained(path: str | Path):
     except unreadable_weights() as exc:
         raise ModelError(f"{folder}: cannot load the model ({load_reason(exc)}); replace the folder with a complete "
                          "copy, or train again") from None
+    check_tokenizer(tokenizer, model.config, str(folder))
     if loading["missing_keys"]:  # not in the folder, so initialised at random: a bare encoder has no trained head
         missing = ", ".join(sorted(loading["missing_keys"])[:4]) + (", ..." if len(loading["missing_keys"]) > 4 else "")
         warnings.warn(f"{folder}: its classification head was never trained ({missing} not in the folder, so random); "
