@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 
 from bertcls import runs
@@ -25,6 +28,16 @@ def test_batching_does_not_change_results(trained_run):
 def test_edge_texts_all_get_a_label(trained_run, text):
     (out,) = Predictor.load(trained_run).predict([text])
     assert out.label in ("positive", "negative")
+
+
+def test_bytes_that_are_not_utf8_are_a_one_line_error_naming_the_text(trained_run):
+    """On a command line or stdin, Python keeps such bytes as lone surrogates, which no tokenizer takes."""
+    command = [sys.executable, "-m", "bertcls", "predict", "--model", str(trained_run)]
+    for extra, stdin, number in (([b"fine", b"caf\xe9 movie"], None, 2), (["-"], b"caf\xe9 movie\nfine\n", 1)):
+        done = subprocess.run([*command, *extra], input=stdin, capture_output=True)
+        assert done.returncode == 2 and done.stdout == b"", done.stderr
+        assert done.stderr.decode() == (f"Error: text {number} is not valid Unicode (a lone surrogate at character 4, from bytes "
+                                        "that are not UTF-8 or an escape like \\ud800); give UTF-8 text\n")
 
 
 def test_long_text_is_marked_truncated(trained_run):

@@ -6,6 +6,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from bertcls import tsv
 from bertcls.cli import app
 from bertcls.errors import DataError
 from bertcls.predict import Prediction, Predictor
@@ -84,6 +85,8 @@ def test_texts_with_top_k(trained_run):
     ("in.csv", "text,score\nhi,1\n", [], "already has column(s) score"),
     ("in.csv", "text\n", [], "no rows"),
     ("in.csv", "text\nhi\n", ["--output", "out.xlsx"], "unsupported extension '.xlsx'"),
+    ("in.jsonl", '{"text": "fine"}\n{"text": "a \\ud800 b"}\n', [], "data row 2: its 'text' is not valid Unicode (a lone surrogate"),
+    ("in.jsonl", '{"text": ["a", "b"]}\n', [], "data row 1: its 'text' is a list, not text"),
 ])
 def test_bad_files_are_one_line_errors_and_leave_no_output(tmp_path, trained_run, name, content, extra, message):
     source = tmp_path / name
@@ -98,3 +101,22 @@ def test_output_may_not_overwrite_the_input(tmp_path):
     source = write_csv(tmp_path / "in.csv", [("a", "b")])
     with pytest.raises(DataError, match="is the input file"):
         predict_file(CountingPredictor(), source, source, text_column="text", progress=False)
+
+
+@pytest.mark.parametrize("texts", [
+    ['he said "hi" loudly', "C:\\dir\\file", "ok"],  # GLUE-style: written back byte for byte
+    ['he said "hi" loudly', "a\tb", "two\nlines", '"a quoted title"', "C:\\dir\\file"],  # csv-quoted where it must be
+], ids=["glue-style", "csv-quoted"])
+def test_a_tsv_output_gives_back_the_input_texts_as_they_were(tmp_path, texts):
+    pandas = pytest.importorskip("pandas")
+    source = tmp_path / "in.tsv"
+    with open(source, "w", encoding="utf-8", newline="") as f:
+        csv.writer(f, delimiter="\t", lineterminator="\n").writerows([("text", "id"), *((t, str(i)) for i, t in enumerate(texts))])
+    out = tmp_path / "out.tsv"
+    predict_file(CountingPredictor(), source, out, text_column="text", progress=False)
+    back = pandas.read_csv(out, sep="\t", dtype=str, keep_default_na=False)
+    assert list(back["text"]) == texts and list(back["id"]) == [str(i) for i in range(len(texts))]
+    with open(out, encoding="utf-8", newline="") as f:  # as bertcls reads a TSV, for training or predict --file
+        assert [row["text"] for row in csv.DictReader(f, delimiter="\t", quoting=tsv.quoting(out))] == texts
+    if "\t" not in "".join(texts):
+        assert out.read_text(encoding="utf-8").splitlines()[1].startswith('he said "hi" loudly\t0\t')

@@ -158,7 +158,9 @@ TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
     (b'{"texts": [', 400, "the body is not valid JSON (Expecting value at line 1 column 12)"),
     (b"\xff\xfe{", 400, "the body is not UTF-8 text"),
     (TOO_DEEP, 400, "nested too deeply"),
-    (b"[1, 2]", 422, "the body is a JSON list; send an object"),
+    (b"[1, 2]", 422, "the body is a JSON array; send an object"),
+    (b"null", 422, "the body is a JSON null; send an object"),
+    (b'{"texts": ["ok", "a \\ud800 b"]}', 422, "texts: text 2 is not valid Unicode (a lone surrogate at character 3"),
     (b'{"texts": []}', 422, "texts: List should have at least 1 item after validation, not 0"),
     (b'{"texts": "one text"}', 422, "texts: Input should be a valid list"),
     (b'{"texts": ["ok", 5]}', 422, "texts[1]: Input should be a valid string"),
@@ -169,7 +171,7 @@ TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
     (json.dumps({"texts": ["a"], "top_k": 3}).encode(), 422, "top_k: 3 is more than the model's 2 labels; use 1 to 2"),
     (json.dumps({"texts": ["a"], "top_k": "2"}).encode(), 422, "top_k: Input should be a valid integer"),
     (json.dumps({"texts": ["a" * (1 << 20)]}).encode(), 413, "the body is over 1,048,576 bytes"),
-], ids=["malformed", "not-utf8", "too-deep", "not-object", "empty", "string", "non-string", "unknown-field", "too-many",
+], ids=["malformed", "not-utf8", "too-deep", "not-object", "null", "lone-surrogate", "empty", "string", "non-string", "unknown-field", "too-many",
         "pairs-length", "top_k-0", "top_k-above", "top_k-string", "too-large"])
 def test_bad_requests_get_a_4xx_naming_the_problem(client, body, status, detail):
     answer = client.post("/predict", content=body, headers={"Content-Type": "application/json"})

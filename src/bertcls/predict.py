@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bertcls import longtext, machine, runs
-from bertcls.errors import ModelError, first_line
+from bertcls.errors import DataError, ModelError, first_line
 from bertcls.longtext import LONG_TEXT_KEY, LongText, Reading
 from bertcls.model import DEFAULT_THRESHOLD, THRESHOLD_KEY, load_trained, pad_batch, truncate_long_texts
 
@@ -209,14 +209,38 @@ class _Predicts:
     def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
         """Raw logits (float32 array, one row per text, input order)."""
         self.long_text.check_pairs(pairs)
+        check_texts(texts, pairs)
         return self._run(texts, pairs)[0]
 
     def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[Prediction]:
         self.long_text.check_pairs(pairs)
+        check_texts(texts, pairs)
         if not texts:
             return []
         logits, reading = self._run(texts, pairs)
         return to_predictions(logits, reading, self.id2label, self.threshold)
+
+
+def check_texts(texts: Sequence[str], pairs: Sequence[str] | None = None) -> None:
+    """A DataError naming the first text the model cannot read (see `text_problem`)."""
+    for kind, column in (("text", texts), ("pair", pairs or ())):
+        for number, text in enumerate(column, start=1):
+            problem = text_problem(text)
+            if problem:
+                raise DataError(f"{kind} {number} {problem}")
+
+
+def text_problem(text) -> str | None:
+    """What keeps `text` from being tokenised, or None: not a string, or not Unicode (a lone surrogate: what Python
+    makes of bytes that are not UTF-8 on a command line, or of a JSON escape like \\ud800)."""
+    if not isinstance(text, str):
+        return f"is a {type(text).__name__}, not text; give text"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"is not valid Unicode (a lone surrogate at character {exc.start + 1}, from bytes that are not UTF-8 "
+                "or an escape like \\ud800); give UTF-8 text")
+    return None
 
 
 class _TokenizersPredictor(_Predicts):

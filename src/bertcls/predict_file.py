@@ -79,6 +79,9 @@ def _json_row(line: str, number: int, path: Path) -> dict[str, Any]:
 
 
 def texts_of(chunk: list[dict[str, Any]], column: str, first_row: int, path: Path, option: str) -> list[str]:
+    """The texts of `column`; a DataError naming the data row of one that is missing or that the model cannot read."""
+    from bertcls.predict import text_problem
+
     if column not in chunk[0]:
         raise DataError(f"--file {path}: no column {column!r} (columns: {', '.join(map(str, chunk[0]))}); pass {option}")
     texts = []
@@ -86,7 +89,11 @@ def texts_of(chunk: list[dict[str, Any]], column: str, first_row: int, path: Pat
         value = row.get(column)
         if value is None:
             raise DataError(f"--file {path}: data row {first_row + i + 1} has no {column!r}; fill it in or remove the row")
-        texts.append(value if isinstance(value, str) else str(value))
+        text = str(value) if isinstance(value, (int, float)) else value  # a number in a JSON line reads as its digits
+        problem = text_problem(text)
+        if problem:
+            raise DataError(f"--file {path}: data row {first_row + i + 1}: its {column!r} {problem}")
+        texts.append(text)
     return texts
 
 
@@ -112,16 +119,24 @@ class _Writer:
     def __init__(self, file: IO[str], kind: str) -> None:
         self.file, self.kind = file, kind
         self.csv: csv.DictWriter | None = None
+        self.columns: list[str] | None = None  # a TSV's, from its first row
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         if self.kind == "jsonl":
             self.file.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
             return
+        rows = [{k: ";".join(v) if isinstance(v, list) else v for k, v in row.items()} for row in rows]
+        if self.kind == "tsv":  # each field as the input had it: only what a TSV cannot hold bare goes in quotes
+            if self.columns is None:
+                self.columns = list(rows[0])
+                self.file.write("\t".join(map(tsv.written, self.columns)) + "\n")
+            self.file.writelines("\t".join(tsv.written("" if row.get(k) is None else str(row[k])) for k in self.columns) + "\n"
+                                 for row in rows)
+            return
         if self.csv is None:
-            options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "escapechar": "\\"} if self.kind == "tsv" else {}
-            self.csv = csv.DictWriter(self.file, fieldnames=list(rows[0]), extrasaction="ignore", **options)
+            self.csv = csv.DictWriter(self.file, fieldnames=list(rows[0]), extrasaction="ignore", lineterminator="\n")
             self.csv.writeheader()
-        self.csv.writerows({k: ";".join(v) if isinstance(v, list) else v for k, v in row.items()} for row in rows)
+        self.csv.writerows(rows)
 
 
 def predict_file(predictor, source: Path, output: Path | None, *, text_column: str, pair_column: str | None = None,

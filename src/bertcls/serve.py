@@ -34,7 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from bertcls import runs
 from bertcls.batching import Batcher
-from bertcls.errors import BertclsError, ConfigError, ModelError, first_line
+from bertcls.errors import BertclsError, ConfigError, DataError, ModelError, first_line
+from bertcls.predict import check_texts
 
 try:
     import uvicorn
@@ -112,7 +113,8 @@ def parse_request(body: bytes, options: ServeOptions, n_labels: int) -> PredictR
     except RecursionError:
         raise HTTPException(400, "the body is JSON nested too deeply; send {\"texts\": [\"...\"]}") from None
     if not isinstance(raw, dict):
-        raise HTTPException(422, f"the body is a JSON {type(raw).__name__}; send an object like {{\"texts\": [\"...\"]}}")
+        kind = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(raw), "null")
+        raise HTTPException(422, f"the body is a JSON {kind}; send an object like {{\"texts\": [\"...\"]}}")
     try:
         request = PredictRequest.model_validate(raw)
     except ValidationError as exc:
@@ -123,6 +125,10 @@ def parse_request(body: bytes, options: ServeOptions, n_labels: int) -> PredictR
         raise HTTPException(422, f"pairs: {len(request.pairs)} pair(s) for {len(request.texts)} text(s); give one pair per text")
     if request.top_k is not None and request.top_k > n_labels:
         raise HTTPException(422, f"top_k: {request.top_k} is more than the model's {n_labels} labels; use 1 to {n_labels}")
+    try:  # here, not in the batch: a text the model cannot read fails its own request only
+        check_texts(request.texts, request.pairs)
+    except DataError as exc:
+        raise HTTPException(422, f"texts: {exc}") from None
     return request
 
 

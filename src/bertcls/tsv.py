@@ -61,3 +61,12 @@ def _after_closing_quote(line: str, start: int) -> int | None:
         return None
     after = end + 1
     return after if after == len(line) or line[after] in "\t\r\n" else -1
+
+
+def written(field: str) -> str:
+    """`field` as a TSV line holds it, to be read back intact (by `quoting` and csv, or pandas): as it is, or in
+    quotes with quotes inside doubled where it holds a tab or a line break, or opens with a quote. A quote inside
+    a text stays as it is, GLUE-style."""
+    if "\t" in field or "\n" in field or "\r" in field or field.startswith('"'):
+        return '"' + field.replace('"', '""') + '"'
+    return field
