@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from bertcls.config import load_config, parse_override
+from bertcls.config import load_config, load_yaml, parse_override
 from bertcls.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +40,9 @@ def test_defaults_and_relative_paths(tmp_path):
         ("data: {train: a.csv}\ntraining: {report_to: [mlflow, tensorboard, mlflow]}\n", "training.report_to: mlflow is listed more than once"),
         ("data: {train: a.csv}\ntraining: {max_steps: 0}\n", "training.max_steps: input should be greater than or equal to 1"),
         ("data: {train: a.csv}\ntraining: {eval_every_steps: 0}\n", "training.eval_every_steps: input should be greater than or equal to 1"),
+        ("data: {train: a.csv}\ntraining: {threshold: 0.9}\n", "training.threshold only applies with data.task: multi_label"),
+        ("data: {train: a.csv}\ntraining: {tune_threshold: true}\n", "training.tune_threshold only applies with data.task: multi_label"),
+        ("data: {train: a.csv, label_separator: '|'}\n", "data.label_separator only applies with data.task: multi_label"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, text, message):
@@ -53,6 +56,14 @@ def test_malformed_yaml_gives_line_and_column(tmp_path):
     path = write(tmp_path, "data:\n  train: a.csv\nseed: [1\n")
     with pytest.raises(ConfigError, match=r"c\.yaml:4:1: invalid YAML"):
         load_config(path)
+
+
+def test_a_key_written_twice_is_refused_but_a_merge_may_override(tmp_path):
+    path = write(tmp_path, "data: {train: a.csv}\ntraining:\n  epochs: 1\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: key 'epochs' is written twice in one section \(lines 3 and 4\), and only the last"):
+        load_config(path)
+    merged = write(tmp_path, "base: &base {epochs: 1, batch_size: 8}\ndata: {train: a.csv}\ntraining:\n  <<: *base\n  epochs: 3\n")
+    assert load_yaml(merged.read_text(), "c.yaml")["training"] == {"epochs": 3, "batch_size": 8}
 
 
 @pytest.mark.parametrize("text, message", [("", "the config is empty"), ("- a\n- b\n", "top level must be a mapping")])

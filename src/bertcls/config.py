@@ -12,6 +12,7 @@ import copy
 import difflib
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -297,6 +298,7 @@ class Config(Section):
         if self.data.label_column in (self.data.text_column, self.data.text_pair_column):
             raise ValueError("data.label_column must differ from the text columns")
         _check_long_text(self.data)
+        _check_multi_label_keys(self)
         self.tune.space = _checked_space(self)
         return self
 
@@ -370,6 +372,18 @@ def _check_long_text(data: DataConfig) -> None:
     if data.stride is not None and data.stride > data.max_length // 2:
         raise ValueError(f"data.stride={data.stride} must be at most half of data.max_length={data.max_length} "
                          f"({data.max_length // 2}): it is the overlap of consecutive windows, in tokens")
+
+
+def _check_multi_label_keys(config: Config) -> None:
+    """The keys only multi_label reads, refused with their values changed on a single_label task, not ignored."""
+    if config.data.task == "multi_label":
+        return
+    changed = [key for key, value, default in (("training.threshold", config.training.threshold, 0.5),
+                                               ("training.tune_threshold", config.training.tune_threshold, False),
+                                               ("data.label_separator", config.data.label_separator, ";")) if value != default]
+    if changed:
+        raise ValueError(f"{changed[0]} only applies with data.task: multi_label (a single-label model predicts its most "
+                         "probable label); set data.task: multi_label, or remove it")
 
 
 # Keys whose values are paths to resolve (model.name only when it names a local folder).
@@ -456,10 +470,12 @@ def load_yaml(text: str, where: str) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
+        nodes = _distinct_nodes(node)
         try:
-            added = _expanded_size(node, {}) - len(_distinct_nodes(node))
+            added = _expanded_size(node, {}) - len(nodes)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
+        _refuse_repeated_keys(nodes.values(), where)
         if added > MAX_ALIAS_EXPANSION:
             raise ConfigError(f"{where}: its aliases (*name) repeat more than {MAX_ALIAS_EXPANSION:,} values "
                               "(nested aliases, a \"billion laughs\"?); write the values out instead")
@@ -482,13 +498,32 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int | None]) -> int:
     return total
 
 
-def _distinct_nodes(node: yaml.Node) -> set[int]:
-    seen, todo = set(), [node]
+def _refuse_repeated_keys(nodes: Iterable[yaml.Node], where: str) -> None:
+    """A key written twice in one mapping is an error: PyYAML keeps the last, so the first setting would be silently
+    dropped. (A merge key `<<: *base` overriding a key is how YAML means it, not a repeat.)"""
+    for node in nodes:
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        lines: dict[tuple[str, str], int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            line = key.start_mark.line + 1
+            if (key.tag, key.value) in lines:
+                raise ConfigError(f"{where}: key {clipped(key.value)!r} is written twice in one section (lines "
+                                  f"{lines[key.tag, key.value]} and {line}), and only the last would count; keep one")
+            lines[key.tag, key.value] = line
+
+
+def _distinct_nodes(node: yaml.Node) -> dict[int, yaml.Node]:
+    """Every node under `node` once, by id (an alias's node is met again, not copied)."""
+    seen: dict[int, yaml.Node] = {}
+    todo = [node]
     while todo:
         current = todo.pop()
         if id(current) in seen:
             continue
-        seen.add(id(current))
+        seen[id(current)] = current
         if isinstance(current, yaml.MappingNode):
             todo += [part for pair in current.value for part in pair]
         elif isinstance(current, yaml.SequenceNode):
