@@ -143,6 +143,14 @@ def test_a_model_that_cannot_load_leaves_the_run_it_would_overwrite_as_it_was(tm
         assert snapshot(tmp_path) == before  # the finished run kept whole; no half-made fresh folder
 
 
+def test_a_loss_curve_the_run_never_drew_is_not_its_to_delete(tmp_path):
+    run = tmp_path / "run"
+    runs.prepare_run_dir(run, overwrite=False)  # a run with training.loss_curve: false writes no loss.png
+    (run / runs.LOSS_FILE).write_bytes(b"the user's own figure")
+    runs.prepare_run_dir(run, overwrite=True)
+    assert (run / runs.LOSS_FILE).read_bytes() == b"the user's own figure"
+
+
 def test_a_link_where_bertcls_writes_is_refused(tmp_path, toy_data, trained_run):
     run, theirs = tmp_path / "run", tmp_path / "my-model"
     shutil.copytree(trained_run, run)

@@ -340,7 +340,7 @@ def prepare_run_dir(run: Path, overwrite: bool, resuming: bool = False) -> None:
     _clear_leftovers(run, resuming)
     for name in [] if resuming else [*RUN_FILES, *(path.name for path in checkpoints(run))]:
         remove_ours(run, name)
-    record_files(run, CONFIG_FILE, LOG_FILE, LOSS_FILE, METRICS_FILE)
+    record_files(run, CONFIG_FILE, LOG_FILE, METRICS_FILE)  # the others as they are written, if they are
 
 
 def _clear_leftovers(run: Path, resuming: bool) -> None:

@@ -591,6 +591,7 @@ def _write_reports(run: Path, evaluations: dict[str, Evaluation], cfg: TrainingC
         runs.record_files(run, *(f"{runs.REPORTS_DIR}/{name}/{file}" for file in files))
         report.write_report(run / runs.REPORTS_DIR / name, evaluation, figures=cfg.report_figures)
     if cfg.loss_curve:
+        runs.record_files(run, runs.LOSS_FILE)
         report.write_loss_curve(run)
     if not log.quiet:
         shown = "test" if "test" in evaluations else "validation"
