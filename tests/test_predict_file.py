@@ -87,14 +87,17 @@ def test_texts_with_top_k(trained_run):
     ("in.csv", "text\nhi\n", ["--output", "out.xlsx"], "unsupported extension '.xlsx'"),
     ("in.jsonl", '{"text": "fine"}\n{"text": "a \\ud800 b"}\n', [], "data row 2: its 'text' is not valid Unicode (a lone surrogate"),
     ("in.jsonl", '{"text": ["a", "b"]}\n', [], "data row 1: its 'text' is a list, not text"),
+    ("in.csv", "text\nhi\n", ["--output", "outdir"], "--output {tmp}/outdir is a folder; give a file name"),
 ])
 def test_bad_files_are_one_line_errors_and_leave_no_output(tmp_path, trained_run, name, content, extra, message):
     source = tmp_path / name
     source.write_text(content, encoding="utf-8")
     extra = [str(tmp_path / e) if e.startswith("out") else e for e in extra] or ["--output", str(tmp_path / "out.csv")]
+    if "outdir" in message:
+        (tmp_path / "outdir").mkdir()
     result = runner.invoke(app, ["predict", "-m", str(trained_run), "-f", str(source), *extra])
-    assert result.exit_code == 2 and message in result.output, result.output
-    assert not any(p.name.startswith(("out", ".out")) for p in tmp_path.iterdir())
+    assert result.exit_code == 2 and message.format(tmp=tmp_path) in result.output, result.output
+    assert not any(p.name.startswith(("out", ".out")) for p in tmp_path.iterdir() if p.name != "outdir")
 
 
 def test_output_may_not_overwrite_the_input(tmp_path):

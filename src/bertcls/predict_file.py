@@ -145,12 +145,14 @@ def predict_file(predictor, source: Path, output: Path | None, *, text_column: s
     from tqdm.auto import tqdm
 
     source = Path(source)
+    if source.is_dir():
+        raise DataError(f"--file {source} is a folder; give a csv, tsv or jsonl file")
+    if output is not None and output.is_dir():
+        raise DataError(f"--output {output} is a folder; give a file name")
     kind = "jsonl" if output is None else file_format(output, "--output")
     if output is not None:
         if output.resolve() == source.resolve():
             raise DataError(f"--output {output} is the input file; write the predictions somewhere else")
-        if output.is_dir():
-            raise DataError(f"--output {output} is a folder; give a file name")
         atomic.check_folder_path(output.parent, f"--output {output}: its folder")
         with atomic.writing(output.parent):
             output.parent.mkdir(parents=True, exist_ok=True)
