@@ -23,6 +23,7 @@ import bertcls
 from bertcls import runs
 from bertcls.cli import app
 from bertcls.config import load_config
+from bertcls.errors import Interrupted
 from bertcls.tune import LOCK_FILE
 from conftest import assert_one_line_error, make_config, toy_rows, wait_for, write_csv
 
@@ -213,6 +214,59 @@ def test_two_workers_share_one_study_and_never_run_a_trial_twice(tmp_path):
     assert sum("removed the model/ of 3 losing trial(s)" in stderr for _, stderr in outputs) == 1, outputs
 
 
+def one_trial_study(tmp_path: Path) -> Path:
+    """The config of a study that holds one completed trial of SPACE."""
+    config = tune_config(tmp_path, trials=1)
+    result = runner.invoke(app, ["tune", str(config)])
+    assert result.exit_code == 0, result.output
+    return config
+
+
+def study_trials(folder: Path) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'study.db'}").get_trials()
+
+
+@pytest.mark.parametrize("change, searched", [
+    ("tune.space.training.batch_size=[8, 16, 32]", "tune.space.training.batch_size: the study searched [8, 16]; keep that space"),
+    ("tune.space.training.batch_size={low: 8, high: 16}", "tune.space.training.batch_size: the study searched [8, 16]; keep that space"),
+    ("tune.space.training.learning_rate.log=false",
+     "tune.space.training.learning_rate: the study searched {low: 0.0001, high: 0.01, log: true}; keep that space (its ends may move)"),
+])
+def test_a_study_refuses_a_space_its_trials_did_not_search_before_any_trial(tmp_path, no_trial_reports, change, searched):
+    config = one_trial_study(tmp_path)
+    folder = tmp_path / "search"
+    result = runner.invoke(app, ["tune", str(config), "--trials", "2", "--set", change])
+    assert_one_line_error(result, f"{searched}, or start a new study (--study NAME or another output_dir)")
+    assert [trial.state.name for trial in study_trials(folder)] == ["COMPLETE"]  # no failed trial left behind
+    assert not (folder / "trial-1").exists()
+
+
+def test_a_study_goes_on_when_a_range_moves(tmp_path, no_trial_reports):
+    # optuna takes a range's new ends (TPE learns from the trials outside them too): narrowing a range is how a search is refined
+    config = one_trial_study(tmp_path)
+    result = runner.invoke(app, ["tune", str(config), "--trials", "2", "--set", "tune.space.training.learning_rate.low=5.0e-3"])
+    assert result.exit_code == 0, result.output
+    rows = trials(tmp_path / "search")
+    assert [row["state"] for row in rows] == ["complete", "complete"] and float(rows[1]["training.learning_rate"]) >= 5.0e-3
+
+
+def test_ctrl_c_says_whether_the_trial_s_values_run_again(tmp_path, monkeypatch):
+    # Each run of the command is stopped in its first trial: the values are queued again twice, then no more
+    def stopped(config, **kwargs):
+        raise Interrupted("SIGINT", 3, config.output_dir + "/checkpoint-3", 130)
+
+    monkeypatch.setattr("bertcls.tune.train", stopped)
+    config = tune_config(tmp_path)
+    outputs = [runner.invoke(app, ["tune", str(config)]).output for _ in range(3)]
+    for number, output in enumerate(outputs[:2]):
+        assert f"trial {number} is marked failed, and its values run again in a new trial; continue the search with" in output, output
+    assert ("trial 2 is marked failed; its values ran 3 times without finishing and are not tried again; "
+            "continue the search with") in outputs[2], outputs[2]
+    trials_now = study_trials(tmp_path / "search")
+    assert [trial.state.name for trial in trials_now] == ["FAIL"] * 3
+    assert len({trial.params["training.learning_rate"] for trial in trials_now}) == 1
+
+
 # ---------------------------------------------------------------------------- checks that train nothing
 
 @pytest.mark.parametrize("space, message", [
@@ -260,6 +314,20 @@ def test_train_accepts_a_config_with_a_tune_section_and_leaves_it_out_of_the_run
 ])
 def test_misused_options_are_one_line_errors(tmp_path, args, message):
     assert_one_line_error(runner.invoke(app, ["tune", str(tune_config(tmp_path)), *args]), message)
+    assert not (tmp_path / "search").exists()
+
+
+@pytest.mark.parametrize("url, driver, package", [
+    ("postgresql+psycopg://me:s3cret@127.0.0.1:9/db", "psycopg", "'psycopg[binary]'"),
+    ("postgresql+psycopg2://me:s3cret@127.0.0.1:9/db", "psycopg2", "psycopg2-binary"),
+    ("mysql+pymysql://me:s3cret@127.0.0.1:9/db", "pymysql", "pymysql"),
+])
+def test_a_storage_without_its_driver_says_what_to_install_and_claims_no_folder(tmp_path, monkeypatch, url, driver, package):
+    monkeypatch.setitem(sys.modules, driver, None)  # as if not installed
+    result = runner.invoke(app, ["tune", str(tune_config(tmp_path)), "--storage", url, "--study", "st1"])
+    assert_one_line_error(result, f"--storage {url.replace('s3cret', '***')}: its database driver {driver} is not installed; pip install {package},")
+    assert "s3cret" not in result.output
+    assert not (tmp_path / "search").exists()
 
 
 def test_an_empty_space_says_what_to_write(tmp_path):

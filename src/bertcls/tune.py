@@ -11,7 +11,8 @@ and a report out. The search's folder is the config's output_dir, a bertcls fold
     OUTPUT_DIR/figures/          history.png, importances.png, slice.png (optuna's matplotlib plots)
     OUTPUT_DIR/seed-S/, seeds.json   with tune.seeds: the best config re-trained with seed S; mean ± std
 
-A study counts its completed and pruned trials; running the command again runs only the rest. A trial
+A study counts its completed and pruned trials; running the command again runs only the rest, over the
+same space (a range's ends may move; choices, a range's kind and its log scale may not). A trial
 whose process died (Ctrl-C, kill -9) is marked failed, counts for nothing, and its values are tried
 again in a new trial (at most twice). A pruned trial stops after the evaluation the pruner judged and finishes as a
 smaller run folder (metrics.json from its best checkpoint so far). A trial whose loss became NaN
@@ -40,11 +41,12 @@ import yaml
 
 from bertcls import atomic, distributed, runs
 from bertcls.config import Config, Dimension, TuneConfig, set_dotted, validate_config
-from bertcls.errors import BertclsError, ConfigError, Interrupted, RunError, TrainingError, UsageError, first_line, shown
+from bertcls.errors import BertclsError, ConfigError, Interrupted, RunError, TrainingError, UsageError, clipped, first_line, shown
 from bertcls.train import Callback, check_inputs, train
 
 try:
     import optuna
+    from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
     from sqlalchemy.engine import make_url
@@ -69,6 +71,8 @@ EMBEDDED = "embedded"  # tune.json's name for the default storage, which moves w
 HEARTBEAT_S, GRACE_S, RETRIES = 10, 30, 2
 # Seconds a worker waits for another to let go of an SQLite file before giving up.
 SQLITE_TIMEOUT_S = 60
+# The pip package of a database driver SQLAlchemy imports, where the names differ (postgresql:// is psycopg from SQLAlchemy 2.1 on)
+DRIVER_PACKAGES = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient"}
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -107,10 +111,12 @@ def search(config: Config, options: Options, config_file: str | Path | None = No
     folder = Path(config.output_dir)
     _check_folder(folder)
     check_inputs(config, config_file, resume=False, force=False, overwrite=False)  # the data, labels and model, before any trial
+    with _quiet_optuna():
+        server = _server(options)  # its URL and driver, before the folder is claimed: a refused one leaves nothing behind
     folder.mkdir(parents=True, exist_ok=True)
     runs.record_files(folder, TUNE_FILE, STUDY_FILE, LOCK_FILE, BEST_FILE, TRIALS_FILE, SEEDS_FILE, *(f"{FIGURES_DIR}/{name}" for name in FIGURES))
     with _quiet_optuna(), _worker(folder) as worker:
-        job = _open(config, options, folder, config_file, say)
+        job = _open(config, options, folder, server, config_file, say)
         if worker.alone and options.storage is None:
             _fail_dead_trials(job.study)
         worker.share()
@@ -141,7 +147,7 @@ def report(config: Config, options: Options, say: Callable[[str], None] | None =
     _check_search(config)
     folder = Path(config.output_dir)
     with _quiet_optuna():
-        job = _open(config, options, folder, None, say, create=False)
+        job = _open(config, options, folder, _server(options), None, say, create=False)
         write_report(job)
     return folder
 
@@ -166,18 +172,20 @@ def _check_folder(folder: Path) -> None:
 
 # ---------------------------------------------------------------------------- the study
 
-def _open(config: Config, options: Options, folder: Path, config_file, say, create: bool = True) -> Search:
-    """The study this folder belongs to (created on first use when `create`), checked against the folder's tune.json."""
+def _open(config: Config, options: Options, folder: Path, server, config_file, say, create: bool = True) -> Search:
+    """The study this folder belongs to (created on first use when `create`), checked against the folder's tune.json;
+    in `server` (see _server), else in the folder's embedded SQLite file."""
     metric = config.tune.metric or config.training.metric_for_best
     name = options.study or folder.name
-    url = options.storage or f"sqlite:///{folder / STUDY_FILE}"
-    shown_url = EMBEDDED if options.storage is None else redacted(url)
+    shown_url = EMBEDDED if options.storage is None else redacted(options.storage)
     _check_tune_file(folder, name, shown_url, create)
-    study = _study(_storage(url, shown_url), name, shown_url, config, metric, create)
+    storage = server or _storage(f"sqlite:///{folder / STUDY_FILE}", shown_url)
+    study = _study(storage, name, shown_url, config, metric, create)
     if create and not study.get_trials(deepcopy=False) and any(folder.glob(f"{TRIAL_PREFIX}*")):
         raise RunError(f"output_dir {folder} holds trial folders, but study '{name}' in {shown_url} has no trials (was its "
                        f"{STUDY_FILE} deleted?); new trials would clash with them: choose another output_dir")
     if create:
+        _check_space(study, config.tune)
         atomic.write_json(folder / TUNE_FILE, {"study": name, "storage": shown_url, "metric": metric})
     tune = config.tune
     grid = math.prod(len(dim.grid()) for dim in tune.space.values()) if tune.sampler == "grid" else math.inf
@@ -204,6 +212,36 @@ def _study(storage, name: str, shown_url: str, config: Config, metric: str, crea
     return study
 
 
+def _check_space(study: optuna.Study, tune: TuneConfig) -> None:
+    """Refuse a space that the study's trials did not search, before a trial starts (optuna would fail it midway):
+    its choices, and a range's kind (integer or float) and log scale, must stay; a range's ends may move."""
+    grid = tune.sampler == "grid"
+    new = {key: _distribution(dim, grid) for key, dim in tune.space.items()}
+    for trial in study.get_trials(deepcopy=False):
+        for key, old in trial.distributions.items():
+            if key not in new:
+                continue
+            try:  # optuna's own rule, the one it would fail the trial with
+                optuna.distributions.check_distribution_compatibility(old, new[key])
+            except ValueError:
+                ends = "" if isinstance(old, CategoricalDistribution) else " (its ends may move)"
+                raise ConfigError(f"tune.space.{key}: the study searched {_shown_distribution(old)}; keep that space{ends}, "
+                                  "or start a new study (--study NAME or another output_dir)") from None
+
+
+def _shown_distribution(dist: BaseDistribution) -> str:
+    """A distribution as tune.space writes it: [choices] or {low: A, high: B, log: true, step: S}."""
+    if isinstance(dist, CategoricalDistribution):
+        spec: Any = list(dist.choices)
+    else:
+        spec = {"low": dist.low, "high": dist.high}
+        if dist.log:
+            spec["log"] = True
+        if dist.step != (1 if isinstance(dist, IntDistribution) else None):
+            spec["step"] = dist.step
+    return clipped(yaml.safe_dump(spec, default_flow_style=True, sort_keys=False, width=math.inf).strip())
+
+
 def _check_tune_file(folder: Path, name: str, storage: str, create: bool) -> None:
     """One study per folder: trial numbers start at 0 in each study, and trial-N folders must not clash."""
     path = folder / TUNE_FILE
@@ -218,15 +256,22 @@ def _check_tune_file(folder: Path, name: str, storage: str, create: bool) -> Non
                        + ("" if found.get("storage") == EMBEDDED else " --storage URL"))
 
 
+def _server(options: Options):
+    """The --storage database, opened (its URL and driver checked); None for the folder's embedded SQLite file."""
+    return None if options.storage is None else _storage(options.storage, redacted(options.storage))
+
+
 def _storage(url: str, shown_url: str):
     sqlite = url.startswith("sqlite")
     engine = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if sqlite else {"pool_pre_ping": True}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=RETRIES))
-    except ModuleNotFoundError as exc:
-        raise UsageError(f"--storage {shown_url}: its database driver {exc.name} is not installed; pip install it "
-                         "(PostgreSQL: psycopg2-binary, MySQL: pymysql, with mysql+pymysql:// URLs)") from None
+    except ImportError as exc:  # optuna re-raises the driver's ModuleNotFoundError as a bare ImportError
+        driver = exc.name or getattr(exc.__cause__, "name", None) or "?"
+        raise UsageError(f"--storage {shown_url}: its database driver {driver} is not installed; pip install "
+                         f"{DRIVER_PACKAGES.get(driver, driver)}, or name an installed driver in the URL "
+                         "(postgresql+psycopg2://, mysql+pymysql://)") from None
     except (ValueError, SQLAlchemyError) as exc:
         raise UsageError(f"--storage {shown_url}: cannot open it ({first_line(exc)}); give an RDB URL such as "
                          "postgresql://user:password@host/db, or leave it out for the embedded SQLite file") from None
@@ -297,11 +342,14 @@ def _fail_dead_trials(study: optuna.Study) -> None:
         _retry(study, trial.number)
 
 
-def _retry(study: optuna.Study, number: int) -> None:
-    """Queue a failed trial's values again (at most RETRIES times over), as a new trial."""
+def _retry(study: optuna.Study, number: int) -> bool:
+    """Queue a failed trial's values again as a new trial, unless they already ran RETRIES + 1 times; whether queued."""
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    if trial.state == TrialState.FAIL:
-        RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)(study, trial)
+    earlier = RetryHeartbeatStaleTrialCallback.retry_history(trial)  # the trials before this one that ran its values
+    if trial.state != TrialState.FAIL or len(earlier) >= RETRIES:
+        return False
+    RetryHeartbeatStaleTrialCallback()(study, trial)
+    return True
 
 
 @contextmanager
@@ -388,9 +436,12 @@ def _run_trials(job: Search, timeout: float | None) -> None:
             job.study.optimize(objective, n_trials=1, gc_after_trial=True, callbacks=[lambda study, trial: job.say(_trial_line(job, trial))])
         except (Interrupted, KeyboardInterrupt) as exc:
             if "number" in current:
-                _retry(job.study, current["number"])
-            if isinstance(exc, Interrupted) and "number" in current:
-                exc.hint = f"trial {current['number']} is marked failed, and its values run again in a new trial; "
+                number = current["number"]
+                retried = _retry(job.study, number)
+                if isinstance(exc, Interrupted):
+                    exc.hint = (f"trial {number} is marked failed, and its values run again in a new trial; " if retried else
+                                f"trial {number} is marked failed; its values ran {RETRIES + 1} times without finishing and are "
+                                "not tried again; ")
             raise
 
 
@@ -398,7 +449,7 @@ def run_trial(job: Search, trial: optuna.Trial) -> float:
     """Train one trial in OUTPUT_DIR/trial-N with its sampled values; its validation metric, or TrialPruned."""
     tune = job.config.tune
     grid = tune.sampler == "grid"
-    params = {key: _suggest(trial, key, dim, grid) for key, dim in tune.space.items()}
+    params = {key: _suggest(trial, key, _distribution(dim, grid)) for key, dim in tune.space.items()}
     run = job.folder / f"{TRIAL_PREFIX}{trial.number}"
     trial.set_user_attr("run", run.name)
     config = trial_config(job.config, params, run, job.metric)
@@ -417,12 +468,21 @@ def run_trial(job: Search, trial: optuna.Trial) -> float:
     return value
 
 
-def _suggest(trial: optuna.Trial, key: str, dim: Dimension, grid: bool) -> Any:
+def _distribution(dim: Dimension, grid: bool) -> BaseDistribution:
+    """What trials draw for one key of tune.space (the study records it with each trial's value)."""
     if grid or dim.choices is not None:  # GridSampler hands out the values of dim.grid()
-        return trial.suggest_categorical(key, dim.grid())
+        return CategoricalDistribution(dim.grid())
     if dim.integer:
-        return trial.suggest_int(key, dim.low, dim.high, step=dim.step or 1, log=dim.log)
-    return trial.suggest_float(key, float(dim.low), float(dim.high), step=dim.step, log=dim.log)
+        return IntDistribution(dim.low, dim.high, log=dim.log, step=dim.step or 1)
+    return FloatDistribution(float(dim.low), float(dim.high), log=dim.log, step=dim.step)
+
+
+def _suggest(trial: optuna.Trial, key: str, dist: BaseDistribution) -> Any:
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(key, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(key, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial.suggest_float(key, dist.low, dist.high, step=dist.step, log=dist.log)
 
 
 def trial_config(base: Config, params: dict[str, Any], run: Path, metric: str, kept: bool = False) -> Config:
