@@ -286,6 +286,14 @@ def test_serve_says_when_the_port_is_taken(trained_run):
     assert f"Error: cannot listen on 127.0.0.1:{port} (Address already in use); choose another --port or --host" in result.output
 
 
+def test_serve_says_when_the_host_does_not_resolve(trained_run):
+    result = runner.invoke(cli, ["serve", "--model", str(trained_run), "--host", "no-such-host.invalid", "--port", "0"])
+    assert result.exit_code == 2
+    error = result.stderr.splitlines()[-1]  # after the line naming the model
+    assert error.startswith("Error: cannot listen on no-such-host.invalid:0 (--host does not resolve: ")
+    assert error.endswith("); give an address of this machine, such as 127.0.0.1 or 0.0.0.0") and "Traceback" not in result.output
+
+
 def test_serve_stops_with_the_error_when_the_model_cannot_load(trained_run, monkeypatch):
     def broken(options):
         raise ModelError(f"{options.model}: cannot load the model (weights unreadable)")

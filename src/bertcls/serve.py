@@ -394,6 +394,10 @@ def listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
         sock.listen(2048)
         return sock
+    except socket.gaierror as exc:  # its errno is the resolver's (EAI_*), which os.strerror does not know
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port} (--host does not resolve: {exc.strerror}); "
+                          "give an address of this machine, such as 127.0.0.1 or 0.0.0.0") from None
     except OSError as exc:
         sock.close()
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
