@@ -232,6 +232,20 @@ def test_labels_mixing_booleans_and_numbers_are_refused(tmp_path, toy_data):
     assert LabelMap.from_values(labels).encode(labels, "t") == [1, 0, 1]  # booleans alone: the labels False and True
 
 
+@pytest.mark.parametrize("command", ["train", "check", "evaluate"])
+def test_a_column_named_twice_is_refused(tmp_path, toy_data, command, request):
+    """pandas would read the first `text` and rename the second `text.1`: half the file silently unread."""
+    dup = tmp_path / "dup.csv"
+    dup.write_text("text,label,text\ngreat,positive,awful\nawful,negative,great\n")
+    before = dup.read_bytes()
+    if command == "evaluate":
+        args = ["evaluate", "--model", str(request.getfixturevalue("trained_run")), str(dup)]
+    else:
+        args = [command, str(make_config(tmp_path, {**toy_data, "train": dup}))]
+    assert_one_line_error(runner.invoke(app, args), f"Error: {dup}: column 'text' appears twice (columns 1 and 3); rename one", tmp_path / "run")
+    assert dup.read_bytes() == before
+
+
 # ---------------------------------------------------------------------------- paths that are not folders
 
 def test_output_folders_that_are_files_or_under_one(tmp_path, toy_data, trained_run):

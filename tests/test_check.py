@@ -14,6 +14,7 @@ from bertcls import check as check_mod
 from bertcls.cli import app
 from bertcls.config import load_config
 from bertcls.data import Split
+from bertcls.errors import ConfigError
 from conftest import BAD, FILLER, GOOD, make_config, write_csv
 
 runner = CliRunner()
@@ -249,3 +250,94 @@ def test_token_lengths_are_what_training_encodes(tmp_path):
     tokenizer.backend_tokenizer.enable_truncation(16)  # as a saved tokenizer.json may carry them: not for counting
     tokenizer.backend_tokenizer.enable_padding(length=64)
     assert check_mod.token_lengths(split, tokenizer).tolist() == encode(split, tokenizer, max_length=1000).lengths
+
+
+def folder_state(folder: Path) -> dict[str, bytes | None]:
+    """Every entry's bytes (None for a folder), to compare before and after."""
+    return {p.name: p.read_bytes() if p.is_file() else None for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("place", ["same path", "symlink", "hard link"])
+def test_output_never_replaces_an_input_file(clean, tmp_path, monkeypatch, place):
+    """The user's validation data in the --output folder under a table's name: refused before any work, kept byte for byte."""
+    config, out = clean[0], tmp_path / "findings"
+    out.mkdir()
+    validation = config.parent / "validation.csv"
+    data = out / "leakage.csv"
+    if place == "same path":
+        data.write_bytes(validation.read_bytes())
+    elif place == "symlink":
+        data.symlink_to(validation)
+    else:
+        data.hardlink_to(validation)
+    overrides = ["--set", f"data.validation={data}"] if place == "same path" else []
+    before, kept = folder_state(out), validation.read_bytes()
+    monkeypatch.setattr(check_mod, "check", lambda *a, **k: pytest.fail("check ran before --output was refused"))
+    result = runner.invoke(app, ["check", str(config), *overrides, "--label-issues", "0", "--output", str(out)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"Error: --output {out}: {data} ") and result.stderr.rstrip().endswith("choose another folder"), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and folder_state(out) == before and validation.read_bytes() == kept
+    inputs = check_mod.input_files(load_config(config, overrides[1:]).data)
+    with pytest.raises(ConfigError) as err:  # told the run's inputs, it names which one
+        check_mod.prepare_output(out, inputs)
+    assert str(err.value) == f"--output {out}: {data} is data.validation of this run, and check would replace it with its own leakage.csv; choose another folder"
+
+
+def test_output_never_replaces_an_input_that_an_earlier_check_wrote(planted, tmp_path):
+    """A table of an earlier check, read back as validation data: refused when the tables are written, none written."""
+    config, out = planted[0], tmp_path / "findings"
+    assert runner.invoke(app, ["check", str(config), "--label-issues", "0", "--output", str(out)]).exit_code == 0
+    before = folder_state(out)
+    result = runner.invoke(app, ["check", str(config), "--set", f"data.validation={out / 'leakage.csv'}", "--label-issues", "0", "--output", str(out)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"Error: --output {out}: {out / 'leakage.csv'} is data.validation of this run, and check would replace it "
+                             "with its own leakage.csv; choose another folder\n")
+    assert folder_state(out) == before
+
+
+@pytest.mark.parametrize("name, make, what", [
+    ("summary.json", lambda p: p.write_text('{"notes": "mine"}'), "was not written by check (not its summary)"),
+    ("lengths.csv", lambda p: p.write_text("id,value\n1,2\n"), "was not written by check (its first line is 'id,value')"),
+    ("conflicts.csv", lambda p: p.mkdir(), "is a folder"),
+])
+def test_output_replaces_only_its_own_tables(clean, tmp_path, name, make, what):
+    config, out = clean[0], tmp_path / "findings"
+    args = ["check", str(config), "--label-issues", "0", "--output", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    again = runner.invoke(app, args)  # an earlier check's tables are replaced; another file is left alone
+    assert again.exit_code == 0, again.output
+    assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == len(check_mod.TABLES) + 2
+    (out / name).unlink()
+    make(out / name)
+    before = folder_state(out)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"Error: --output {out}: {out / name} {what}, and check replaces only the tables it wrote; "
+                             "move it, or choose another folder\n")
+    assert folder_state(out) == before
+
+
+RARE = [(f"good text number {i}", "pos") for i in range(20)] + [(f"bad text number {i}", "neg") for i in range(20)] + [("a rare one", "rare")]
+
+
+def test_a_class_held_out_whole_keeps_a_train_row(tmp_path):
+    """Seed 4 held out the only `rare` row: check crashed dividing by its 0 train rows, and train trained a class without examples."""
+    config = make_config(tmp_path, {"train": write_csv(tmp_path / "rare.csv", RARE), "validation": tmp_path / "rare.csv"})
+    result = runner.invoke(app, ["check", str(config), "--set", "data.validation=null", "--set", "data.test=null", "--set", "seed=4",
+                                 "--label-issues", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)
+    assert s["splits"]["train"]["labels"]["rare"] == 1 and s["splits"]["validation"]["labels"]["rare"] == 0
+    assert s["splits"]["validation"]["rows"] == 5  # the held-out share stays 10%: 5 of 41
+    assert s["imbalance_ratio"] == max(s["splits"]["train"]["labels"].values())  # over the 1 train row of `rare`
+    assert check_mod._imbalance({"a": 3, "b": 0}) is None
+
+
+def test_a_split_that_must_empty_a_class_is_one_line_error(tmp_path):
+    rows = [("the first text", "a"), ("the second text", "b"), ("the third text", "c"), ("the fourth text", "d")]
+    config = make_config(tmp_path, {"train": write_csv(tmp_path / "four.csv", rows), "validation": tmp_path / "four.csv"})
+    result = runner.invoke(app, ["check", str(config), "--set", "data.validation=null", "--set", "data.test=null"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == ("Error: train: 4 rows are too few to hold out data.validation_split=0.1 and keep a train row of every class; "
+                             "add rows or give data.validation\n")

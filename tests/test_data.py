@@ -1,10 +1,11 @@
 import json
+import math
 
 import pytest
 import torch
 
 from bertcls.config import DataConfig
-from bertcls.data import Collator, Encoded, LabelMap, LengthGroupedBatches, load_splits, read_split, sorted_batches
+from bertcls.data import Collator, Encoded, LabelMap, LengthGroupedBatches, duplicate_columns, load_splits, read_split, sorted_batches
 from bertcls.errors import DataError
 from conftest import toy_rows, write_csv
 
@@ -126,3 +127,65 @@ def test_collator_pads_to_the_longest_in_the_batch_only():
 
 def test_sorted_batches_longest_first():
     assert sorted_batches([1, 5, 3, 4], 2) == [[1, 3], [2, 0]]
+
+
+def test_ordinary_validation_split_is_sklearns_stratified_split(tmp_path):
+    """Every class keeps train rows anyway: the rows held out are exactly sklearn's, as before (results stay reproducible)."""
+    from sklearn.model_selection import train_test_split
+
+    rows = toy_rows(100, 0) + [(f"neutral remark {i}", "neutral") for i in range(7)]
+    train, validation, _, _ = load_splits(cfg(write_csv(tmp_path / "train.csv", rows), validation_split=0.2), seed=5)
+    keep, held = train_test_split(list(range(len(rows))), test_size=22, random_state=5, stratify=[label for _, label in rows])
+    assert validation.texts == [rows[i][0] for i in sorted(held)] and train.texts == [rows[i][0] for i in sorted(keep)]
+
+
+RARE = [(f"good text number {i}", "pos") for i in range(20)] + [(f"bad text number {i}", "neg") for i in range(20)] + [("a rare one", "rare")]
+
+
+@pytest.mark.parametrize("rows, share, task", [
+    (RARE, 0.1, "single_label"),  # a class of one row: no stratification, and a random split may hold that row out
+    ([(f"text {i}", "a") for i in range(2)] + [(f"text {i}", "b") for i in range(2, 8)], 0.7, "single_label"),  # stratified can empty a class
+    ([(f"text {i}", "x;y") for i in range(20)] + [(f"text {i}", "x") for i in range(20, 40)] + [("only z", "z")], 0.1, "multi_label"),
+], ids=["singleton-class", "stratified-large-share", "multi-label"])
+def test_validation_split_keeps_a_train_row_of_every_class(tmp_path, rows, share, task):
+    path = write_csv(tmp_path / "train.csv", rows)
+    for seed in range(30):
+        train, validation, _, labels = load_splits(cfg(path, validation_split=share, task=task), seed=seed)
+        in_train = {str(v) for row in train.labels for v in (row if task == "multi_label" else [row])}
+        assert in_train == set(labels.names), f"seed {seed}: no train row of {set(labels.names) - in_train}"
+        assert len(validation) == math.ceil(len(rows) * share) and len(train) + len(validation) == len(rows)  # the share is kept
+        assert load_splits(cfg(path, validation_split=share, task=task), seed=seed)[1].texts == validation.texts  # seeded
+
+
+def test_validation_split_that_must_empty_a_class_is_refused(tmp_path):
+    path = write_csv(tmp_path / "train.csv", [("the first text", "a"), ("the second text", "b"), ("the third text", "c"), ("the fourth text", "d")])
+    with pytest.raises(DataError) as err:
+        load_splits(cfg(path), seed=0)
+    assert str(err.value) == ("train: 4 rows are too few to hold out data.validation_split=0.1 and keep a train row of every class; "
+                              "add rows or give data.validation")
+
+
+@pytest.mark.parametrize("header, problem", [
+    (["text", "label", "text"], "column 'text' appears twice (columns 1 and 3); rename one"),
+    (["a", "label", "a", "b", "a"], "column 'a' appears 3 times (columns 1, 3 and 5); rename all but one"),
+    (["text", "label", "", ""], None),  # unnamed columns: pandas names each `Unnamed: N`
+    (["text", "Text", "label"], None),
+])
+def test_duplicate_columns(header, problem):
+    assert duplicate_columns(header) == problem
+
+
+@pytest.mark.parametrize("ext", ["csv", "tsv", "parquet"])
+def test_a_column_named_twice_is_refused(tmp_path, ext):
+    path = tmp_path / f"d.{ext}"
+    rows = [("great", "positive", "awful"), ("awful", "negative", "great")]
+    if ext == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table([pa.array(column) for column in zip(*rows, strict=True)], names=["text", "label", "text"]), path)
+    else:
+        write_csv(path, rows, header=("text", "label", "text"), delimiter="," if ext == "csv" else "\t")
+    with pytest.raises(DataError) as err:
+        read_split(str(path), cfg(path), "train")
+    assert str(err.value) == f"{path}: column 'text' appears twice (columns 1 and 3); rename one"

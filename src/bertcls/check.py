@@ -16,7 +16,9 @@ space); a row with a second text (text_pair_column) is compared as the pair. Row
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
 import re
 import time
 import warnings as pywarnings
@@ -30,9 +32,9 @@ from typing import IO, Any
 import numpy as np
 
 from bertcls import atomic
-from bertcls.config import Config
+from bertcls.config import Config, DataConfig
 from bertcls.data import LabelMap, Split, load_splits
-from bertcls.errors import ConfigError
+from bertcls.errors import ConfigError, shown
 
 NEAR_EMPTY_CHARS = 3  # a text (or pair text) shorter than this after stripping is near-empty
 PERCENTILES = (50, 90, 95, 99)
@@ -56,14 +58,17 @@ TABLES = {
     "label_issues": ("rank", "row", "given", "suggested", "given_probability", "text"),
 }
 SUMMARY_FILE = "summary.json"
+SUMMARY_KEYS = ("task", "labels", "splits")  # a summary.json with these keys is one that check wrote
 
 
 @dataclass
 class Report:
-    """`summary`: what --json prints and the terminal report shows; `tables`: every row behind it, by TABLES name."""
+    """`summary`: what --json prints and the terminal report shows; `tables`: every row behind it, by TABLES name;
+    `inputs`: the local data files it read, by config key (`data.train`), which write_tables never writes over."""
 
     summary: dict[str, Any]
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    inputs: dict[str, Path] = field(default_factory=dict)
 
     @property
     def problems(self) -> list[str]:
@@ -87,7 +92,7 @@ def check(config: Config, label_issues: int = 10) -> Report:
                                "tokenizer": config.model.name, "splits": _sizes(splits, given, labels)}
     summary["imbalance_ratio"] = _imbalance(summary["splits"]["train"]["labels"])
     summary["unseen_labels"] = {name: s["unseen_labels"] for name, s in summary["splits"].items() if s["unseen_labels"]}
-    report = Report(summary)
+    report = Report(summary, inputs=input_files(config.data))
 
     with _timed(seconds, "tokenizer"):
         tokenizer = load_tokenizer(config.model, config.data.max_length, train.texts + (train.pairs or []))
@@ -165,9 +170,9 @@ def _sizes(splits: dict[str, Split], given: dict[str, list[str]], labels: LabelM
     return sizes
 
 
-def _imbalance(counts: dict[str, int]) -> float:
-    """Largest over smallest class in train (every class in the label map has a train row)."""
-    return round(max(counts.values()) / min(counts.values()), 2)
+def _imbalance(counts: dict[str, int]) -> float | None:
+    """Largest over smallest class in train; None if a class has no train row (data.split_off keeps one of each)."""
+    return round(max(counts.values()) / min(counts.values()), 2) if min(counts.values()) else None
 
 
 # ---------------------------------------------------------------------------- token lengths
@@ -427,19 +432,74 @@ def _suggested(probs: np.ndarray, labels: LabelMap, separator: str) -> str:
 
 # ---------------------------------------------------------------------------- output
 
-def prepare_output(folder: Path) -> None:
-    """Make the --output folder (before the work, so a bad path fails at once); refuse a file."""
+def input_files(data: DataConfig) -> dict[str, Path]:
+    """The local files data.train, data.validation and data.test name (hub datasets are not files), by key."""
+    sources = {f"data.{key}": getattr(data, key) for key in ("train", "validation", "test")}
+    return {key: Path(source) for key, source in sources.items() if source and Path(source).exists()}
+
+
+def output_files(folder: Path) -> dict[str, Path]:
+    """The files --output writes, by table name (`summary` for summary.json)."""
+    return {**{name: folder / f"{name}.csv" for name in TABLES}, "summary": folder / SUMMARY_FILE}
+
+
+def prepare_output(folder: Path, inputs: dict[str, Path] | None = None) -> None:
+    """Make the --output folder (before the work, so a bad path fails at once). Refuse a file; a folder where a
+    table would replace one of the run's `inputs` (see `input_files`); and a file of a table's name that check
+    did not write (a user's file, a link, a folder): only check's own tables from an earlier check are replaced."""
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--output {folder}: a file, not a folder; give a folder (it is created if missing)")
+    for path in output_files(folder).values():
+        for key, source in (inputs or {}).items():
+            if _same_file(path, source):
+                raise ConfigError(f"--output {folder}: {path} is {key} of this run, and check would replace it with its own "
+                                  f"{path.name}; choose another folder")
+    for name, path in output_files(folder).items():
+        problem = _not_written_by_check(path, name)
+        if problem:
+            raise ConfigError(f"--output {folder}: {path} {problem}, and check replaces only the tables it wrote; "
+                              "move it, or choose another folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--output {folder}: cannot create it ({exc.strerror})") from None
 
 
+def _same_file(path: Path, other: Path) -> bool:
+    """One file by its resolved path (through links), or by device and inode (a hard link)."""
+    if os.path.realpath(path) == os.path.realpath(other):
+        return True
+    try:
+        return os.path.samefile(path, other)
+    except OSError:  # either is missing: a file that does not exist yet is not an input
+        return False
+
+
+def _not_written_by_check(path: Path, name: str) -> str | None:
+    """Why the file at `path` (if any) is not check's own `name` table: what it is instead; None if it is, or is absent."""
+    if path.is_symlink():
+        return f"is a link (to {os.readlink(path)})"
+    if not path.exists():
+        return None
+    if not path.is_file():
+        return "is a folder" if path.is_dir() else "is not a regular file"
+    try:
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            if name != "summary":
+                first = f.readline(4096).rstrip("\r\n")
+                return None if first == ",".join(TABLES[name]) else f"was not written by check (its first line is {shown(first, 60)})"
+            summary = json.load(f)
+    except json.JSONDecodeError:
+        return "was not written by check (it is not JSON)"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    return None if isinstance(summary, dict) and all(key in summary for key in SUMMARY_KEYS) else "was not written by check (not its summary)"
+
+
 def write_tables(report: Report, folder: Path) -> list[Path]:
-    """Every table as NAME.csv plus summary.json in `folder`, each file written whole or not at all."""
-    prepare_output(folder)
+    """Every table as NAME.csv plus summary.json in `folder`, each file written whole or not at all; none over the
+    report's input files, or over a file check did not write (`prepare_output`)."""
+    prepare_output(folder, report.inputs)
     written = []
     for name, columns in TABLES.items():
         path = folder / f"{name}.csv"
@@ -463,7 +523,8 @@ def print_report(report: Report, file: IO[str] | None = None) -> None:
     sizes = " | ".join(f"{name} {split['rows']:,}" for name, split in s["splits"].items())
     console.print(f"data: {sizes} rows | {len(s['labels'])} labels ({s['task']}) | tokenizer {s['tokenizer']} | max_length {s['max_length']}")
     console.print(_label_table(s["splits"]))
-    console.print(f"imbalance (largest / smallest class in train): {s['imbalance_ratio']:g}")
+    ratio = s["imbalance_ratio"]
+    console.print(f"imbalance (largest / smallest class in train): {'none: a class has no train row' if ratio is None else f'{ratio:g}'}")
     for name, unseen in s["unseen_labels"].items():
         console.print(f"labels train lacks, in {name}: " + ", ".join(f"{label} ({n} rows)" for label, n in unseen.items())
                       + "; training refuses them")

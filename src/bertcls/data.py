@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import random
 import re
 import tempfile
 from collections import Counter
@@ -72,6 +73,9 @@ def read_table(source: str, split: str = "train"):
     except OSError as exc:
         raise DataError(f"{path}: cannot read it ({exc.strerror}); check its permissions") from None
     quoting = check_fields(path, kind) if kind in ("csv", "tsv") else None
+    problem = duplicate_columns(_parquet_columns(path)) if kind == "parquet" else None
+    if problem:
+        raise DataError(f"{path}: {problem}")
     builder, options = {
         # keep_default_na=False: the text "NA" or "null" is a text, not a missing value.
         "csv": ("csv", {"keep_default_na": False, "encoding": "utf-8-sig"}),
@@ -100,6 +104,9 @@ def check_fields(path: Path, kind: str) -> int:
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
         header = next(reader, [])
+        problem = duplicate_columns(header)
+        if problem:
+            raise DataError(f"{path}: {problem}")
         end = reader.line_num
         for row in reader:
             start, end = end + 1, reader.line_num
@@ -112,6 +119,32 @@ def check_fields(path: Path, kind: str) -> int:
                 if len(row) > len(header) else "fill in the missing field(s)"
             raise DataError(f"{path}: line {start} has {len(row)} field(s) but the header has {len(header)}; {fix}")
     return quoting
+
+
+def duplicate_columns(header: Sequence[str]) -> str | None:
+    """What is wrong with a header that names a column twice, or None: pandas would read the first and rename
+    the second (`text.1`), so the file's other column would be silently ignored. Unnamed columns (empty
+    names, which pandas calls `Unnamed: N`) are not compared."""
+    where: dict[str, list[int]] = {}
+    for number, name in enumerate(header, start=1):
+        if name:
+            where.setdefault(name, []).append(number)
+    name, numbers = next(((name, numbers) for name, numbers in where.items() if len(numbers) > 1), (None, []))
+    if name is None:
+        return None
+    if len(numbers) == 2:
+        return f"column {name!r} appears twice (columns {numbers[0]} and {numbers[1]}); rename one"
+    return f"column {name!r} appears {len(numbers)} times (columns {', '.join(map(str, numbers[:-1]))} and {numbers[-1]}); rename all but one"
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    """The column names in a parquet file's schema (its footer only); [] when it cannot be read, which loading then reports."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path).names
+    except Exception:  # pyarrow raises several kinds for a damaged file; read_table's loader words the error
+        return []
 
 
 TSV_TAB_FIX = ('a text that holds a tab must be in quotes, with quotes inside doubled ("a<TAB>b"), '
@@ -325,15 +358,47 @@ def check_paths(cfg: DataConfig) -> None:
 
 
 def split_off(split: Split, share: float, seed: int, multi_label: bool = False) -> tuple[Split, Split]:
-    """Hold out `share` of the rows, stratified by label when every class has two rows or more."""
+    """Hold out `share` of the rows, stratified by label when every class has two rows or more; every class keeps
+    a train row (the label map comes from all of train, and a class with none would be trained without an example)."""
     from sklearn.model_selection import train_test_split
 
     n_held = math.ceil(len(split) * share)
+    too_few = f"train: {len(split)} rows are too few to hold out data.validation_split={share}"
     if n_held < 1 or len(split) - n_held < 2:
-        raise DataError(f"train: {len(split)} rows are too few to hold out data.validation_split={share}; add rows or give data.validation")
+        raise DataError(f"{too_few}; add rows or give data.validation")
     stratify = split.labels if not multi_label and min(Counter(map(str, split.labels)).values()) >= 2 and n_held >= len(set(map(str, split.labels))) else None
     keep, held = train_test_split(list(range(len(split))), test_size=n_held, random_state=seed, stratify=stratify)
+    keep, held = _keep_every_class(split.labels, keep, held, seed, multi_label)
+    if not held:
+        raise DataError(f"{too_few} and keep a train row of every class; add rows or give data.validation")
     return _subset(split, sorted(keep), "train"), _subset(split, sorted(held), "validation")
+
+
+def _keep_every_class(labels: list[Any], keep: list[int], held: list[int], seed: int, multi_label: bool) -> tuple[list[int], list[int]]:
+    """`keep` and `held` (row indices) unchanged when train keeps a row of every class (the ordinary case, exactly as
+    sklearn split it). Otherwise a held row that took a class's last train row goes back to train, and as many train
+    rows go the other way, so the held-out share stays: drawn at random (seeded) among rows whose classes all keep
+    another train row, so classes give in proportion to their size, as stratification would. Fewer when too few can."""
+    classes = [{str(v) for v in row} if multi_label else {str(row)} for row in labels]
+    counts = Counter(c for i in keep for c in classes[i])
+    returned = []
+    for i in held:
+        if any(not counts[c] for c in classes[i]):
+            returned.append(i)
+            counts.update(classes[i])
+    if not returned:
+        return keep, held
+    order = sorted(keep)
+    random.Random(seed).shuffle(order)
+    swapped = []
+    for j in order:
+        if len(swapped) == len(returned):
+            break
+        if all(counts[c] >= 2 for c in classes[j]):
+            swapped.append(j)
+            counts.subtract(classes[j])
+    back, out = set(returned), set(swapped)
+    return [j for j in keep if j not in out] + returned, [i for i in held if i not in back] + swapped
 
 
 def _subset(split: Split, rows: list[int], name: str) -> Split:
