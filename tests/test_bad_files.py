@@ -170,7 +170,7 @@ def test_a_damaged_checkpoint_is_refused_and_kept(unfinished, damage, message):
 
 @pytest.fixture
 def default_csv_field_limit():
-    """csv's limit is global to the process: training (data.check_fields) may have lifted it already."""
+    """csv's limit is global to the process: training (tsv.check_fields) may have lifted it already."""
     before = csv.field_size_limit(128 * 1024)
     yield
     csv.field_size_limit(before)

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from bertcls.config import DataConfig
-from bertcls.data import Collator, Encoded, LabelMap, LengthGroupedBatches, duplicate_columns, load_splits, read_split, sorted_batches
+from bertcls.data import Collator, Encoded, LabelMap, LengthGroupedBatches, load_splits, read_split, sorted_batches
 from bertcls.errors import DataError
+from bertcls.tsv import duplicate_columns
 from conftest import toy_rows, write_csv
 
 

@@ -88,6 +88,9 @@ def test_texts_with_top_k(trained_run):
     ("in.jsonl", '{"text": "fine"}\n{"text": "a \\ud800 b"}\n', [], "data row 2: its 'text' is not valid Unicode (a lone surrogate"),
     ("in.jsonl", '{"text": ["a", "b"]}\n', [], "data row 1: its 'text' is a list, not text"),
     ("in.csv", "text\nhi\n", ["--output", "outdir"], "--output {tmp}/outdir is a folder; give a file name"),
+    ("in.csv", "text,id\ngood,1\nbad\nugly,3,extra\n", [], "in.csv: line 3 has 1 field(s) but the header has 2"),
+    ("in.csv", 'text,id\ngood,1\n"never closes,2\nmore,3\n', [], "in.csv: the quoted text opened on line 3 runs to line 4"),
+    ("in.tsv", "text\tid\ttext\ngood\t1\tbad\n", [], "in.tsv: column 'text' appears twice (columns 1 and 3); rename one"),
 ])
 def test_bad_files_are_one_line_errors_and_leave_no_output(tmp_path, trained_run, name, content, extra, message):
     source = tmp_path / name

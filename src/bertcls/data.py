@@ -10,7 +10,6 @@ Batches are grouped by length so each one is padded only to its own longest sequ
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import random
@@ -24,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bertcls import longtext, tsv
+from bertcls import longtext
 from bertcls.errors import DataError, ModelError, first_line, listing, shown
 from bertcls.longtext import LongText, Reading
 from bertcls.model import pad_batch, truncate_long_texts
+from bertcls.tsv import check_fields, duplicate_columns
 
 if TYPE_CHECKING:  # config (pydantic) is imported where files are read, not on the predict path
     from bertcls.config import DataConfig
@@ -94,49 +94,6 @@ def read_table(source: str, split: str = "train"):
             raise DataError(_read_error(path, exc)) from None
 
 
-def check_fields(path: Path, kind: str) -> int:
-    """Every row of a csv/tsv file has as many fields as its header: pandas would otherwise read an
-    extra field as an index column and shift every value, or fill a missing one with null.
-
-    Returns the csv quoting the file is read with (a TSV's, as `bertcls.tsv.quoting` finds it)."""
-    delimiter, quoting = (",", csv.QUOTE_MINIMAL) if kind == "csv" else ("\t", tsv.quoting(path))
-    csv.field_size_limit(2**31 - 1)  # long texts are texts, not an error (the default limit is 128 KiB)
-    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
-        header = next(reader, [])
-        problem = duplicate_columns(header)
-        if problem:
-            raise DataError(f"{path}: {problem}")
-        end = reader.line_num
-        for row in reader:
-            start, end = end + 1, reader.line_num
-            if not row or len(row) == len(header):
-                continue
-            if len(row) < len(header) and end > start:
-                raise DataError(f"{path}: the quoted text opened on line {start} runs to line {end}; close its quote, "
-                                'or write a quote inside a text as ""')
-            fix = ("quote texts that hold commas (\"like, this\")" if kind == "csv" else TSV_TAB_FIX) \
-                if len(row) > len(header) else "fill in the missing field(s)"
-            raise DataError(f"{path}: line {start} has {len(row)} field(s) but the header has {len(header)}; {fix}")
-    return quoting
-
-
-def duplicate_columns(header: Sequence[str]) -> str | None:
-    """What is wrong with a header that names a column twice, or None: pandas would read the first and rename
-    the second (`text.1`), so the file's other column would be silently ignored. Unnamed columns (empty
-    names, which pandas calls `Unnamed: N`) are not compared."""
-    where: dict[str, list[int]] = {}
-    for number, name in enumerate(header, start=1):
-        if name:
-            where.setdefault(name, []).append(number)
-    name, numbers = next(((name, numbers) for name, numbers in where.items() if len(numbers) > 1), (None, []))
-    if name is None:
-        return None
-    if len(numbers) == 2:
-        return f"column {name!r} appears twice (columns {numbers[0]} and {numbers[1]}); rename one"
-    return f"column {name!r} appears {len(numbers)} times (columns {', '.join(map(str, numbers[:-1]))} and {numbers[-1]}); rename all but one"
-
-
 def _parquet_columns(path: Path) -> list[str]:
     """The column names in a parquet file's schema (its footer only); [] when it cannot be read, which loading then reports."""
     import pyarrow.parquet as pq
@@ -146,9 +103,6 @@ def _parquet_columns(path: Path) -> list[str]:
     except Exception:  # pyarrow raises several kinds for a damaged file; read_table's loader words the error
         return []
 
-
-TSV_TAB_FIX = ('a text that holds a tab must be in quotes, with quotes inside doubled ("a<TAB>b"), '
-               'as pandas to_csv(sep="\\t") and the csv module write it')
 
 
 def _is_local(source: str) -> bool:

@@ -22,7 +22,7 @@ from bertcls.errors import DataError
 CHUNK_ROWS = 10_000
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 PREDICTED, SCORE = "predicted", "score"
-# Long texts are texts, not an error: csv's default field limit is 128 KiB (training lifts it too, in data.check_fields).
+# Long texts are texts, not an error: csv's default field limit is 128 KiB (tsv.check_fields lifts it too).
 FIELD_SIZE_LIMIT = 2**31 - 1
 
 
@@ -47,8 +47,10 @@ def read_chunks(path: Path, chunk_rows: int = CHUNK_ROWS, on_bytes=None) -> Iter
         if kind == "jsonl":
             rows = (_json_row(line, n, path) for n, line in enumerate(text, start=1) if line.strip())
         else:
-            # tsv as in training: GLUE-style (quote characters are text) or csv-quoted, as bertcls.tsv finds it.
-            options = {"delimiter": "\t", "quoting": tsv.quoting(path)} if kind == "tsv" else {}
+            # Checked whole first, as training checks it: a ragged row or an unclosed quote would shift or merge rows.
+            # A tsv as in training: GLUE-style (quote characters are text) or csv-quoted, as bertcls.tsv finds it.
+            read_with = tsv.check_fields(path, kind)
+            options = {"delimiter": "\t", "quoting": read_with} if kind == "tsv" else {}
             csv.field_size_limit(FIELD_SIZE_LIMIT)
             rows = csv.DictReader(text, **options)
         chunk: list[dict[str, Any]] = []

@@ -1,4 +1,4 @@
-"""TSV dialects: a file's lines in; the csv quoting to read it with out.
+"""csv and TSV files: the quoting a TSV is read (and written) with, and the shape every row must have.
 
 Two kinds of TSV are common. GLUE-style: quote characters are part of the text (`"opens a quote`,
 `it's "fine`) and a text never holds a tab or a newline. csv-quoted, as pandas `to_csv(sep="\t")`
@@ -6,16 +6,22 @@ and Python's csv module write it: a field that holds a tab, a newline or a quote
 with quotes inside doubled (`"a<TAB>b"`, `"say ""hi"" twice"`). A file is read as csv-quoted when some field
 opens with a quote and every field that does is a well-formed quoted field (its closing quote followed
 by a tab or the end of the line), and some of them hold what csv writers quote for (a tab, a line break,
-a doubled quote); otherwise as GLUE-style, the way it was always read (so `"1"` keeps its quotes). Stdlib only:
-both training (bertcls.data) and streaming prediction (bertcls.predict_file) ask here.
+a doubled quote); otherwise as GLUE-style, the way it was always read (so `"1"` keeps its quotes).
+
+A csv or TSV file is also checked whole before it is read (`check_fields`): a column named twice, or a
+row with more or fewer fields than the header, is an error naming the line, never values shifted into
+other columns. Stdlib only: both training (bertcls.data) and streaming prediction (bertcls.predict_file)
+ask here.
 """
 
 from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from bertcls.errors import DataError
 
 # A quote that opens a field: at the start of a line or right after a tab.
 _OPENING_QUOTE = re.compile(r'(?:^|(?<=\t))"')
@@ -70,3 +76,50 @@ def written(field: str) -> str:
     if "\t" in field or "\n" in field or "\r" in field or field.startswith('"'):
         return '"' + field.replace('"', '""') + '"'
     return field
+
+
+TSV_TAB_FIX = ('a text that holds a tab must be in quotes, with quotes inside doubled ("a<TAB>b"), '
+               'as pandas to_csv(sep="\\t") and the csv module write it')
+
+
+def check_fields(path: Path, kind: str) -> int:
+    """Every row of a csv/tsv file has as many fields as its header: pandas would otherwise read an
+    extra field as an index column and shift every value, or fill a missing one with null.
+
+    Returns the csv quoting the file is read with (a TSV's, as `bertcls.tsv.quoting` finds it)."""
+    delimiter, read_with = (",", csv.QUOTE_MINIMAL) if kind == "csv" else ("\t", quoting(path))
+    csv.field_size_limit(2**31 - 1)  # long texts are texts, not an error (the default limit is 128 KiB)
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter, quoting=read_with)
+        header = next(reader, [])
+        problem = duplicate_columns(header)
+        if problem:
+            raise DataError(f"{path}: {problem}")
+        end = reader.line_num
+        for row in reader:
+            start, end = end + 1, reader.line_num
+            if not row or len(row) == len(header):
+                continue
+            if len(row) < len(header) and end > start:
+                raise DataError(f"{path}: the quoted text opened on line {start} runs to line {end}; close its quote, "
+                                'or write a quote inside a text as ""')
+            fix = ("quote texts that hold commas (\"like, this\")" if kind == "csv" else TSV_TAB_FIX) \
+                if len(row) > len(header) else "fill in the missing field(s)"
+            raise DataError(f"{path}: line {start} has {len(row)} field(s) but the header has {len(header)}; {fix}")
+    return read_with
+
+
+def duplicate_columns(header: Sequence[str]) -> str | None:
+    """What is wrong with a header that names a column twice, or None: pandas would read the first and rename
+    the second (`text.1`), so the file's other column would be silently ignored. Unnamed columns (empty
+    names, which pandas calls `Unnamed: N`) are not compared."""
+    where: dict[str, list[int]] = {}
+    for number, name in enumerate(header, start=1):
+        if name:
+            where.setdefault(name, []).append(number)
+    name, numbers = next(((name, numbers) for name, numbers in where.items() if len(numbers) > 1), (None, []))
+    if name is None:
+        return None
+    if len(numbers) == 2:
+        return f"column {name!r} appears twice (columns {numbers[0]} and {numbers[1]}); rename one"
+    return f"column {name!r} appears {len(numbers)} times (columns {', '.join(map(str, numbers[:-1]))} and {numbers[-1]}); rename all but one"
