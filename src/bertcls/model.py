@@ -128,8 +128,8 @@ def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, text
     else:
         if cfg.trust_remote_code:
             warnings.warn(f"model.trust_remote_code is on: code shipped with {cfg.name} will run", BertclsWarning, stacklevel=2)
+        model = _from_pretrained(transformers, cfg, id2label, label2id, problem_type)  # first: a folder without weights is no model
         tokenizer = load_tokenizer(cfg, max_length, texts)
-        model = _from_pretrained(transformers, cfg, id2label, label2id, problem_type)
         check_max_length(model.config, max_length, cfg.name)
     first_token.apply(model)
     cpu_training.apply(model)
