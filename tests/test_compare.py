@@ -106,3 +106,6 @@ def test_a_search_folder_lists_its_trials(trained_run, tmp_path):
     for name in (runs.SEARCH_FILE, runs.RECORD_FILE):
         (search / name).write_text("{}")
     assert [(row["name"], row["status"]) for row in _rows(str(search))] == [("trial-0", "finished")]
+    # among other runs, a search is one row that says what it is, not a run that never started
+    assert [(row["name"], row["status"], row["detail"]) for row in _rows(str(tmp_path))] == [
+        ("search", "search", f"1 run(s) in it; bertcls runs {search} lists them")]

@@ -31,7 +31,7 @@ class Row:
 
     name: str
     path: str
-    status: str  # finished | running | unfinished | corrupt | not a run
+    status: str  # finished | running | unfinished | search | corrupt | not a run
     detail: str = ""  # where it stopped, or what is wrong
     model: str | None = None
     metric_for_best: str | None = None
@@ -73,6 +73,10 @@ def read_row(path: Path) -> Row:
     """What one folder is, read from its files; never raises over what is in them."""
     row = Row(name=path.name, path=str(path), status="not a run", detail=f"no {runs.RECORD_FILE} or {runs.CONFIG_FILE}")
     if not _looks_like_run(path):
+        return row
+    if (path / runs.SEARCH_FILE).is_file():  # a search (bertcls tune): its runs are the trials in it
+        trials = sum(1 for child in path.iterdir() if child.is_dir() and _looks_like_run(child))
+        row.status, row.detail, row.date = "search", f"{trials} run(s) in it; bertcls runs {path} lists them", _modified(path)
         return row
     try:
         runs.read_record(path)
