@@ -79,8 +79,9 @@ def tracked(tmp_path_factory, data):
         killed = SimpleNamespace(state=state, status=MlflowClient(uri).get_run(state["trackers"]["mlflow"]).info.status,
                                  warnings=[str(w.message) for w in default if w.category is BertclsWarning])
         patch.setenv("MLFLOW_TRACKING_URI", uri)
-        run = train(config, quiet=True, resume=True)
-    return SimpleNamespace(run=run, uri=uri, killed=killed, folder=folder)
+        with pytest.warns(BertclsWarning) as resumed:  # a database's artifacts still go to ./mlruns: said too
+            run = train(config, quiet=True, resume=True)
+    return SimpleNamespace(run=run, uri=uri, killed=killed, folder=folder, resumed=[str(w.message) for w in resumed if w.category is BertclsWarning])
 
 
 def read_log(run):
@@ -171,6 +172,8 @@ def test_mlflow_holds_one_run_continued_after_the_kill_with_the_metrics_and_repo
     assert [w for w in tracked.killed.warnings if w.startswith("mlflow")] == [  # quiet or not, the current folder is never written silently
         f"mlflow logs to run {run_id} of experiment bertcls at {tracked.uri}, MLflow's default as $MLFLOW_TRACKING_URI is not set; "
         f"artifacts go to {tracked.folder}/mlruns/1/{run_id}/artifacts"]
+    assert [w for w in tracked.resumed if w.startswith("mlflow")] == [
+        f"mlflow continues run {run_id} of experiment bertcls at {tracked.uri}; artifacts go to {tracked.folder}/mlruns/1/{run_id}/artifacts"]
     assert found[0].info.status == "FINISHED" and found[0].info.run_name == "run"
     client = mlflow.MlflowClient(tracked.uri)
     history = lambda key: {m.step: m.value for m in client.get_metric_history(run_id, key)}  # noqa: E731

@@ -4,7 +4,8 @@ through Accelerate's trackers (`Accelerator(log_with=...)`, `init_trackers`, `lo
     tensorboard   event files in RUN/tensorboard/, recorded in the run's record like every file bertcls writes;
                   a resumed run writes on in the same folder, and what a killed run logged after its
                   checkpoint is hidden (TensorBoard's purge_step)
-    mlflow        to $MLFLOW_TRACKING_URI, else MLflow's default (mlflow.db and mlruns/ in the current folder),
+    mlflow        to $MLFLOW_TRACKING_URI, else MLflow's default (mlflow.db and mlruns/ in the current folder: a
+                  warning says so, as it does for a database URI's artifacts in ./mlruns),
                   experiment "bertcls" ($MLFLOW_EXPERIMENT_NAME), run named after the run folder; the reports,
                   loss.png and metrics.json as artifacts. Each checkpoint keeps the run id: a resumed run logs on
                   to the same MLflow run
@@ -78,7 +79,7 @@ class Tracking(Callback):
         job.state.trackers = started
         if job.main:
             for tracker in self.trackers:
-                if tracker.name == "mlflow" and not os.environ.get("MLFLOW_TRACKING_URI"):  # its default store is the current folder: never silently
+                if tracker.writes_locally_outside(self.run):  # MLflow's default store, or its artifacts, in the current folder: never silently
                     warnings.warn(tracker.where(self.run), BertclsWarning, stacklevel=2)
                 else:
                     job.log.say(tracker.where(self.run))
@@ -190,6 +191,22 @@ class Guarded(GeneralTracker):
             return (f"mlflow {again} run {self.run_id()} of experiment {self.inner.experiment_name} at {uri}{default}; "
                     f"artifacts go to {mlflow.get_artifact_uri()}")
         return f"{self.name} {again} project {PROJECT}"
+
+    def writes_locally_outside(self, run: Path) -> bool:
+        """MLflow: whether it writes files on this machine outside the run folder: its default store without
+        $MLFLOW_TRACKING_URI, or artifacts in a local folder (a database URI's default is ./mlruns)."""
+        if self.name != "mlflow":
+            return False
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            return True
+        from urllib.parse import unquote, urlparse
+
+        import mlflow
+
+        artifacts = urlparse(mlflow.get_artifact_uri())
+        if artifacts.scheme not in ("", "file"):
+            return False
+        return not Path(unquote(artifacts.path)).resolve().is_relative_to(Path(run).resolve())
 
     def attach(self, run: Path, result: dict[str, Any]) -> None:
         """MLflow: the run folder's reports, loss.png and metrics.json (`result`, as it is about to be written) as artifacts."""
