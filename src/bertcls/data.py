@@ -26,7 +26,7 @@ import torch
 from bertcls import longtext
 from bertcls.errors import DataError, ModelError, first_line, listing, shown
 from bertcls.longtext import LongText, Reading
-from bertcls.model import pad_batch, truncate_long_texts
+from bertcls.model import download_failure, not_downloaded, pad_batch, truncate_long_texts
 from bertcls.tsv import check_fields, duplicate_columns
 
 if TYPE_CHECKING:  # config (pydantic) is imported where files are read, not on the predict path
@@ -56,6 +56,8 @@ def read_table(source: str, split: str = "train"):
         try:
             return datasets.load_dataset(name, split=hub_split or split)
         except Exception as exc:  # the hub raises many kinds; all mean "cannot get it"
+            if not_downloaded(exc):
+                raise DataError(f"{source}: not a local file, and a hub dataset {download_failure('a local file')}") from None
             raise DataError(f"{source}: not a local file, and not a hub dataset that could be loaded ({first_line(exc)})") from None
     if not path.exists():
         raise DataError(f"{path}: no such file")

@@ -147,31 +147,32 @@ def _from_pretrained(transformers, cfg: ModelConfig, id2label: dict[int, str], l
                 dtype=FP32,
             )
     except unreadable_weights() as exc:
-        if _not_downloaded(exc):
-            raise ModelError(f"model.name {cfg.name!r}: {_download_failure()}") from None
+        if not_downloaded(exc):
+            raise ModelError(f"model.name {cfg.name!r}: {download_failure()}") from None
         raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({load_reason(exc)})") from None
 
 
-def _not_downloaded(exc: BaseException) -> bool:
+def not_downloaded(exc: BaseException) -> bool:
     """Whether loading failed because the files are neither in the Hugging Face cache nor reachable on the hub."""
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, LocalEntryNotFoundError):
+        if isinstance(seen, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError)):  # datasets: ConnectionError
             return True
         seen = seen.__cause__ or seen.__context__
     return False
 
 
-def _download_failure() -> str:
+def download_failure(local: str = "a local model folder") -> str:
+    """Why a hub id did not load (see `not_downloaded`) and the fixes, `local` (a local copy) first."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return ("not in the local Hugging Face cache, and HF_HUB_OFFLINE is set, so it was not downloaded; "
-                "give a local model folder, or unset HF_HUB_OFFLINE to download it")
+                f"give {local}, or unset HF_HUB_OFFLINE to download it")
     return ("could not be downloaded from the Hugging Face hub (and is not in the local cache); check the network and the "
-            "hub id, or give a local model folder (set HF_HUB_OFFLINE=1 to fail at once instead of retrying)")
+            f"hub id, or give {local} (set HF_HUB_OFFLINE=1 to fail at once instead of retrying)")
 
 
 def check_model_source(cfg: ModelConfig, max_length: int) -> None:
@@ -184,8 +185,8 @@ def check_model_source(cfg: ModelConfig, max_length: int) -> None:
     try:
         config = transformers.AutoConfig.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
-        if _not_downloaded(exc):
-            raise ModelError(f"model.name {cfg.name!r}: {_download_failure()}") from None
+        if not_downloaded(exc):
+            raise ModelError(f"model.name {cfg.name!r}: {download_failure()}") from None
         raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({first_line(exc)})") from None
     check_max_length(config, max_length, cfg.name)
 
@@ -200,8 +201,8 @@ def load_tokenizer(cfg: ModelConfig, max_length: int, texts: Sequence[str] = ())
         tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
         config = transformers.AutoConfig.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
-        if _not_downloaded(exc):
-            raise ModelError(f"model.name {cfg.name!r}: {_download_failure()}") from None
+        if not_downloaded(exc):
+            raise ModelError(f"model.name {cfg.name!r}: {download_failure()}") from None
         raise ModelError(f"model.name {cfg.name!r}: cannot load its tokenizer ({first_line(exc)})") from None
     check_tokenizer(tokenizer, config, f"model.name {cfg.name!r}")
     return tokenizer
