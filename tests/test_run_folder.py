@@ -196,6 +196,16 @@ def test_a_folder_in_use_is_refused_and_predict_says_it_is_still_training(tmp_pa
     holder.wait()  # the lock dies with its process
     assert runlock.training_pid(run) is None
     assert runner.invoke(app, ["predict", "--model", str(run), "a wonderful film"]).stderr == ""
+    (run / runs.METRICS_FILE).unlink()  # as a run killed before its end leaves it
+    for command in (["predict", "--model", str(run), "great"], ["evaluate", str(toy_data["validation"]), "--model", str(run)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0 and result.stderr.startswith(f"note: {run} did not finish (it has no metrics.json); using its "
+                                                                  "best model so far (bertcls train CONFIG --resume finishes it)\n")
+    shutil.rmtree(run / runs.MODEL_DIR)  # a run that has not saved its first model yet
+    holder = hold(run)
+    assert_one_line_error(runner.invoke(app, ["predict", "--model", str(run), "great"]),
+                          f"Error: --model {run} is still training (pid {holder.pid}) and has saved no model yet; wait for its "
+                          "first evaluation, or give another run\n")
 
 
 @pytest.mark.slow  # two torchrun processes; the lock itself is tested in one process above

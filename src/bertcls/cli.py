@@ -177,6 +177,17 @@ def _stray_argument(argument: Path, overrides: list[str]) -> str:
     return f"a second argument ({argument}) is only taken with --resume: bertcls train CONFIG --resume RUN/checkpoint-N"
 
 
+def _chosen_model(model: Path | None, say: bool) -> Path:
+    """The model --model names (else $BERTCLS_MODEL, else the newest finished run), saying which when `say`, and
+    noting a run that is still training or did not finish: its model is the best so far, not the run's last word."""
+    path, why = runs.find_model(model)
+    if say:
+        typer.echo(f"model: {path} ({why})", err=True)
+    if note := runs.model_note(path):
+        typer.echo(note, err=True)
+    return path
+
+
 @app.command()
 @_error_boundary
 def predict(
@@ -199,11 +210,7 @@ def predict(
     machine.check_device(device, "--device")
     machine.check_precision(precision, "--precision")
     texts = _texts_to_predict(texts, file, output, pair)
-    path, why = runs.find_model(model)
-    if model is None or verbose:
-        typer.echo(f"model: {path} ({why})", err=True)
-    if note := runs.training_note(path):
-        typer.echo(note, err=True)
+    path = _chosen_model(model, say=model is None or verbose)
     from bertcls.predict import load_predictor
 
     few_texts = file is None and len(texts) <= batch_size  # one forward pass: start-up counts, not throughput
@@ -280,9 +287,7 @@ def evaluate(
     machine.check_precision(precision, "--precision")
     if output is not None:
         atomic.check_folder_path(output, "--output")
-    path, why = runs.find_model(model)
-    if model is None or verbose:
-        typer.echo(f"model: {path} ({why})", err=True)
+    path = _chosen_model(model, say=model is None or verbose)
     if output is not None:
         runs.check_evaluation_output(output, (runs.METRICS_FILE, *report.REPORT_FILES))
     evaluation = evaluate_file(path, data_file, text_column=text_column, text_pair_column=text_pair_column,
@@ -348,9 +353,7 @@ def export(
     """Export a trained model to ONNX; `bertcls predict --model OUTPUT` then runs it without torch."""
     from bertcls.export import FP32_TOLERANCE, export_onnx
 
-    path, why = runs.find_model(model)
-    if model is None:
-        typer.echo(f"model: {path} ({why})", err=True)
+    path = _chosen_model(model, say=model is None)
     with atomic.writing(output):
         result = export_onnx(path, output, quantize.value if quantize else None)
     diff = result["max_abs_logit_diff"]
@@ -380,8 +383,7 @@ def serve(
 
     SIGTERM or Ctrl-C stops taking connections, answers the requests in flight and exits 0.
     """
-    path, why = runs.find_model(model)
-    typer.echo(f"model: {path} ({why})", err=True)
+    path = _chosen_model(model, say=True)
     from bertcls import serve as server  # raises a one-line error when the serve extra is missing
 
     options = server.ServeOptions(str(path), device=device, precision=precision, max_batch_size=max_batch_size,

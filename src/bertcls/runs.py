@@ -377,13 +377,19 @@ def check_evaluation_output(folder: Path, names: tuple[str, ...]) -> None:
         raise RunError(f"--output {folder} already holds {', '.join(taken)}; evaluate replaces no file there, so choose a new or empty folder")
 
 
-def training_note(path: Path) -> str | None:
-    """For a run folder (or its model/) that a bertcls train is still writing: a note that says so."""
+def model_note(path: Path) -> str | None:
+    """For a run folder (or its model/) that a bertcls train is still writing, or whose train stopped before the
+    end (killed, Ctrl-C, a crash): a note that its model is the best so far, not the run's final choice."""
     path = Path(path)
     for run in (path, path.parent) if path.name == MODEL_DIR else (path,):
+        if not (run / MODEL_DIR / "config.json").is_file():
+            continue
         pid = training_pid(run)
         if pid is not None:
             return f"note: {run} is still training ({pid_text(pid)}); using its best model so far"
+        if read_record(run) is not None and not (run / METRICS_FILE).is_file():
+            return (f"note: {run} did not finish (it has no {METRICS_FILE}); using its best model so far "
+                    "(bertcls train CONFIG --resume finishes it)")
     return None
 
 
@@ -396,6 +402,10 @@ def model_dir(path: str | Path) -> Path:
         return path
     if not path.exists():
         raise RunError(f"--model {path}: no such folder")
+    pid = training_pid(path)
+    if pid is not None:
+        raise RunError(f"--model {path} is still training ({pid_text(pid)}) and has saved no model yet; wait for its first "
+                       "evaluation, or give another run")
     raise RunError(f"--model {path}: neither a finished run folder (with {MODEL_DIR}/) nor a model folder (with config.json)")
 
 
