@@ -73,3 +73,9 @@ def test_export_refuses_a_non_empty_folder_and_says_what_to_install(trained_run,
     monkeypatch.setattr(export, "_importable", lambda name: name != "onnxruntime")
     with pytest.raises(ModelError, match=r'export needs onnxruntime; install them with: pip install -e "\.\[onnx\]" in the bertcls repository$'):
         export.export_onnx(trained_run, tmp_path / "new")
+
+
+def test_an_export_is_not_exported_again(exported, tmp_path):
+    result = CliRunner().invoke(app, ["export", "--model", str(exported), "--output", str(tmp_path / "again")])
+    assert result.exit_code == 2 and not (tmp_path / "again").exists()
+    assert result.output == f"Error: --model {exported} is an ONNX export already; export from the run (or model folder) it came from\n"

@@ -54,8 +54,9 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
     """Write an ONNX folder for `model_path`; return what was checked (max logit difference against PyTorch)."""
     import torch
 
-
     output = Path(output)
+    if (Path(model_path) / ONNX_FILE).is_file():
+        raise ModelError(f"--model {model_path} is an ONNX export already; export from the run (or model folder) it came from")
     atomic.check_folder_path(output, "--output")
     _require_onnx()
     if output.exists() and any(output.iterdir()):
