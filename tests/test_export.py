@@ -76,6 +76,6 @@ def test_export_refuses_a_non_empty_folder_and_says_what_to_install(trained_run,
 
 
 def test_an_export_is_not_exported_again(exported, tmp_path):
-    result = CliRunner().invoke(app, ["export", "--model", str(exported), "--output", str(tmp_path / "again")])
+    result = runner.invoke(app, ["export", "--model", str(exported / "fp32"), "--output", str(tmp_path / "again")])
     assert result.exit_code == 2 and not (tmp_path / "again").exists()
-    assert result.output == f"Error: --model {exported} is an ONNX export already; export from the run (or model folder) it came from\n"
+    assert result.output == f"Error: --model {exported / 'fp32'} is an ONNX export already; export from the run (or model folder) it came from\n"
