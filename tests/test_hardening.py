@@ -99,6 +99,7 @@ BAD_DATA = [
     ("train.csv", b"text,label\nhi,pos\nho,pos\nhe,pos\n", "only one class ('pos'); a classifier needs at least two labels"),
     ("train.csv", b"text,label\nhi,1.5\nho,2\n", "column 'label' holds fractional numbers; labels must be names or integers"),
     ("train.jsonl", b'{"text": "hi", "label": [1]}\n{"text": "ho", "label": [2]}\n', "holds lists or objects; single-label classification"),
+    ("train.jsonl", b'{"text": ["hi", "ho"], "label": 1}\n{"text": "he", "label": 2}\n', "column 'text' holds lists or objects, not texts (data rows 1)"),
     ("train.jsonl", b'{"text": "hi", "label": 1}\nnot json\n', "cannot be parsed as jsonl"),
     ("train.parquet", b"not parquet at all", "cannot be parsed as parquet"),
     ("train.xlsx", b"PK\x03\x04", "unsupported extension '.xlsx'; use one of .csv, .tsv, .json, .jsonl, .parquet"),

@@ -151,7 +151,9 @@ def test_resume_by_path_and_refusing_a_changed_config(tmp_path, data):
     fresh = runner.invoke(app, ["train", str(config)])
     assert fresh.exit_code == 2 and "holds an unfinished run (checkpoint-15); pass --resume to continue it, or --overwrite" in fresh.output
     missing = runner.invoke(app, ["train", str(config), "--resume", str(run / "checkpoint-99")])
-    assert missing.exit_code == 2 and "not a checkpoint folder" in missing.output
+    assert missing.exit_code == 2 and f"--resume {run / 'checkpoint-99'}: no such folder (checkpoints in {run}: " in missing.output
+    not_one = runner.invoke(app, ["train", str(config), "--resume", str(run / "reports")])
+    assert not_one.exit_code == 2 and "not a checkpoint folder (no state.json)" in not_one.output
 
     by_path = runner.invoke(app, ["train", str(config), "--resume", str(run / "checkpoint-10"), "-q"])
     assert by_path.exit_code == 0, by_path.output

@@ -135,6 +135,9 @@ def find(run: Path, resume: bool | str | Path, config: dict[str, Any], data_fing
         folder = found[-1]
     else:
         folder = Path(resume)
+        if not folder.exists():
+            found = ", ".join(path.name for path in runs.checkpoints(run)) or "none"
+            raise RunError(f"--resume {folder}: no such folder (checkpoints in {run}: {found}); give one, or --resume alone for the newest")
         if not (folder / runs.CHECKPOINT_STATE).is_file():
             raise RunError(f"--resume {folder}: not a checkpoint folder (no {runs.CHECKPOINT_STATE}); give RUN/{runs.CHECKPOINT_PREFIX}N")
     state = read_state(folder)

@@ -223,6 +223,9 @@ def read_split(source: str, cfg: DataConfig, name: str, *, labelled: bool = True
 
 
 def _checked_texts(values: list[Any], where: str, column: str, keep_empty: bool = False) -> list[str]:
+    nested = [i for i, v in enumerate(values) if isinstance(v, (list, dict))]
+    if nested:  # a JSON list or object: its Python repr is no text of the user's
+        raise DataError(f"{where}: column {column!r} holds lists or objects, not texts (data rows {_rows(nested)}); give each row one text")
     bad = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())]
     if bad and keep_empty:
         return ["" if v is None else v if isinstance(v, str) else str(v) for v in values]
