@@ -31,9 +31,10 @@ def test_train_then_predict_end_to_end(tmp_path, toy_data):
     assert [line.split("\t")[0] for line in pred.stdout.splitlines()] == ["positive", "negative"]
     assert "runs/toy" in pred.stderr
     # the rest in this process: what the CLI prints, without paying a Python start-up each
-    as_json = runner.invoke(app, ["predict", "--json", "--model", str(run), "-"], input="great acting\nawful\n")
+    as_json = runner.invoke(app, ["predict", "--json", "--model", str(run), "-"], input="\ufeffgreat acting\nawful\n")  # a BOM, as PowerShell pipes it
     rows = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert [r["label"] for r in rows] == ["positive", "negative"] and set(rows[0]) == {"text", "label", "score", "probabilities"}
+    assert rows[0]["text"] == "great acting"
     evaluated = runner.invoke(app, ["evaluate", str(toy_data["test"]), "--model", str(run), "--output", str(tmp_path / "eval")])
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["accuracy"] >= 0.8

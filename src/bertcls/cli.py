@@ -234,6 +234,8 @@ def _texts_to_predict(texts: list[str] | None, file: Path | None, output: Path |
         raise UsageError("--output goes with --file; for texts on the command line, redirect stdout")
     if texts == ["-"]:
         texts = [line.rstrip("\r\n") for line in sys.stdin]
+        if texts:  # a byte-order mark (Windows editors, PowerShell pipes) is no part of the first text
+            texts[0] = texts[0].removeprefix("\ufeff")
     if file is None and not texts:
         raise UsageError("no texts given; pass texts as arguments, `-` to read one per line from stdin, or --file FILE")
     if pair and len(pair) != len(texts):
