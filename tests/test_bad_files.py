@@ -408,6 +408,15 @@ def test_resume_into_a_read_only_run_folder(unfinished, immutable):
     assert snapshot(unfinished) == before
 
 
+def test_a_fresh_run_into_a_folder_that_refuses_entries_names_that_folder(tmp_path, toy_data, immutable):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    immutable(folder)
+    result = runner.invoke(app, ["train", str(make_config(tmp_path, toy_data, output_dir=str(folder)))])
+    assert_one_line_error(result, f"Error: {folder}: Operation not permitted; make {folder} writable, then train again\n")
+    assert not any(folder.iterdir())
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 64 KiB tmpfs (root, where mounting is allowed; else skip), unmounted afterwards."""

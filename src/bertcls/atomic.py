@@ -109,7 +109,8 @@ def write_error(path: Path, code: int, writing: bool = True) -> WriteError:
         errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
         errno.EISDIR: "a folder is in the way of a file; move it, or choose another path",
     }
-    fix = fixes.get(code, f"make {Path(path).parent} writable" if writing else f"check the permissions of {path} and its folder")
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent  # a folder refused a new entry: that folder
+    fix = fixes.get(code, f"make {folder} writable" if writing else f"check the permissions of {path} and its folder")
     return WriteError(f"{path}: {os.strerror(code)}; {fix}", code)
 
 
