@@ -54,6 +54,8 @@ class Tracking(Callback):
     `on_start` starts them; each log line, evaluation and the final metrics are logged at their step."""
 
     def __init__(self, config: Config, resume_from: Path | None) -> None:
+        if "mlflow" in config.training.report_to:  # read when mlflow is imported: its INFO lines (database migrations) are noise here
+            os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         saved = ckpt.read_state(resume_from) if resume_from else {}
         before, step = saved.get("trackers") or {}, saved.get("global_step", 0)
         self.run, self.hparams, self.job = Path(config.output_dir), hyperparameters(config.to_dict()), None
