@@ -100,7 +100,10 @@ BAD_DATA = [
     ("train.csv", b"text,label\nhi,1.5\nho,2\n", "column 'label' holds fractional numbers; labels must be names or integers"),
     ("train.jsonl", b'{"text": "hi", "label": [1]}\n{"text": "ho", "label": [2]}\n', "holds lists or objects; single-label classification"),
     ("train.jsonl", b'{"text": ["hi", "ho"], "label": 1}\n{"text": "he", "label": 2}\n', "column 'text' holds lists or objects, not texts (data rows 1)"),
-    ("train.jsonl", b'{"text": "hi", "label": 1}\nnot json\n', "cannot be parsed as jsonl"),
+    ("train.jsonl", b'{"text": "hi", "label": 1}\nnot json\n', "train.jsonl: line 2 is not valid JSON (Expecting value)"),
+    ("train.jsonl", b'{"text": "hi", "label": 1}\n{"text": "a \\ud800 b", "label": 2}\n',
+     "train.jsonl: line 2 holds an escape like \\ud800 that is no Unicode character (a lone surrogate); fix that text"),
+    ("train.json", b'[{"text": "hi", "label": 1}, {"text": "ho", "label": 2}', "train.json: the file is not valid JSON (Expecting ',' delimiter)"),
     ("train.parquet", b"not parquet at all", "cannot be parsed as parquet"),
     ("train.xlsx", b"PK\x03\x04", "unsupported extension '.xlsx'; use one of .csv, .tsv, .json, .jsonl, .parquet"),
 ]

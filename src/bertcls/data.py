@@ -124,8 +124,32 @@ def _read_error(path: Path, exc: BaseException) -> str:
         return f"{path}: no rows"
     if isinstance(cause, UnicodeDecodeError):
         return f"{path}: not UTF-8 text (undecodable byte at offset {cause.start}); re-save the file as UTF-8"
-    return f"{path}: cannot be parsed as {path.suffix.lstrip('.')} ({first_line(cause)})"
+    problem = _json_problem(path) if path.suffix.lower() in (".json", ".jsonl") else None
+    return f"{path}: {problem}" if problem else f"{path}: cannot be parsed as {path.suffix.lstrip('.')} ({first_line(cause)})"
 
+
+def _json_problem(path: Path) -> str | None:
+    """What Python's json finds wrong in a json/jsonl file that the Arrow reader refused (its words, like "Trailing
+    data", name no line): the first line that is no JSON, or that holds a lone surrogate (an escape like \\ud800,
+    which is no character); None when it finds nothing."""
+    import json
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return None
+    lines = enumerate(text.splitlines(), start=1) if path.suffix.lower() == ".jsonl" else [(1, text)]
+    for number, line in lines:
+        if not line.strip():
+            continue
+        where = f"line {number}" if path.suffix.lower() == ".jsonl" else "the file"
+        try:
+            json.dumps(json.loads(line), ensure_ascii=False).encode("utf-8")
+        except json.JSONDecodeError as exc:
+            return f"{where} is not valid JSON ({exc.msg})"
+        except UnicodeEncodeError:
+            return f"{where} holds an escape like \\ud800 that is no Unicode character (a lone surrogate); fix that text"
+    return None
 
 
 # ---------------------------------------------------------------------------- labels
