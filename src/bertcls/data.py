@@ -10,6 +10,7 @@ Batches are grouped by length so each one is padded only to its own longest sequ
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -132,8 +133,6 @@ def _json_problem(path: Path) -> str | None:
     """What Python's json finds wrong in a json/jsonl file that the Arrow reader refused (its words, like "Trailing
     data", name no line): the first line that is no JSON, or that holds a lone surrogate (an escape like \\ud800,
     which is no character); None when it finds nothing."""
-    import json
-
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError):

@@ -25,6 +25,7 @@ import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS, GeneralTracker, MLflowTracker, TensorBoardTracker, on_main_process
 from accelerate.utils import imports as accelerate_imports
@@ -201,8 +202,6 @@ class Guarded(GeneralTracker):
             return False
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             return True
-        from urllib.parse import unquote, urlparse
-
         import mlflow
 
         artifacts = urlparse(mlflow.get_artifact_uri())
