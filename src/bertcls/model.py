@@ -129,7 +129,7 @@ def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, text
         if cfg.trust_remote_code:
             warnings.warn(f"model.trust_remote_code is on: code shipped with {cfg.name} will run", BertclsWarning, stacklevel=2)
         model = _from_pretrained(transformers, cfg, id2label, label2id, problem_type)  # first: a folder without weights is no model
-        tokenizer = load_tokenizer(cfg, max_length, texts)
+        tokenizer = load_tokenizer(cfg, max_length, texts, model.config)
         check_max_length(model.config, max_length, cfg.name)
     first_token.apply(model)
     cpu_training.apply(model)
@@ -191,15 +191,16 @@ def check_model_source(cfg: ModelConfig, max_length: int) -> None:
     check_max_length(config, max_length, cfg.name)
 
 
-def load_tokenizer(cfg: ModelConfig, max_length: int, texts: Sequence[str] = ()):
-    """The tokenizer `load_model` pairs with the model, without the model's weights: `tiny` builds one from `texts`."""
+def load_tokenizer(cfg: ModelConfig, max_length: int, texts: Sequence[str] = (), model_config=None):
+    """The tokenizer `load_model` pairs with the model, without the model's weights: `tiny` builds one from `texts`.
+    Checked against the model's config (`model_config`, read here when not given)."""
     transformers = _quiet_transformers()
     if cfg.name == "tiny":
         return build_tiny_tokenizer(texts, model_max_length=max(512, max_length))
     _check_model_source(cfg.name)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
-        config = transformers.AutoConfig.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
+        config = model_config or transformers.AutoConfig.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
         if not_downloaded(exc):
             raise ModelError(f"model.name {cfg.name!r}: {download_failure()}") from None

@@ -387,7 +387,7 @@ def model_note(path: Path) -> str | None:
         pid = training_pid(run)
         if pid is not None:
             return f"note: {run} is still training ({pid_text(pid)}); using its best model so far"
-        if read_record(run) is not None and not (run / METRICS_FILE).is_file():
+        if (run / RECORD_FILE).is_file() and not (run / METRICS_FILE).is_file():  # a run's; never raises over a damaged record
             return (f"note: {run} did not finish (it has no {METRICS_FILE}); using its best model so far "
                     "(bertcls train CONFIG --resume finishes it)")
     return None
