@@ -85,6 +85,11 @@ def test_set_with_a_space_instead_of_equals(tmp_path, toy_data):
     assert one_line_error(result) == "--set training.epochs 1: write --set training.epochs=1, with `=` and no spaces"
 
 
+def test_a_setting_without_set(tmp_path, toy_data):
+    result = runner.invoke(app, ["train", str(make_config(tmp_path, toy_data)), "training.epochs=1"])
+    assert one_line_error(result) == "training.epochs=1: a setting is given with --set: bertcls train CONFIG --set training.epochs=1"
+
+
 def test_the_sst2_config_works_as_shipped_and_offline_by_set(tmp_path, monkeypatch):
     """As shipped: hub ids for the model and the dataset (nothing is downloaded to load the config);
     offline: a local folder and files with --set, relative to the current folder."""

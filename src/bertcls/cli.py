@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
 import traceback
@@ -174,6 +175,8 @@ def _stray_argument(argument: Path, overrides: list[str]) -> str:
     bare = [item for item in overrides if "=" not in item]
     if bare:
         return f"--set {bare[-1]} {argument}: write --set {bare[-1]}={argument}, with `=` and no spaces"
+    if re.fullmatch(r"[A-Za-z_][\w.]*=.*", str(argument)):
+        return f"{argument}: a setting is given with --set: bertcls train CONFIG --set {argument}"
     return f"a second argument ({argument}) is only taken with --resume: bertcls train CONFIG --resume RUN/checkpoint-N"
 
 
