@@ -24,7 +24,7 @@ def runs_folder(trained_run, tmp_path):
     for name, (f1, loss, test_f1) in SCORES.items():
         shutil.copytree(trained_run, root / name)
         metrics = json.loads((root / name / runs.METRICS_FILE).read_text())
-        metrics["validation"].update(f1_macro=f1, loss=loss)
+        metrics["validation"].update(f1_macro=f1, loss=loss, threshold=0.4)  # a multi-label run's tuned threshold
         metrics["test"]["f1_macro"] = test_f1
         (root / name / runs.METRICS_FILE).write_text(json.dumps(metrics))
     shutil.copytree(trained_run, root / "stopped")  # killed after its checkpoint
@@ -93,8 +93,9 @@ def test_a_run_in_progress_is_running(runs_folder):
 
 
 def test_an_unknown_metric_or_folder_is_one_line(runs_folder, tmp_path):
-    assert_one_line_error(runner.invoke(app, ["runs", str(runs_folder), "--sort", "f1"]),
-                          "--sort f1: no run has this metric; use name, date, a metric (accuracy, ece, f1_macro,")
+    result = runner.invoke(app, ["runs", str(runs_folder), "--sort", "f1"])
+    assert_one_line_error(result, "--sort f1: no run has this metric; use name, date, a metric (accuracy, ece, f1_macro,")
+    assert "threshold" not in result.output  # a tuned setting, not a metric to sort by
     assert_one_line_error(runner.invoke(app, ["runs", str(tmp_path / "nowhere")]),
                           f"{tmp_path / 'nowhere'}: no such folder; give the folder your runs are in (default ./runs)")
 

@@ -191,7 +191,8 @@ def default_metric(rows: list[Row]) -> str:
 def check_sort_key(rows: list[Row], key: str) -> None:
     """Refuse a --sort metric that no run has, listing those there are."""
     if key not in SORT_KEYS and rows and all(row.value(key) is None for row in rows):
-        known = sorted({k for row in rows for k in row.validation if row.value(k) is not None} - {"num_examples"})
+        not_metrics = {"num_examples", "threshold"}  # a count and a tuned setting
+        known = sorted({k for row in rows for k in row.validation if row.value(k) is not None} - not_metrics)
         raise UsageError(f"--sort {key}: no run has this metric; use name, date, a metric ({', '.join(known) or 'none yet'}) "
                          "or test.METRIC")
 
