@@ -109,6 +109,51 @@ def test_labels_as_lists_in_jsonl_and_separated_strings_in_csv(tmp_path):
         labels.encode([["z"]], "validation")
 
 
+def write_jsonl(path, labels):
+    """One row per label list, with a text the tiny model can read."""
+    path.write_text("".join(json.dumps({"text": f"the film {i}", "label": row}) + "\n" for i, row in enumerate(labels)), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        (None, "has null among its labels; a label is a string or an integer: remove the null"),
+        (1.5, "has 1.5 among its labels; a label is a string or an integer: write the label's name or a whole number"),
+        (["pos", "fun"], 'has ["pos", "fun"] among its labels; a label is a string or an integer: give each row one flat list of labels'),
+        ({"k": 1}, 'has {"k": 1} among its labels; a label is a string or an integer: give each row one flat list of labels'),
+        (True, "has true among its labels; a label is a string or an integer: list the names of the labels the row has, not true/false per label"),
+    ],
+    ids=["null", "fraction", "nested list", "object", "true"],
+)
+def test_a_list_item_that_is_no_string_or_integer_is_refused_naming_row_and_item(tmp_path, item, message):
+    path = write_jsonl(tmp_path / "train.jsonl", [["a"], [item, "b"], ["b"]])
+    config = make_config(tmp_path, {"train": path, "validation": path})
+    result = runner.invoke(app, ["train", str(config), "--set", "data.task=multi_label"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"Error: train ({path}): data row 2 of column 'label' {message}"
+
+
+def test_a_train_file_where_no_row_has_a_label_says_so(tmp_path):
+    path = write_jsonl(tmp_path / "train.jsonl", [[], [], []])
+    config = make_config(tmp_path, {"train": path, "validation": path})
+    result = runner.invoke(app, ["train", str(config), "--set", "data.task=multi_label"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"Error: train ({path}): no row has a label (every row's list of labels is empty); "
+                                     "label the rows, with at least two different labels in all")
+
+
+def test_integer_labels_are_in_numeric_order_in_the_saved_model(tmp_path):
+    path = write_jsonl(tmp_path / "train.jsonl", [[2], [10], [1], [2.0, 10], [], [1]] * 2)  # 2.0 is the label 2, as single-label reads it
+    config = make_config(tmp_path, {"train": path, "validation": path}, training={"epochs": 1})
+    run = train(load_config(config, ["data.task=multi_label"]), quiet=True)
+    assert json.loads((run / "model" / "config.json").read_text())["id2label"] == {"0": "1", "1": "2", "2": "10"}
+    csv_train = write_csv(tmp_path / "train.csv", [("a", "2"), ("b", "10;2"), ("c", "1"), ("d", " 007 ")])  # csv labels are text
+    split = read_split(str(csv_train), DataConfig(train=str(csv_train), task="multi_label"), "train")
+    assert LabelMap.from_values(split.labels, multi_label=True).names == ("007", "1", "10", "2")  # "007" is a name: all sort as text
+    assert LabelMap.from_values(split.labels[:3], multi_label=True).names == ("1", "2", "10")
+
+
 def test_lists_without_multi_label_task_say_how_to_fix(tmp_path):
     jsonl = tmp_path / "d.jsonl"
     jsonl.write_text('{"text": "a", "label": ["x", "y"]}\n')

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bertcls import longtext
-from bertcls.errors import DataError, ModelError, first_line, listing, shown
+from bertcls.errors import DataError, ModelError, clipped, first_line, listing, shown
 from bertcls.longtext import LongText, Reading
 from bertcls.model import download_failure, not_downloaded, pad_batch, truncate_long_texts
 from bertcls.tsv import check_fields, duplicate_columns
@@ -166,14 +166,13 @@ class LabelMap:
 
     @classmethod
     def from_values(cls, values: Sequence[Any], where: str = "train", multi_label: bool = False) -> LabelMap:
-        distinct = {v for row in values for v in row} if multi_label else set(values)
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in distinct):
-            names = tuple(str(v) for v in sorted(distinct))  # numeric order: 2 before 10
-        else:
-            names = tuple(sorted({str(v) for v in distinct}))  # labels compare as text: 1 and "1" are one label
+        distinct = {_as_integer(v) for row in values for v in row} if multi_label else set(values)
+        names = sorted_names(distinct)
+        if not names:  # only multi-label rows can all be empty
+            raise DataError(f"{where}: no row has a label (every row's list of labels is empty); "
+                            "label the rows, with at least two different labels in all")
         if len(names) < 2:
-            only = names[0] if names else "none"
-            raise DataError(f"{where}: only one class ({only!r}); a classifier needs at least two labels")
+            raise DataError(f"{where}: only one class ({names[0]!r}); a classifier needs at least two labels")
         return cls(names, multi_label)
 
     @property
@@ -195,6 +194,22 @@ class LabelMap:
             hot = [{ids[str(v)] for v in row} for row in values]
             return [[1.0 if i in row else 0.0 for i in range(len(self.names))] for row in hot]
         return [ids[str(v)] for v in values]
+
+
+def sorted_names(values: set[Any]) -> tuple[str, ...]:
+    """Label names in their fixed order: integers in numeric order (2 before 10), otherwise as text."""
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return tuple(str(v) for v in sorted(values))
+    return tuple(sorted({str(v) for v in values}))  # labels compare as text: 1 and "1" are one label
+
+
+# An integer as str(int) writes it: "007", "+7" and "-0" stay names.
+INTEGER_TEXT = re.compile(r"0|-?[1-9][0-9]*")
+
+
+def _as_integer(label: Any) -> Any:
+    """A multi-label label (rows hold text, whatever the file wrote) as the integer it writes, so that it sorts as one."""
+    return int(label) if isinstance(label, str) and INTEGER_TEXT.fullmatch(label) else label
 
 
 # ---------------------------------------------------------------------------- splits
@@ -293,7 +308,8 @@ def label_text(value: str) -> str:
 
 
 def _checked_label_lists(values: list[Any], where: str, column: str, separator: str) -> list[list[str]]:
-    """Multi-label: a list per row (json/jsonl), or one string split on `separator` (csv/tsv); an empty list is allowed."""
+    """Multi-label: a list per row (json/jsonl/parquet), or one string split on `separator` (csv/tsv); an empty list is
+    allowed. Each label becomes text as a single label does (2.0 is "2"); an item that is no string or integer is refused."""
     rows = []
     for i, value in enumerate(values):
         if value is None:
@@ -305,8 +321,34 @@ def _checked_label_lists(values: list[Any], where: str, column: str, separator: 
         if not isinstance(value, list):
             raise DataError(f"{where}: data row {i + 1} of column {column!r} is a {type(value).__name__}; give a list of labels "
                             f"or a string of labels separated by data.label_separator ({separator!r})")
-        rows.append(sorted({label_text(str(int(v) if isinstance(v, float) and v.is_integer() else v)) for v in value} - {""}))
+        for item in value:
+            fix = _label_item_fix(item)
+            if fix:
+                raise DataError(f"{where}: data row {i + 1} of column {column!r} has {_as_written(item)} among its labels; "
+                                f"a label is a string or an integer: {fix}")
+        rows.append(sorted({label_text(str(int(v) if isinstance(v, float) else v)) for v in value} - {""}))
     return rows
+
+
+def _label_item_fix(item: Any) -> str | None:
+    """How to fix an item of a multi-label list that is no label; None for a string, an integer, or 2.0 (the label 2)."""
+    if isinstance(item, bool):  # a list's true reads as a flag per label (a 0/1 row), not as a label named "True"
+        return "list the names of the labels the row has, not true/false per label"
+    if isinstance(item, (str, int)) or (isinstance(item, float) and item.is_integer()):
+        return None
+    if item is None:
+        return "remove the null"
+    if isinstance(item, float):
+        return "write the label's name or a whole number"
+    return "give each row one flat list of labels"
+
+
+def _as_written(item: Any) -> str:
+    """A value as JSON writes it (null, true, ["a"]), as the user wrote it in a json file; repr for what JSON cannot write."""
+    try:
+        return clipped(json.dumps(item, ensure_ascii=False))
+    except (TypeError, ValueError):
+        return shown(item)
 
 
 def load_splits(cfg: DataConfig, seed: int, *, lenient: bool = False) -> tuple[Split, Split, Split | None, LabelMap]:
