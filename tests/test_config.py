@@ -1,9 +1,13 @@
 from pathlib import Path
 
 import pytest
+import yaml
+from typer.testing import CliRunner
 
+from bertcls.cli import app
 from bertcls.config import load_config, load_yaml, parse_override
 from bertcls.errors import ConfigError
+from conftest import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,6 +47,11 @@ def test_defaults_and_relative_paths(tmp_path):
         ("data: {train: a.csv}\ntraining: {threshold: 0.9}\n", "training.threshold only applies with data.task: multi_label"),
         ("data: {train: a.csv}\ntraining: {tune_threshold: true}\n", "training.tune_threshold only applies with data.task: multi_label"),
         ("data: {train: a.csv, label_separator: '|'}\n", "data.label_separator only applies with data.task: multi_label"),
+        ("data: {train: a.csv, task: multi_label}\ntraining: {tune_threshold: true, threshold: 0.3}\n",
+         "training.threshold=0.3 is not used with training.tune_threshold: true, which picks the threshold on validation; set one of them"),
+        ("data: {train: a.csv, text_column: off}\n", 'data.text_column: input should be a valid string (got False); YAML reads yes/no, '
+         'on/off and true/false as booleans: quote a text that YAML would read otherwise, e.g. --set \'data.text_column="no"\', '
+         'or text_column: "no" in the file'),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, text, message):
@@ -115,3 +124,46 @@ def test_shipped_configs_load(path):
                                              ("null", []), ("[]", [])])
 def test_report_to_takes_one_tracker_or_a_list(tmp_path, given, trackers):
     assert load_config(write(tmp_path, f"data: {{train: a.csv}}\ntraining: {{report_to: {given}}}\n")).training.report_to == trackers
+
+
+def test_a_mapping_given_with_set_merges_into_its_section_and_its_paths_are_from_the_current_folder(tmp_path, monkeypatch):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    path = tmp_path / "conf" / "c.yaml"
+    path.write_text("data: {train: a.csv, validation: b.csv, text_column: body, max_length: 64}\n"
+                    "training: {class_weights: balanced}\n", encoding="utf-8")
+    cfg = load_config(path, ["data={train: ../x.csv, max_train_samples: 200}", "training={class_weights: {pos: 2}}"])
+    assert cfg.data.train == str(tmp_path / "x.csv")  # from the current folder, as --set data.train=../x.csv
+    assert (cfg.data.validation, cfg.data.text_column, cfg.data.max_length, cfg.data.max_train_samples) == \
+        (str(tmp_path / "conf" / "b.csv"), "body", 64, 200)  # the file's other data keys are kept
+    assert cfg.training.class_weights == {"pos": 2.0}  # a mapping replaces a value that is not one
+    dotted = load_config(path, ["data.train=../x.csv", "data.max_train_samples=200", "training.class_weights={pos: 2}"])
+    assert cfg.to_dict() == dotted.to_dict()
+    # the run's saved config reads the same from the run folder
+    saved = tmp_path / "run" / "config.yaml"
+    saved.parent.mkdir()
+    saved.write_text(yaml.safe_dump(cfg.to_dict()), encoding="utf-8")
+    assert load_config(saved).to_dict() == cfg.to_dict()
+
+
+def test_tune_threshold_with_the_default_threshold_loads(tmp_path):
+    """A saved config holds every key, threshold 0.5 too: a run that tuned its threshold must load again (resume, tune)."""
+    cfg = load_config(write(tmp_path, "data: {train: a.csv, task: multi_label}\ntraining: {tune_threshold: true, threshold: 0.5}\n"))
+    assert cfg.training.tune_threshold and cfg.training.threshold == 0.5
+
+
+@pytest.mark.parametrize("override, got, reading, text", [
+    ("data.text_column=no", "False", "YAML reads yes/no, on/off and true/false as booleans", "no"),
+    ("data.label_column=yes", "True", "YAML reads yes/no, on/off and true/false as booleans", "yes"),
+    ("data.text_pair_column=2024", "2024", "YAML reads an unquoted number as a number", "2024"),
+    ("data.label_separator=1.5", "1.5", "YAML reads an unquoted number as a number", "1.5"),
+    ("model.name=~", "None", "YAML reads null, ~ and an empty value as null", "null"),
+])
+def test_a_text_that_yaml_reads_as_another_type_says_to_quote_it(tmp_path, override, got, reading, text):
+    config = write(tmp_path, "data: {train: a.csv}\n")
+    key = override.partition("=")[0]
+    result = CliRunner().invoke(app, ["check", str(config), "--set", override])
+    assert_one_line_error(result, f"Error: {key}: input should be a valid string (got {got}); {reading}: quote a text that YAML "
+                                  f"would read otherwise, e.g. --set '{key}=\"{text}\"', or {key.split('.')[-1]}: \"{text}\" in the file")
+    assert load_config(config, [f'{key}="{text}"', *(["data.task=multi_label"] if key == "data.label_separator" else [])])

@@ -1,9 +1,10 @@
 """The run configuration: a YAML file plus dotted `--set` overrides in, a validated `Config` out.
 
 Every key, its type, default and meaning lives here, and nowhere else; so does the `tune` section,
-which `bertcls tune` reads and training ignores (it is not part of a run's saved config). Paths in
-a config file are relative to the file's folder; paths given with `--set`, and the default
-output_dir, are relative to the current folder. All are stored absolute.
+which `bertcls tune` reads and training ignores (it is not part of a run's saved config). A mapping
+given with `--set` merges into the section it names, key by key. Paths in a config file are relative
+to the file's folder; paths given with `--set`, and the default output_dir, are relative to the
+current folder. All are stored absolute.
 """
 
 from __future__ import annotations
@@ -158,7 +159,8 @@ class TrainingConfig(Section):
     class_weights: Annotated[str | dict[str, float], BeforeValidator(_class_weights)] = Field(
         "none", description="Weighted cross-entropy: none, balanced (n / (classes x class count)), or {label: weight} (others weigh 1).")
     threshold: Float = Field(0.5, gt=0.0, lt=1.0, description="multi_label: a label is predicted when its probability is at least this.")
-    tune_threshold: bool = Field(False, description="multi_label: pick the threshold with the best micro-F1 on validation instead; saved with the model.")
+    tune_threshold: bool = Field(False, description="multi_label: pick the threshold with the best micro-F1 on validation instead "
+                                  "(so not with training.threshold set); saved with the model.")
     loss_curve: bool = Field(True, description="Draw RUN/loss.png (training and validation loss) from log.jsonl at the end.")
     report_figures: bool = Field(True, description="Draw the figures in RUN/reports/ (confusion matrix, ROC and PR curves, reliability) "
                                  "at the end: about 0.3 s each, most of a tiny run's finish. predictions.csv and metrics.json are "
@@ -299,6 +301,10 @@ class Config(Section):
             raise ValueError("data.label_column must differ from the text columns")
         _check_long_text(self.data)
         _check_multi_label_keys(self)
+        if self.training.tune_threshold and self.training.threshold != TrainingConfig.model_fields["threshold"].default:
+            # A value, not model_fields_set: a saved config (RUN/config.yaml, a tune trial's) holds every key, the default too.
+            raise ValueError(f"training.threshold={self.training.threshold:g} is not used with training.tune_threshold: true, "
+                             "which picks the threshold on validation; set one of them")
         self.tune.space = _checked_space(self)
         return self
 
@@ -411,8 +417,25 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     raw = _resolve_paths(raw, base)
     for item in overrides:
         key, value = parse_override(item)
-        set_dotted(raw, key, _resolve_path_value(key, value, Path.cwd()))
+        merge_override(raw, key, value, Path.cwd())
     return validate_config(raw)
+
+
+def merge_override(raw: dict[str, Any], key: str, value: Any, base: Path) -> None:
+    """`--set KEY=VALUE` into `raw`. A mapping merges into what KEY holds, key by key, as a `--set KEY.SUB=...` for
+    each of its keys would; any other value replaces it. Its paths are resolved against `base`, as a dotted key's are."""
+    parts = key.split(".")
+    _merge(_parent(raw, parts, key), parts[-1], value, key, base)
+
+
+def _merge(node: dict[str, Any], name: Any, value: Any, key: str, base: Path) -> None:
+    if not isinstance(value, dict):
+        node[name] = _resolve_path_value(key, value, base)
+        return
+    if not isinstance(node.get(name), dict):
+        node[name] = {}
+    for sub, sub_value in value.items():  # sub may be no string (`1.0` in class_weights) or hold a dot: never split it
+        _merge(node[name], sub, sub_value, f"{key}.{sub}", base)
 
 
 def model_name_warning(cfg: Config) -> str | None:
@@ -547,14 +570,19 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    node = raw
     parts = key.split(".")
+    _parent(raw, parts, key)[parts[-1]] = value
+
+
+def _parent(raw: dict[str, Any], parts: list[str], key: str) -> dict[str, Any]:
+    """The section that holds the last of `parts`, made where missing."""
+    node = raw
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise ConfigError(f"--set {clipped(key)}: {clipped('.'.join(parts[: i + 1]))} is not a section")
         node = child
-    node[parts[-1]] = value
+    return node
 
 
 def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -607,7 +635,20 @@ def _format_error(err: dict[str, Any]) -> str:
     if err["type"] == "value_error":
         return str(err["msg"]).removeprefix("Value error, ")
     given = err.get("input")
-    return f"{key}: {err['msg'].lower()} (got {shown(given) if not isinstance(given, dict) else 'a mapping'})"
+    problem = f"{key}: {err['msg'].lower()} (got {shown(given) if not isinstance(given, dict) else 'a mapping'})"
+    if err["type"] == "string_type" and (given is None or isinstance(given, (bool, int, float))):
+        reading, text = _yaml_reading(given)
+        return f"{problem}; {reading}: quote a text that YAML would read otherwise, e.g. --set '{key}=\"{text}\"', or {loc[-1]}: \"{text}\" in the file"
+    return problem
+
+
+def _yaml_reading(value: None | bool | int | float) -> tuple[str, str]:
+    """What YAML made of an unquoted value meant as text, and a text it may have been (for the example)."""
+    if value is None:
+        return "YAML reads null, ~ and an empty value as null", "null"
+    if isinstance(value, bool):
+        return "YAML reads yes/no, on/off and true/false as booleans", "yes" if value else "no"
+    return "YAML reads an unquoted number as a number", str(value)
 
 
 # Names other tools use for our keys: difflib alone cannot see that `lr` means `learning_rate`.
