@@ -341,3 +341,34 @@ def test_a_split_that_must_empty_a_class_is_one_line_error(tmp_path):
     assert result.exit_code == 2, result.output
     assert result.stderr == ("Error: train: 4 rows are too few to hold out data.validation_split=0.1 and keep a train row of every class; "
                              "add rows or give data.validation\n")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["training.class_weights={nope: 3}"], "training.class_weights: no label 'nope' in train (labels: negative, positive)"),
+    (["data.max_length=513", "model.name=MODEL"], "data.max_length=513 is above what MODEL supports (512 tokens); set data.max_length <= 512"),
+])
+def test_check_refuses_what_train_refuses_with_the_same_message(clean, tmp_path, overrides, message):
+    model = tmp_path / "model"  # a local model folder: only its config.json is read before the refusal
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "bert", "max_position_embeddings": 512}), encoding="utf-8")
+    sets = [arg for override in [*overrides, f"output_dir={tmp_path / 'run'}"] for arg in ("--set", override.replace("MODEL", str(model)))]
+    for command in ("check", "train"):
+        result = runner.invoke(app, [command, str(clean[0]), *sets, "--label-issues", "0"] if command == "check" else [command, str(clean[0]), *sets])
+        assert result.exit_code == 2, result.output
+        assert result.stderr == f"Error: {message.replace('MODEL', str(model))}\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_class_weights_name_integer_labels_as_the_data_reads_them(tmp_path):
+    from bertcls.loss import class_weights
+
+    rng, taken = random.Random(9), set()
+    rows = [(text, int(label == "positive")) for text, label in unique_rows(40, rng, taken)]  # labels 0 and 1
+    config = make_config(tmp_path, {"train": write_csv(tmp_path / "train.csv", rows), "validation": write_csv(tmp_path / "v.csv", rows[:10])})
+    ok = runner.invoke(app, ["check", str(config), "--set", "training.class_weights={1.0: 2}", "--label-issues", "0", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["labels"] == ["0", "1"]
+    assert class_weights({"1.0": 2.0}, ["0", "1"], [0, 1]) == [1.0, 2.0]  # the weight train puts on label 1
+    twice = runner.invoke(app, ["check", str(config), "--set", "training.class_weights={1: 2, '1.0': 3}", "--label-issues", "0"])
+    assert twice.exit_code == 2, twice.output
+    assert twice.stderr == "Error: training.class_weights: '1' and '1.0' name the same label '1'; keep one\n"

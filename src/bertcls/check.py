@@ -1,12 +1,14 @@
 """Check: a Config in, a report on the data it would train on out -- without training.
 
-The splits are read as `train` reads them, except that what training refuses is kept to be counted
-(empty texts, validation/test labels that train lacks), and tokenised with the configured tokenizer
-(never the model's weights). `check()` returns a `Report`: a JSON-able summary -- rows and labels
-per split, token lengths against data.max_length, near-empty texts, duplicates and label conflicts
-in train, validation/test texts that train also holds (leakage), a TF-IDF + logistic-regression
-baseline and the rows cleanlab finds most likely mislabelled -- and the full lists behind it, one
-table per CSV file. `warnings()` is the cheap part that `bertcls train` prints before it trains.
+The splits are read as `train` reads them, except that what training refuses in the data is kept to
+be counted (empty texts, validation/test labels that train lacks), and tokenised with the configured
+tokenizer (never the model's weights). What `train` refuses in the config before it starts (class
+weights for a label train lacks, a max_length above the model's) is refused by its own checks.
+`check()` returns a `Report`: a JSON-able summary -- rows and labels per split, token lengths
+against data.max_length, near-empty texts, duplicates and label conflicts in train,
+validation/test texts that train also holds (leakage), a TF-IDF + logistic-regression baseline and
+the rows cleanlab finds most likely mislabelled -- and the full lists behind it, one table per CSV
+file. `warnings()` is the cheap part that `bertcls train` prints before it trains.
 
 Texts are compared exactly and normalised (case folded, punctuation and runs of whitespace made one
 space); a row with a second text (text_pair_column) is compared as the pair. Rows are numbered 1, 2,
@@ -35,6 +37,7 @@ from bertcls import atomic
 from bertcls.config import Config, DataConfig
 from bertcls.data import LabelMap, Split, load_splits
 from bertcls.errors import ConfigError, shown
+from bertcls.loss import check_class_weights
 
 NEAR_EMPTY_CHARS = 3  # a text (or pair text) shorter than this after stripping is near-empty
 PERCENTILES = (50, 90, 95, 99)
@@ -80,12 +83,16 @@ class Report:
 
 
 def check(config: Config, label_issues: int = 10) -> Report:
-    """Read, tokenise and inspect the data `config` trains on; `label_issues` rows of likely label errors (0: skip)."""
-    from bertcls.model import load_tokenizer
+    """Read, tokenise and inspect the data `config` trains on; `label_issues` rows of likely label errors (0: skip).
+    What `train` refuses before it starts (class weights for labels train lacks, a max_length the model cannot take)
+    is refused here too, with train's own checks and messages."""
+    from bertcls.model import check_model_source, load_tokenizer
 
     seconds: dict[str, float] = {}
     with _timed(seconds, "load"):
         train, validation, test, labels = load_splits(config.data, config.seed, lenient=True)
+    check_class_weights(config.training.class_weights, labels.names)
+    check_model_source(config.model, config.data.max_length)
     splits = {s.name: s for s in (train, validation, test) if s is not None}
     given = {name: _label_texts(split, config.data.label_separator) for name, split in splits.items()}  # labels as text
     summary: dict[str, Any] = {"task": config.data.task, "labels": list(labels.names), "max_length": config.data.max_length,

@@ -2,8 +2,9 @@
 
 none: the model's own loss (cross-entropy; binary cross-entropy for multi-label). balanced: class c
 weighs n / (k * n_c) — rare classes count more, as scikit-learn's `class_weight="balanced"`. A
-mapping gives weights by label name; labels it leaves out weigh 1. Multi-label: the weight of a
-label multiplies its positive term (`pos_weight`); balanced = negatives / positives per label.
+mapping gives weights by label name, read as the data's labels are (`1.0` is the label `1`); labels
+it leaves out weigh 1. Multi-label: the weight of a label multiplies its positive term
+(`pos_weight`); balanced = negatives / positives per label.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from bertcls.data import label_text
 from bertcls.errors import ConfigError, listing, shown
 
 
@@ -27,16 +29,28 @@ def class_weights(setting: str | dict[Any, float], names: Sequence[str], train_i
         counts = torch.bincount(torch.tensor(list(train_ids)), minlength=len(names)).double()
         return (counts.sum() / (len(names) * counts.clamp(min=1))).tolist()
     check_class_weights(setting, names)
-    given = {str(k): float(v) for k, v in setting.items()}
+    given = _by_label(setting)
     return [given.get(name, 1.0) for name in names]
 
 
 def check_class_weights(setting: str | dict[Any, float], names: Sequence[str]) -> None:
-    """A mapping may name only labels that train has (checked before anything is loaded)."""
-    if isinstance(setting, dict):
-        unknown = sorted({str(k) for k in setting} - set(names))
-        if unknown:
-            raise ConfigError(f"training.class_weights: no label {listing(unknown, show=shown)} in train (labels: {listing(names, 20)})")
+    """A mapping may name only labels that train has, each once (checked before anything is loaded)."""
+    if not isinstance(setting, dict):
+        return
+    keys: dict[str, str] = {}
+    for key in map(str, setting):
+        label = label_text(key)
+        if label in keys:
+            raise ConfigError(f"training.class_weights: {shown(keys[label])} and {shown(key)} name the same label {shown(label)}; keep one")
+        keys[label] = key
+    unknown = sorted(set(keys) - set(names))
+    if unknown:
+        raise ConfigError(f"training.class_weights: no label {listing(unknown, show=shown)} in train (labels: {listing(names, 20)})")
+
+
+def _by_label(setting: dict[Any, float]) -> dict[str, float]:
+    """The mapping's weights by label, its keys read as data.py reads label text: `1.0` is the label `1`."""
+    return {label_text(str(k)): float(v) for k, v in setting.items()}
 
 
 def build_loss(setting: str | dict[Any, float], names: Sequence[str], train_ids: Sequence, device,
