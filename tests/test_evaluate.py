@@ -1,8 +1,15 @@
+import json
+
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
-from bertcls.evaluate import compute_metrics, is_better, reliability
+from bertcls.cli import app
+from bertcls.evaluate import absent_note, compute_metrics, is_better, multilabel_metrics, reliability
 from bertcls.predict import softmax
+from conftest import write_csv
+
+runner = CliRunner()
 
 
 def test_metrics_match_hand_computed_values():
@@ -20,9 +27,41 @@ def test_metrics_match_hand_computed_values():
     assert m["loss"] == 0.5 and m["num_examples"] == 6
 
 
-def test_absent_class_counts_as_zero_not_an_error():
+def test_a_class_neither_in_gold_nor_predicted_is_left_out_of_macro_averages():
     m = compute_metrics([0, 0], [0, 0], ["a", "b"])
-    assert m["per_class"]["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["per_class"]["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}  # listed, not an error
+    assert (m["f1_macro"], m["precision_macro"], m["recall_macro"], m["f1_weighted"]) == (1.0, 1.0, 1.0, 1.0)
+    # predicted without examples, b counts (F1 0: its one prediction is wrong); c, in neither, is still left out
+    m = compute_metrics([0, 0], [0, 1], ["a", "b", "c"])
+    assert m["per_class"]["a"]["f1"] == pytest.approx(2 / 3) and m["per_class"]["b"]["f1"] == 0.0
+    assert m["f1_macro"] == pytest.approx((2 / 3 + 0) / 2) and m["recall_macro"] == pytest.approx((1 / 2 + 0) / 2)
+
+
+def test_multi_label_macro_averages_leave_out_labels_neither_in_gold_nor_predicted():
+    gold = np.array([[1, 0, 0], [1, 1, 0]])
+    probs = np.array([[0.9, 0.1, 0.1], [0.8, 0.2, 0.1]])  # at 0.5: a right twice, b missed once, c never there
+    m = multilabel_metrics(gold, probs, ["a", "b", "c"], threshold=0.5)
+    assert m["per_class"]["c"]["support"] == 0 and m["per_class"]["b"]["f1"] == 0.0
+    assert m["f1_macro"] == pytest.approx((1.0 + 0.0) / 2)
+
+
+def test_evaluate_names_the_classes_a_file_has_no_example_of(trained_run, tmp_path):
+    texts = ["a wonderful film", "the plot was great and the cast superb", "superb"]  # the toy run gets these right
+    only_positive = write_csv(tmp_path / "positive.csv", [(text, "positive") for text in texts])
+    result = runner.invoke(app, ["evaluate", str(only_positive), "-m", str(trained_run), "-o", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert (f"note: {only_positive} has no example of 1 of the 2 classes (negative); "
+            "macro averages are over the classes in its labels or predictions") in result.stderr.splitlines()
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert (metrics["accuracy"], metrics["f1_macro"], metrics["per_class"]["negative"]["support"]) == (1.0, 1.0, 0)
+    assert "f1_macro 1.0000" in result.stdout
+
+
+def test_no_note_when_every_class_has_an_example():
+    assert absent_note(compute_metrics([0, 1], [0, 0], ["a", "b"]), "f.csv") is None
+    many = compute_metrics([0], [0], [f"c{i}" for i in range(13)])
+    assert absent_note(many, "f.csv") == ("note: f.csv has no example of 12 of the 13 classes (c1, c2, c3, c4, c5, c6, c7, c8, c9, c10 "
+                                          "and 2 more); macro averages are over the classes in its labels or predictions")
 
 
 def test_better_means_lower_only_for_loss():

@@ -79,3 +79,19 @@ def test_an_export_is_not_exported_again(exported, tmp_path):
     result = runner.invoke(app, ["export", "--model", str(exported / "fp32"), "--output", str(tmp_path / "again")])
     assert result.exit_code == 2 and not (tmp_path / "again").exists()
     assert result.output == f"Error: --model {exported / 'fp32'} is an ONNX export already; export from the run (or model folder) it came from\n"
+
+
+@pytest.mark.parametrize(("name", "refused", "accepted"), [("fp32", "fp16", ("auto", "fp32")), ("fp32", "bf16", ("auto", "fp32")),
+                                                             ("int8", "fp32", ("auto",))])
+def test_an_export_runs_in_the_precision_it_was_exported_in(trained_run, exported, name, refused, accepted):
+    folder = exported / name
+    error = (f"Error: precision: {folder} is an ONNX export, whose precision is fixed at export time ({name}); "
+             f"use {' or '.join(accepted)}, or for {refused} --model {trained_run.resolve()} (what it was exported from)\n")
+    for command in (["predict", "-m", str(folder), "--precision", refused, "a wonderful film"],
+                    ["evaluate", str(trained_run.parent / "test.csv"), "-m", str(folder), "--precision", refused]):
+        result = runner.invoke(app, command)
+        assert (result.exit_code, result.output) == (2, error)
+    for precision in accepted:
+        result = runner.invoke(app, ["predict", "-m", str(folder), "-v", "--precision", precision, "a wonderful film"])
+        assert result.exit_code == 0, result.output
+        assert f"engine: onnx | device: cpu | precision: {name}\n" in result.output

@@ -329,7 +329,7 @@ def test_serve_answers_per_text_and_refuses_pairs_for_a_windowed_model(long_runs
         assert answer.status_code == 200 and [p["label"] for p in answer.json()["predictions"]] == ["positive", "negative"]
         refused = client.post("/predict", json={"texts": ["a"], "pairs": ["b"]})
         assert refused.status_code == 422
-        assert refused.json() == {"detail": "pairs: this model reads long texts with sliding_window, which takes single texts; send no pairs"}
+        assert refused.json() == {"detail": "pairs: this model reads long texts with sliding_window (its data.long_text), which takes single texts; drop \"pairs\""}
 
 
 @pytest.mark.slow  # an ONNX export takes about 10 s of CPU

@@ -76,8 +76,7 @@ def metric(client, name: str, **labels) -> float:
     raise AssertionError(f"no sample {name} {labels}")
 
 
-@pytest.mark.parametrize("extra", [[], ["--top-k", "2"], ["--pair", "x", "--pair", "y", "--pair", "z", "--pair", "w", "--pair", "v"]],
-                         ids=["plain", "top_k", "pairs"])
+@pytest.mark.parametrize("extra", [[], ["--top-k", "2"]], ids=["plain", "top_k"])
 def test_answers_are_the_records_of_predict_json(client, trained_run, extra):
     result = runner.invoke(cli, ["predict", "--json", "-m", str(trained_run), *TEXTS, *extra])
     assert result.exit_code == 0, result.output
@@ -85,8 +84,6 @@ def test_answers_are_the_records_of_predict_json(client, trained_run, extra):
     body = {"texts": TEXTS}
     if "--top-k" in extra:
         body["top_k"] = 2
-    if "--pair" in extra:
-        body["pairs"] = extra[1::2]
     answer = client.post("/predict", json=body)
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"predictions": expected}
@@ -167,12 +164,14 @@ TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
     (b'{"text": ["ok"]}', 422, "text: unknown field (the fields are texts, pairs, top_k)"),
     (json.dumps({"texts": ["x"] * 257}).encode(), 422, "texts: 257 texts in one request; send at most 256 per request"),
     (json.dumps({"texts": ["a", "b"], "pairs": ["p"]}).encode(), 422, "pairs: 1 pair(s) for 2 text(s); give one pair per text"),
+    (json.dumps({"texts": ["a"], "pairs": ["b"]}).encode(), 422,
+     "pairs: the model was trained on single texts (column 'text'), not pairs; drop \"pairs\""),
     (json.dumps({"texts": ["a"], "top_k": 0}).encode(), 422, "top_k: Input should be greater than or equal to 1"),
     (json.dumps({"texts": ["a"], "top_k": 3}).encode(), 422, "top_k: 3 is more than the model's 2 labels; use 1 to 2"),
     (json.dumps({"texts": ["a"], "top_k": "2"}).encode(), 422, "top_k: Input should be a valid integer"),
     (json.dumps({"texts": ["a" * (1 << 20)]}).encode(), 413, "the body is over 1,048,576 bytes"),
 ], ids=["malformed", "not-utf8", "too-deep", "not-object", "null", "lone-surrogate", "empty", "string", "non-string", "unknown-field", "too-many",
-        "pairs-length", "top_k-0", "top_k-above", "top_k-string", "too-large"])
+        "pairs-length", "pairs-to-single-text-model", "top_k-0", "top_k-above", "top_k-string", "too-large"])
 def test_bad_requests_get_a_4xx_naming_the_problem(client, body, status, detail):
     answer = client.post("/predict", content=body, headers={"Content-Type": "application/json"})
     assert answer.status_code == status, answer.text

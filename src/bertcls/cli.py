@@ -221,9 +221,11 @@ def predict(
     if verbose:
         typer.echo(predictor.describe(), err=True)
     if file is None:
+        predictor.check_pairing(bool(pair), "--pair")
         _print_predictions(predictor, texts, pair, top_k, as_json, verbose)
         return
     columns = runs.run_columns(path, text_column=text_column, text_pair_column=text_pair_column)
+    predictor.check_pairing(columns["text_pair_column"] is not None, "--text-pair-column")
     rows = predict_file(predictor, file, output, text_column=columns["text_column"], pair_column=columns["text_pair_column"], top_k=top_k)
     typer.echo(f"predicted {rows:,} rows" + (f" -> {output}" if output else ""), err=True)
 
@@ -256,9 +258,9 @@ def _print_predictions(predictor, texts: list[str], pair: list[str] | None, top_
                                              [r.windows for r in results], [r.beyond_windows for r in results])
     if note:
         typer.echo(note, err=True)
-    for text, result in zip(texts, results, strict=True):
+    for i, (text, result) in enumerate(zip(texts, results, strict=True)):
         if verbose and result.truncated and predictor.long_text.mode == "truncate":
-            typer.echo(f"note: text truncated to {predictor.max_length} tokens: {text[:60]!r}...", err=True)
+            typer.echo(_truncation_note(text, pair[i] if pair else None, predictor.max_length), err=True)
         if as_json:
             typer.echo(json.dumps(result.record(text, top_k), ensure_ascii=False))
             continue
@@ -267,6 +269,14 @@ def _print_predictions(predictor, texts: list[str], pair: list[str] | None, top_
         else:
             best = result.top(top_k) if top_k else [(result.label, result.score)]
         typer.echo("\t".join(f"{label}\t{score:.4f}" for label, score in best))
+
+
+def _truncation_note(text: str, pair: str | None, max_length: int) -> str:
+    """--verbose's line on a text (or a text and its pair, which share max_length) cut to max_length tokens."""
+    if pair is None:
+        return f"note: text truncated to {max_length} tokens: {text[:60]!r}..."
+    quoted = [f"{part[:60]!r}" + ("..." if len(part) > 60 else "") for part in (text, pair)]
+    return f"note: text pair truncated to {max_length} tokens together: {quoted[0]} with pair {quoted[1]}"
 
 
 @app.command()
@@ -286,7 +296,7 @@ def evaluate(
 ) -> None:
     """Score a labelled file with a trained model and print its metrics."""
     from bertcls import report
-    from bertcls.evaluate import evaluate_file
+    from bertcls.evaluate import absent_note, evaluate_file
 
     machine.check_device(device, "--device")
     machine.check_precision(precision, "--precision")
@@ -299,6 +309,8 @@ def evaluate(
                                label_column=label_column, device=device, batch_size=batch_size, precision=precision,
                                say=(lambda line: typer.echo(line, err=True)) if verbose else None)
     report.print_report(evaluation.metrics, multi_label=evaluation.multi_label)
+    if note := absent_note(evaluation.metrics, data_file):
+        typer.echo(note, err=True)
     if output is not None:
         with atomic.writing(output):
             output.mkdir(parents=True, exist_ok=True)

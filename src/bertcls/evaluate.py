@@ -1,4 +1,9 @@
-"""Evaluation: a model and a labelled loader in, logits in input order and scikit-learn metrics out."""
+"""Evaluation: a model and a labelled loader in, logits in input order and scikit-learn metrics out.
+
+Macro averages are over the classes that occur in the gold labels or the predictions (scikit-learn's default): a
+class with no example that is never predicted has no F1 to average (0/0), so it is left out rather than counted
+as 0; one that is predicted without examples counts, with F1 0. `absent_note` names the classes without examples.
+"""
 
 from __future__ import annotations
 
@@ -16,19 +21,22 @@ from bertcls.predict import sigmoid, softmax
 CALIBRATION_BINS = 15
 # Up to this many labels metrics.json holds the whole confusion matrix; beyond, only its non-zero cells.
 DENSE_CONFUSION_MAX_LABELS = 50
+# The classes without examples `absent_note` names; beyond, it counts the rest.
+NOTE_MAX_NAMES = 10
 
 
 def compute_metrics(labels: Sequence[int], preds: Sequence[int], names: Sequence[str], loss: float | None = None,
                     probs: np.ndarray | None = None) -> dict[str, Any]:
-    """Accuracy, precision/recall/F1 (macro, micro, weighted), a per-class report and the confusion matrix;
-    with class probabilities also the expected calibration error and, for two classes, ROC and PR AUCs."""
+    """Accuracy, precision/recall/F1 (macro over the classes in `labels` or `preds`, micro, weighted), a per-class
+    report of every class and the confusion matrix; with class probabilities also the expected calibration error and,
+    for two classes, ROC and PR AUCs."""
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     ids = list(range(len(names)))
     metrics: dict[str, Any] = {"num_examples": len(labels), "accuracy": float(accuracy_score(labels, preds))}
     if loss is not None:
         metrics["loss"] = float(loss)
-    metrics.update(averaged_prf(labels, preds, labels=ids))
+    metrics.update(averaged_prf(labels, preds, labels=np.union1d(labels, preds).astype(np.int64).tolist()))
     p, r, f, s = precision_recall_fscore_support(labels, preds, labels=ids, average=None, zero_division=0)
     metrics["per_class"] = {
         name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, name in enumerate(names)
@@ -168,7 +176,8 @@ def multilabel_metrics(gold: np.ndarray, probs: np.ndarray, names: Sequence[str]
                                "accuracy": float(accuracy_score(gold, pred)), "hamming_loss": float(hamming_loss(gold, pred))}
     if loss is not None:
         metrics["loss"] = float(loss)
-    metrics.update(averaged_prf(gold, pred))
+    occurring = np.flatnonzero(gold.any(axis=0) | pred.any(axis=0)).tolist()  # as single-label: classes in gold or predictions
+    metrics.update(averaged_prf(gold, pred, labels=occurring or None))
     p, r, f, s = precision_recall_fscore_support(gold, pred, average=None, zero_division=0)
     counts = multilabel_confusion_matrix(gold, pred)  # per label [[tn, fp], [fn, tp]]
     metrics["per_class"] = {
@@ -178,6 +187,17 @@ def multilabel_metrics(gold: np.ndarray, probs: np.ndarray, names: Sequence[str]
     }
     metrics["ece"] = reliability(*decisions(gold, probs, threshold))["ece"]
     return metrics
+
+
+def absent_note(metrics: dict[str, Any], where: str) -> str | None:
+    """The line `bertcls evaluate` prints when some classes have no example in `where`: which, and what the macro
+    averages then cover; None when every class has one."""
+    absent = [name for name, row in metrics["per_class"].items() if row["support"] == 0]
+    if not absent:
+        return None
+    named = ", ".join(absent[:NOTE_MAX_NAMES]) + (f" and {len(absent) - NOTE_MAX_NAMES:,} more" if len(absent) > NOTE_MAX_NAMES else "")
+    return (f"note: {where} has no example of {len(absent):,} of the {len(metrics['per_class']):,} classes ({named}); "
+            "macro averages are over the classes in its labels or predictions")
 
 
 def decisions(gold: np.ndarray, probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -206,6 +226,7 @@ def evaluate_file(model_path, data_file: str, *, text_column: str | None = None,
     predictor = load_predictor(model_path, device=device, batch_size=batch_size, precision=precision)
     if say:
         say(predictor.describe())
+    predictor.check_pairing(columns.text_pair_column is not None, "--text-pair-column")
     if predictor.multi_label:
         columns = columns.model_copy(update={"task": "multi_label"})
     split = read_split(data_file, columns, "evaluate", column_fixes=EVALUATE_COLUMN_FIXES)

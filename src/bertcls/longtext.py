@@ -74,9 +74,14 @@ class LongText:
         return {"long_text": self.mode, "max_length": max_length, "stride": self.stride, "window_pooling": self.pooling}
 
     def check_pairs(self, pairs: Sequence[str] | None) -> None:
-        if pairs is not None and self.mode != "truncate":
-            raise DataError(f"this model reads long texts with {self.mode} (its data.long_text), which takes single texts; "
-                            "give it texts without pairs")
+        if pairs is not None and self.pairs_problem():
+            raise DataError(f"{self.pairs_problem()}; give it texts without pairs")
+
+    def pairs_problem(self) -> str | None:
+        """Why a model reading long texts so takes no pairs (head_tail and sliding_window read single texts), or None."""
+        if self.mode == "truncate":
+            return None
+        return f"this model reads long texts with {self.mode} (its data.long_text), which takes single texts"
 
     def describe(self) -> str:
         """The setting in a few words, for log and --verbose lines."""

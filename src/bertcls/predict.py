@@ -8,6 +8,9 @@ model's saved `data.long_text` says (`bertcls.longtext`), by every engine alike:
 tail, or in windows whose logits are pooled into the text's one row. Two paths skip transformers, whose
 import alone takes seconds: a run's traced TorchScript graph (torch and `tokenizers` only), and
 an exported ONNX folder (onnxruntime and `tokenizers`, no torch).
+
+A model is given texts as it was trained: pairs to a sentence-pair model, single texts to the others, as its
+run recorded (`trained_on`, `pairing_problem`); an export's precision is the one it was exported in.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bertcls import longtext, machine, runs
-from bertcls.errors import DataError, ModelError, first_line
+from bertcls.errors import ConfigError, DataError, ModelError, first_line
 from bertcls.longtext import LONG_TEXT_KEY, LongText, Reading
 from bertcls.model import DEFAULT_THRESHOLD, THRESHOLD_KEY, load_trained, pad_batch, truncate_long_texts
 
@@ -126,30 +129,39 @@ def load_predictor(path: str | Path, device: str = "auto", batch_size: int = 64,
     """The fastest way to run `path` on `device`; `few_texts`: for a handful of texts, where start-up counts more than
     speed (the graph's oneDNN rewrite, which pays off over many batches, is skipped).
 
-    - a folder `bertcls export` wrote: an OnnxPredictor (CPU; `device` and `precision` do not apply);
+    - a folder `bertcls export` wrote: an OnnxPredictor (CPU; `device` does not apply, and `precision` must be auto
+      or the one it was exported in);
     - on the CPU, a model whose traced graph (`runs.TORCHSCRIPT_FILE`, saved by training) matches its
       weights and passed its check in `precision`: a TorchScriptPredictor, which starts without importing
       transformers;
     - else a Predictor: the model through transformers, on `device`.
     In fp32 the logits of the first two agree with Predictor's within 1e-4; in bf16 the graph's probabilities
     agree with Predictor's under the same autocast within 1e-2.
+
+    The predictor knows the text columns the model was trained on (`trained_on`), so it refuses pairs a
+    single-text model never saw, and single texts where a pair model needs pairs.
     """
-    if (Path(path) / ONNX_FILE).is_file():
-        return OnnxPredictor.load(path, batch_size=batch_size)
     device, precision = resolve_device_precision(path, device, precision)
-    if device == "cpu":
-        traced = TorchScriptPredictor.load(path, batch_size=batch_size, precision=precision, few_texts=few_texts)
-        if traced is not None:
-            return traced
-    return Predictor.load(path, device=device, batch_size=batch_size, precision=precision)
+    predictor = None
+    if (Path(path) / ONNX_FILE).is_file():
+        predictor = OnnxPredictor.load(path, batch_size=batch_size)
+    elif device == "cpu":
+        predictor = TorchScriptPredictor.load(path, batch_size=batch_size, precision=precision, few_texts=few_texts)
+    if predictor is None:
+        predictor = Predictor.load(path, device=device, batch_size=batch_size, precision=precision)
+    predictor.trained_on = trained_on(path)
+    return predictor
 
 
 def resolve_device_precision(path: str | Path, device: str, precision: str) -> tuple[str, str]:
     """`device` auto: cuda when there is a GPU. `precision` auto: the run's training.precision where this device
     computes it natively (bf16 on CPUs with AVX512-BF16/AMX and GPUs of compute capability 8.0+), else fp32; a
-    plain model folder follows the hardware alone."""
+    plain model folder follows the hardware alone. An ONNX export runs on the CPU in the precision it was exported
+    in: `precision` must be auto or that one (`export_precision`)."""
 
     machine.check_precision(precision, "precision")
+    if (Path(path) / ONNX_FILE).is_file():
+        return "cpu", export_precision(Path(path), precision)
     device = machine.pick_device(device, "device")
     resolved = machine.resolve_precision(precision, device)
     if precision == "auto":
@@ -157,6 +169,54 @@ def resolve_device_precision(path: str | Path, device: str, precision: str) -> t
         # Follow the run (its validation and test scores were computed so) unless the hardware lacks it.
         resolved = resolved if trained in ("auto", resolved) else "fp32"
     return device, resolved
+
+
+def export_precision(folder: Path, precision: str) -> str:
+    """The precision of the ONNX export in `folder` (fp32, or int8: quantized weights), which was fixed when it was
+    exported; a ConfigError when `precision` asks for another (auto takes the export's)."""
+    try:
+        meta = json.loads((folder / ONNX_META).read_text(encoding="utf-8"))
+        held, source = meta.get("quantize") or "fp32", meta.get("source")
+    except (OSError, ValueError, AttributeError):
+        return "fp32"  # not a complete export: OnnxPredictor.load says what is wrong with it
+    if precision in ("auto", held):
+        return held
+    choices = "auto or fp32" if held == "fp32" else "auto"
+    elsewhere = f", or for {precision} --model {source} (what it was exported from)" if source and Path(source).is_dir() else ""
+    raise ConfigError(f"precision: {folder} is an ONNX export, whose precision is fixed at export time ({held}); "
+                      f"use {choices}{elsewhere}")
+
+
+def trained_on(path: str | Path) -> tuple[str, ...] | None:
+    """The text column the model at `path` was trained on, and its pair column for a sentence-pair model, as its run's
+    config.yaml records them (in the run folder, in an export of the run, or above the run's model/ folder); None
+    where nothing records them (a plain or hub model folder): such a model takes texts with or without pairs."""
+    path = Path(path)
+    for folder in (path, path.parent) if path.name == runs.MODEL_DIR else (path,):
+        if folder != path and not (folder / runs.RECORD_FILE).is_file():
+            continue  # a folder named `model` that is not a run's: its parent's config.yaml is not its run's
+        data = runs.run_setting(folder, "data")
+        if data:
+            text, pair = data.get("text_column") or runs.DEFAULT_COLUMNS["text_column"], data.get("text_pair_column")
+            return (text, pair) if pair else (text,)
+    return None
+
+
+def pairing_problem(predictor, given: bool, option: str | None = None) -> str | None:
+    """Why `predictor` cannot take texts with second texts (`given`) or without, or None: the one rule predict,
+    predict --file, evaluate and serve share. A model that reads long texts by head and tail or in windows takes no
+    pairs; a model trained on pairs needs them and one trained on single texts takes none (as `trained_on` says; a
+    model with no run to say takes either). `option`: how the caller's user gives second texts, named in the fix."""
+    long_text, columns = getattr(predictor, "long_text", None), getattr(predictor, "trained_on", None)
+    drop = f"drop {option}" if option else "give it texts without pairs"
+    if given and long_text is not None and long_text.pairs_problem():
+        return f"{long_text.pairs_problem()}; {drop}"
+    if columns is None or given == (len(columns) == 2):
+        return None
+    if given:
+        return f"the model was trained on single texts (column {columns[0]!r}), not pairs; {drop}"
+    give = f"give the second texts with {option}" if option else "give each text its second text"
+    return f"the model was trained on text pairs (columns {columns[0]!r} and {columns[1]!r}); {give}"
 
 
 # The files of a folder `bertcls export` writes (see bertcls.export).
@@ -200,20 +260,27 @@ class _Predicts:
     max_length: int
     threshold: float | None
     long_text: LongText  # how a text over max_length is read: as the model was trained (its config.json says)
+    trained_on: tuple[str, ...] | None = None  # the text (and pair) column it was trained on; see `trained_on`
 
     def describe(self) -> str:
         """What runs the model, where, in which precision (and how it reads long texts): the line `--verbose` prints."""
         reads = f" | long_text: {self.long_text.describe()}" if self.long_text.mode != "truncate" else ""
         return f"engine: {self.engine} | device: {self.device} | precision: {self.precision}{reads}"
 
+    def check_pairing(self, given: bool, option: str | None = None) -> None:
+        """A DataError when this model cannot take texts with second texts (`given`) or without (`pairing_problem`)."""
+        problem = pairing_problem(self, given, option)
+        if problem:
+            raise DataError(problem)
+
     def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
         """Raw logits (float32 array, one row per text, input order)."""
-        self.long_text.check_pairs(pairs)
+        self.check_pairing(pairs is not None)
         check_texts(texts, pairs)
         return self._run(texts, pairs)[0]
 
     def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[Prediction]:
-        self.long_text.check_pairs(pairs)
+        self.check_pairing(pairs is not None)
         check_texts(texts, pairs)
         if not texts:
             return []

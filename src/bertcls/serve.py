@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from bertcls import runs
 from bertcls.batching import Batcher
 from bertcls.errors import BertclsError, ConfigError, DataError, ModelError, first_line
-from bertcls.predict import check_texts
+from bertcls.predict import check_texts, pairing_problem
 
 try:
     import uvicorn
@@ -269,9 +269,8 @@ def create_app(options: ServeOptions, load: Callable[[], Any] | None = None, on_
         """Classify texts: one record per text, in the order given. Requests arriving together are batched."""
         predictor = state.ready()
         body = parse_request(await read_body(request, options.max_body_bytes, options.body_timeout_s), options, len(predictor.id2label))
-        long_text = getattr(predictor, "long_text", None)  # how it reads long texts (a stand-in predictor may not say)
-        if body.pairs is not None and long_text is not None and long_text.mode != "truncate":
-            raise HTTPException(422, f"pairs: this model reads long texts with {long_text.mode}, which takes single texts; send no pairs")
+        if problem := pairing_problem(predictor, body.pairs is not None, '"pairs"'):  # as predict and evaluate refuse them
+            raise HTTPException(422, f"pairs: {problem}")
         try:
             results = await state.batcher.submit(body.texts, body.pairs)
         except Exception as exc:
@@ -374,13 +373,12 @@ def headline_metrics(path: Path) -> dict[str, Any] | None:
 
 def check(options: ServeOptions) -> None:
     """Refuse what would fail later, before the server starts: no such model, a precision the device lacks."""
-    from bertcls.predict import ONNX_FILE, resolve_device_precision
+    from bertcls.predict import resolve_device_precision
 
     if options.max_wait_ms < 0 or options.max_batch_size < 1 or options.max_texts < 1 or options.max_body_bytes < 1:
         raise ConfigError("--max-batch-size, --max-texts and --max-body-bytes must be at least 1, --max-wait-ms at least 0")
     runs.model_dir(options.model)
-    if not (Path(options.model) / ONNX_FILE).is_file():
-        resolve_device_precision(options.model, options.device, options.precision)
+    resolve_device_precision(options.model, options.device, options.precision)
 
 
 def listen(host: str, port: int) -> socket.socket:
