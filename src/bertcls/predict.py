@@ -191,15 +191,11 @@ def trained_on(path: str | Path) -> tuple[str, ...] | None:
     """The text column the model at `path` was trained on, and its pair column for a sentence-pair model, as its run's
     config.yaml records them (in the run folder, in an export of the run, or above the run's model/ folder); None
     where nothing records them (a plain or hub model folder): such a model takes texts with or without pairs."""
-    path = Path(path)
-    for folder in (path, path.parent) if path.name == runs.MODEL_DIR else (path,):
-        if folder != path and not (folder / runs.RECORD_FILE).is_file():
-            continue  # a folder named `model` that is not a run's: its parent's config.yaml is not its run's
-        data = runs.run_setting(folder, "data")
-        if data:
-            text, pair = data.get("text_column") or runs.DEFAULT_COLUMNS["text_column"], data.get("text_pair_column")
-            return (text, pair) if pair else (text,)
-    return None
+    data = runs.run_setting(path, "data")
+    if not data:
+        return None
+    text, pair = data.get("text_column") or runs.DEFAULT_COLUMNS["text_column"], data.get("text_pair_column")
+    return (text, pair) if pair else (text,)
 
 
 def pairing_problem(predictor, given: bool, option: str | None = None) -> str | None:

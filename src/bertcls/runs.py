@@ -435,9 +435,18 @@ def run_columns(path: str | Path, **given: str | None) -> dict[str, str | None]:
 
 
 def run_setting(path: str | Path, section: str, key: str | None = None, default: Any = None) -> Any:
-    """One section (or one key of it) of the run's resolved config; `default` for a plain model folder."""
-    values = (read_run_config(Path(path)) or {}).get(section) or {}
+    """One section (or one key of it) of the resolved config of the run at `path` (a run, its export, or the run above
+    a run's model/ folder); `default` for a plain model folder."""
+    values = (read_run_config(_config_folder(Path(path))) or {}).get(section) or {}
     return values if key is None else values.get(key, default)
+
+
+def _config_folder(path: Path) -> Path:
+    """The folder whose config.yaml says how the model at `path` was trained: `path`, or for a run's model/ folder the
+    run above it (a folder named model/ elsewhere is a plain model folder)."""
+    if not (path / CONFIG_FILE).is_file() and path.name == MODEL_DIR and (path.parent / RECORD_FILE).is_file():
+        return path.parent
+    return path
 
 
 def read_run_config(path: Path) -> dict[str, Any] | None:
