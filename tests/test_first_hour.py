@@ -107,7 +107,7 @@ def test_the_sst2_config_works_as_shipped_and_offline_by_set(tmp_path, monkeypat
 
 # ---------------------------------------------------------------------------- evaluate's column options
 
-@pytest.mark.parametrize("option", ["--text-column", "--text-pair-column", "--label-column"])
+@pytest.mark.parametrize("option", ["--text-column", "--label-column"])  # a pair model's --text-pair-column: test_pairs
 def test_evaluate_names_the_option_that_chose_a_wrong_column(tmp_path, trained_run, option):
     data = write_csv(tmp_path / "e.csv", [("great film", "positive"), ("dull", "negative")])
     message = one_line_error(runner.invoke(app, ["evaluate", str(data), "--model", str(trained_run), option, "nope"]))
