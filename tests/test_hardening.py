@@ -34,7 +34,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "bertcls"
         ("data: {train: a.csv}\ntraining: {lr: 0.1}\n", "training.lr: unknown key (did you mean 'learning_rate'?)"),
         ("data: {train: a.csv}\ntraining: {epochs: three}\n", "training.epochs: input should be a valid integer (got 'three')"),
         ("data: {train: a.csv}\ntraining: {epochs: '3'}\n", "training.epochs: input should be a valid integer (got '3')"),
-        ("data: {train: a.csv}\ntraining: 5\n", "training: input should be a valid dictionary"),
+        ("data: {train: a.csv}\ntraining: 5\n", "training: a section of keys (got 5); set its keys, e.g. --set training.KEY=VALUE"),
         ("data: {train: a.csv}\ntraining: {batch_size: 0}\n", "training.batch_size: input should be greater than or equal to 1 (got 0)"),
         ("data: {train: a.csv}\ntraining: {epochs: -1}\n", "training.epochs: input should be greater than or equal to 1 (got -1)"),
         ("data: {train: a.csv}\ntraining: {learning_rate: 5}\n", "training.learning_rate: input should be less than or equal to 1 (got 5)"),

@@ -635,6 +635,8 @@ def _format_error(err: dict[str, Any]) -> str:
     if err["type"] == "value_error":
         return str(err["msg"]).removeprefix("Value error, ")
     given = err.get("input")
+    if err["type"] == "model_type":  # a section given as a value: `--set model=null`, `data: train.csv`
+        return f"{key}: a section of keys (got {shown(given)}); set its keys, e.g. --set {key}.KEY=VALUE, or {key}: {{KEY: VALUE}} in the file"
     problem = f"{key}: {err['msg'].lower()} (got {shown(given) if not isinstance(given, dict) else 'a mapping'})"
     if err["type"] == "string_type" and (given is None or isinstance(given, (bool, int, float))):
         reading, text = _yaml_reading(given)
