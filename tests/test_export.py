@@ -1,8 +1,12 @@
 """bertcls export --format onnx: same logits as PyTorch, int8 close, and predict runs it without torch."""
 
+import errno
 import json
+import os
+import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -95,3 +99,33 @@ def test_an_export_runs_in_the_precision_it_was_exported_in(trained_run, exporte
         result = runner.invoke(app, ["predict", "-m", str(folder), "-v", "--precision", precision, "a wonderful film"])
         assert result.exit_code == 0, result.output
         assert f"engine: onnx | device: cpu | precision: {name}\n" in result.output
+
+
+def test_an_export_the_disk_refuses_names_the_output_and_leaves_nothing(trained_run, tmp_path):
+    """A real refusal: files this process writes stop at 64 KiB (`ulimit -f`), so the ONNX file fails in torch.onnx.export."""
+    made, emptied = tmp_path / "new" / "onnx", tmp_path / "empty"
+    emptied.mkdir()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, hard))  # Python ignores SIGXFSZ: the write fails with EFBIG
+    try:
+        results = [runner.invoke(app, ["export", "--model", str(trained_run), "--output", str(folder)]) for folder in (made, emptied)]
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    for folder, result in zip((made, emptied), results, strict=True):
+        assert (result.exit_code, result.output) == (2, f"Error: --output {folder}: File too large; raise the file-size limit "
+                                                        "(ulimit -f; a FAT32 disk holds files of 4 GiB at most), or choose another --output\n")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["empty"]  # as it was
+
+
+def test_a_disk_full_after_the_model_is_written_leaves_nothing(trained_run, tmp_path, monkeypatch):
+    import transformers
+
+    def full(self, folder, *args, **kwargs):
+        (Path(folder) / "config.json").write_text("{")  # cut short
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a write names no file
+
+    monkeypatch.setattr(transformers.PretrainedConfig, "save_pretrained", full)
+    result = runner.invoke(app, ["export", "--model", str(trained_run), "--output", str(tmp_path / "onnx")])
+    assert (result.exit_code, result.output) == (2, f"Error: --output {tmp_path / 'onnx'}: No space left on device; free space on its disk, "
+                                                    "or choose another --output\n")
+    assert list(tmp_path.iterdir()) == []

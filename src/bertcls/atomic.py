@@ -1,6 +1,6 @@
 """Writing files whole: a file or folder in place complete or not at all, with the permissions open()
-and mkdir() give; and a write the file system refuses (disk full, read-only, a file where a folder
-goes) turned into a one-line `WriteError` naming the path.
+and mkdir() give; and a write the file system refuses (disk full, a file over a size limit, read-only,
+a file where a folder goes) turned into a one-line `WriteError` naming the path.
 
 Files are written under a temporary name in the same folder (`.NAME.*`), fsynced and renamed into place.
 """
@@ -53,11 +53,13 @@ def current_umask() -> int:
     return umask
 
 
-# The file system refusing a write: full, over quota, read-only, not permitted, a file where a folder
-# goes or the reverse. These are the user's to fix; any other OSError is left to be a bug.
-WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR})
-# Those fixed where they happen (space freed, permission given), after which a run can resume in place.
-FIXABLE_IN_PLACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM})
+# The file system refusing a write: full, over quota, a file over a size limit (`ulimit -f`, FAT32's 4 GiB),
+# read-only, not permitted, a file where a folder goes or the reverse. These are the user's to fix; any
+# other OSError is left to be a bug.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                          errno.EISDIR})
+# Those fixed where they happen (space freed, a limit raised, permission given), after which a run can resume in place.
+FIXABLE_IN_PLACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM})
 
 
 @contextmanager
@@ -99,18 +101,22 @@ def _is_about(filename: str | bytes | int | None, path: Path) -> bool:
     return file == path or path in file.parents or (file.parent == path.parent and file.name.startswith(f".{path.name}."))
 
 
-def write_error(path: Path, code: int, writing: bool = True) -> WriteError:
+def write_error(path: Path, code: int, writing: bool = True, elsewhere: str = "") -> WriteError:
     """`path: cause; fix` for a write the file system refused with `code` (`writing` False: for an
-    access to `path` that may have been a read)."""
+    access to `path` that may have been a read). `elsewhere`: the way out that writes somewhere else,
+    for a command that has one (`choose another --output`)."""
     fixes = {
         errno.ENOSPC: "free space on its disk",
         errno.EDQUOT: "free space within your disk quota",
+        errno.EFBIG: "raise the file-size limit (ulimit -f; a FAT32 disk holds files of 4 GiB at most)",
         errno.EROFS: "its file system is mounted read-only; write elsewhere",
         errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
         errno.EISDIR: "a folder is in the way of a file; move it, or choose another path",
     }
     folder = Path(path) if Path(path).is_dir() else Path(path).parent  # a folder refused a new entry: that folder
     fix = fixes.get(code, f"make {folder} writable" if writing else f"check the permissions of {path} and its folder")
+    if elsewhere and code in FIXABLE_IN_PLACE:  # the others' fix is already to write elsewhere
+        fix += f", or {elsewhere}"
     return WriteError(f"{path}: {os.strerror(code)}; {fix}", code)
 
 

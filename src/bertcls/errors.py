@@ -6,7 +6,8 @@
     ├── DataError         a data file, column, label or text is wrong
     ├── ModelError        a model name or folder cannot be used
     ├── RunError          a run folder is missing, unfinished or already taken
-    │   └── WriteError    the file system refused a write: disk full, read-only, a file where a folder goes
+    │   └── WriteError    the file system refused a write: disk full, a file over a size limit, read-only,
+    │                     a file where a folder goes
     ├── TrainingError     training cannot go on (the loss became NaN, the GPU ran out of memory)
     └── HubError          the Hugging Face Hub cannot be reached (offline) or refused (not logged in)
 

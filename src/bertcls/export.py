@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bertcls import atomic, runs
-from bertcls.errors import ModelError, RunError, first_line
+from bertcls.errors import ModelError, RunError, WriteError, first_line
 from bertcls.predict import ONNX_FILE, ONNX_INSTALL, ONNX_META, TORCHSCRIPT_META, OnnxPredictor, Predictor, TorchScriptPredictor
 
 # Texts used to check the exported model against PyTorch (the logits must agree within FP32_TOLERANCE).
@@ -38,6 +38,8 @@ BF16_TOLERANCE = 1e-2
 # The precisions predict may run a traced graph in (on the CPU, so no fp16); each is checked before it is used.
 GRAPH_PRECISIONS = ("fp32", "bf16")
 OPSET = 18
+# Every file export_onnx writes in its output folder (the docstring's list): what it removes when it fails.
+EXPORT_FILES = (ONNX_FILE, "tokenizer.json", "config.json", ONNX_META, runs.CONFIG_FILE)
 
 
 def _require_onnx() -> None:
@@ -51,9 +53,9 @@ def _importable(name: str) -> bool:
 
 
 def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None = None) -> dict[str, Any]:
-    """Write an ONNX folder for `model_path`; return what was checked (max logit difference against PyTorch)."""
-    import torch
-
+    """Write an ONNX folder for `model_path`; return what was checked (max logit difference against PyTorch).
+    If it fails, what it wrote goes, and so do the folders it made; a write the file system refused
+    (disk full, ...) is a WriteError naming `output`."""
     output = Path(output)
     if (Path(model_path) / ONNX_FILE).is_file():
         raise ModelError(f"--model {model_path} is an ONNX export already; export from the run (or model folder) it came from")
@@ -62,9 +64,30 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
     if output.exists() and any(output.iterdir()):
         raise RunError(f"--output {output} is not empty; choose a new folder")
     predictor, inputs, example = _reference(model_path, "the ONNX predictor")
+    made = [folder for folder in (output, *output.parents) if not folder.exists()]  # the folders mkdir will make
+    output.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_onnx(predictor, inputs, example, Path(model_path), output, quantize)
+    except BaseException as exc:
+        for name in EXPORT_FILES:
+            (output / name).unlink(missing_ok=True)
+        for folder in made:  # deepest first; one that someone else has put a file in meanwhile stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        code = atomic.refused_write(exc, output) if isinstance(exc, Exception) else None
+        if code is None:
+            raise
+        raise WriteError(f"--output {atomic.write_error(output, code, elsewhere='choose another --output')}", code) from exc
+
+
+def _write_onnx(predictor, inputs: list[str], example, model_path: Path, output: Path, quantize: str | None) -> dict[str, Any]:
+    """Fill the empty folder `output` with the ONNX export of `predictor`'s model and check it against PyTorch."""
+    import torch
+
     model, tokenizer = predictor.model, predictor.tokenizer
     batch, sequence = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=1, max=predictor.max_length)
-    output.mkdir(parents=True, exist_ok=True)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" and the like
     with tempfile.TemporaryDirectory(dir=output) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter about axis names and deprecated pytree classes
@@ -75,6 +98,8 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
                                   output_names=["logits"], dynamic_shapes=tuple({0: batch, 1: sequence} for _ in inputs),
                                   opset_version=OPSET, dynamo=True, external_data=False, verbose=False)
         except Exception as exc:  # torch.export raises many kinds; all mean this architecture does not export
+            if atomic.refused_write(exc, output) is not None:
+                raise  # the disk, not the model: export_onnx says so
             raise ModelError(f"{runs.model_dir(model_path)}: torch.onnx.export failed ({first_line(exc)}); --debug shows why") from exc
         if quantize == "int8":
             from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
@@ -88,10 +113,10 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
             shutil.move(str(fp32), output / ONNX_FILE)
     tokenizer.backend_tokenizer.save(str(output / "tokenizer.json"))
     model.config.save_pretrained(output)
-    if (Path(model_path) / runs.CONFIG_FILE).is_file():  # the run's column mapping, for predict --file and evaluate
-        shutil.copyfile(Path(model_path) / runs.CONFIG_FILE, output / runs.CONFIG_FILE)
+    if (model_path / runs.CONFIG_FILE).is_file():  # the run's column mapping, for predict --file and evaluate
+        shutil.copyfile(model_path / runs.CONFIG_FILE, output / runs.CONFIG_FILE)
     meta = {"max_length": predictor.max_length, "inputs": inputs, "quantize": quantize, "opset": OPSET,
-            "source": str(Path(model_path).resolve()), "pad_token_id": tokenizer.pad_token_id or 0}
+            "source": str(model_path.resolve()), "pad_token_id": tokenizer.pad_token_id or 0}
     (output / ONNX_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return {"max_abs_logit_diff": max_logit_difference(predictor, OnnxPredictor.load(output)), **meta}
 
