@@ -1,13 +1,15 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from bertcls import runs
 from bertcls.cli import app
 from bertcls.evaluate import absent_note, compute_metrics, is_better, multilabel_metrics, reliability
 from bertcls.predict import softmax
-from conftest import write_csv
+from conftest import assert_one_line_error, toy_rows, write_csv
 
 runner = CliRunner()
 
@@ -55,6 +57,35 @@ def test_evaluate_names_the_classes_a_file_has_no_example_of(trained_run, tmp_pa
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert (metrics["accuracy"], metrics["f1_macro"], metrics["per_class"]["negative"]["support"]) == (1.0, 1.0, 0)
     assert "f1_macro 1.0000" in result.stdout
+
+
+def files_in(folder):
+    """Every file and folder under `folder`, with each file's bytes: equal before and after means nothing was touched."""
+    return {path.relative_to(folder).as_posix(): path.read_bytes() if path.is_file() else None for path in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("inside", [".", "model", "CHECKPOINT", "reports/test", "eval"])
+def test_evaluate_writes_nothing_into_a_run_folder(trained_run, tmp_path, inside):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    output = run / inside.replace("CHECKPOINT", runs.checkpoints(run)[-1].name)
+    data = write_csv(tmp_path / "holdout.csv", toy_rows(6, 5))
+    before = files_in(run)
+    result = runner.invoke(app, ["evaluate", str(data), "-m", str(run), "-o", str(output)])
+    where = "a bertcls run folder" if inside == "." else f"inside the bertcls run folder {run}"
+    assert_one_line_error(result, f"--output {output} is {where}, which holds what training wrote; "
+                                  "choose a folder outside the run, e.g. eval/run")
+    assert files_in(run) == before
+
+
+def test_evaluate_writes_nothing_into_the_model_folder_it_evaluates(trained_run, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(trained_run / runs.MODEL_DIR, model)  # a plain model folder, outside any run
+    data = write_csv(tmp_path / "holdout.csv", toy_rows(6, 5))
+    before = files_in(model)
+    result = runner.invoke(app, ["evaluate", str(data), "-m", str(model), "-o", str(model / "eval")])
+    assert_one_line_error(result, f"--output {model / 'eval'} is inside the model folder {model}; choose a folder outside it")
+    assert files_in(model) == before
 
 
 def test_no_note_when_every_class_has_an_example():

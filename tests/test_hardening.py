@@ -2,15 +2,20 @@
 traceback, and no finished-looking run folder. Plus the odd-but-valid inputs that must just work,
 and the security rules (safe YAML, no pickle, nothing written outside output_dir)."""
 
+import errno
 import json
 import os
 import re
+import resource
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from bertcls import atomic, runs
 from bertcls.cli import app
 from conftest import assert_one_line_error, make_config, toy_rows, write_csv
 
@@ -244,3 +249,67 @@ def test_a_run_writes_only_inside_output_dir(tmp_path, toy_data, monkeypatch):
     written = {p for p in tmp_path.rglob("*")} - before
     assert written and all(p == tmp_path / "out" or (tmp_path / "out" / "run") in (p, *p.parents) for p in written), written
     assert yaml.safe_load((tmp_path / "out" / "run" / "config.yaml").read_text())["output_dir"] == str(tmp_path / "out" / "run")
+
+
+# ---------------------------------------------------------------------------- a file system that refuses writes
+
+TOO_LARGE = "File too large; raise the file-size limit (ulimit -f; a FAT32 disk holds files of 4 GiB at most)"
+
+
+@contextmanager
+def file_size_limit(limit: int):
+    """Files this process writes stop at `limit` bytes (RLIMIT_FSIZE, `ulimit -f`): a write past it fails with
+    EFBIG, as on FAT32 past 4 GiB (Python ignores SIGXFSZ, which would otherwise kill the process)."""
+    assert signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_checkpoint_over_the_file_size_limit_is_one_line(tmp_path, trained_run):
+    """One short training: its first checkpoint's weights fit under the limit, its optimizer state (twice the
+    weights) does not, which torch's writer reports only as "unexpected pos", wrapping the OSError."""
+    data = {name: write_csv(tmp_path / f"{name}.csv", toy_rows(n, seed)) for name, n, seed in (("train", 32, 0), ("validation", 16, 1))}
+    config = make_config(tmp_path, data, training={"epochs": 1, "save_every_steps": 1})
+    run = tmp_path / "run"
+    weights = (trained_run / runs.MODEL_DIR / "model.safetensors").stat().st_size  # the same tiny model
+    with file_size_limit(weights * 3 // 2):
+        result = runner.invoke(app, ["train", str(config), "-q"])
+    assert_one_line_error(result, f"Error: {run / 'checkpoint-1'}: {TOO_LARGE}, then train again", run)
+    assert not runs.checkpoints(run) and not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_predictions_over_the_file_size_limit_are_one_line(trained_run, tmp_path):
+    output = tmp_path / "predictions.csv"
+    with file_size_limit(2048):  # the 60 rows of test.csv with their predictions take more
+        result = runner.invoke(app, ["predict", "--model", str(trained_run), "--file", str(trained_run.parent / "test.csv"),
+                                     "--output", str(output)])
+    assert_one_line_error(result, f"Error: {output}: {TOO_LARGE}")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG])
+def test_a_full_disk_quota_or_size_limit_is_a_refused_write_however_it_surfaces(tmp_path, code):
+    target = tmp_path / "checkpoint-3"
+    wrapped = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    wrapped.__context__ = OSError(code, os.strerror(code))  # torch.save into a Python file
+    rust = Exception(f"Error while serializing: IoError({os.strerror(code)} (os error {code}))")  # safetensors
+    assert atomic.refused_write(wrapped, target) == atomic.refused_write(rust, target) == code
+    assert code in atomic.FIXABLE_IN_PLACE  # a run can resume in place once space is freed or the limit raised
+    assert str(atomic.write_error(target, code)).startswith(f"{target}: {os.strerror(code)}; ")
+
+
+# ---------------------------------------------------------------------------- where the model comes from
+
+@pytest.mark.parametrize("command", [["predict", "a wonderful film"], ["serve"]])
+def test_a_bad_model_in_the_environment_is_named_as_such(tmp_path, monkeypatch, command):
+    fix = f"set ${runs.MODEL_ENV} to a run or model folder, or pass --model"
+    (tmp_path / "empty").mkdir()
+    for folder, problem in [(tmp_path / "absent", "no such folder"),
+                            (tmp_path / "empty", "neither a finished run folder (with model/) nor a model folder (with config.json)")]:
+        monkeypatch.setenv(runs.MODEL_ENV, str(folder))
+        result = runner.invoke(app, command)
+        assert (result.exit_code, result.output) == (2, f"Error: ${runs.MODEL_ENV} {folder}: {problem}; {fix}\n")

@@ -62,8 +62,9 @@ def test_default_model_is_the_newest_finished_run(tmp_path, monkeypatch):
 
     os.utime(tmp_path / "runs" / "old" / "metrics.json", (1, 1))
     assert runs.find_model(None)[0].name == "new"
-    monkeypatch.setenv(runs.MODEL_ENV, "somewhere")
-    assert runs.find_model(None)[0].name == "somewhere"
+    (tmp_path / "runs" / "old" / "model" / "config.json").write_text("{}")
+    monkeypatch.setenv(runs.MODEL_ENV, str(tmp_path / "runs" / "old"))
+    assert runs.find_model(None) == (tmp_path / "runs" / "old", f"${runs.MODEL_ENV}")
 
 
 def test_precision_auto_follows_the_run_and_bf16_keeps_the_labels(trained_run):

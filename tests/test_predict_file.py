@@ -2,16 +2,17 @@
 
 import csv
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
 
-from bertcls import tsv
+from bertcls import runs, tsv
 from bertcls.cli import app
-from bertcls.errors import DataError
+from bertcls.errors import DataError, UsageError
 from bertcls.predict import Prediction, Predictor
 from bertcls.predict_file import predict_file
-from conftest import toy_rows, write_csv
+from conftest import assert_one_line_error, toy_rows, write_csv
 
 runner = CliRunner()
 
@@ -107,6 +108,70 @@ def test_output_may_not_overwrite_the_input(tmp_path):
     source = write_csv(tmp_path / "in.csv", [("a", "b")])
     with pytest.raises(DataError, match="is the input file"):
         predict_file(CountingPredictor(), source, source, text_column="text", progress=False)
+
+
+def files_in(folder):
+    """Every file and folder under `folder`, with each file's bytes: equal before and after means nothing was touched."""
+    return {path.relative_to(folder).as_posix(): path.read_bytes() if path.is_file() else None for path in sorted(folder.rglob("*"))}
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(tmp_path, trained_run):
+    source = write_csv(tmp_path / "in.csv", [("the film was superb", "1"), ("dreadful", "2")], header=("text", "id"))
+    out = tmp_path / "train.csv"  # the user's own data, say
+    out.write_bytes(b"text,label\nmy own work,positive\n")
+    args = ["predict", "-m", str(trained_run), "-f", str(source), "-o", str(out)]
+    assert_one_line_error(runner.invoke(app, args), f"--output {out} already exists; pass --overwrite to replace it, or choose another file")
+    assert out.read_bytes() == b"text,label\nmy own work,positive\n" and sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "train.csv"]
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert [(r["id"], r["predicted"]) for r in csv.DictReader(open(out, encoding="utf-8"))] == [("1", "positive"), ("2", "negative")]
+    assert_one_line_error(runner.invoke(app, ["predict", "-m", str(trained_run), "-f", str(source), "--overwrite"]),
+                          "--overwrite goes with --output: it lets --output replace an existing file")
+
+
+def test_a_file_made_at_the_output_while_predicting_is_kept(tmp_path):
+    source = write_csv(tmp_path / "in.csv", [("a", "b")])
+    out = tmp_path / "out.csv"
+
+    class Racing(CountingPredictor):
+        def predict(self, texts, pairs=None):
+            out.write_text("someone else's\n")
+            return super().predict(texts, pairs)
+
+    with pytest.raises(UsageError, match="appeared while predicting; pass --overwrite"):
+        predict_file(Racing(), source, out, text_column="text", progress=False)
+    assert out.read_text() == "someone else's\n" and sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"]
+
+
+@pytest.mark.parametrize("inside", ["log.jsonl", "reports/test/predictions.csv", "model/predictions.csv", "CHECKPOINT/predictions.csv",
+                                    "LINK/log.jsonl"])
+def test_a_runs_own_files_are_never_written_over_even_with_overwrite(tmp_path, trained_run, inside):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (tmp_path / "link").symlink_to(run, target_is_directory=True)  # the run under another name
+    checkpoint = runs.checkpoints(run)[-1].name
+    inside = inside.replace("CHECKPOINT", checkpoint)
+    named = tmp_path / "link" if inside.startswith("LINK/") else run
+    out = named / inside.removeprefix("LINK/")
+    source = write_csv(tmp_path / "in.csv", [("superb", "1")], header=("text", "id"))
+    before = files_in(run)
+    result = runner.invoke(app, ["predict", "-m", str(run), "-f", str(source), "-o", str(out), "--overwrite"])
+    assert_one_line_error(result, f"--output {out} is {inside.removeprefix('LINK/')} of the run in {named}, which predict never writes over "
+                                  "(not even with --overwrite); choose a file outside the run's own files")
+    assert files_in(run) == before
+    beside = runner.invoke(app, ["predict", "-m", str(run), "-f", str(source), "-o", str(run / "predictions.csv")])
+    assert beside.exit_code == 0, beside.output  # a file of the user's own next to the run's is the user's to write
+    assert files_in(run) == {**before, "predictions.csv": (run / "predictions.csv").read_bytes()}
+
+
+def test_the_model_folder_predicted_with_gets_no_output(tmp_path, trained_run):
+    model = tmp_path / "model"
+    shutil.copytree(trained_run / runs.MODEL_DIR, model)  # a plain model folder, outside any run
+    source = write_csv(tmp_path / "in.csv", [("superb", "1")], header=("text", "id"))
+    before = files_in(model)
+    result = runner.invoke(app, ["predict", "-m", str(model), "-f", str(source), "-o", str(model / "predictions.csv")])
+    assert_one_line_error(result, f"--output {model / 'predictions.csv'} is inside the model folder {model}; choose a file outside it")
+    assert files_in(model) == before
 
 
 @pytest.mark.parametrize("texts", [

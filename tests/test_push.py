@@ -5,8 +5,9 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from bertcls import card, runs
+from bertcls import atomic, card, runs
 from bertcls.cli import app
+from bertcls.push import FOREIGN, LEFT_OUT
 from conftest import assert_one_line_error
 
 runner = CliRunner()
@@ -62,3 +63,54 @@ def test_push_without_a_token_or_a_connection_says_so(trained_run, tmp_path, mon
     result = runner.invoke(app, ["push", str(trained_run), "me/tiny"])
     assert_one_line_error(result, "cannot reach the Hugging Face Hub ([Errno 111] Connection refused); check the connection "
                                   "(and HF_ENDPOINT if set), then push again")
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A stand-in for the hub that records the paths each commit sends (online, with a token)."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    sent: list[str] = []
+
+    class Api:
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            return f"https://huggingface.co/{repo_id}"
+
+        def create_commit(self, repo_id, operations, commit_message):
+            sent.extend(operation.path_in_repo for operation in operations)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    return sent
+
+
+def test_files_someone_put_in_model_stay_behind_and_dry_run_says_what_push_sends(trained_run, tmp_path, hub):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / runs.MODEL_DIR / "predictions.csv").write_text("text,gold\na test text of the user's,positive\n")  # evaluate --output RUN/model
+    (run / runs.MODEL_DIR / "NOTES.md").write_text("my notes\n")
+    dry = runner.invoke(app, ["push", str(run), "me/tiny", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    names = ["README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    lines = dry.stdout.splitlines()
+    assert lines[0].startswith("would push 5 files (") and [line.split()[0] for line in lines[1:6]] == names
+    assert lines[6:] == [f"left out: NOTES.md ({FOREIGN})", f"left out: {runs.TORCHSCRIPT_FILE} ({LEFT_OUT[runs.TORCHSCRIPT_FILE]})",
+                         f"left out: predictions.csv ({FOREIGN})"]
+    pushed = runner.invoke(app, ["push", str(run), "me/tiny"])
+    assert pushed.exit_code == 0, pushed.output
+    assert hub == names and f"left out: predictions.csv ({FOREIGN})" in pushed.stderr.splitlines()
+
+
+def test_a_card_of_the_users_own_goes_up_as_it_is(trained_run, tmp_path, hub):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    record = runs.read_record(run)  # as when training found the user's card there and kept it
+    atomic.write_json(run / runs.RECORD_FILE, {**record, "files": [f for f in record["files"] if f != f"{runs.MODEL_DIR}/{runs.CARD_FILE}"]})
+    (run / runs.MODEL_DIR / runs.CARD_FILE).write_text("my own card\n")
+    result = runner.invoke(app, ["push", str(run), "me/tiny"])
+    assert result.exit_code == 0, result.output
+    assert hub == ["README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert f"note: {run / runs.MODEL_DIR} holds no model card of bertcls's; the repo shows its README.md as it is, if any" in result.stderr

@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from bertcls import atomic, runlock, runs
+from bertcls import atomic, errors, runlock, runs
 from bertcls.cli import app
 from conftest import make_config, toy_rows, wait_for
 
@@ -163,6 +163,49 @@ def test_a_link_where_bertcls_writes_is_refused(tmp_path, toy_data, trained_run)
     assert snapshot(theirs) == before and (run / "model").is_symlink()
 
 
+@pytest.mark.parametrize("where", ["reports/validation", "model/tokenizer.json", "checkpoint-45/rng-0.pt"])
+def test_a_link_below_the_run_folder_is_refused_before_anything_is_touched(tmp_path, toy_data, trained_run, where):
+    run, theirs = tmp_path / "run", tmp_path / "mine"
+    shutil.copytree(trained_run, run)
+    theirs.mkdir()
+    (theirs / "predictions.csv").write_text("my own predictions, not bertcls's")
+    link = run / where
+    if link.is_dir():
+        shutil.rmtree(link)
+    else:
+        link.unlink(missing_ok=True)
+    link.symlink_to(theirs if where != "model/tokenizer.json" else theirs / "predictions.csv")
+    before, kept = snapshot(run), snapshot(theirs)
+    result = runner.invoke(app, ["train", str(make_config(tmp_path, toy_data)), "--overwrite"])
+    assert_one_line_error(result, f"Error: {link} is a link (to {os.readlink(link)}), which bertcls did not write and will not replace; "
+                                  "remove the link, or choose another output_dir\n")
+    assert snapshot(theirs) == kept and snapshot(run) == before
+
+
+def test_deleting_what_bertcls_wrote_never_follows_a_link(tmp_path):
+    run, theirs = tmp_path / "run", tmp_path / "mine"
+    runs.prepare_run_dir(run, overwrite=False)
+    theirs.mkdir()
+    (theirs / "predictions.csv").write_text("mine")
+    (theirs / "config.json").write_text("mine too")
+    (run / "reports").mkdir()
+    (run / "reports" / "validation").symlink_to(theirs)  # a folder bertcls wrote, now a link to theirs
+    (run / "model").mkdir()
+    (run / "model" / "config.json").symlink_to(theirs / "config.json")  # a file bertcls wrote, now a link to theirs
+    runs.record_files(run, "reports/validation/predictions.csv", "model/config.json")
+    kept = snapshot(theirs)
+    for name in ("reports/validation/predictions.csv", "reports", "model"):
+        runs.remove_ours(run, name)
+    assert snapshot(theirs) == kept
+    assert (run / "reports" / "validation").is_symlink() and not (run / "model").exists()  # at most the link itself goes
+    # model/ replaced by a link since the run folder was checked: publishing a new one neither moves nor empties it
+    (run / "model").symlink_to(theirs, target_is_directory=True)
+    tmp = atomic.temp_dir_for(run / runs.MODEL_DIR)
+    with pytest.raises(errors.RunError, match="is a link"):
+        runs.publish_dir(tmp, run / runs.MODEL_DIR)
+    assert snapshot(theirs) == kept and (run / "model").is_symlink()
+
+
 # ---------------------------------------------------------------------------- one run per folder
 
 HOLD = "import sys, time\nfrom bertcls import runlock\nwith runlock.locked(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(600)\n"
@@ -302,8 +345,8 @@ def test_evaluate_never_writes_over_a_run_or_existing_results(tmp_path, trained_
     results.mkdir()
     (results / "metrics.json").write_text('{"mine": 1}')
     (results / "predictions.csv").write_text("mine")
-    cases = [(trained_run, f"--output {trained_run} is a bertcls run folder, and evaluate would replace the run's metrics.json; "
-                           f"choose another folder, e.g. {trained_run / 'eval'}"),
+    cases = [(trained_run, f"--output {trained_run} is a bertcls run folder, which holds what training wrote; "
+                           f"choose a folder outside the run, e.g. eval/{trained_run.name}"),
              (legacy, f"--output {legacy} is a bertcls run folder"),
              (results, f"--output {results} already holds metrics.json, predictions.csv; evaluate replaces no file there, "
                        "so choose a new or empty folder")]

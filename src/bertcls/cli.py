@@ -27,7 +27,7 @@ import typer
 
 from bertcls import __version__, atomic, distributed, machine, runs
 from bertcls.errors import BertclsError, BertclsWarning, Interrupted, UsageError, WriteError
-from bertcls.predict_file import predict_file
+from bertcls.predict_file import check_output, predict_file
 
 app = typer.Typer(
     name="bertcls",
@@ -198,6 +198,7 @@ def predict(
     model: Annotated[Path | None, typer.Option("--model", "-m", help="Run folder, model folder or exported ONNX folder. Default: $BERTCLS_MODEL, else the newest finished run under ./runs.")] = None,
     file: Annotated[Path | None, typer.Option("--file", "-f", help="Predict every row of a csv/tsv/jsonl file (any size, streamed).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="With --file: write the rows plus predictions here (csv/tsv/jsonl); default: JSON lines on stdout.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="With --output: replace an existing file (never one of a run's own files).")] = False,
     text_column: Annotated[str | None, typer.Option(help="With --file: the text column (default: the run's data.text_column, else `text`).")] = None,
     text_pair_column: Annotated[str | None, typer.Option(help="With --file: the second text column (default: the run's data.text_pair_column).")] = None,
     pair: Annotated[list[str] | None, typer.Option("--pair", help="Second segment for sentence-pair models, one per text.")] = None,
@@ -213,7 +214,11 @@ def predict(
     machine.check_device(device, "--device")
     machine.check_precision(precision, "--precision")
     texts = _texts_to_predict(texts, file, output, pair)
+    if overwrite and output is None:
+        raise UsageError("--overwrite goes with --output: it lets --output replace an existing file")
     path = _chosen_model(model, say=model is None or verbose)
+    if output is not None:  # before the model loads; predict_file checks again as it starts writing
+        check_output(file, output, overwrite=overwrite, model=path)
     from bertcls.predict import load_predictor
 
     few_texts = file is None and len(texts) <= batch_size  # one forward pass: start-up counts, not throughput
@@ -226,7 +231,8 @@ def predict(
         return
     columns = runs.run_columns(path, text_column=text_column, text_pair_column=text_pair_column)
     predictor.check_pairing(columns["text_pair_column"] is not None, "--text-pair-column")
-    rows = predict_file(predictor, file, output, text_column=columns["text_column"], pair_column=columns["text_pair_column"], top_k=top_k)
+    rows = predict_file(predictor, file, output, text_column=columns["text_column"], pair_column=columns["text_pair_column"], top_k=top_k,
+                        overwrite=overwrite)
     typer.echo(f"predicted {rows:,} rows" + (f" -> {output}" if output else ""), err=True)
 
 
@@ -284,7 +290,7 @@ def _truncation_note(text: str, pair: str | None, max_length: int) -> str:
 def evaluate(
     data_file: Annotated[str, typer.Argument(help="A labelled csv/tsv/json/jsonl/parquet file.", show_default=False)],
     model: Annotated[Path | None, typer.Option("--model", "-m", help="Run folder or model folder (default as for predict).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write metrics.json, predictions.csv and figures into this folder (not a run folder; no file there is replaced).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write metrics.json, predictions.csv and figures into this folder (outside any run folder; no file there is replaced).")] = None,
     text_column: Annotated[str | None, typer.Option(help="Text column (default: the run's data.text_column, else `text`).")] = None,
     text_pair_column: Annotated[str | None, typer.Option(help="Second text column (default: the run's).")] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column (default: the run's data.label_column, else `label`).")] = None,
@@ -296,7 +302,7 @@ def evaluate(
 ) -> None:
     """Score a labelled file with a trained model and print its metrics."""
     from bertcls import report
-    from bertcls.evaluate import absent_note, evaluate_file
+    from bertcls.evaluate import absent_note, check_output_folder, evaluate_file
 
     machine.check_device(device, "--device")
     machine.check_precision(precision, "--precision")
@@ -304,6 +310,7 @@ def evaluate(
         atomic.check_folder_path(output, "--output")
     path = _chosen_model(model, say=model is None or verbose)
     if output is not None:
+        check_output_folder(output, path)
         runs.check_evaluation_output(output, (runs.METRICS_FILE, *report.REPORT_FILES))
     evaluation = evaluate_file(path, data_file, text_column=text_column, text_pair_column=text_pair_column,
                                label_column=label_column, device=device, batch_size=batch_size, precision=precision,

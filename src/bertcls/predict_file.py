@@ -3,6 +3,9 @@
 Rows are read CHUNK_ROWS at a time, so memory stays flat however large the file; within a chunk
 the predictor sorts texts by length (little padding) and hands results back in input order, so
 the output keeps the input's row order and every input column.
+
+--output is written whole or not at all (a temporary file renamed into place); an existing file is replaced only
+with `overwrite`, and never one of a run's files or one in the model folder predicted with (`check_output`).
 """
 
 from __future__ import annotations
@@ -10,14 +13,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import IO, Any
 
-from bertcls import atomic, tsv
-from bertcls.errors import DataError
+from bertcls import atomic, runs, tsv
+from bertcls.errors import DataError, RunError, UsageError
 
 CHUNK_ROWS = 10_000
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
@@ -31,6 +35,30 @@ def file_format(path: Path, what: str) -> str:
     if kind is None:
         raise DataError(f"{what} {path}: unsupported extension '{path.suffix}'; use one of {', '.join(FORMATS)} (jsonl, not json, streams)")
     return kind
+
+
+def check_output(source: Path, output: Path, *, overwrite: bool = False, model: Path | None = None) -> None:
+    """Refuse, before any work, an --output that is a folder, has no format we write, is the input, is a file of a
+    bertcls run (`run_file`) or lies in the model folder `model`, both even with `overwrite`, or that already
+    exists, unless `overwrite`."""
+    if output.is_dir():
+        raise DataError(f"--output {output} is a folder; give a file name")
+    file_format(output, "--output")
+    if output.resolve() == Path(source).resolve():
+        raise DataError(f"--output {output} is the input file; write the predictions somewhere else")
+    atomic.check_folder_path(output.parent, f"--output {output}: its folder")
+    # A link at --output itself is replaced by the new file, not written through; links above it are followed.
+    target = Path(os.path.realpath(output.parent)) / output.name
+    if owner := runs.run_file(target):
+        folder, name = owner
+        kind = "run" if runs.is_run(folder) else "search"
+        raise RunError(f"--output {output} is {name} of the {kind} in {runs.as_given(output, folder, name)}, which predict never "
+                       f"writes over (not even with --overwrite); choose a file outside the {kind}'s own files")
+    models = Path(os.path.realpath(model)) if model is not None and (Path(model) / "config.json").is_file() else None
+    if models is not None and models in target.parents:
+        raise RunError(f"--output {output} is inside the model folder {model}; choose a file outside it")
+    if not overwrite and (output.exists() or output.is_symlink()):
+        raise UsageError(f"--output {output} already exists; pass --overwrite to replace it, or choose another file")
 
 
 def read_chunks(path: Path, chunk_rows: int = CHUNK_ROWS, on_bytes=None) -> Iterator[list[dict[str, Any]]]:
@@ -142,20 +170,17 @@ class _Writer:
 
 
 def predict_file(predictor, source: Path, output: Path | None, *, text_column: str, pair_column: str | None = None,
-                 top_k: int | None = None, chunk_rows: int = CHUNK_ROWS, progress: bool = True) -> int:
-    """Predict every row of `source` and write rows + predictions to `output` (stdout as JSON lines if None); return the row count."""
+                 top_k: int | None = None, chunk_rows: int = CHUNK_ROWS, progress: bool = True, overwrite: bool = False) -> int:
+    """Predict every row of `source` and write rows + predictions to `output` (stdout as JSON lines if None); return the row count.
+    An existing `output` is replaced only with `overwrite` (see `check_output`)."""
     from tqdm.auto import tqdm
 
     source = Path(source)
     if source.is_dir():
         raise DataError(f"--file {source} is a folder; give a csv, tsv or jsonl file")
-    if output is not None and output.is_dir():
-        raise DataError(f"--output {output} is a folder; give a file name")
     kind = "jsonl" if output is None else file_format(output, "--output")
     if output is not None:
-        if output.resolve() == source.resolve():
-            raise DataError(f"--output {output} is the input file; write the predictions somewhere else")
-        atomic.check_folder_path(output.parent, f"--output {output}: its folder")
+        check_output(source, output, overwrite=overwrite)
         with atomic.writing(output.parent):
             output.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=source.stat().st_size if source.is_file() else None, unit="B", unit_scale=True, desc="predict",
@@ -178,6 +203,8 @@ def predict_file(predictor, source: Path, output: Path | None, *, text_column: s
             if rows_done == 0:
                 raise DataError(f"--file {source}: no rows")
             out.flush()
+            if output is not None and not overwrite and (output.exists() or output.is_symlink()):  # made while we predicted
+                raise UsageError(f"--output {output} appeared while predicting; pass --overwrite to replace it, or choose another file")
     finally:
         bar.close()
     return rows_done

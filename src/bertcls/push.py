@@ -1,9 +1,12 @@
 """Pushing a finished run's model to the Hugging Face Hub: a run folder and a repo id in, a hub model repo out.
 
-What goes up is RUN/model as `from_pretrained` reads it (config, weights, tokenizer), its model card, and
-any file someone put in model/. Left out: hidden files, links, and the traced graph (bertcls-torchscript.pt),
-a second copy of the weights as pickled TorchScript that only `bertcls predict` uses, which the hub's
-pickle scan would flag; `bertcls predict` on the downloaded folder just starts a little slower without it.
+What goes up is RUN/model as `from_pretrained` reads it (config, weights, tokenizer: the files training wrote
+there, as the run's record lists them) and its model card (bertcls's, or one of the user's own that training
+kept). Left out, each named: any other file someone put in model/ (an evaluation's predictions.csv holds its
+data set's texts), links, and the traced graph (bertcls-torchscript.pt), a second copy of the weights as
+pickled TorchScript that only `bertcls predict` uses, which the hub's pickle scan would flag; `bertcls predict`
+on the downloaded folder just starts a little slower without it. Hidden files (temporaries) are passed over.
+`--dry-run` lists the very `Upload` that `push` sends.
 
 bertcls's card goes up with its "How to use" naming the repo (`card.for_hub`) while the local file stays as
 it is, so the files go up as one commit (`create_commit`) built from the folder, not `upload_folder`.
@@ -21,6 +24,7 @@ from bertcls.errors import HubError, RunError, UsageError, first_line
 from bertcls.runlock import pid_text, training_pid
 
 LEFT_OUT = {runs.TORCHSCRIPT_FILE: "bertcls predict's traced graph, which from_pretrained does not use"}
+FOREIGN = "not written by bertcls train; `hf upload` sends it, if it belongs on the hub"
 TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # how huggingface_hub reads HF_HUB_OFFLINE
 
 
@@ -53,11 +57,14 @@ def plan(run: Path, repo_id: str) -> Upload:
     check_finished(run)
     upload = Upload(run, repo_id)
     folder = run / runs.MODEL_DIR
+    written = set(runs.read_record(run)["files"])  # check_finished made sure there is a record
     for path in sorted(folder.rglob("*")):
         name = path.relative_to(folder).as_posix()
         if any(part.startswith(".") for part in path.relative_to(folder).parts) or path.is_dir() and not path.is_symlink():
             continue
         why = "a link" if path.is_symlink() else LEFT_OUT.get(name)
+        if why is None and name != runs.CARD_FILE and f"{runs.MODEL_DIR}/{name}" not in written:  # a card of one's own goes up
+            why = FOREIGN
         if why:
             upload.left_out.append((name, why))
         else:

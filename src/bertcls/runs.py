@@ -83,6 +83,8 @@ def publish_dir(tmp: Path, dest: Path) -> None:
     rename; `dest` is never half-written. In a run folder (one with a record) the new files are
     recorded first, and files someone else put in the old `dest` are moved into the new one."""
     tmp, dest = Path(tmp), Path(dest)
+    if dest.is_symlink():  # made since the run folder was checked: moving it aside would carry its target's files in
+        raise _link_error(dest)
     files = _settle(tmp)
     run = dest.parent
     in_run = read_record(run) is not None
@@ -178,10 +180,13 @@ def _recorded(run: Path) -> set[str]:
 
 def remove_ours(run: Path, name: str) -> None:
     """Delete what bertcls wrote at RUN/name: the file, or the folder's recorded files (and their
-    temporaries) and the folders they leave empty. Anything else there stays."""
+    temporaries) and the folders they leave empty. Anything else there stays. No link is followed: a
+    recorded file that became a link loses the link alone, and nothing below a linked folder is touched."""
     run = Path(run)
     ours = _recorded(run)
     target = run / name
+    if any((run / folder).is_symlink() for folder in Path(name).parents[:-1]):  # [:-1]: all but "."
+        return  # RUN/name lies behind a link, outside the run
     found = [target] if target.is_symlink() or target.is_file() else _files_under(target) if target.is_dir() else []
     for path in found:
         rel = path.relative_to(run).as_posix()
@@ -299,12 +304,12 @@ def check_run_dir(run: Path, overwrite: bool, resuming: bool = False) -> None:
 
 def _check_ours(run: Path) -> None:
     """Refuse a non-empty folder without a record: bertcls cannot tell what there is its own. In a run
-    folder, refuse a link where bertcls writes: replacing it would move or hide what it points to."""
+    folder, refuse a link where bertcls writes, at any depth (model/, reports/validation/, ...): writing
+    through it would replace what it points to, outside the run, and replacing it would move or hide that."""
     if read_record(run) is not None:
-        links = [path for path in run.iterdir() if path.is_symlink() and _is_run_name(path.name)]
+        links = _links_where_we_write(run)
         if links:
-            raise RunError(f"{links[0]} is a link (to {os.readlink(links[0])}), which bertcls did not write and will not replace; "
-                           "remove the link, or choose another output_dir")
+            raise _link_error(links[0])
         return
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in run.iterdir() if not _is_own_name(p.name))
     if not entries:
@@ -315,6 +320,23 @@ def _check_ours(run: Path) -> None:
                        "so this one will neither delete nor add to them; delete the folder by hand, or choose another output_dir")
     shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
     raise RunError(f"output_dir {run} is not empty and not a bertcls run (it holds {shown}); choose a new or empty output_dir")
+
+
+def _links_where_we_write(run: Path) -> list[Path]:
+    """The links at or below the names a run writes in `run` (`_is_run_name`), found without following any."""
+    links = []
+    for top in sorted(path for path in run.iterdir() if _is_run_name(path.name)):
+        if top.is_symlink():
+            links.append(top)
+        elif top.is_dir():
+            for root, dirs, files in os.walk(top):  # a link to a folder is listed in `dirs`, never entered
+                links += [Path(root) / name for name in sorted(dirs + files) if (Path(root) / name).is_symlink()]
+    return links
+
+
+def _link_error(link: Path) -> RunError:
+    return RunError(f"{link} is a link (to {os.readlink(link)}), which bertcls did not write and will not replace; "
+                    "remove the link, or choose another output_dir")
 
 
 def _is_own_name(name: str) -> bool:
@@ -363,6 +385,55 @@ def _clear_leftovers(run: Path, resuming: bool) -> None:
             half.unlink()
 
 
+def run_above(path: Path) -> tuple[Path, str] | None:
+    """The bertcls run folder that `path` is or lies in (links followed), and `path`'s place in it ("." for the run
+    itself); None outside every run. A run folder holds bertcls's record of its files (a search's folder, which
+    holds its trials, is not one) or, written by an older bertcls, config.yaml, log.jsonl and model/."""
+    real = Path(os.path.realpath(path))
+    for folder in (real, *real.parents):
+        if is_run(folder):
+            return folder, real.relative_to(folder).as_posix()
+    return None
+
+
+def as_given(given: Path, folder: Path, place: str) -> Path:
+    """`folder` (a resolved path) as the user named it: the folder `place` levels above `given` when that is it
+    (`runs/x` for `runs/x/model`), else `folder` itself (the user named it through a link, or from inside it)."""
+    depth = 0 if place == "." else len(place.split("/"))
+    if depth > len(given.parents):
+        return folder
+    named = given.parents[depth - 1] if depth else given
+    return named if named != Path(".") and os.path.realpath(named) == str(folder) else folder
+
+
+def is_run(folder: Path) -> bool:
+    """Whether `folder` is a bertcls run folder: one with a run record (not a search's), or as an older bertcls left it."""
+    if (folder / RECORD_FILE).is_file():
+        return not (folder / SEARCH_FILE).is_file()
+    return all((folder / name).is_file() for name in (CONFIG_FILE, LOG_FILE)) and (folder / MODEL_DIR).is_dir()
+
+
+def run_file(path: Path) -> tuple[Path, str] | None:
+    """(the folder, `path`'s name there) when `path` (links resolved) is a file bertcls keeps in a folder of its own:
+    in a run, one of the names the run writes (RUN_FILES, its checkpoints, bertcls's own files) or anything
+    under them, whether written yet or not; in a run's or a search's folder, a file its record lists."""
+    for folder in path.parents:
+        name = path.relative_to(folder).as_posix()
+        top = name.split("/")[0]
+        if is_run(folder) and (top in (*RUN_FILES, *OWN_FILES) or top.startswith(CHECKPOINT_PREFIX)):
+            return folder, name
+        if (folder / RECORD_FILE).is_file() and name in _listed(folder):
+            return folder, name
+    return None
+
+
+def _listed(folder: Path) -> set[str]:
+    try:
+        return set(read_record(folder)["files"])
+    except RunError:  # a damaged record lists nothing we can trust, and is no reason to refuse here
+        return set()
+
+
 def check_evaluation_output(folder: Path, names: tuple[str, ...]) -> None:
     """Refuse an `evaluate --output` folder that is a run folder (evaluate would replace the run's
     metrics.json) or that already holds one of the files `names` evaluate writes."""
@@ -370,8 +441,8 @@ def check_evaluation_output(folder: Path, names: tuple[str, ...]) -> None:
     if folder.exists() and not folder.is_dir():
         raise RunError(f"--output {folder} is a file; choose a folder")
     if read_record(folder) is not None or ((folder / CONFIG_FILE).is_file() and (folder / LOG_FILE).is_file()):
-        raise RunError(f"--output {folder} is a bertcls run folder, and evaluate would replace the run's {METRICS_FILE}; "
-                       f"choose another folder, e.g. {folder / 'eval'}")
+        raise RunError(f"--output {folder} is a bertcls run folder, which holds what training wrote; choose a folder outside "
+                       f"the run, e.g. {Path('eval') / folder.name}")
     taken = [name for name in names if (folder / name).exists()]
     if taken:
         raise RunError(f"--output {folder} already holds {', '.join(taken)}; evaluate replaces no file there, so choose a new or empty folder")
@@ -393,20 +464,22 @@ def model_note(path: Path) -> str | None:
     return None
 
 
-def model_dir(path: str | Path) -> Path:
-    """The model folder of a run folder, or `path` itself when it is a model folder."""
+def model_dir(path: str | Path, given_by: str = "--model") -> Path:
+    """The model folder of a run folder, or `path` itself when it is a model folder; `given_by` names where
+    `path` came from, for the error."""
     path = Path(path)
     if (path / MODEL_DIR / "config.json").is_file():
         return path / MODEL_DIR
     if (path / "config.json").is_file():
         return path
+    fix = "give a run or model folder" if given_by == "--model" else f"set {given_by} to a run or model folder, or pass --model"
     if not path.exists():
-        raise RunError(f"--model {path}: no such folder")
+        raise RunError(f"{given_by} {path}: no such folder; {fix}")
     pid = training_pid(path)
     if pid is not None:
-        raise RunError(f"--model {path} is still training ({pid_text(pid)}) and has saved no model yet; wait for its first "
+        raise RunError(f"{given_by} {path} is still training ({pid_text(pid)}) and has saved no model yet; wait for its first "
                        "evaluation, or give another run")
-    raise RunError(f"--model {path}: neither a finished run folder (with {MODEL_DIR}/) nor a model folder (with config.json)")
+    raise RunError(f"{given_by} {path}: neither a finished run folder (with {MODEL_DIR}/) nor a model folder (with config.json); {fix}")
 
 
 def find_model(given: str | Path | None) -> tuple[Path, str]:
@@ -414,7 +487,9 @@ def find_model(given: str | Path | None) -> tuple[Path, str]:
     if given:
         return Path(given), "--model"
     if os.environ.get(MODEL_ENV):
-        return Path(os.environ[MODEL_ENV]), f"${MODEL_ENV}"
+        path = Path(os.environ[MODEL_ENV])
+        model_dir(path, f"${MODEL_ENV}")  # checked here, where it is known that the variable named it, not --model
+        return path, f"${MODEL_ENV}"
     root = Path(DEFAULT_RUNS_ROOT)
     runs = [p for p in root.glob("**/") if is_finished(p)] if root.is_dir() else []
     if not runs:
