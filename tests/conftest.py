@@ -10,8 +10,11 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 import csv  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
+import resource  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -151,3 +154,22 @@ def clean_environment(monkeypatch):
 
 
 LAUNCHER_VARIABLES = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK", "NODE_RANK"}
+
+
+def files_in(folder: Path) -> dict[str, bytes | None]:
+    """Every file and folder under `folder`, with each file's bytes (None for a folder): equal before and after means
+    nothing there was touched."""
+    return {path.relative_to(folder).as_posix(): path.read_bytes() if path.is_file() else None for path in sorted(folder.rglob("*"))}
+
+
+@contextmanager
+def file_size_limit(limit: int):
+    """Files this process writes stop at `limit` bytes (RLIMIT_FSIZE, `ulimit -f`): a write past it fails with
+    EFBIG, as on FAT32 past 4 GiB (Python ignores SIGXFSZ, which would otherwise kill the process)."""
+    assert signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

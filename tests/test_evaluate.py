@@ -9,7 +9,7 @@ from bertcls import runs
 from bertcls.cli import app
 from bertcls.evaluate import absent_note, compute_metrics, is_better, multilabel_metrics, reliability
 from bertcls.predict import softmax
-from conftest import assert_one_line_error, toy_rows, write_csv
+from conftest import assert_one_line_error, files_in, toy_rows, write_csv
 
 runner = CliRunner()
 
@@ -58,10 +58,6 @@ def test_evaluate_names_the_classes_a_file_has_no_example_of(trained_run, tmp_pa
     assert (metrics["accuracy"], metrics["f1_macro"], metrics["per_class"]["negative"]["support"]) == (1.0, 1.0, 0)
     assert "f1_macro 1.0000" in result.stdout
 
-
-def files_in(folder):
-    """Every file and folder under `folder`, with each file's bytes: equal before and after means nothing was touched."""
-    return {path.relative_to(folder).as_posix(): path.read_bytes() if path.is_file() else None for path in sorted(folder.rglob("*"))}
 
 
 @pytest.mark.parametrize("inside", [".", "model", "CHECKPOINT", "reports/test", "eval"])

@@ -3,7 +3,6 @@
 import errno
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from typer.testing import CliRunner
 
 from bertcls.cli import app
 from bertcls.errors import ModelError, RunError
+from conftest import file_size_limit
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -105,12 +105,8 @@ def test_an_export_the_disk_refuses_names_the_output_and_leaves_nothing(trained_
     """A real refusal: files this process writes stop at 64 KiB (`ulimit -f`), so the ONNX file fails in torch.onnx.export."""
     made, emptied = tmp_path / "new" / "onnx", tmp_path / "empty"
     emptied.mkdir()
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, hard))  # Python ignores SIGXFSZ: the write fails with EFBIG
-    try:
+    with file_size_limit(64 << 10):
         results = [runner.invoke(app, ["export", "--model", str(trained_run), "--output", str(folder)]) for folder in (made, emptied)]
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     for folder, result in zip((made, emptied), results, strict=True):
         assert (result.exit_code, result.output) == (2, f"Error: --output {folder}: File too large; raise the file-size limit "
                                                         "(ulimit -f; a FAT32 disk holds files of 4 GiB at most), or choose another --output\n")

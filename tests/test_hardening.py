@@ -6,9 +6,6 @@ import errno
 import json
 import os
 import re
-import resource
-import signal
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ from typer.testing import CliRunner
 
 from bertcls import atomic, runs
 from bertcls.cli import app
-from conftest import assert_one_line_error, make_config, toy_rows, write_csv
+from conftest import assert_one_line_error, file_size_limit, make_config, toy_rows, write_csv
 
 runner = CliRunner()
 SRC = Path(__file__).resolve().parents[1] / "src" / "bertcls"
@@ -255,18 +252,6 @@ def test_a_run_writes_only_inside_output_dir(tmp_path, toy_data, monkeypatch):
 
 TOO_LARGE = "File too large; raise the file-size limit (ulimit -f; a FAT32 disk holds files of 4 GiB at most)"
 
-
-@contextmanager
-def file_size_limit(limit: int):
-    """Files this process writes stop at `limit` bytes (RLIMIT_FSIZE, `ulimit -f`): a write past it fails with
-    EFBIG, as on FAT32 past 4 GiB (Python ignores SIGXFSZ, which would otherwise kill the process)."""
-    assert signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def test_a_checkpoint_over_the_file_size_limit_is_one_line(tmp_path, trained_run):

@@ -12,7 +12,7 @@ from bertcls.cli import app
 from bertcls.errors import DataError, UsageError
 from bertcls.predict import Prediction, Predictor
 from bertcls.predict_file import predict_file
-from conftest import assert_one_line_error, toy_rows, write_csv
+from conftest import assert_one_line_error, files_in, toy_rows, write_csv
 
 runner = CliRunner()
 
@@ -109,10 +109,6 @@ def test_output_may_not_overwrite_the_input(tmp_path):
     with pytest.raises(DataError, match="is the input file"):
         predict_file(CountingPredictor(), source, source, text_column="text", progress=False)
 
-
-def files_in(folder):
-    """Every file and folder under `folder`, with each file's bytes: equal before and after means nothing was touched."""
-    return {path.relative_to(folder).as_posix(): path.read_bytes() if path.is_file() else None for path in sorted(folder.rglob("*"))}
 
 
 def test_an_existing_output_is_replaced_only_with_overwrite(tmp_path, trained_run):

@@ -19,15 +19,12 @@ from typer.testing import CliRunner
 
 from bertcls import atomic, errors, runlock, runs
 from bertcls.cli import app
+from conftest import files_in as snapshot
 from conftest import make_config, toy_rows, wait_for
 
 runner = CliRunner()
 IN_USE = "Error: output_dir {run} is in use: another bertcls train (pid {pid}) is running there; wait for it to end, or choose another output_dir\n"
 
-
-def snapshot(folder: Path) -> dict[str, bytes | None]:
-    """Every entry under `folder` with its bytes (None for folders): what must stay as it is."""
-    return {p.relative_to(folder).as_posix(): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
 
 
 def assert_one_line_error(result, line: str) -> None:
