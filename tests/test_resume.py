@@ -4,6 +4,7 @@ SIGTERM, and resumed, ends with exactly the weights and metrics of a run that wa
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,13 +17,14 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from bertcls import runs
-from bertcls.checkpoint import config_differences
+from bertcls.checkpoint import HARMLESS_KEYS, config_differences
 from bertcls.cli import app
 from bertcls.config import load_config
 from bertcls.errors import RunError
 from bertcls.faults import StopRequest, out_of_memory_hint
 from bertcls.train import train
-from conftest import assert_same_run, make_config, toy_rows, wait_for, write_csv
+from conftest import assert_one_line_error, assert_same_run, files_in, make_config, toy_rows, wait_for, write_csv
+from tiny_models import build
 
 runner = CliRunner()
 # 240 rows / batch 16 = 15 steps an epoch: checkpoints every 4 steps fall mid-epoch. One thread:
@@ -112,22 +114,26 @@ def test_a_second_ctrl_c_stops_at_once():
     assert signal.getsignal(signal.SIGINT) is before
 
 
-def test_ctrl_c_while_a_checkpoint_is_written_leaves_the_previous_one_whole(tmp_path, data, monkeypatch):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_second_signal_while_a_checkpoint_is_written_leaves_the_previous_one_whole_and_names_it(tmp_path, data, monkeypatch, sig, code):
     import bertcls.checkpoint
 
     rng_state, calls = bertcls.checkpoint._rng_state, []
 
     def interrupted_on_second_save():
         calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # what a second Ctrl-C raises, here half-way through checkpoint-8
+        if len(calls) == 2:  # the signal twice, half-way through checkpoint-8: the second one stops at once
+            os.kill(os.getpid(), sig)
+            os.kill(os.getpid(), sig)
         return rng_state()
 
     monkeypatch.setattr(bertcls.checkpoint, "_rng_state", interrupted_on_second_save)
     config = make_config(tmp_path, data, training={**TRAINING, "epochs": 1})
     result = runner.invoke(app, ["train", str(config), "-q"])
-    assert result.exit_code == 130 and "Interrupted." in result.output
     run = tmp_path / "run"
+    assert result.exit_code == code, result.output
+    assert result.output.splitlines()[-2:] == [f"stopped by a second {sig.name} after step 8; resumable checkpoint: {run / 'checkpoint-4'}",
+                                               f"resume with: bertcls train {config} --resume"], result.output
     assert [p.name for p in runs.checkpoints(run)] == ["checkpoint-4"] and len(list((run / "checkpoint-4").iterdir())) == 4
     assert not [p for p in run.iterdir() if p.name.startswith(".")], "a half-written checkpoint was left behind"
     monkeypatch.undo()
@@ -171,11 +177,13 @@ def test_resume_with_nothing_to_resume(tmp_path, data):
 
 
 def test_changed_training_data_is_refused_unless_forced(tmp_path, data):
-    config = make_config(tmp_path, data, training={**TRAINING, "epochs": 1})
+    # A model folder, whose vocabulary is its own (the tiny model's comes from the training texts: never other data)
+    model = build("bert", tmp_path / "bert", [text for text, _ in toy_rows(240, 0)])
+    config = make_config(tmp_path, data, model={"name": str(model)}, training={**TRAINING, "epochs": 1})
     run = train(load_config(config), quiet=True)
     (run / runs.METRICS_FILE).unlink()
     write_csv(tmp_path / "train.csv", toy_rows(240, 5))
-    moved = make_config(tmp_path, {**data, "train": tmp_path / "train.csv"}, training={**TRAINING, "epochs": 1})
+    moved = make_config(tmp_path, {**data, "train": tmp_path / "train.csv"}, model={"name": str(model)}, training={**TRAINING, "epochs": 1})
     result = runner.invoke(app, ["train", str(moved), "--resume"])
     assert result.exit_code == 2 and "data.train:" in result.output  # the path changed
     raw = yaml.safe_load(moved.read_text())
@@ -202,23 +210,101 @@ def test_checkpoint_files_load_without_pickle(tmp_path, data):
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-def test_a_corrupt_checkpoint_is_a_one_line_error(tmp_path, data):
+def test_a_damaged_checkpoint_is_a_one_line_error_and_the_finish_settings_change_freely(tmp_path, data):
     config = make_config(tmp_path, data, training={**TRAINING, "epochs": 1})
     run = train(load_config(config), quiet=True)
     (run / runs.METRICS_FILE).unlink()
-    (runs.checkpoints(run)[-1] / runs.CHECKPOINT_OPTIMIZER).write_bytes(b"\x80\x04not a checkpoint")
-    result = runner.invoke(app, ["train", str(config), "--resume"])
-    assert result.exit_code == 2 and "cannot load this checkpoint" in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    folder = runs.checkpoints(run)[-1]
+    weights, optimizer, state = (folder / name for name in (runs.CHECKPOINT_WEIGHTS, runs.CHECKPOINT_OPTIMIZER, runs.CHECKPOINT_STATE))
+    kept = {path: path.read_bytes() for path in (weights, optimizer, state)}
+
+    def refused(message: str) -> None:
+        before = files_in(run)
+        assert_one_line_error(runner.invoke(app, ["train", str(config), "--resume"]), message, run)
+        assert files_in(run) == before  # nothing written, trimmed or deleted, the damaged file included
+        for path, whole in kept.items():
+            path.write_bytes(whole)
+
+    header = int.from_bytes(kept[weights][:8], "little")  # safetensors: its length, the JSON header, then the data
+    start = 8 + header + json.loads(kept[weights][8:8 + header])["classifier.weight"]["data_offsets"][0]
+    damaged = bytearray(kept[weights])
+    damaged[start:start + 64] = b"\xff" * 64  # the same size: 16 weights of the head turned nan
+    weights.write_bytes(damaged)
+    refused(f"{weights}: damaged: its sha256 is not the one recorded in state.json when it was saved; resume from another checkpoint")
+    weights.write_bytes(damaged)  # a checkpoint that records no checksum (older ones): its nan values are found
+    state.write_text(json.dumps({k: v for k, v in json.loads(kept[state]).items() if k != "weights_sha256"}))
+    refused(f"{weights}: damaged: classifier.weight holds nan or inf values; resume from another checkpoint")
+    saved = torch.load(optimizer, weights_only=True)
+    next(iter(saved["optimizer"]["state"].values()))["exp_avg"][0] = float("inf")  # of the first parameter AdamW has
+    torch.save(saved, optimizer)
+    refused(f"{optimizer}: damaged: exp_avg of bert.embeddings.word_embeddings.weight holds nan or inf values")
+    optimizer.write_bytes(b"\x80\x04not a checkpoint")
+    refused(f"{optimizer}: cannot load this checkpoint")
+
+    # what only the finish uses changes without --force, and the manifest records it
+    finish_only = ["training.report_figures=true", "training.loss_curve=true", "training.save_torchscript=true",
+                   "training.eval_batch_size=7", f"data.test={data['validation']}"]
+    result = runner.invoke(app, ["train", str(config), "--resume", "-q", *(a for item in finish_only for a in ("--set", item))])
+    assert result.exit_code == 0, result.output
+    assert (run / runs.LOSS_FILE).is_file() and (run / "reports" / "test" / "confusion_matrix.png").is_file()
+    changes = json.loads((run / runs.MANIFEST_FILE).read_text())["resumes"][-1]["config_changes"]
+    assert changes == [f"data.test: {str(data['test'])!r} -> {str(data['validation'])!r}", "training.eval_batch_size: 128 -> 7",
+                       "training.loss_curve: False -> True", "training.report_figures: False -> True", "training.save_torchscript: False -> True"]
+
+
+def test_a_forced_resume_keeps_steps_and_epochs_true_to_the_new_schedule(tmp_path, data):
+    # Nothing is learnt at this learning rate, so the best model stays the first evaluation's (step 4, in model/), and
+    # checkpoint-10 (saved every 5 steps, evaluated every 4) is a step that was never evaluated.
+    config = make_config(tmp_path, data, training={**TRAINING, "epochs": 1, "save_every_steps": 5, "eval_every_steps": 4, "keep_checkpoints": 2,
+                                                    "learning_rate": 1e-12, "metric_for_best": "accuracy"})
+    run = train(load_config(config), quiet=True)
+    (run / runs.METRICS_FILE).unlink()
+    ten, before = run / "checkpoint-10", files_in(run)
+
+    def resume(*overrides: str, folder: Path = run):
+        return runner.invoke(app, ["train", str(config), "--resume", str(folder / "checkpoint-10"), "--force", *(a for item in overrides for a in ("--set", item))])
+
+    for override, end in [("training.max_steps=8", 8), ("training.batch_size=64", 4)]:  # 240 rows in batches of 64: 4 steps an epoch
+        assert_one_line_error(resume(override), f"--resume: {ten} is at step 10, past the end of this config's schedule (step {end}); "
+                                                "start over with --overwrite, or resume with a schedule that goes past step 10", run)
+    assert_one_line_error(resume("data.max_train_samples=200"), "--resume: the training data differs from the data checkpoint-10 was "
+                          "trained on, and model 'tiny' builds its vocabulary from the training texts, so even --force cannot go on", run)
+    assert_one_line_error(resume("data.max_length=600"), f"{ten / runs.CHECKPOINT_WEIGHTS}: the model's shapes differ from the checkpoint's "
+                          "(bert.embeddings.position_embeddings.weight: [600, 64] in the model this config builds, [512, 64] in the checkpoint)", run)
+    assert files_in(run) == before  # each refused before it wrote anything: config.yaml, log.jsonl and checkpoint-15 as they were
+
+    # batches of 32: 8 steps an epoch, so step 10 lies in the second epoch, and 3 epochs end at step 24
+    shutil.copytree(run, tmp_path / "copy")
+    moved = resume(f"output_dir={tmp_path / 'copy'}", "training.batch_size=32", "training.epochs=3", folder=tmp_path / "copy")
+    assert moved.exit_code == 0, moved.output
+    assert "step 10 goes on from epoch 2, micro-batch 2" in moved.output
+    trained = json.loads((tmp_path / "copy" / runs.METRICS_FILE).read_text())["train"]
+    assert (trained["optimizer_steps"], trained["epochs"]) == (24, 3)
+
+    # a schedule that ends at the checkpoint: the weights after its last step are scored before the finish
+    at_end = resume("training.max_steps=10")
+    assert at_end.exit_code == 0, at_end.output
+    metrics = json.loads((run / runs.METRICS_FILE).read_text())
+    assert (metrics["train"]["optimizer_steps"], metrics["train"]["epochs"], metrics["best_step"]) == (10, 0.667, 4)
+    evaluations = [r["step"] for r in map(json.loads, (run / runs.LOG_FILE).read_text().splitlines()) if r.get("split")]
+    assert evaluations == [4, 8, 10]
+    assert json.loads((run / runs.MANIFEST_FILE).read_text())["resumes"][-1]["config_changes"] == ["training.max_steps: None -> 10"]
 
 
 def test_config_differences_name_the_keys():
     old = {"seed": 1, "output_dir": "a", "training": {"epochs": 3, "log_every_steps": 5}}
     new = {"seed": 1, "output_dir": "b", "training": {"epochs": 4, "log_every_steps": 9}}
     assert config_differences(old, new) == ["training.epochs: 3 -> 4"]
+    assert config_differences(old, new, ignored=frozenset()) == ["output_dir: 'a' -> 'b'", "training.epochs: 3 -> 4", "training.log_every_steps: 5 -> 9"]
     # a checkpoint written before a key existed: the key at its default is no change, at another value it is
     newer = {**new, "training": {**new["training"], "eval_every_steps": None, "max_steps": 100}}
     assert config_differences(old, newer) == ["training.epochs: 3 -> 4", "training.max_steps: None -> 100"]
+
+
+def test_the_keys_that_change_freely_on_resume_are_the_documented_ones():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "resume.md").read_text(encoding="utf-8")
+    listed = page.split("may change freely without --force:")[1].split(" (the weights")[0]
+    assert sorted(re.findall(r"`([\w.]+)`", listed)) == sorted(HARMLESS_KEYS)
 
 
 def test_nonfinite_loss_names_step_and_lr_and_keeps_the_last_checkpoint(tmp_path, data, monkeypatch):

@@ -83,7 +83,7 @@ def train(
     checkpoint: Annotated[Path | None, typer.Argument(help="With --resume: the checkpoint folder to continue from (default: the newest in output_dir).", show_default=False)] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set training.epochs=1 (repeatable).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished run from its newest checkpoint (or CHECKPOINT).")] = False,
-    force: Annotated[bool, typer.Option("--force", help="With --resume: continue even though the config or training data changed.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="With --resume: continue even though the config or training data changed (not from a checkpoint past the new schedule's end, nor on other data with model tiny).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a finished run in output_dir (only the files bertcls recorded writing).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or log lines; errors still print.")] = False,
     debug: Debug = False,

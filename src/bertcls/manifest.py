@@ -9,8 +9,9 @@
                         file also its size and sha256 (hashing runs at about 1.2 GB/s on one core)
     git                 the commit, and whether tracked files changed since (as `git describe --dirty`), of
                         the git work tree the config file lies in; null when it lies in none, or git is missing
-    resumes             one entry per `train --resume`: the fields from started to host, and data or git
-                        where they differ from the first session's
+    resumes             one entry per `train --resume`: the fields from started to host, data or git where
+                        they differ from the first session's, and config_changes, the config keys that differ
+                        from the checkpoint's (`training.epochs: 3 -> 4`, as --force or a harmless key allowed)
 
 The main process writes it after claiming the run folder (`begin`) and completes it at the end (`end`).
 """
@@ -46,8 +47,10 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def begin(run: Path, config: Config, config_file: str | Path | None, started: str, resumed_from: Path | None) -> None:
-    """Write the manifest of a run starting now, or add this session to it when resuming."""
+def begin(run: Path, config: Config, config_file: str | Path | None, started: str, resumed_from: Path | None,
+          config_changes: list[str] | None = None) -> None:
+    """Write the manifest of a run starting now, or add this session to it when resuming (with `config_changes`,
+    `key: old -> new` for each key that differs from the checkpoint's config)."""
     path = Path(run) / runs.MANIFEST_FILE
     earlier = read_manifest(run) if resumed_from else None
     session = {"started": started, "resumed_from": resumed_from.name if resumed_from else None, **environment()}
@@ -56,6 +59,8 @@ def begin(run: Path, config: Config, config_file: str | Path | None, started: st
         manifest = {**session, "ended": None, **made_of, "resumes": []}
     else:
         changed = {key: value for key, value in made_of.items() if value != earlier.get(key)}
+        if config_changes:
+            changed["config_changes"] = config_changes
         manifest = {**earlier, "ended": None, "resumes": [*earlier.get("resumes", []), {**session, **changed}]}
     runs.record_files(run, runs.MANIFEST_FILE)
     atomic.write_json(path, manifest)

@@ -19,10 +19,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ from bertcls.callbacks import Callback
 from bertcls.check import warnings as data_warnings
 from bertcls.checkpoint import LoopState
 from bertcls.config import Config, TrainingConfig
-from bertcls.errors import BertclsError, RunError, TrainingError, first_line
+from bertcls.errors import BertclsError, Interrupted, RunError, TrainingError, first_line
 from bertcls.evaluate import Evaluation, scalars, score
 from bertcls.inference import predict_logits
 from bertcls.loss import build_loss, check_class_weights
@@ -62,7 +64,8 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False, resum
 
     `resume`: True continues from the newest checkpoint in output_dir, a path from that checkpoint;
     `force` resumes even though the config or data changed. SIGINT/SIGTERM stop after the current
-    step with a checkpoint, or during the final evaluation (raising `Interrupted`). `config_file`,
+    step with a checkpoint, or during the final evaluation (raising `Interrupted`); a second one at once
+    (an `Interrupted` naming the newest checkpoint). `config_file`,
     the file `config` was read from, is one of the inputs output_dir must not hold. `warn_data`: print the
     data checks' warning lines (leakage, conflicts, truncation); a search says them once, not per trial.
     """
@@ -72,8 +75,9 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False, resum
         tracking = track.Tracking(config, inputs.resume_from)
         job = set_up(config, inputs, overwrite, quiet, stop, resources, log_with=tracking.trackers, warn_data=warn_data)
         resources.push(tracking.close)  # an error or a stop ends the trackers' runs too
+        resources.push(partial(_stopped_at_once, stop, job))  # before the trackers hear it: a second signal is a stop too
         if job.main:
-            manifest.begin(job.run, config, config_file, started, inputs.resume_from)
+            manifest.begin(job.run, config, config_file, started, inputs.resume_from, inputs.config_changes)
         acc, state = job.accelerator, job.state
         listeners = [EarlyStopping(tcfg, job.log), tracking, *callbacks]
         for listener in listeners:
@@ -119,6 +123,21 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False, resum
         return finish(job, inputs, stop, listeners)
 
 
+def _stopped_at_once(stop: faults.StopRequest, job: Job, exc_type, exc, traceback) -> None:
+    """For the run's ExitStack: a second SIGINT or SIGTERM (`faults.StopRequest` raises KeyboardInterrupt or SystemExit(143))
+    stops the loop or the finish at once, even mid-checkpoint (whose half-written folder goes): raised on as an
+    `Interrupted` that names the newest checkpoint, the one `--resume` takes, when there is one."""
+    if exc_type is KeyboardInterrupt:
+        second = signal.SIGINT
+    elif exc_type is SystemExit and exc.code == 128 + signal.SIGTERM:
+        second = signal.SIGTERM
+    else:
+        return
+    kept = runs.checkpoints(job.run)
+    if stop.requested and kept and not runs.is_finished(job.run):
+        raise Interrupted(f"a second {second.name}", job.state.global_step, kept[-1], 128 + second) from None
+
+
 @dataclass
 class Inputs:
     """What the cheap checks read: the splits, their label map, and where a resume starts."""
@@ -129,6 +148,8 @@ class Inputs:
     labels: data_mod.LabelMap
     data_id: str
     resume_from: Path | None
+    resume_step: int  # the checkpoint's step (0 when not resuming)
+    config_changes: list[str]  # `key: old -> new` for every key that differs from the checkpoint's config (the manifest's record)
 
 
 def check_inputs(config: Config, config_file: str | Path | None, resume: bool | str | Path, force: bool, overwrite: bool) -> Inputs:
@@ -143,8 +164,10 @@ def check_inputs(config: Config, config_file: str | Path | None, resume: bool | 
     check_model_source(config.model, config.data.max_length)
     data_id = ckpt.fingerprint(train_split.texts, train_split.pairs, train_split.labels)
     resume_from = ckpt.find(run, resume, config.to_dict(), data_id, force) if resume else None
+    saved = ckpt.read_state(resume_from) if resume_from else {"global_step": 0}
+    changes = ckpt.config_differences(saved["config"], config.to_dict(), ignored=frozenset()) if "config" in saved else []
     runs.check_run_dir(run, overwrite, resuming=bool(resume))
-    return Inputs(train_split, val_split, test_split, labels, data_id, resume_from)
+    return Inputs(train_split, val_split, test_split, labels, data_id, resume_from, saved["global_step"], changes)
 
 
 def _inputs(cfg: Config, config_file: str | Path | None) -> dict[str, str]:
@@ -190,6 +213,7 @@ class Job:
     eval_loaders: dict[str, Any]
     compute_loss: Any
     total_steps: int  # optimizer steps of the whole run
+    steps_per_epoch: int
     epochs: int  # epochs they take, the last one cut short by max_steps
     real_tokens: torch.Tensor
     state: LoopState
@@ -321,8 +345,8 @@ class Job:
 def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: faults.StopRequest, resources: ExitStack,
            log_with: list | None = None, warn_data: bool = True) -> Job:
     """The accelerator (with the experiment trackers `log_with`, not yet started), the model (after seeding), the
-    claimed run folder, then the batches, optimizer and schedule, and last the checkpoint's state, whose random states
-    the loop continues from."""
+    claimed run folder, then the batches, optimizer and schedule, the checkpoint's state, whose random states the loop
+    continues from (a checkpoint past the schedule's end is refused first), and last the run's config.yaml."""
     from accelerate.utils import set_seed
 
     tcfg, run = config.training, Path(config.output_dir)
@@ -336,13 +360,14 @@ def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: f
     model, tokenizer = load_model(config.model, inputs.labels.id2label, config.data.max_length,
                                   inputs.train.texts + (inputs.train.pairs or []), multi_label=inputs.labels.multi_label)
     _claim_run_dir(run, overwrite, inputs.resume_from is not None, accelerator, resources)
-    if accelerator.is_main_process:
-        atomic.write_atomic(run / runs.CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
-    accelerator.wait_for_everyone()  # the folder is ready before any process goes on
     job = Job(config, inputs, accelerator)
     job.warn_data = warn_data
     job.model, job.tokenizer = model, tokenizer
     _build(job)
+    if inputs.resume_step > job.total_steps:  # --force with fewer steps: what the checkpoint trained cannot be untrained
+        raise RunError(f"--resume: {inputs.resume_from} is at step {inputs.resume_step}, past the end of this config's schedule "
+                       f"(step {job.total_steps}); start over with --overwrite, or resume with a schedule that goes past step "
+                       f"{inputs.resume_step} (training.epochs, training.max_steps, training.batch_size)")
     job.state = LoopState()
     job.window = LossWindow(accelerator.device)
     restored = ckpt.restore(inputs.resume_from, run, accelerator, job.model, job.optimizer, job.scheduler) if inputs.resume_from else None
@@ -351,6 +376,9 @@ def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: f
         job.window = LossWindow(accelerator.device, *restored.get("window", (0.0, 0, 0)))
         job.real_tokens += restored.get("real_tokens", 0)
         job.paused.update(restored.get("paused", {}))
+    if accelerator.is_main_process:  # once the checkpoint loaded: a refused resume leaves the run's config as it was
+        atomic.write_atomic(run / runs.CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    accelerator.wait_for_everyone()  # the folder is ready before any process goes on
     # Opened after `restore`, which trims log.jsonl back to the checkpoint's step.
     job.log = resources.enter_context(_Log(run / runs.LOG_FILE if job.main else None, quiet=quiet or not job.main))
     job.started = time.perf_counter() - job.state.seconds
@@ -358,6 +386,7 @@ def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: f
     job.progress = resources.enter_context(_progress(job.total_steps, disable=not job.bar, initial=job.state.global_step))
     _say_header(job)
     if restored:
+        _place_in_schedule(job)
         _keep_best_on_resume(job)
     return job
 
@@ -391,9 +420,9 @@ def _build(job: Job) -> None:
     distributed.set_shard_units(acc, job.model)
     job.model, job.optimizer, job.train_loader = acc.prepare(job.model, optimizer, train_loader)
     job.eval_loaders = {name: acc.prepare(loader) for name, loader in eval_loaders.items()}
-    steps_per_epoch = math.ceil(len(job.train_loader) / tcfg.gradient_accumulation_steps)
-    job.total_steps = tcfg.max_steps or steps_per_epoch * tcfg.epochs
-    job.epochs = math.ceil(job.total_steps / steps_per_epoch)
+    job.steps_per_epoch = math.ceil(len(job.train_loader) / tcfg.gradient_accumulation_steps)
+    job.total_steps = tcfg.max_steps or job.steps_per_epoch * tcfg.epochs
+    job.epochs = math.ceil(job.total_steps / job.steps_per_epoch)
     job.scheduler = get_scheduler(tcfg.lr_scheduler if tcfg.lr_scheduler != "constant" else "constant_with_warmup", job.optimizer,
                                   num_warmup_steps=round(tcfg.warmup_ratio * job.total_steps), num_training_steps=job.total_steps)
     job.real_tokens = torch.tensor(0, device=acc.device)  # non-pad tokens trained on
@@ -414,6 +443,20 @@ def _say_header(job: Job) -> None:
         job.log.say("note: training.fsdp runs write no resumable checkpoints yet; model/ (the best weights) is still saved")
 
 
+def _place_in_schedule(job: Job) -> None:
+    """The checkpoint's place in the data (epoch, micro-batch) as this config's schedule has it. A forced change of
+    batch_size, gradient_accumulation_steps or the training rows gives an epoch another number of steps: the step
+    count is kept (the learning rate follows it), and the place in the data is where that step falls now."""
+    state, per_epoch, accumulation = job.state, job.steps_per_epoch, job.cfg.gradient_accumulation_steps
+    if state.batches_done < len(job.train_loader) and state.epoch * per_epoch + math.ceil(state.batches_done / accumulation) == state.global_step:
+        return
+    epoch, steps = divmod(state.global_step, per_epoch)
+    job.log.say(f"note: {job.inputs.resume_from.name} stopped at epoch {state.epoch + 1}, micro-batch {state.batches_done}, which "
+                f"this config's schedule ({per_epoch} steps an epoch) does not have; step {state.global_step} goes on from "
+                f"epoch {epoch + 1}, micro-batch {steps * accumulation}")
+    state.epoch, state.batches_done = epoch, steps * accumulation
+
+
 def _keep_best_on_resume(job: Job) -> None:
     """model/ must be the best model the resumed checkpoint knows, never one saved after it."""
     kept = _best_on_resume(job.run, job.state, job.accelerator)
@@ -431,6 +474,8 @@ def finish(job: Job, inputs: Inputs, stop: faults.StopRequest, listeners: list[C
     From here a stop signal ends the run after the current stage, and the last checkpoint resumes into this finish.
     """
     acc, state, run, tcfg = job.accelerator, job.state, job.run, job.cfg
+    if state.evaluated_step != state.global_step:  # resumed after the last step from a checkpoint not evaluated there
+        job.validate(state.epoch_number - 1, job.window, listeners)  # (--force with fewer steps, or an older checkpoint)
     train_seconds = job.seconds()
     job.progress.close()
     if state.best_epoch is None:  # resumed after its last evaluation with the best model lost: the model now is the best there is
