@@ -189,8 +189,18 @@ def test_changed_training_data_is_refused_unless_forced(tmp_path, data):
     raw = yaml.safe_load(moved.read_text())
     raw["data"]["train"] = str(data["train"])
     moved.write_text(yaml.safe_dump(raw))
-    write_csv(data["train"], toy_rows(240, 5))  # same path, other rows
+    renamed = {"negative": "bad", "positive": "good"}  # as many labels, other names: the classifier's rows would swap meaning
+
+    def relabelled(name, n, seed):
+        return write_csv(tmp_path / f"{name}-renamed.csv", [(text, renamed[label]) for text, label in toy_rows(n, seed)])
+
+    write_csv(data["train"], [(text, renamed[label]) for text, label in toy_rows(240, 5)])
     try:
+        result = runner.invoke(app, ["train", str(moved), "--resume", "--force", "--set", f"data.validation={relabelled('validation', 60, 1)}",
+                                     "--set", f"data.test={relabelled('test', 60, 2)}"])
+        assert_one_line_error(result, "--resume: checkpoint-12's classifier is for the labels negative, positive, and the training "
+                                      "data now has bad, good; even --force cannot go on with another label set")
+        write_csv(data["train"], toy_rows(240, 5))  # same path, other rows
         result = runner.invoke(app, ["train", str(moved), "--resume"])
         assert result.exit_code == 2 and "the training data differs from the data checkpoint-12 was trained on" in result.output
         forced = runner.invoke(app, ["train", str(moved), "--resume", "--force", "-q"])

@@ -22,7 +22,7 @@ import torch
 
 from bertcls import atomic, distributed, runs
 from bertcls.config import default_values, dotted
-from bertcls.errors import RunError, clipped, first_line, load_reason
+from bertcls.errors import RunError, clipped, first_line, listing, load_reason
 from bertcls.evaluate import is_better, scalars
 from bertcls.manifest import sha256_file
 from bertcls.model import quiet_unpickler, unreadable_weights
@@ -139,9 +139,11 @@ def _gather(accelerator, part: dict[str, Any]) -> list[dict[str, Any]]:
     return parts
 
 
-def find(run: Path, resume: bool | str | Path, config: dict[str, Any], data_fingerprint: str, force: bool) -> Path:
+def find(run: Path, resume: bool | str | Path, config: dict[str, Any], data_fingerprint: str, force: bool,
+         labels: list[str] | None = None) -> Path:
     """The checkpoint to resume from (the newest in `run`, or the one named), checked against the
-    current config and training data; a difference is refused, naming it, unless `force`."""
+    current config and training data; a difference is refused, naming it, unless `force`. Another label
+    set (`labels`, as the classifier's rows are ordered) is refused even with `force`."""
     run = Path(run)
     if runs.is_finished(run):
         raise RunError(f"output_dir {run} holds a finished run; there is nothing to resume (pass --overwrite to train again)")
@@ -165,6 +167,10 @@ def find(run: Path, resume: bool | str | Path, config: dict[str, Any], data_fing
     changed = config_differences(state.get("config") or {}, config)
     if changed and not force:
         raise RunError(f"--resume: the config differs from {folder.name}'s: {'; '.join(changed)}; undo the change, or pass --force")
+    if labels is not None and "labels" in state and state["labels"] != labels:  # each classifier row is one label's
+        raise RunError(f"--resume: {folder.name}'s classifier is for the labels {listing(state['labels'], 20)}, and the training "
+                       f"data now has {listing(labels, 20)}; even --force cannot go on with another label set: resume with the "
+                       "same labels, or start over with --overwrite")
     if state.get("data_fingerprint") != data_fingerprint:
         if config["model"]["name"] == DATA_BUILT_MODEL and "data_fingerprint" in state:  # a token's id would change, or the vocabulary's size
             raise RunError(f"--resume: the training data differs from the data {folder.name} was trained on, and model "
@@ -186,6 +192,7 @@ STATE_FIELDS: dict[str, tuple[tuple[type, ...], float | None, str]] = {
     "best_metrics": ((dict, type(None)), None, "an object or null"), "data_fingerprint": ((str,), None, "a string"),
     "config": ((dict,), None, "an object"), "trackers": ((dict,), None, "an object"),
     "evaluated_step": ((int, type(None)), 0, "a whole number >= 0 or null"), "weights_sha256": ((str,), None, "a string"),
+    "labels": ((list,), None, "a list"),
 }
 REQUIRED_STATE = ("global_step", "epoch", "batches_done")
 

@@ -163,7 +163,7 @@ def check_inputs(config: Config, config_file: str | Path | None, resume: bool | 
     check_class_weights(config.training.class_weights, labels.names)
     check_model_source(config.model, config.data.max_length)
     data_id = ckpt.fingerprint(train_split.texts, train_split.pairs, train_split.labels)
-    resume_from = ckpt.find(run, resume, config.to_dict(), data_id, force) if resume else None
+    resume_from = ckpt.find(run, resume, config.to_dict(), data_id, force, list(labels.names)) if resume else None
     saved = ckpt.read_state(resume_from) if resume_from else {"global_step": 0}
     changes = ckpt.config_differences(saved["config"], config.to_dict(), ignored=frozenset()) if "config" in saved else []
     runs.check_run_dir(run, overwrite, resuming=bool(resume))
@@ -320,8 +320,9 @@ class Job:
             raise _nonfinite_loss(total, state.global_step, self.scheduler.get_last_lr()[0], self.run)
         if not self.resumable:
             return
+        saved = {**state.saved(), "seconds": self.seconds(), "data_fingerprint": self.inputs.data_id, "labels": list(self.inputs.labels.names)}
         self.last_checkpoint = ckpt.save(self.run, acc, self.model, self.optimizer, self.scheduler, config=self.config.to_dict(),
-                                         keep=self.cfg.keep_checkpoints, state={**state.saved(), "seconds": self.seconds(), "data_fingerprint": self.inputs.data_id},
+                                         keep=self.cfg.keep_checkpoints, state=saved,
                                          own={"window": window.saved(), "real_tokens": int(self.real_tokens), "paused": self.paused})
         self.paused["checkpoint"] += time.perf_counter() - began
 
