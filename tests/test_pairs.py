@@ -115,3 +115,11 @@ def test_verbose_names_both_texts_of_a_truncated_pair(pair_run):
     assert result.exit_code == 0, result.output
     notes = [line for line in result.output.splitlines() if line.startswith("note:")]
     assert notes == [f"note: text pair truncated to 32 tokens together: 'short' with pair {long[:60]!r}..."]
+
+
+def test_an_export_of_a_pair_runs_model_folder_keeps_the_rule(pair_run, tmp_path):
+    pytest.importorskip("onnxscript")
+    run, _ = pair_run
+    exported = runner.invoke(app, ["export", "-m", str(run / "model"), "-o", str(tmp_path / "onnx")])
+    assert exported.exit_code == 0, exported.output
+    assert_one_line_error(runner.invoke(app, ["predict", "-m", str(tmp_path / "onnx"), "the plot and the cast"]), PAIR_MODEL + "--pair")

@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 from bertcls import runs, tsv
 from bertcls.cli import app
-from bertcls.errors import DataError, UsageError
+from bertcls.errors import DataError, RunError, UsageError
 from bertcls.predict import Prediction, Predictor
-from bertcls.predict_file import predict_file
+from bertcls.predict_file import check_output, predict_file
 from conftest import assert_one_line_error, files_in, toy_rows, write_csv
 
 runner = CliRunner()
@@ -187,3 +187,14 @@ def test_a_tsv_output_gives_back_the_input_texts_as_they_were(tmp_path, texts):
         assert [row["text"] for row in csv.DictReader(f, delimiter="\t", quoting=tsv.quoting(out))] == texts
     if "\t" not in "".join(texts):
         assert out.read_text(encoding="utf-8").splitlines()[1].startswith('he said "hi" loudly\t0\t')
+
+
+def test_a_searchs_trial_folders_are_not_an_output(tmp_path):
+    """A trial's run folder, or one a search has yet to make: `bertcls tune` would find it taken."""
+    search = tmp_path / "search"
+    search.mkdir()
+    (search / runs.SEARCH_FILE).write_text("{}")
+    source = write_csv(tmp_path / "in.csv", [("a", "b")])
+    with pytest.raises(RunError, match="trial-2/mine.csv of the search in"):
+        check_output(source, search / "trial-2" / "mine.csv")
+    check_output(source, search / "mine.csv")  # beside the search's own files: the user's

@@ -113,8 +113,9 @@ def _write_onnx(predictor, inputs: list[str], example, model_path: Path, output:
             shutil.move(str(fp32), output / ONNX_FILE)
     tokenizer.backend_tokenizer.save(str(output / "tokenizer.json"))
     model.config.save_pretrained(output)
-    if (model_path / runs.CONFIG_FILE).is_file():  # the run's column mapping, for predict --file and evaluate
-        shutil.copyfile(model_path / runs.CONFIG_FILE, output / runs.CONFIG_FILE)
+    run_config = runs.config_folder(model_path) / runs.CONFIG_FILE  # a run's, also above its model/ folder
+    if run_config.is_file():  # the run's column mapping and pairs, for predict --file and evaluate
+        shutil.copyfile(run_config, output / runs.CONFIG_FILE)
     meta = {"max_length": predictor.max_length, "inputs": inputs, "quantize": quantize, "opset": OPSET,
             "source": str(model_path.resolve()), "pad_token_id": tokenizer.pad_token_id or 0}
     (output / ONNX_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

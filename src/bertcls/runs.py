@@ -63,6 +63,7 @@ MANIFEST_FILE = "manifest.json"
 TENSORBOARD_DIR = "tensorboard"
 RUN_FILES = (CONFIG_FILE, LOG_FILE, MODEL_DIR, REPORTS_DIR, LOSS_FILE, MANIFEST_FILE, METRICS_FILE, TENSORBOARD_DIR)
 RECORD_FILE = "bertcls-run.json"
+TRIAL_PREFIX = "trial-"  # a search's trial-N/ run folders (bertcls.tune)
 SEARCH_FILE = "tune.json"  # marks a search's folder (`bertcls.tune`), whose trials are run folders
 OWN_FILES = (RECORD_FILE, LOCK_FILE)  # bertcls's in any folder that holds them
 TORCHSCRIPT_FILE = "bertcls-torchscript.pt"  # in MODEL_DIR
@@ -422,6 +423,8 @@ def run_file(path: Path) -> tuple[Path, str] | None:
         top = name.split("/")[0]
         if is_run(folder) and (top in (*RUN_FILES, *OWN_FILES) or top.startswith(CHECKPOINT_PREFIX)):
             return folder, name
+        if (folder / SEARCH_FILE).is_file() and top.startswith(TRIAL_PREFIX):  # a trial's run folder, or one to come
+            return folder, name
         if (folder / RECORD_FILE).is_file() and name in _listed(folder):
             return folder, name
     return None
@@ -512,11 +515,11 @@ def run_columns(path: str | Path, **given: str | None) -> dict[str, str | None]:
 def run_setting(path: str | Path, section: str, key: str | None = None, default: Any = None) -> Any:
     """One section (or one key of it) of the resolved config of the run at `path` (a run, its export, or the run above
     a run's model/ folder); `default` for a plain model folder."""
-    values = (read_run_config(_config_folder(Path(path))) or {}).get(section) or {}
+    values = (read_run_config(config_folder(Path(path))) or {}).get(section) or {}
     return values if key is None else values.get(key, default)
 
 
-def _config_folder(path: Path) -> Path:
+def config_folder(path: Path) -> Path:
     """The folder whose config.yaml says how the model at `path` was trained: `path`, or for a run's model/ folder the
     run above it (a folder named model/ elsewhere is a plain model folder)."""
     if not (path / CONFIG_FILE).is_file() and path.name == MODEL_DIR and (path.parent / RECORD_FILE).is_file():

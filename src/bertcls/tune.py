@@ -63,7 +63,7 @@ TRIALS_FILE = "trials.csv"
 FIGURES_DIR = "figures"
 FIGURES = ("history.png", "importances.png", "slice.png")
 SEEDS_FILE = "seeds.json"
-TRIAL_PREFIX = "trial-"
+TRIAL_PREFIX = runs.TRIAL_PREFIX
 SEED_PREFIX = "seed-"
 EMBEDDED = "embedded"  # tune.json's name for the default storage, which moves with the folder
 # A worker records a heartbeat this often while its trial runs; a running trial silent for GRACE_S is
