@@ -81,6 +81,9 @@ def test_missing_file_and_unknown_extension(tmp_path):
 def test_label_map_is_sorted_numerically_for_integers():
     assert LabelMap.from_values([10, 2, 2, 1]).names == ("1", "2", "10")
     assert LabelMap.from_values(["b", "a"]).id2label == {0: "a", 1: "b"}
+    labels = LabelMap.from_values(["10", "2", "2"])  # integers a json file quotes sort as integers too
+    assert labels.names == ("2", "10") and labels.encode(["2", "10"], "train") == [0, 1]
+    assert LabelMap.from_values(["007", "10"]).names == ("007", "10")  # "007" is a name, not 7
 
 
 def test_a_single_class_is_an_error():

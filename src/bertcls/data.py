@@ -166,7 +166,7 @@ class LabelMap:
 
     @classmethod
     def from_values(cls, values: Sequence[Any], where: str = "train", multi_label: bool = False) -> LabelMap:
-        distinct = {_as_integer(v) for row in values for v in row} if multi_label else set(values)
+        distinct = {_as_integer(v) for row in values for v in row} if multi_label else {_as_integer(v) for v in values}
         names = sorted_names(distinct)
         if not names:  # only multi-label rows can all be empty
             raise DataError(f"{where}: no row has a label (every row's list of labels is empty); "
@@ -208,7 +208,8 @@ INTEGER_TEXT = re.compile(r"0|-?[1-9][0-9]*")
 
 
 def _as_integer(label: Any) -> Any:
-    """A multi-label label (rows hold text, whatever the file wrote) as the integer it writes, so that it sorts as one."""
+    """A label written as text ("10" in json, or a multi-label row, which holds text) as the integer it writes, so that
+    it sorts as one: "2" before "10", as 2 before 10."""
     return int(label) if isinstance(label, str) and INTEGER_TEXT.fullmatch(label) else label
 
 
