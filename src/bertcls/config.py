@@ -160,7 +160,7 @@ class TrainingConfig(Section):
         "none", description="Weighted cross-entropy: none, balanced (n / (classes x class count)), or {label: weight} (others weigh 1).")
     threshold: Float = Field(0.5, gt=0.0, lt=1.0, description="multi_label: a label is predicted when its probability is at least this.")
     tune_threshold: bool = Field(False, description="multi_label: pick the threshold with the best micro-F1 on validation instead "
-                                  "(so not with training.threshold set); saved with the model.")
+                                  "(so not with training.threshold set to another value than 0.5); saved with the model.")
     loss_curve: bool = Field(True, description="Draw RUN/loss.png (training and validation loss) from log.jsonl at the end.")
     report_figures: bool = Field(True, description="Draw the figures in RUN/reports/ (confusion matrix, ROC and PR curves, reliability) "
                                  "at the end: about 0.3 s each, most of a tiny run's finish. predictions.csv and metrics.json are "
