@@ -244,11 +244,16 @@ def test_a_damaged_checkpoint_is_a_one_line_error_and_the_finish_settings_change
     weights.write_bytes(damaged)  # a checkpoint that records no checksum (older ones): its nan values are found
     state.write_text(json.dumps({k: v for k, v in json.loads(kept[state]).items() if k != "weights_sha256"}))
     refused(f"{weights}: damaged: classifier.weight holds nan or inf values; resume from another checkpoint")
+    no_checksums = json.dumps({k: v for k, v in json.loads(kept[state]).items() if not k.endswith("_sha256")})
     saved = torch.load(optimizer, weights_only=True)
     next(iter(saved["optimizer"]["state"].values()))["exp_avg"][0] = float("inf")  # of the first parameter AdamW has
     torch.save(saved, optimizer)
+    refused(f"{optimizer}: damaged: its sha256 is not the one recorded in state.json when it was saved")
+    torch.save(saved, optimizer)
+    state.write_text(no_checksums)
     refused(f"{optimizer}: damaged: exp_avg of bert.embeddings.word_embeddings.weight holds nan or inf values")
     optimizer.write_bytes(b"\x80\x04not a checkpoint")
+    state.write_text(no_checksums)
     refused(f"{optimizer}: cannot load this checkpoint")
 
     # what only the finish uses changes without --force, and the manifest records it

@@ -2,8 +2,8 @@
 
 Weights are safetensors; optimizer and random states hold only tensors and plain containers and
 are read with `torch.load(weights_only=True)`, so loading a checkpoint never runs pickled code.
-Damage is refused before training goes on: state.json records the weights' sha256, and weights and
-optimizer state must be finite.
+Damage is refused before training goes on: state.json records the sha256 of the weights and of the
+optimizer state, and both must be finite.
 """
 
 from __future__ import annotations
@@ -107,11 +107,12 @@ def save(run: Path, accelerator, model, optimizer, scheduler, *, state: dict[str
                 # 20 saves), where hashing after it took 0.07 s more.
                 with ThreadPoolExecutor(1) as hashing:
                     weights_sha256 = hashing.submit(sha256_file, tmp / runs.CHECKPOINT_WEIGHTS)
-                    _save_torch({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
-                                tmp / runs.CHECKPOINT_OPTIMIZER)
+                    optimizer_sha256 = _save_torch({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                                    "scaler": scaler}, tmp / runs.CHECKPOINT_OPTIMIZER)
                 for index, part in enumerate(per_process):
                     _save_torch(part, tmp / runs.CHECKPOINT_RNG.format(index))
-                state = {**state, "processes": accelerator.num_processes, "weights_sha256": weights_sha256.result(), "config": config}
+                state = {**state, "processes": accelerator.num_processes, "weights_sha256": weights_sha256.result(),
+                         "optimizer_sha256": optimizer_sha256, "config": config}
                 (tmp / runs.CHECKPOINT_STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
                 runs.publish_dir(tmp, dest)
             except BaseException:
@@ -123,11 +124,28 @@ def save(run: Path, accelerator, model, optimizer, scheduler, *, state: dict[str
     return dest
 
 
-def _save_torch(obj: Any, path: Path) -> None:
+def _save_torch(obj: Any, path: Path) -> str:
+    """torch.save `obj` to `path`; the sha256 of the bytes written, hashed as they go out (no second read)."""
     # Through a Python file: a failed write then carries its OSError (errno and all), where torch's own
     # writer reports a full disk only as "unexpected pos".
     with open(path, "wb") as f:
-        torch.save(obj, f)
+        hashing = _HashingWriter(f)
+        torch.save(obj, hashing)
+    return hashing.digest.hexdigest()
+
+
+class _HashingWriter:
+    """A file to write to that hashes what passes through it (torch.save needs only write and flush)."""
+
+    def __init__(self, file) -> None:
+        self.file, self.digest = file, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def _gather(accelerator, part: dict[str, Any]) -> list[dict[str, Any]]:
@@ -192,6 +210,7 @@ STATE_FIELDS: dict[str, tuple[tuple[type, ...], float | None, str]] = {
     "best_metrics": ((dict, type(None)), None, "an object or null"), "data_fingerprint": ((str,), None, "a string"),
     "config": ((dict,), None, "an object"), "trackers": ((dict,), None, "an object"),
     "evaluated_step": ((int, type(None)), 0, "a whole number >= 0 or null"), "weights_sha256": ((str,), None, "a string"),
+    "optimizer_sha256": ((str,), None, "a string"),
     "labels": ((list,), None, "a list"),
 }
 REQUIRED_STATE = ("global_step", "epoch", "batches_done")
@@ -240,6 +259,7 @@ def restore(folder: Path, run: Path, accelerator, model, optimizer, scheduler) -
         _check_finite(file, unwrapped.state_dict().items())
         file = folder / runs.CHECKPOINT_OPTIMIZER
         saved = _load_torch(file, {"optimizer": dict, "scheduler": dict, "scaler": (dict, type(None))})
+        _check_sha256(file, state.get("optimizer_sha256"))  # after reading: a file cut short is named as one
         optimizer.load_state_dict(saved["optimizer"])
         names = {param: name for name, param in unwrapped.named_parameters()}
         _check_finite(file, ((f"{key} of {names.get(param, 'a parameter')}", value)
@@ -280,6 +300,11 @@ def _check_weights(file: Path, sha256: str | None, model) -> None:
                 raise RunError(f"{file}: the model's shapes differ from the checkpoint's ({name}: {list(ours[name].shape)} in the model "
                                f"this config builds, {shape} in the checkpoint); resume with the config the checkpoint was trained "
                                "with, or start over with --overwrite")
+    _check_sha256(file, sha256)
+
+
+def _check_sha256(file: Path, sha256: str | None) -> None:
+    """Refuse a checkpoint file whose bytes changed since it was saved (`sha256`; None in checkpoints older than it)."""
     if sha256 is not None and sha256_file(file) != sha256:
         raise RunError(f"{file}: damaged: its sha256 is not the one recorded in {runs.CHECKPOINT_STATE} when it was saved; "
                        "resume from another checkpoint, or start over with --overwrite")
