@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -198,3 +199,10 @@ def test_a_searchs_trial_folders_are_not_an_output(tmp_path):
     with pytest.raises(RunError, match="trial-2/mine.csv of the search in"):
         check_output(source, search / "trial-2" / "mine.csv")
     check_output(source, search / "mine.csv")  # beside the search's own files: the user's
+
+
+def test_stdout_as_an_output_says_to_leave_it_out(tmp_path):
+    source = write_csv(tmp_path / "in.csv", [("a", "b")])
+    for stdout in ("-", "/dev/stdout"):
+        with pytest.raises(DataError, match=f"^--output {stdout}: leave out --output to write JSON lines to stdout$"):
+            check_output(source, Path(stdout))

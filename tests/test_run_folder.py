@@ -342,7 +342,13 @@ def test_evaluate_never_writes_over_a_run_or_existing_results(tmp_path, trained_
     results.mkdir()
     (results / "metrics.json").write_text('{"mine": 1}')
     (results / "predictions.csv").write_text("mine")
-    cases = [(trained_run, f"--output {trained_run} is a bertcls run folder, which holds what training wrote; "
+    search = tmp_path / "search"  # what `bertcls tune` writes: its record and tune.json
+    search.mkdir()
+    (search / runs.RECORD_FILE).write_text('{"files": ["tune.json"]}')
+    (search / runs.SEARCH_FILE).write_text("{}")
+    cases = [(search, f"--output {search} is a bertcls search folder, which holds what bertcls tune wrote; "
+                      "choose a folder outside the search, e.g. eval/search"),
+             (trained_run, f"--output {trained_run} is a bertcls run folder, which holds what training wrote; "
                            f"choose a folder outside the run, e.g. eval/{trained_run.name}"),
              (legacy, f"--output {legacy} is a bertcls run folder"),
              (results, f"--output {results} already holds metrics.json, predictions.csv; evaluate replaces no file there, "

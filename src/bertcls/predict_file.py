@@ -32,6 +32,8 @@ FIELD_SIZE_LIMIT = 2**31 - 1
 
 def file_format(path: Path, what: str) -> str:
     kind = FORMATS.get(path.suffix.lower())
+    if kind is None and what == "--output" and str(path) in ("-", "/dev/stdout"):
+        raise DataError(f"--output {path}: leave out --output to write JSON lines to stdout")
     if kind is None:
         raise DataError(f"{what} {path}: unsupported extension '{path.suffix}'; use one of {', '.join(FORMATS)} (jsonl, not json, streams)")
     return kind

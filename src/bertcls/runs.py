@@ -444,8 +444,9 @@ def check_evaluation_output(folder: Path, names: tuple[str, ...]) -> None:
     if folder.exists() and not folder.is_dir():
         raise RunError(f"--output {folder} is a file; choose a folder")
     if read_record(folder) is not None or ((folder / CONFIG_FILE).is_file() and (folder / LOG_FILE).is_file()):
-        raise RunError(f"--output {folder} is a bertcls run folder, which holds what training wrote; choose a folder outside "
-                       f"the run, e.g. {Path('eval') / folder.name}")
+        kind, wrote = ("search", "bertcls tune") if (folder / SEARCH_FILE).is_file() else ("run", "training")
+        raise RunError(f"--output {folder} is a bertcls {kind} folder, which holds what {wrote} wrote; choose a folder outside "
+                       f"the {kind}, e.g. {Path('eval') / folder.name}")
     taken = [name for name in names if (folder / name).exists()]
     if taken:
         raise RunError(f"--output {folder} already holds {', '.join(taken)}; evaluate replaces no file there, so choose a new or empty folder")
