@@ -253,8 +253,7 @@ def check_output_folder(output: Path, model: Path) -> None:
             example = shown.parent / f"{shown.name}-eval"
         raise RunError(f"--output {output} is {where}, which holds what training wrote; choose a folder outside the run, "
                        f"e.g. {example}")
-    if (Path(model) / "config.json").is_file():  # a plain model folder, or an export: no run around it to find
-        folder, real = Path(os.path.realpath(model)), Path(os.path.realpath(output))
-        if real == folder or folder in real.parents:
-            where = "the model folder" if real == folder else "inside the model folder"
-            raise RunError(f"--output {output} is {where} {model}; choose a folder outside it")
+    real = Path(os.path.realpath(output))
+    if runs.in_model_folder(real, model):  # a plain model folder, or an export: no run around it to find
+        where = "the model folder" if real == Path(os.path.realpath(model)) else "inside the model folder"
+        raise RunError(f"--output {output} is {where} {model}; choose a folder outside it")

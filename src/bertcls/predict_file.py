@@ -56,8 +56,7 @@ def check_output(source: Path, output: Path, *, overwrite: bool = False, model: 
         kind = "run" if runs.is_run(folder) else "search"
         raise RunError(f"--output {output} is {name} of the {kind} in {runs.as_given(output, folder, name)}, which predict never "
                        f"writes over (not even with --overwrite); choose a file outside the {kind}'s own files")
-    models = Path(os.path.realpath(model)) if model is not None and (Path(model) / "config.json").is_file() else None
-    if models is not None and models in target.parents:
+    if runs.in_model_folder(target, model):
         raise RunError(f"--output {output} is inside the model folder {model}; choose a file outside it")
     if not overwrite and (output.exists() or output.is_symlink()):
         raise UsageError(f"--output {output} already exists; pass --overwrite to replace it, or choose another file")

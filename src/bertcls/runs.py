@@ -414,6 +414,15 @@ def is_run(folder: Path) -> bool:
     return all((folder / name).is_file() for name in (CONFIG_FILE, LOG_FILE)) and (folder / MODEL_DIR).is_dir()
 
 
+def in_model_folder(real: Path, model: str | Path | None) -> bool:
+    """Whether `real` (a path with its links resolved) is the model folder `model` (one with config.json: a plain model
+    folder, a run's model/ or an export) or lies in it."""
+    if model is None or not (Path(model) / "config.json").is_file():
+        return False
+    folder = Path(os.path.realpath(model))
+    return real == folder or folder in real.parents
+
+
 def run_file(path: Path) -> tuple[Path, str] | None:
     """(the folder, `path`'s name there) when `path` (links resolved) is a file bertcls keeps in a folder of its own:
     in a run, one of the names the run writes (RUN_FILES, its checkpoints, bertcls's own files) or anything
