@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import numpy as np
@@ -31,12 +32,15 @@ def test_metrics_match_hand_computed_values():
 
 def test_a_class_neither_in_gold_nor_predicted_is_left_out_of_macro_averages():
     m = compute_metrics([0, 0], [0, 0], ["a", "b"])
-    assert m["per_class"]["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}  # listed, not an error
+    assert m["per_class"]["b"] == {"precision": None, "recall": None, "f1": None, "support": 0}  # listed, not an error; 0/0 is no score
     assert (m["f1_macro"], m["precision_macro"], m["recall_macro"], m["f1_weighted"]) == (1.0, 1.0, 1.0, 1.0)
     # predicted without examples, b counts (F1 0: its one prediction is wrong); c, in neither, is still left out
     m = compute_metrics([0, 0], [0, 1], ["a", "b", "c"])
     assert m["per_class"]["a"]["f1"] == pytest.approx(2 / 3) and m["per_class"]["b"]["f1"] == 0.0
     assert m["f1_macro"] == pytest.approx((2 / 3 + 0) / 2) and m["recall_macro"] == pytest.approx((1 / 2 + 0) / 2)
+    # 0/0 is no score: b's recall (no example); c's precision, recall and F1 (neither an example nor a prediction)
+    assert m["per_class"]["b"] == {"precision": 0.0, "recall": None, "f1": 0.0, "support": 0}
+    assert m["per_class"]["c"] == {"precision": None, "recall": None, "f1": None, "support": 0}
 
 
 def test_multi_label_macro_averages_leave_out_labels_neither_in_gold_nor_predicted():
@@ -44,6 +48,7 @@ def test_multi_label_macro_averages_leave_out_labels_neither_in_gold_nor_predict
     probs = np.array([[0.9, 0.1, 0.1], [0.8, 0.2, 0.1]])  # at 0.5: a right twice, b missed once, c never there
     m = multilabel_metrics(gold, probs, ["a", "b", "c"], threshold=0.5)
     assert m["per_class"]["c"]["support"] == 0 and m["per_class"]["b"]["f1"] == 0.0
+    assert [m["per_class"]["c"][key] for key in ("precision", "recall", "f1", "tp", "fp")] == [None, None, None, 0, 0]
     assert m["f1_macro"] == pytest.approx((1.0 + 0.0) / 2)
 
 
@@ -55,8 +60,10 @@ def test_evaluate_names_the_classes_a_file_has_no_example_of(trained_run, tmp_pa
     assert (f"note: {only_positive} has no example of 1 of the 2 classes (negative); "
             "macro averages are over the classes in its labels or predictions") in result.stderr.splitlines()
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert (metrics["accuracy"], metrics["f1_macro"], metrics["per_class"]["negative"]["support"]) == (1.0, 1.0, 0)
+    assert (metrics["accuracy"], metrics["f1_macro"], metrics["per_class"]["negative"]) == (
+        1.0, 1.0, {"precision": None, "recall": None, "f1": None, "support": 0})
     assert "f1_macro 1.0000" in result.stdout
+    assert re.search(r"negative\s+│\s+—\s+│\s+—\s+│\s+—\s+│\s+0\s", result.stdout), result.stdout
 
 
 

@@ -42,9 +42,8 @@ def compute_metrics(labels: Sequence[int], preds: Sequence[int], names: Sequence
         metrics["loss"] = float(loss)
     metrics.update(averaged_prf(labels, preds, labels=np.union1d(labels, preds).astype(np.int64).tolist()))
     p, r, f, s = precision_recall_fscore_support(labels, preds, labels=ids, average=None, zero_division=0)
-    metrics["per_class"] = {
-        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, name in enumerate(names)
-    }
+    predicted = np.bincount(np.asarray(preds, dtype=np.int64), minlength=len(names))
+    metrics["per_class"] = {name: class_scores(p[i], r[i], f[i], s[i], predicted[i]) for i, name in enumerate(names)}
     metrics["confusion_matrix"] = confusion(labels, preds, names)
     if probs is not None:
         metrics.update(probability_metrics(np.asarray(labels), probs, names))
@@ -185,12 +184,21 @@ def multilabel_metrics(gold: np.ndarray, probs: np.ndarray, names: Sequence[str]
     p, r, f, s = precision_recall_fscore_support(gold, pred, average=None, zero_division=0)
     counts = multilabel_confusion_matrix(gold, pred)  # per label [[tn, fp], [fn, tp]]
     metrics["per_class"] = {
-        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i]),
-               "tp": int(counts[i][1][1]), "fp": int(counts[i][0][1]), "fn": int(counts[i][1][0]), "tn": int(counts[i][0][0])}
+        name: class_scores(p[i], r[i], f[i], s[i], counts[i][0][1] + counts[i][1][1])
+        | {"tp": int(counts[i][1][1]), "fp": int(counts[i][0][1]), "fn": int(counts[i][1][0]), "tn": int(counts[i][0][0])}
         for i, name in enumerate(names)
     }
     metrics["ece"] = reliability(*decisions(gold, probs, threshold))["ece"]
     return metrics
+
+
+def class_scores(precision: float, recall: float, f1: float, support: int, predicted: int) -> dict[str, Any]:
+    """One class's row of `per_class`. A score that is 0/0 is None (null in metrics.json), not 0: recall for a class
+    without examples, and precision and F1 too where the class is never predicted either (the classes the macro
+    averages leave out)."""
+    absent = support == 0 and predicted == 0
+    return {"precision": None if absent else float(precision), "recall": None if support == 0 else float(recall),
+            "f1": None if absent else float(f1), "support": int(support)}
 
 
 def absent_note(metrics: dict[str, Any], where: str) -> str | None:

@@ -271,7 +271,7 @@ def print_report(metrics: dict[str, Any], file: IO[str] | None = None, title: st
     if len(rows) > TABLE_MAX_ROWS:  # stable: label order among equal supports
         rows = sorted(rows, key=lambda row: -row[1]["support"])[:TABLE_MAX_ROWS]
     for name, m in rows:
-        table.add_row(name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(m["support"]))
+        table.add_row(name, *("—" if m[key] is None else f"{m[key]:.4f}" for key in ("precision", "recall", "f1")), str(m["support"]))
     console.print(table)
     hidden = len(metrics["per_class"]) - len(rows)
     if hidden:
