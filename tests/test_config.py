@@ -50,8 +50,10 @@ def test_defaults_and_relative_paths(tmp_path):
         ("data: {train: a.csv, task: multi_label}\ntraining: {tune_threshold: true, threshold: 0.3}\n",
          "training.threshold=0.3 is not used with training.tune_threshold: true, which picks the threshold on validation; set one of them"),
         ("data: {train: a.csv, text_column: off}\n", 'data.text_column: input should be a valid string (got False); YAML reads yes/no, '
-         'on/off and true/false as booleans: quote a text that YAML would read otherwise, e.g. --set \'data.text_column="no"\', '
-         'or text_column: "no" in the file'),
+         'on/off and true/false as booleans: quote a text that YAML would read otherwise, e.g. --set \'data.text_column="off"\', '
+         'or text_column: "off" in the file'),
+        ("data: {train: a.csv, label_column: 007}\n", 'data.label_column: input should be a valid string (got 7); YAML reads an unquoted '
+         'number as a number: quote a text that YAML would read otherwise, e.g. --set \'data.label_column="007"\', or label_column: "007"'),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, text, message):
@@ -158,7 +160,10 @@ def test_tune_threshold_with_the_default_threshold_loads(tmp_path):
     ("data.label_column=yes", "True", "YAML reads yes/no, on/off and true/false as booleans", "yes"),
     ("data.text_pair_column=2024", "2024", "YAML reads an unquoted number as a number", "2024"),
     ("data.label_separator=1.5", "1.5", "YAML reads an unquoted number as a number", "1.5"),
-    ("model.name=~", "None", "YAML reads null, ~ and an empty value as null", "null"),
+    ("model.name=~", "None", "YAML reads null, ~ and an empty value as null", "~"),
+    ("model.name=", "None", "YAML reads null, ~ and an empty value as null", "null"),
+    ("data.text_column=0x1F", "31", "YAML reads an unquoted number as a number", "0x1F"),  # what was typed, not 31
+    ("data.text_column=2024-01-01", "the date 2024-01-01", "YAML reads an unquoted date as a date", "2024-01-01"),
 ])
 def test_a_text_that_yaml_reads_as_another_type_says_to_quote_it(tmp_path, override, got, reading, text):
     config = write(tmp_path, "data: {train: a.csv}\n")
@@ -167,3 +172,13 @@ def test_a_text_that_yaml_reads_as_another_type_says_to_quote_it(tmp_path, overr
     assert_one_line_error(result, f"Error: {key}: input should be a valid string (got {got}); {reading}: quote a text that YAML "
                                   f"would read otherwise, e.g. --set '{key}=\"{text}\"', or {key.split('.')[-1]}: \"{text}\" in the file")
     assert load_config(config, [f'{key}="{text}"', *(["data.task=multi_label"] if key == "data.label_separator" else [])])
+
+
+def test_the_quoting_hint_quotes_what_the_last_setting_typed(tmp_path):
+    config = write(tmp_path, "data: {train: a.csv, text_column: 007, label_column: off}\n")
+    with pytest.raises(ConfigError) as err:  # a mapping --set merges: text_column is still the file's 007
+        load_config(config, ["data={label_column: 010}"])
+    assert 'text_column: "007" in the file' in str(err.value) and 'label_column: "010" in the file' in str(err.value)
+    with pytest.raises(ConfigError) as err:  # a --set that replaces a value replaces what was typed for it
+        load_config(config, ["data.text_column=", "data.label_column=text"])
+    assert str(err.value).endswith('text_column: "null" in the file')

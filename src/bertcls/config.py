@@ -10,10 +10,11 @@ current folder. All are stored absolute.
 from __future__ import annotations
 
 import copy
+import datetime
 import difflib
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -412,13 +413,14 @@ def default_values() -> dict[str, Any]:
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read, override, resolve and validate a config file; raise ConfigError naming what is wrong."""
     path = Path(path)
-    raw = _read_yaml(path)
+    typed: dict[tuple[str, ...], str] = {}
+    raw = _read_yaml(path, typed)
     base = path.resolve().parent
     raw = _resolve_paths(raw, base)
     for item in overrides:
-        key, value = parse_override(item)
+        key, value = parse_override(item, typed)
         merge_override(raw, key, value, Path.cwd())
-    return validate_config(raw)
+    return validate_config(raw, typed)
 
 
 def merge_override(raw: dict[str, Any], key: str, value: Any, base: Path) -> None:
@@ -447,16 +449,18 @@ def model_name_warning(cfg: Config) -> str | None:
             "or model.name: tiny for a smoke test")
 
 
-def validate_config(raw: dict[str, Any]) -> Config:
+def validate_config(raw: dict[str, Any], typed: dict[tuple[str, ...], str] | None = None) -> Config:
+    """`raw` as a Config; a ConfigError naming each problem. `typed`: what was typed for the values YAML read as
+    no text (`007`, `off`), by key path, so that a hint to quote one quotes what was typed."""
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
         errors = exc.errors()
         more = f"; ... and {len(errors) - MAX_ERRORS_SHOWN} more problem(s)" if len(errors) > MAX_ERRORS_SHOWN else ""
-        raise ConfigError("; ".join(_format_error(err) for err in errors[:MAX_ERRORS_SHOWN]) + more) from None
+        raise ConfigError("; ".join(_format_error(err, typed or {}) for err in errors[:MAX_ERRORS_SHOWN]) + more) from None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, typed: dict[tuple[str, ...], str] | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
@@ -466,7 +470,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        raw = load_yaml(text, str(path))
+        raw = load_yaml(text, str(path), typed)
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply to be a config") from None
     except yaml.YAMLError as exc:
@@ -481,8 +485,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def load_yaml(text: str, where: str) -> Any:
-    """yaml.safe_load, refusing aliases that expand past MAX_ALIAS_EXPANSION values or refer to themselves.
+def load_yaml(text: str, where: str, typed: dict[tuple[str, ...], str] | None = None, at: tuple[str, ...] = ()) -> Any:
+    """yaml.safe_load, refusing aliases that expand past MAX_ALIAS_EXPANSION values or refer to themselves. `typed`
+    gets the text of each scalar read as no text (a number, boolean, null or date), by its key path under `at`.
 
     PyYAML builds an aliased value once and shares it, so loading a "billion laughs" file is quick;
     the damage comes later, from anything that walks it whole (an error message quoting it, a
@@ -502,9 +507,22 @@ def load_yaml(text: str, where: str) -> Any:
         if added > MAX_ALIAS_EXPANSION:
             raise ConfigError(f"{where}: its aliases (*name) repeat more than {MAX_ALIAS_EXPANSION:,} values "
                               "(nested aliases, a \"billion laughs\"?); write the values out instead")
+        if typed is not None:
+            typed.update(_untexted_scalars(node, at))
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+def _untexted_scalars(node: yaml.Node, path: tuple[str, ...]) -> dict[tuple[str, ...], str]:
+    """The scalars under `node` that YAML reads as no text (`007`, `off`, `~`, `2024-01-01`): their text, by key path."""
+    if isinstance(node, yaml.ScalarNode):
+        return {} if node.tag == "tag:yaml.org,2002:str" else {path: node.value}
+    pairs = node.value if isinstance(node, yaml.MappingNode) else enumerate(node.value)
+    found: dict[tuple[str, ...], str] = {}
+    for key, child in pairs:
+        found.update(_untexted_scalars(child, (*path, str(getattr(key, "value", key)))))
+    return found
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int | None]) -> int:
@@ -554,19 +572,34 @@ def _distinct_nodes(node: yaml.Node) -> dict[int, yaml.Node]:
     return seen
 
 
-def parse_override(item: str) -> tuple[str, Any]:
-    """`training.epochs=1` -> ("training.epochs", 1); the value is read as YAML, like the file."""
+def parse_override(item: str, typed: dict[tuple[str, ...], str] | None = None) -> tuple[str, Any]:
+    """`training.epochs=1` -> ("training.epochs", 1); the value is read as YAML, like the file (`typed`: as load_yaml's)."""
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep and key and " " not in key:
         raise ConfigError(f"--set {item}: no value; write --set {key}=VALUE, with `=` and no spaces")
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {shown(item)}: expected KEY=VALUE with a dotted key, e.g. --set training.epochs=1")
+    path, found = tuple(key.split(".")), {}
     try:
-        value = load_yaml(text, f"--set {clipped(key)}") if text.strip() else None
+        value = load_yaml(text, f"--set {clipped(key)}", found, path) if text.strip() else None
     except (yaml.YAMLError, RecursionError):
         value = text
+    if typed is not None:  # forget what was typed for the values this replaces (a mapping merges: those it names)
+        for leaf in _leaves(value, path):
+            for stale in [known for known in typed if known[: len(leaf)] == leaf]:
+                del typed[stale]
+        typed.update(found)
     return key, value
+
+
+def _leaves(value: Any, path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    """The key paths a `--set` of `value` at `path` replaces: `path` itself, or for a mapping (which merges) each of its leaves."""
+    if not isinstance(value, dict):
+        yield path
+        return
+    for key, sub in value.items():
+        yield from _leaves(sub, (*path, str(key)))
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -625,7 +658,7 @@ def _resolve_path_value(key: str, value: Any, base: Path) -> Any:
     return str(resolved) if looks_local else value
 
 
-def _format_error(err: dict[str, Any]) -> str:
+def _format_error(err: dict[str, Any], typed: dict[tuple[str, ...], str] | None = None) -> str:
     loc = [str(part) for part in err["loc"]]
     key = clipped(".".join(loc)) or "config"
     if err["type"] == "extra_forbidden":
@@ -637,19 +670,23 @@ def _format_error(err: dict[str, Any]) -> str:
     given = err.get("input")
     if err["type"] == "model_type":  # a section given as a value: `--set model=null`, `data: train.csv`
         return f"{key}: a section of keys (got {shown(given)}); set its keys, e.g. --set {key}.KEY=VALUE, or {key}: {{KEY: VALUE}} in the file"
-    problem = f"{key}: {err['msg'].lower()} (got {shown(given) if not isinstance(given, dict) else 'a mapping'})"
-    if err["type"] == "string_type" and (given is None or isinstance(given, (bool, int, float))):
+    got = "a mapping" if isinstance(given, dict) else f"the date {given}" if isinstance(given, datetime.date) else shown(given)
+    problem = f"{key}: {err['msg'].lower()} (got {got})"
+    if err["type"] == "string_type" and (given is None or isinstance(given, (bool, int, float, datetime.date))):
         reading, text = _yaml_reading(given)
+        text = (typed or {}).get(tuple(loc), text).strip() or text  # quote what was typed: `007`, not YAML's 7
         return f"{problem}; {reading}: quote a text that YAML would read otherwise, e.g. --set '{key}=\"{text}\"', or {loc[-1]}: \"{text}\" in the file"
     return problem
 
 
-def _yaml_reading(value: None | bool | int | float) -> tuple[str, str]:
+def _yaml_reading(value: None | bool | int | float | datetime.date) -> tuple[str, str]:
     """What YAML made of an unquoted value meant as text, and a text it may have been (for the example)."""
     if value is None:
         return "YAML reads null, ~ and an empty value as null", "null"
     if isinstance(value, bool):
         return "YAML reads yes/no, on/off and true/false as booleans", "yes" if value else "no"
+    if isinstance(value, datetime.date):
+        return "YAML reads an unquoted date as a date", value.isoformat()
     return "YAML reads an unquoted number as a number", str(value)
 
 
