@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -109,6 +110,10 @@ def test_output_may_not_overwrite_the_input(tmp_path):
     source = write_csv(tmp_path / "in.csv", [("a", "b")])
     with pytest.raises(DataError, match="is the input file"):
         predict_file(CountingPredictor(), source, source, text_column="text", progress=False)
+    os.link(source, tmp_path / "IN.csv")  # the input by another name: a hard link, or another case on macOS
+    with pytest.raises(DataError, match="is the input file"):
+        predict_file(CountingPredictor(), source, tmp_path / "IN.csv", text_column="text", progress=False, overwrite=True)
+    assert (tmp_path / "IN.csv").read_text() == source.read_text()
 
 
 
@@ -141,7 +146,7 @@ def test_a_file_made_at_the_output_while_predicting_is_kept(tmp_path):
 
 
 @pytest.mark.parametrize("inside", ["log.jsonl", "reports/test/predictions.csv", "model/predictions.csv", "CHECKPOINT/predictions.csv",
-                                    "LINK/log.jsonl"])
+                                    "LINK/log.jsonl", "LOG.JSONL", "Reports/test/predictions.csv"])  # no case: as on macOS
 def test_a_runs_own_files_are_never_written_over_even_with_overwrite(tmp_path, trained_run, inside):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

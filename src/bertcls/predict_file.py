@@ -46,7 +46,7 @@ def check_output(source: Path, output: Path, *, overwrite: bool = False, model: 
     if output.is_dir():
         raise DataError(f"--output {output} is a folder; give a file name")
     file_format(output, "--output")
-    if output.resolve() == Path(source).resolve():
+    if output.resolve() == Path(source).resolve() or (output.exists() and os.path.samefile(output, source)):
         raise DataError(f"--output {output} is the input file; write the predictions somewhere else")
     atomic.check_folder_path(output.parent, f"--output {output}: its folder")
     # A link at --output itself is replaced by the new file, not written through; links above it are followed.

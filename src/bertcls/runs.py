@@ -420,21 +420,23 @@ def in_model_folder(real: Path, model: str | Path | None) -> bool:
     if model is None or not (Path(model) / "config.json").is_file():
         return False
     folder = Path(os.path.realpath(model))
-    return real == folder or folder in real.parents
+    # samefile too: on a case-insensitive file system (macOS, Windows) RUN/MODEL is RUN/model, though no path says so
+    return any(place == folder or (place.exists() and os.path.samefile(place, folder)) for place in (real, *real.parents))
 
 
 def run_file(path: Path) -> tuple[Path, str] | None:
     """(the folder, `path`'s name there) when `path` (links resolved) is a file bertcls keeps in a folder of its own:
     in a run, one of the names the run writes (RUN_FILES, its checkpoints, bertcls's own files) or anything
-    under them, whether written yet or not; in a run's or a search's folder, a file its record lists."""
+    under them, whether written yet or not; in a run's or a search's folder, a file its record lists. Names compare
+    without case, as a case-insensitive file system (macOS, Windows) would: there LOG.JSONL is log.jsonl."""
     for folder in path.parents:
         name = path.relative_to(folder).as_posix()
-        top = name.split("/")[0]
-        if is_run(folder) and (top in (*RUN_FILES, *OWN_FILES) or top.startswith(CHECKPOINT_PREFIX)):
+        top = name.split("/")[0].casefold()
+        if is_run(folder) and (top in {own.casefold() for own in (*RUN_FILES, *OWN_FILES)} or top.startswith(CHECKPOINT_PREFIX)):
             return folder, name
         if (folder / SEARCH_FILE).is_file() and top.startswith(TRIAL_PREFIX):  # a trial's run folder, or one to come
             return folder, name
-        if (folder / RECORD_FILE).is_file() and name in _listed(folder):
+        if (folder / RECORD_FILE).is_file() and name.casefold() in {listed.casefold() for listed in _listed(folder)}:
             return folder, name
     return None
 
