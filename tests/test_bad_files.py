@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from bertcls import atomic, runlock, runs
 from bertcls.cli import app
-from bertcls.errors import WriteError
+from bertcls.errors import DataError, WriteError
 from conftest import assert_one_line_error, make_config, toy_rows, write_csv
 
 runner = CliRunner()
@@ -206,9 +206,13 @@ def test_integral_decimal_labels_read_as_text_are_integers(tmp_path):
     split = read_split(str(mixed), DataConfig(train="x.csv"), "train")
     assert split.labels == ["1", "1", "cat", "2", "2", "1.5", "-3"]
     assert LabelMap.from_values(split.labels).names == ("-3", "1", "1.5", "2", "cat")
-    numeric = tmp_path / "numeric.csv"  # all numbers: pandas reads floats, which were always integers
-    numeric.write_text("text,label\na,1\nb,1.0\nc,2\n")
-    assert read_split(str(numeric), DataConfig(train="x.csv"), "train").labels == [1, 1, 2]
+    numeric = tmp_path / "numeric.csv"  # all numbers: read as written, each integral one as its integer
+    numeric.write_text("text,label\na,1\nb,1.0\nc,2\nd,010\n")
+    assert read_split(str(numeric), DataConfig(train="x.csv"), "train").labels == ["1", "1", "2", "010"]
+    fractions = tmp_path / "fractions.csv"  # numbers only, some not whole: scores, not labels
+    fractions.write_text("text,label\na,1\nb,0.5\n")
+    with pytest.raises(DataError, match="holds fractional numbers; labels must be names or integers"):
+        read_split(str(fractions), DataConfig(train="x.csv"), "train")
     tags = tmp_path / "tags.csv"
     tags.write_text("text,labels\na,1.0;x\nb,2\n")
     cfg = DataConfig(train="x.csv", label_column="labels", task="multi_label")
@@ -433,3 +437,16 @@ def test_evaluate_output_on_a_full_disk(small_disk, trained_run):
     assert last.startswith(f"Error: {small_disk / 'eval'}/") and last.endswith(": No space left on device; free space on its disk"), last
     assert "Traceback" not in result.output
     assert not list((small_disk / "eval").glob(".*")), "temporary files left behind"
+
+
+def test_csv_values_are_read_as_written_in_every_chunk(tmp_path):
+    """pandas guesses a column's type per 10,000 rows: "01" was text where a chunk also held "x", and 1 after."""
+    from bertcls.config import DataConfig
+    from bertcls.data import LabelMap, read_split
+
+    rows = [(f"{i:05d}", "x" if i == 0 else f"0{1 + i % 2}") for i in range(10_060)]
+    path = tmp_path / "codes.csv"
+    path.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in rows))
+    split = read_split(str(path), DataConfig(train="x.csv"), "train")
+    assert split.texts[-1] == "10059" and split.texts[1] == "00001"
+    assert LabelMap.from_values(split.labels).names == ("01", "02", "x")

@@ -40,7 +40,7 @@ def test_tsv_text_that_starts_with_a_quote_stays_intact(tmp_path):
     path = tmp_path / "d.tsv"
     path.write_text('text\tlabel\n"opens a quote\t1\nnext row\t0\n', encoding="utf-8")
     split = read_split(str(path), cfg(path), "train")
-    assert split.texts == ['"opens a quote', "next row"] and split.labels == [1, 0]
+    assert split.texts == ['"opens a quote', "next row"] and split.labels == ["1", "0"]
 
 
 def test_csv_with_bom_crlf_and_embedded_newline(tmp_path):

@@ -75,15 +75,17 @@ def read_table(source: str, split: str = "train"):
         path.open("rb").close()
     except OSError as exc:
         raise DataError(f"{path}: cannot read it ({exc.strerror}); check its permissions") from None
-    quoting = check_fields(path, kind) if kind in ("csv", "tsv") else None
+    quoting, header = check_fields(path, kind) if kind in ("csv", "tsv") else (None, [])
     problem = duplicate_columns(_parquet_columns(path)) if kind == "parquet" else None
     if problem:
         raise DataError(f"{path}: {problem}")
+    as_written = {column: str for column in range(len(header))}
     builder, options = {
-        # keep_default_na=False: the text "NA" or "null" is a text, not a missing value.
-        "csv": ("csv", {"keep_default_na": False, "encoding": "utf-8-sig"}),
+        # keep_default_na=False: the text "NA" or "null" is a text, not a missing value. Every column read as text,
+        # as written: "007" stays 007, not 7, and alike in every chunk (pandas guesses types per 10,000 rows).
+        "csv": ("csv", {"keep_default_na": False, "converters": as_written, "encoding": "utf-8-sig"}),
         # TSV: GLUE-style (quote characters are text) or csv-quoted, as bertcls.tsv finds this file written.
-        "tsv": ("csv", {"sep": "\t", "quoting": quoting, "keep_default_na": False, "encoding": "utf-8-sig"}),
+        "tsv": ("csv", {"sep": "\t", "quoting": quoting, "keep_default_na": False, "converters": as_written, "encoding": "utf-8-sig"}),
         "json": ("json", {}),
         "jsonl": ("json", {}),
         "parquet": ("parquet", {}),
@@ -203,6 +205,8 @@ def sorted_names(values: set[Any]) -> tuple[str, ...]:
     return tuple(sorted({str(v) for v in values}))  # labels compare as text: 1 and "1" are one label
 
 
+# A number written in decimal (csv/tsv labels are read as text): 0.5, -2, 1.0, .5, 3e-2.
+DECIMAL_TEXT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 # An integer as str(int) writes it: "007", "+7" and "-0" stay names.
 INTEGER_TEXT = re.compile(r"0|-?[1-9][0-9]*")
 
@@ -279,7 +283,10 @@ def _checked_labels(values: list[Any], where: str, column: str) -> list[Any]:
         raise DataError(f"{where}: {len(bad)} missing label(s) in column {column!r} (data rows {_rows(bad)}); label them or remove those rows")
     if any(isinstance(v, (list, dict)) for v in values):
         raise DataError(f"{where}: column {column!r} holds lists or objects; single-label classification needs one label per row; for several labels per row set data.task: multi_label")
-    if any(isinstance(v, float) and not v.is_integer() for v in values):
+    # fractions: numbers (json, parquet), or a csv/tsv column (read as text) of numbers only, some not whole
+    numbers = [float(v) if isinstance(v, str) and DECIMAL_TEXT.fullmatch(v.strip()) else v for v in values]
+    if any(isinstance(v, float) and not v.is_integer() for v in values) or (
+            all(isinstance(v, float) for v in numbers) and any(not v.is_integer() for v in numbers)):
         raise DataError(f"{where}: column {column!r} holds fractional numbers; labels must be names or integers")
     flags = [i for i, v in enumerate(values) if isinstance(v, bool)]
     if flags and len(flags) < len(values):

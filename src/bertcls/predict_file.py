@@ -78,7 +78,7 @@ def read_chunks(path: Path, chunk_rows: int = CHUNK_ROWS, on_bytes=None) -> Iter
         else:
             # Checked whole first, as training checks it: a ragged row or an unclosed quote would shift or merge rows.
             # A tsv as in training: GLUE-style (quote characters are text) or csv-quoted, as bertcls.tsv finds it.
-            read_with = tsv.check_fields(path, kind)
+            read_with, _ = tsv.check_fields(path, kind)
             options = {"delimiter": "\t", "quoting": read_with} if kind == "tsv" else {}
             csv.field_size_limit(FIELD_SIZE_LIMIT)
             rows = csv.DictReader(text, **options)

@@ -82,11 +82,11 @@ TSV_TAB_FIX = ('a text that holds a tab must be in quotes, with quotes inside do
                'as pandas to_csv(sep="\\t") and the csv module write it')
 
 
-def check_fields(path: Path, kind: str) -> int:
+def check_fields(path: Path, kind: str) -> tuple[int, list[str]]:
     """Every row of a csv/tsv file has as many fields as its header: pandas would otherwise read an
     extra field as an index column and shift every value, or fill a missing one with null.
 
-    Returns the csv quoting the file is read with (a TSV's, as `bertcls.tsv.quoting` finds it)."""
+    Returns the csv quoting the file is read with (a TSV's, as `bertcls.tsv.quoting` finds it), and the header."""
     delimiter, read_with = (",", csv.QUOTE_MINIMAL) if kind == "csv" else ("\t", quoting(path))
     csv.field_size_limit(2**31 - 1)  # long texts are texts, not an error (the default limit is 128 KiB)
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
@@ -106,7 +106,7 @@ def check_fields(path: Path, kind: str) -> int:
             fix = ("quote texts that hold commas (\"like, this\")" if kind == "csv" else TSV_TAB_FIX) \
                 if len(row) > len(header) else "fill in the missing field(s)"
             raise DataError(f"{path}: line {start} has {len(row)} field(s) but the header has {len(header)}; {fix}")
-    return read_with
+    return read_with, header
 
 
 def duplicate_columns(header: Sequence[str]) -> str | None:
