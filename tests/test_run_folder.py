@@ -88,6 +88,20 @@ def test_a_folder_that_is_not_a_bertcls_run_is_refused(tmp_path, toy_data):
     assert snapshot(theirs) == before
 
 
+def test_a_search_folder_is_refused_as_a_training_run(tmp_path, toy_data):
+    search = tmp_path / "search"  # what `bertcls tune` writes: its record, tune.json, its trials
+    (search / "trial-0").mkdir(parents=True)
+    (search / runs.RECORD_FILE).write_text('{"written_by": "bertcls", "files": ["tune.json"]}')
+    (search / runs.SEARCH_FILE).write_text("{}")
+    config = str(make_config(tmp_path, toy_data, output_dir=str(search)))
+    before = snapshot(search)
+    line = (f"Error: output_dir {search} is the folder of a bertcls tune search, which holds its trials; "
+            "choose another output_dir (bertcls tune continues a search)\n")
+    assert_one_line_error(runner.invoke(app, ["train", config]), line)
+    assert_one_line_error(runner.invoke(app, ["train", config, "--overwrite"]), line)
+    assert snapshot(search) == before
+
+
 def test_a_run_by_an_older_bertcls_is_refused_not_cleared(tmp_path, toy_data):
     old = tmp_path / "run"  # what bertcls wrote before it kept a record: nothing says which files are its own
     (old / "model").mkdir(parents=True)

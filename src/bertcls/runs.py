@@ -269,9 +269,13 @@ def is_finished(run: Path) -> bool:
 
 def check_output_dir(run: Path, inputs: dict[str, str]) -> None:
     """Refuse, before anything is written, an output_dir that is a file, that is or holds an input of
-    the run (`inputs`: the key naming it -> its path), or that another bertcls train is writing to."""
+    the run (`inputs`: the key naming it -> its path), that is a search's folder (`bertcls tune`), or that another
+    bertcls train is writing to."""
     run = Path(run)
     check_folder_path(run, "output_dir")
+    if (run / SEARCH_FILE).is_file():
+        raise RunError(f"output_dir {run} is the folder of a bertcls tune search, which holds its trials; "
+                       "choose another output_dir (bertcls tune continues a search)")
     here = Path(os.path.realpath(run))
     found: dict[str, list[str]] = {"is": [], "holds": []}
     for key, path in inputs.items():
