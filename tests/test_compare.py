@@ -110,3 +110,11 @@ def test_a_search_folder_lists_its_trials(trained_run, tmp_path):
     # among other runs, a search is one row that says what it is, not a run that never started
     assert [(row["name"], row["status"], row["detail"]) for row in _rows(str(tmp_path))] == [
         ("search", "search", f"1 run(s) in it; bertcls runs {search} lists them")]
+
+
+def test_a_nan_metric_sorts_with_the_missing_and_leaves_the_order_right():
+    from bertcls.compare import Row, sort_rows
+
+    scores = {"a": 0.90, "b": float("nan"), "c": 0.95, "d": 0.70, "e": float("inf"), "f": None}
+    rows = [Row(name, name, "finished", validation={"accuracy": value}) for name, value in scores.items()]
+    assert [row.name for row in sort_rows(rows, "accuracy")] == ["c", "a", "d", "b", "e", "f"]

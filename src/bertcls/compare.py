@@ -9,6 +9,7 @@ says so: listing never fails over one folder.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -47,7 +48,8 @@ class Row:
             return getattr(self, key)
         split, _, metric = key.rpartition(".")
         value = (self.test if split == "test" else self.validation).get(metric)
-        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        # NaN or inf (a hand-edited or foreign metrics.json) sorts with the missing: NaN compares false both ways
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
 def list_runs(folder: Path) -> list[Row]:
