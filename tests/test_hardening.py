@@ -122,7 +122,7 @@ def test_missing_and_odd_data_paths(tmp_path, toy_data):
     config = str(make_config(tmp_path, toy_data))
     assert_one_line_error(runner.invoke(app, ["train", config, "--set", f"data.train={tmp_path / 'nope.csv'}"]), "nope.csv: no such file")
     (tmp_path / "folder.csv").mkdir()
-    assert_one_line_error(runner.invoke(app, ["train", config, "--set", f"data.train={tmp_path / 'folder.csv'}"]), "folder.csv: not a file")
+    assert_one_line_error(runner.invoke(app, ["train", config, "--set", f"data.train={tmp_path / 'folder.csv'}"]), "folder.csv: a folder, not a data file; give the csv, tsv, json, jsonl or parquet file itself")
     assert_one_line_error(runner.invoke(app, ["train", config, "--set", "data.train=nosuchdataset"]),
                           "nosuchdataset: not a local file, and a hub dataset not in the local Hugging Face cache, and "
                           "HF_HUB_OFFLINE is set, so it was not downloaded; give a local file, or unset HF_HUB_OFFLINE to download it")

@@ -62,6 +62,9 @@ def read_table(source: str, split: str = "train"):
             raise DataError(f"{source}: not a local file, and not a hub dataset that could be loaded ({first_line(exc)})") from None
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a data file; give the csv, tsv, json, jsonl or parquet file itself "
+                        "(for a dataset saved as a folder of files, name its train and validation files)")
     if not path.is_file():
         raise DataError(f"{path}: not a file")
     from bertcls.config import DATA_EXTENSIONS
