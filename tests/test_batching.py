@@ -1,6 +1,7 @@
 """The Batcher: requests merged into model batches, each answered in its order, one failure kept to its request."""
 
 import asyncio
+import threading
 
 from bertcls.batching import Batcher
 from bertcls.predict import Prediction
@@ -90,3 +91,32 @@ def test_a_bug_in_batching_fails_the_batch_not_the_server():
 
     failed, later = asyncio.run(scenario())
     assert isinstance(failed, ValueError) and [r.label for r in later] == ["x"]
+
+
+def test_a_request_that_waited_while_a_batch_ran_does_not_wait_again():
+    # max_wait_s counts from the oldest request's arrival: "b" waits it out behind a running batch, so the next batch
+    # takes "b" at once. Counted from when that batch started, "b" would wait again, and "c", sent the moment the
+    # first batch is answered, would join it.
+    running, release, calls = threading.Event(), threading.Event(), []
+
+    def predict(texts, pairs):
+        calls.append(list(texts))
+        running.set()
+        release.wait(30)
+        return fake_predict(texts, pairs)
+
+    async def scenario():
+        batcher = Batcher(predict, max_batch_size=2, max_wait_s=0.3)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(["a1", "a2"]))  # a full batch: runs at once
+        await asyncio.to_thread(running.wait, 30)
+        b = asyncio.create_task(batcher.submit(["b"]))
+        await asyncio.sleep(0.6)  # twice max_wait_s, while the model still runs the first batch
+        release.set()
+        await first
+        c = asyncio.create_task(batcher.submit(["c"]))
+        await asyncio.gather(b, c)
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert calls == [["a1", "a2"], ["b"], ["c"]]

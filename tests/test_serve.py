@@ -149,6 +149,8 @@ def test_a_model_failure_is_a_500_with_a_message(make_client, predictor):
 
 
 TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
+LONG_NUMBER = "9" * 5000  # json.loads refuses integers of over sys.get_int_max_str_digits() digits
+NON_STRINGS = b'{"texts": [' + b",".join([b"1"] * 500_000) + b"]}"  # just under 1 MiB
 
 
 @pytest.mark.parametrize("body,status,detail", [
@@ -162,7 +164,12 @@ TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
     (b'{"texts": "one text"}', 422, "texts: Input should be a valid list"),
     (b'{"texts": ["ok", 5]}', 422, "texts[1]: Input should be a valid string"),
     (b'{"text": ["ok"]}', 422, "text: unknown field (the fields are texts, pairs, top_k)"),
+    (f'{{"texts": ["a"], "top_k": {LONG_NUMBER}}}'.encode(), 400, f"the body is not valid JSON (a number of over {sys.get_int_max_str_digits()} digits)"),
+    (f'{{"texts": ["a", {LONG_NUMBER}]}}'.encode(), 400, f"the body is not valid JSON (a number of over {sys.get_int_max_str_digits()} digits)"),
     (json.dumps({"texts": ["x"] * 257}).encode(), 422, "texts: 257 texts in one request; send at most 256 per request"),
+    (json.dumps({"texts": [1] * 257}).encode(), 422, "texts: 257 texts in one request; send at most 256 per request"),
+    (NON_STRINGS, 422, "texts: 500000 texts in one request; send at most 256 per request"),
+    (json.dumps({"texts": ["a"], "pairs": [1] * 257}).encode(), 422, "pairs: 257 pairs in one request; send at most 256 per request"),
     (json.dumps({"texts": ["a", "b"], "pairs": ["p"]}).encode(), 422, "pairs: 1 pair(s) for 2 text(s); give one pair per text"),
     (json.dumps({"texts": ["a"], "pairs": ["b"]}).encode(), 422,
      "pairs: the model was trained on single texts (column 'text'), not pairs; drop \"pairs\""),
@@ -170,13 +177,24 @@ TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
     (json.dumps({"texts": ["a"], "top_k": 3}).encode(), 422, "top_k: 3 is more than the model's 2 labels; use 1 to 2"),
     (json.dumps({"texts": ["a"], "top_k": "2"}).encode(), 422, "top_k: Input should be a valid integer"),
     (json.dumps({"texts": ["a" * (1 << 20)]}).encode(), 413, "the body is over 1,048,576 bytes"),
-], ids=["malformed", "not-utf8", "too-deep", "not-object", "null", "lone-surrogate", "empty", "string", "non-string", "unknown-field", "too-many",
+], ids=["malformed", "not-utf8", "too-deep", "not-object", "null", "lone-surrogate", "empty", "string", "non-string", "unknown-field",
+        "long-number-top_k", "long-number-text", "too-many", "too-many-non-strings", "half-a-million-non-strings", "too-many-pairs",
         "pairs-length", "pairs-to-single-text-model", "top_k-0", "top_k-above", "top_k-string", "too-large"])
 def test_bad_requests_get_a_4xx_naming_the_problem(client, body, status, detail):
     answer = client.post("/predict", content=body, headers={"Content-Type": "application/json"})
     assert answer.status_code == status, answer.text
     assert answer.headers["content-type"] == "application/json"
     assert detail in answer.json()["detail"] and "\n" not in answer.json()["detail"]
+
+
+@pytest.mark.parametrize("body,detail", [
+    ({"texts": ["ok"] + [1] * 99_999}, "texts[1]: Input should be a valid string"),
+    ({"texts": ["ok"], **{f"field{i}": 0 for i in range(50_000)}}, "field0: unknown field (the fields are texts, pairs, top_k)"),
+], ids=["non-strings", "unknown-fields"])
+def test_a_request_full_of_mistakes_names_the_first(make_client, body, detail):
+    # One error, not one per item or key: pydantic building each held the event loop (and every other request) for seconds.
+    answer = ready(make_client(max_texts=100_000)).post("/predict", json=body)
+    assert answer.status_code == 422 and answer.json()["detail"] == detail
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read(make_client):
@@ -207,15 +225,30 @@ def test_metrics_count_requests_texts_and_truncation(client):
     assert client.post("/predict", json={"texts": ["great", "awful"]}).status_code == 200
     assert client.post("/predict", json={"texts": [" ".join(["word"] * 50)]}).status_code == 200  # over max_length 32
     assert client.post("/predict", json={"texts": []}).status_code == 422
+    assert client.post("/predict", content=f'{{"texts": ["a"], "top_k": {LONG_NUMBER}}}').status_code == 400
     assert client.get("/nowhere").status_code == 404
+    assert client.get("/redoc").status_code == 200 and client.get("/docs/oauth2-redirect").status_code == 200
     assert metric(client, "bertcls_requests_total", endpoint="/predict", status="200") == 2
     assert metric(client, "bertcls_requests_total", endpoint="/predict", status="422") == 1
+    assert metric(client, "bertcls_requests_total", endpoint="/predict", status="400") == 1  # not a 500
     assert metric(client, "bertcls_requests_total", endpoint="other", status="404") == 1
-    assert metric(client, "bertcls_request_seconds_count", endpoint="/predict") == 3
+    assert metric(client, "bertcls_requests_total", endpoint="/redoc", status="200") == 1
+    assert metric(client, "bertcls_requests_total", endpoint="/docs/oauth2-redirect", status="200") == 1
+    assert metric(client, "bertcls_request_seconds_count", endpoint="/predict") == 4
     assert metric(client, "bertcls_texts_total") == 3
     assert metric(client, "bertcls_texts_truncated_total") == 1
     assert metric(client, "bertcls_batch_size_count") == 2
     assert metric(client, "bertcls_queue_depth") == 0
+
+
+def test_every_route_is_counted_by_its_name(client):
+    assert {route.path for route in client.app.routes} == set(serve.ENDPOINTS)
+
+
+@pytest.mark.parametrize("path", ["/", "/health", "/ready"])
+def test_uptime_monitors_can_probe_with_head(client, path):
+    answer = client.head(path)
+    assert answer.status_code == 200 and answer.content == b""
 
 
 def test_ready_only_once_the_model_is_loaded(make_client, predictor):
@@ -227,6 +260,7 @@ def test_ready_only_once_the_model_is_loaded(make_client, predictor):
 
     client = make_client(load=slow_load)
     assert client.get("/health").json() == {"status": "ok"}
+    assert client.head("/ready").status_code == 503
     for endpoint in ("/ready", "/info"):
         answer = client.get(endpoint)
         assert answer.status_code == 503 and answer.json()["detail"].startswith("the model is still loading")

@@ -22,13 +22,14 @@ class _Job:
     texts: list[str]
     pairs: list[str] | None
     future: asyncio.Future
+    arrived: float  # the event loop's clock at submit
 
 
 class Batcher:
     """Merges the requests waiting for the model into batches and runs them in one model thread.
 
     A batch starts with the oldest waiting request and takes the requests behind it while it holds at
-    most `max_batch_size` texts, waiting up to `max_wait_s` after it started for more to arrive (a request
+    most `max_batch_size` texts, waiting for more to arrive until `max_wait_s` after the oldest arrived (a request
     larger than `max_batch_size` runs alone). Texts with pairs and texts without run as separate model calls.
     """
 
@@ -57,8 +58,9 @@ class Batcher:
 
     async def submit(self, texts: list[str], pairs: list[str] | None = None) -> list:
         """The predictions for `texts`, in their order, once their batch has run."""
-        future = asyncio.get_running_loop().create_future()
-        self.waiting.append(_Job(texts, pairs, future))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.waiting.append(_Job(texts, pairs, future, loop.time()))
         self._arrived.set()
         return await future
 
@@ -79,14 +81,19 @@ class Batcher:
                         job.future.set_exception(exc)
 
     async def _collect(self) -> list[_Job] | None:
-        """The next batch: wait for a first request, then for more until the batch is full or max_wait_s passed.
-        None once closing with nothing left."""
-        while not self.waiting:
+        """The next batch: wait for a first request, then for more until the batch is full or max_wait_s has passed
+        since the oldest arrived. None once closing with nothing left."""
+        while True:
+            while self.waiting and self.waiting[0].future.done():  # its client left: it waits for nothing
+                self.waiting.popleft()
+            if self.waiting:
+                break
             if self._closing:
                 return None
             self._arrived.clear()
             await self._arrived.wait()
-        deadline = asyncio.get_running_loop().time() + self.max_wait_s
+        # From its arrival, not from now: a request that waited while the last batch ran does not wait again.
+        deadline = self.waiting[0].arrived + self.max_wait_s
         while self._size() < self.max_batch_size and not self._closing:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:

@@ -8,7 +8,7 @@ Out: `{"predictions": [...]}`, one `Prediction.record` per text in input order (
 (Prometheus), `/docs` (OpenAPI), and a page at `/` to try the model.
 
 Requests that arrive together are merged (`bertcls.batching`): up to max_batch_size texts, waiting at
-most max_wait_ms after the first, run by one model thread off the event loop; each request gets its
+most max_wait_ms after the first arrived, run by one model thread off the event loop; each request gets its
 own predictions back. Every request is checked before it is queued, so a bad one fails alone with a
 4xx and a one-line JSON `detail`; if the model fails on a merged batch, each request in it is retried
 alone and only those that fail alone get a 500.
@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -53,7 +54,8 @@ GRACE_S = 30
 # uvicorn --workers > 1 starts fresh processes, which rebuild the app from these options (JSON).
 OPTIONS_ENV = "BERTCLS_SERVE_OPTIONS"
 PAGE = "serve_page.html"  # in this package
-ENDPOINTS = ("/", "/predict", "/health", "/ready", "/info", "/metrics", "/docs", "/openapi.json")
+# Every route of the app: the request metrics count each by name, and any other path as "other".
+ENDPOINTS = ("/", "/predict", "/health", "/ready", "/info", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 
 
 @dataclass
@@ -77,8 +79,9 @@ class PredictRequest(BaseModel):
     """The body of POST /predict."""
 
     model_config = ConfigDict(extra="forbid")
-    texts: list[StrictStr] = Field(min_length=1, description="The texts to classify (at most --max-texts per request).")
-    pairs: list[StrictStr] | None = Field(None, description="Sentence-pair models: the second segment, one per text.")
+    # fail_fast: stop at the first bad item, so a list of non-strings costs one error, not one per item.
+    texts: list[StrictStr] = Field(min_length=1, fail_fast=True, description="The texts to classify (at most --max-texts per request).")
+    pairs: list[StrictStr] | None = Field(None, fail_fast=True, description="Sentence-pair models: the second segment, one per text.")
     top_k: StrictInt | None = Field(None, ge=1, description="Also give the K most probable labels (1 to the number of labels).")
 
 
@@ -112,15 +115,21 @@ def parse_request(body: bytes, options: ServeOptions, n_labels: int) -> PredictR
         raise HTTPException(400, f"the body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except RecursionError:
         raise HTTPException(400, "the body is JSON nested too deeply; send {\"texts\": [\"...\"]}") from None
+    except ValueError:  # json's only other error: an integer longer than Python converts
+        raise HTTPException(400, f"the body is not valid JSON (a number of over {sys.get_int_max_str_digits()} digits)") from None
     if not isinstance(raw, dict):
         kind = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(raw), "null")
         raise HTTPException(422, f"the body is a JSON {kind}; send an object like {{\"texts\": [\"...\"]}}")
+    # Before pydantic, which reports every unknown key: a body of them would hold the event loop.
+    if unknown := [key for key in raw if key not in PredictRequest.model_fields]:
+        raise HTTPException(422, f"{unknown[0]}: unknown field (the fields are {', '.join(PredictRequest.model_fields)})")
+    for name in ("texts", "pairs"):
+        if isinstance(raw.get(name), list) and len(raw[name]) > options.max_texts:
+            raise HTTPException(422, f"{name}: {len(raw[name])} {name} in one request; send at most {options.max_texts} per request")
     try:
         request = PredictRequest.model_validate(raw)
     except ValidationError as exc:
         raise HTTPException(422, "; ".join(_describe(error) for error in exc.errors()[:3])) from None
-    if len(request.texts) > options.max_texts:
-        raise HTTPException(422, f"texts: {len(request.texts)} texts in one request; send at most {options.max_texts} per request")
     if request.pairs is not None and len(request.pairs) != len(request.texts):
         raise HTTPException(422, f"pairs: {len(request.pairs)} pair(s) for {len(request.texts)} text(s); give one pair per text")
     if request.top_k is not None and request.top_k > n_labels:
@@ -135,8 +144,6 @@ def parse_request(body: bytes, options: ServeOptions, n_labels: int) -> PredictR
 def _describe(error: dict) -> str:
     """A pydantic error as `texts[2]: Input should be a valid string`."""
     where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".") or "the body"
-    if error["type"] == "extra_forbidden":
-        return f"{where}: unknown field (the fields are {', '.join(PredictRequest.model_fields)})"
     return f"{where}: {error['msg']}"
 
 
@@ -175,9 +182,10 @@ class Metrics:
         self.requests = Counter("bertcls_requests", "HTTP requests answered, by endpoint and status code", ["endpoint", "status"], registry=r)
         self.latency = Histogram("bertcls_request_seconds", "Time to answer an HTTP request, by endpoint", ["endpoint"], registry=r,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.batch_size = Histogram("bertcls_batch_size", "Texts per model batch (requests merged)", registry=r,
+        self.batch_size = Histogram("bertcls_batch_size", "Texts per merged call of the model (requests run together; one call "
+                                    "may take several forward passes)", registry=r,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
-        self.batch_seconds = Histogram("bertcls_batch_seconds", "Model time per batch (tokenising included)", registry=r,
+        self.batch_seconds = Histogram("bertcls_batch_seconds", "Model time per merged call (tokenising included)", registry=r,
                                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
         self.texts = Counter("bertcls_texts", "Texts predicted", registry=r)
         self.truncated = Counter("bertcls_texts_truncated", "Texts longer than the model's max_length: truncated, or read by head and tail or in windows, as the model's long_text says", registry=r)
@@ -280,11 +288,13 @@ def create_app(options: ServeOptions, load: Callable[[], Any] | None = None, on_
         return JSONResponse({"predictions": records})
 
     @app.get("/health")
+    @app.head("/health", include_in_schema=False)  # uptime monitors probe with HEAD
     async def health() -> dict:
         """Alive: the server answers (the model may still be loading)."""
         return {"status": "ok"}
 
     @app.get("/ready", responses={503: {"description": "The model is not loaded (yet)"}})
+    @app.head("/ready", include_in_schema=False)
     async def ready() -> dict:
         """Ready: the model is loaded and /predict answers."""
         state.ready()
@@ -302,6 +312,7 @@ def create_app(options: ServeOptions, load: Callable[[], Any] | None = None, on_
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.head("/", include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(page_html)
 
