@@ -23,7 +23,7 @@ import bertcls
 from bertcls import runs
 from bertcls.cli import app
 from bertcls.config import load_config
-from bertcls.errors import Interrupted
+from bertcls.errors import Interrupted, ModelError
 from bertcls.tune import LOCK_FILE
 from conftest import assert_one_line_error, make_config, toy_rows, wait_for, write_csv
 
@@ -267,6 +267,40 @@ def test_ctrl_c_says_whether_the_trial_s_values_run_again(tmp_path, monkeypatch)
     assert len({trial.params["training.learning_rate"] for trial in trials_now}) == 1
 
 
+def test_ctrl_c_before_a_trial_trains_says_how_to_continue_and_trials_csv_says_why_trials_failed(tmp_path, monkeypatch):
+    def stopped_early(config, **kwargs):  # Ctrl-C before the training loop catches signals
+        raise KeyboardInterrupt
+
+    def refused(config, **kwargs):
+        raise ModelError("model.name 'gone': no such folder")
+
+    config = tune_config(tmp_path)
+    monkeypatch.setattr("bertcls.tune.train", stopped_early)
+    result = runner.invoke(app, ["tune", str(config)])
+    assert result.exit_code == 130, result.output
+    assert ("stopped by SIGINT during trial 0\ntrial 0 is marked failed, and its values run again in a new trial; "
+            f"continue the search with: bertcls tune {config}") in result.output, result.output
+    monkeypatch.setattr("bertcls.tune.train", refused)
+    result = runner.invoke(app, ["tune", str(config)])  # trial 1, the retry of trial 0's values, fails
+    assert result.exit_code == 2 and result.output.endswith("Error: model.name 'gone': no such folder\n"), result.output
+    assert runner.invoke(app, ["tune", str(config), "--report"]).exit_code == 0
+    assert [(row["state"], row["note"]) for row in trials(tmp_path / "search")] == [
+        ("fail", "stopped by SIGINT during trial 0"), ("fail", "model.name 'gone': no such folder")]
+
+
+def test_a_damaged_losing_trial_keeps_its_model_with_a_note_and_the_search_ends_well(tmp_path, no_trial_reports):
+    config = tune_config(tmp_path, trials=2)
+    folder = tmp_path / "search"
+    result = runner.invoke(app, ["tune", str(config), "--keep", "all"])
+    assert result.exit_code == 0, result.output
+    loser = folder / f"trial-{1 - best_trial(folder)}"
+    (loser / runs.RECORD_FILE).write_text('{"written_by": "bertcls", "files": [')  # cut short
+    result = runner.invoke(app, ["tune", str(config)])  # nothing to run; the last worker out removes the losing models
+    assert result.exit_code == 0, result.output
+    assert f"note: {loser} keeps its model/: {loser / runs.RECORD_FILE}: unreadable" in result.output
+    assert (loser / runs.MODEL_DIR).is_dir()
+
+
 # ---------------------------------------------------------------------------- checks that train nothing
 
 @pytest.mark.parametrize("space, message", [
@@ -286,6 +320,14 @@ def test_ctrl_c_says_whether_the_trial_s_values_run_again(tmp_path, monkeypatch)
     ({"output_dir": ["a", "b"]}, "tune.space.output_dir: each trial writes to OUTPUT_DIR/trial-N"),
     ({"tune.trials": [1, 2]}, "tune.space.tune.trials: the search's own settings cannot be searched"),
     ({"training.metric_for_best": ["loss"]}, "tune.space.training.metric_for_best: each trial picks its best checkpoint by tune.metric"),
+    ({"training.batch_size": {"low": 16, "high": 32, "step": 0.5}},
+     "tune.space.training.batch_size.step: training.batch_size takes whole numbers; give a whole-number step (got 0.5)"),
+    ({"training.learning_rate": [1.0e-3, "1e-3"]}, "tune.space.training.learning_rate: choice '1e-3' repeats 0.001; list each choice once"),
+    ({"training.batch_size": [8, 16, 8]}, "tune.space.training.batch_size: choice 8 repeats 8; list each choice once"),
+    ({"training.learning_rate": {"low": 1.0e-4, "high": 1.0e-3}, "training": {"learning_rate": [5.0e-3]}},
+     "tune.space.training.learning_rate is given twice, as 'training: learning_rate' and as 'training.learning_rate'; keep one"),
+    ({"model.name": ["tiny", "/no/such/bertcls-model"]}, "tune.space: model.name '/no/such/bertcls-model': no such folder"),
+    ({"model.name": ["tiny", "no-such-model-xyz"]}, "tune.space: model.name 'no-such-model-xyz': not in the local Hugging Face cache"),
 ])
 def test_a_bad_search_space_is_refused_before_any_trial(tmp_path, space, message):
     config = tune_config(tmp_path, space=space)
@@ -299,6 +341,11 @@ def test_the_grid_sampler_needs_a_finite_space(tmp_path):
     assert_one_line_error(runner.invoke(app, ["tune", str(config)]), "tune.space.training.warmup_ratio: tune.sampler grid needs a finite set of values")
     cfg = load_config(config, ["tune.space.training.warmup_ratio.step=0.05", "tune.space.training.epochs=[1, 2]"])  # --set makes nested keys
     assert {key: dim.grid() for key, dim in cfg.tune.space.items()} == {"training.warmup_ratio": [0.0, 0.05, 0.1, 0.15, 0.2], "training.epochs": [1, 2]}
+
+
+def test_an_integer_key_takes_a_whole_float_step_as_an_integer(tmp_path):
+    cfg = load_config(tune_config(tmp_path, space={"training.batch_size": {"low": 16, "high": 48, "step": 16.0}}))
+    assert str(cfg.tune.space["training.batch_size"].grid()) == "[16, 32, 48]"  # integers (not 16.0), as batch_size takes them
 
 
 def test_train_accepts_a_config_with_a_tune_section_and_leaves_it_out_of_the_run(tmp_path):
@@ -346,6 +393,19 @@ def test_the_output_folder_must_be_new_or_a_search(tmp_path, content, message):
         (tmp_path / "search" / name).write_text(text)
     assert_one_line_error(runner.invoke(app, ["tune", str(config)]), message)
     assert sorted(p.name for p in (tmp_path / "search").iterdir()) == sorted(content)
+
+
+@pytest.mark.parametrize("slot", ["trial-1", "seed-8", "best", "trial-1/inner"])
+def test_a_search_is_refused_where_another_search_trains(tmp_path, slot):
+    # another search's trial-N, seed-S and best folders are its to train in, later if not yet
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    (outer / "bertcls-run.json").write_text(json.dumps({"written_by": "bertcls", "files": ["tune.json"]}))
+    (outer / "tune.json").write_text(json.dumps({"study": "outer", "storage": "embedded", "metric": "f1_macro"}))
+    result = runner.invoke(app, ["tune", str(tune_config(tmp_path)), "--set", f"output_dir={outer / slot}"])
+    assert_one_line_error(result, f"output_dir {outer / slot} is inside the search {outer}, in {slot.split('/')[0]}/ where it trains; "
+                                  "choose an output_dir outside that search")
+    assert sorted(p.name for p in outer.iterdir()) == ["bertcls-run.json", "tune.json"]
 
 
 def test_a_second_study_in_the_same_folder_is_refused(tmp_path):

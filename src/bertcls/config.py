@@ -218,19 +218,35 @@ def _space(value: Any) -> dict[str, Dimension]:
     if not isinstance(value, dict):
         raise ValueError(f"tune.space: expected a mapping of config keys to choices or ranges (got {shown(value)})")
     flat: dict[str, Any] = {}
-
-    def walk(node: dict[str, Any], prefix: str) -> None:
-        for key, spec in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(spec, dict) and spec and not set(spec) & set(RANGE_KEYS):
-                walk(spec, f"{name}.")
-            elif isinstance(spec, dict) and isinstance(flat.get(name), dict):  # `--set tune.space.KEY.step=...` adds to KEY's range
-                flat[name] = {**flat[name], **spec}
-            else:
-                flat[name] = spec
-
-    walk(value, "")
+    for written, spec in _space_entries(value):
+        name = ".".join(written)
+        if isinstance(spec, dict) and isinstance(flat.get(name), dict):  # `--set tune.space.KEY.step=...` adds to KEY's range
+            flat[name] = {**flat[name], **spec}
+        else:
+            flat[name] = spec
     return {key: _dimension(key, spec) for key, spec in flat.items()}
+
+
+def _space_entries(node: dict[str, Any], written: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(the keys as written, the spec) for each key of tune.space, whose sections may nest."""
+    for key, spec in node.items():
+        if isinstance(spec, dict) and spec and not set(spec) & set(RANGE_KEYS):
+            yield from _space_entries(spec, (*written, str(key)))
+        else:
+            yield (*written, str(key)), spec
+
+
+def _refuse_respelled_space_keys(raw: dict[str, Any], where: Path) -> None:
+    """A key of a file's tune.space given both dotted and in nested sections: one would override or merge into the
+    other unseen. (A `--set tune.space.KEY.step=...` adding to the file's range is meant, and is not checked here.)"""
+    space = raw["tune"].get("space") if isinstance(raw.get("tune"), dict) else None
+    seen: dict[str, tuple[str, ...]] = {}
+    for written, _ in _space_entries(space) if isinstance(space, dict) else ():
+        name = ".".join(written)
+        if name in seen:
+            first, second = (": ".join(spelling) for spelling in (seen[name], written))  # as the YAML nests them
+            raise ConfigError(f"{where}: tune.space.{clipped(name)} is given twice, as {clipped(first)!r} and as {clipped(second)!r}; keep one")
+        seen[name] = written
 
 
 def _dimension(key: str, spec: Any) -> Dimension:
@@ -322,13 +338,32 @@ def _checked_space(config: Config) -> dict[str, Dimension]:
     for key, dim in tune.space.items():
         _check_space_key(key)
         values = [_space_value(base, key, what, value) for what, value in dim.ends()]
-        checked[key] = Dimension(choices=tuple(values)) if dim.choices is not None else \
-            Dimension(low=values[0], high=values[1], log=dim.log, step=dim.step)
+        if dim.choices is not None:
+            _refuse_repeated_choices(key, dim.choices, values)
+            checked[key] = Dimension(choices=tuple(values))
+        else:
+            checked[key] = Dimension(low=values[0], high=values[1], log=dim.log, step=_step(key, dim.step, values))
         if tune.sampler == "grid" and dim.grid() is None:
             raise ValueError(f"tune.space.{clipped(key)}: tune.sampler grid needs a finite set of values; give a list of choices or a step")
     if tune.sampler == "grid" and math.prod(len(dim.grid()) for dim in checked.values()) > MAX_GRID_POINTS:
         raise ValueError(f"tune.space: the grid has more than {MAX_GRID_POINTS:,} points; narrow it, or use tune.sampler: tpe")
     return checked
+
+
+def _refuse_repeated_choices(key: str, given: tuple[Any, ...], values: list[Any]) -> None:
+    """Choices that are one value as the config holds it (`1e-3` and `0.001`) would train one configuration twice."""
+    for i, value in enumerate(values):
+        if value in values[:i]:
+            raise ValueError(f"tune.space.{clipped(key)}: choice {shown(given[i])} repeats {shown(given[values.index(value)])}; list each choice once")
+
+
+def _step(key: str, step: int | float | None, ends: list[Any]) -> int | float | None:
+    """A range's step as the key takes it: a whole number for an integer key (16.0 is 16), which draws only integers."""
+    if step is None or not all(isinstance(end, int) and not isinstance(end, bool) for end in ends):
+        return step
+    if not float(step).is_integer():
+        raise ValueError(f"tune.space.{clipped(key)}.step: {clipped(key)} takes whole numbers; give a whole-number step (got {step})")
+    return int(step)
 
 
 def _check_space_key(key: str) -> None:
@@ -415,6 +450,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     typed: dict[tuple[str, ...], str] = {}
     raw = _read_yaml(path, typed)
+    _refuse_respelled_space_keys(raw, path)
     base = path.resolve().parent
     raw = _resolve_paths(raw, base)
     for item in overrides:

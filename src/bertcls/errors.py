@@ -69,11 +69,12 @@ class BertclsWarning(UserWarning):
 
 
 class Interrupted(Exception):
-    """Training stopped on a signal, cleanly: `checkpoint` holds everything needed to resume."""
+    """Training stopped on a signal, cleanly: `checkpoint` holds everything needed to resume. `message` replaces the
+    default one where the stop came before training began."""
 
-    def __init__(self, signal_name: str, step: int, checkpoint, exit_code: int) -> None:
+    def __init__(self, signal_name: str, step: int, checkpoint, exit_code: int, message: str | None = None) -> None:
         saved = f"resumable checkpoint: {checkpoint}" if checkpoint else "no resumable checkpoint (training.fsdp)"
-        super().__init__(f"stopped by {signal_name} after step {step}; {saved}")
+        super().__init__(message or f"stopped by {signal_name} after step {step}; {saved}")
         self.checkpoint = checkpoint
         self.exit_code = exit_code
         self.hint = ""  # how to go on, added by the command that knows (the resume command line)

@@ -24,9 +24,11 @@ from __future__ import annotations
 import csv
 import fcntl
 import io
+import itertools
 import json
 import math
 import os
+import signal
 import statistics
 import sys
 import time
@@ -41,7 +43,19 @@ import yaml
 
 from bertcls import atomic, distributed, runs
 from bertcls.config import Config, Dimension, TuneConfig, set_dotted, validate_config
-from bertcls.errors import BertclsError, ConfigError, Interrupted, RunError, TrainingError, UsageError, clipped, first_line, shown
+from bertcls.errors import (
+    BertclsError,
+    ConfigError,
+    Interrupted,
+    ModelError,
+    RunError,
+    TrainingError,
+    UsageError,
+    clipped,
+    first_line,
+    shown,
+)
+from bertcls.model import check_model_source
 from bertcls.train import Callback, check_inputs, train
 
 try:
@@ -110,7 +124,10 @@ def search(config: Config, options: Options, config_file: str | Path | None = No
     _check_search(config)
     folder = Path(config.output_dir)
     _check_folder(folder)
-    check_inputs(config, config_file, resume=False, force=False, overwrite=False)  # the data, labels and model, before any trial
+    # The data, labels and model, before any trial, as train checks them for a trial (the search's folder is no run's)
+    trial = next(folder / f"{TRIAL_PREFIX}{n}" for n in itertools.count() if not (folder / f"{TRIAL_PREFIX}{n}").exists())
+    check_inputs(config.model_copy(update={"output_dir": str(trial)}), config_file, resume=False, force=False, overwrite=False)
+    _check_searched_models(config)
     with _quiet_optuna():
         server = _server(options)  # its URL and driver, before the folder is claimed: a refused one leaves nothing behind
     folder.mkdir(parents=True, exist_ok=True)
@@ -164,10 +181,29 @@ def _check_search(config: Config) -> None:
 def _check_folder(folder: Path) -> None:
     """The search's folder: new, empty, or a search's; never a training run or someone else's folder."""
     atomic.check_folder_path(folder, "output_dir")
+    for slot in (folder, *folder.parents):  # another search trains in its trial-N, seed-S and best folders, later if not yet
+        if (slot.parent / TUNE_FILE).is_file() and (slot.name.startswith((TRIAL_PREFIX, SEED_PREFIX)) or slot.name == BEST_DIR):
+            raise RunError(f"output_dir {folder} is inside the search {slot.parent}, in {slot.name}/ where it trains; "
+                           "choose an output_dir outside that search")
     record = runs.read_record(folder) if folder.is_dir() else None
     if record is not None and record["files"] and TUNE_FILE not in record["files"]:
         raise RunError(f"output_dir {folder} holds a training run, not a search; choose another output_dir for bertcls tune")
     runs.check_run_dir(folder, overwrite=False)
+
+
+def _check_searched_models(config: Config) -> None:
+    """Each model.name choice exists and takes the longest data.max_length searched, as train checks its model: a trial
+    that fails on it would leave its values in the study, which then refuses the space without them."""
+    space = config.tune.space
+    if "model.name" not in space and "data.max_length" not in space:
+        return
+    names = [name for _, name in space["model.name"].ends()] if "model.name" in space else [config.model.name]
+    longest = max(n for _, n in space["data.max_length"].ends()) if "data.max_length" in space else config.data.max_length
+    for name in names:
+        try:
+            check_model_source(config.model.model_copy(update={"name": name}), longest)
+        except ModelError as exc:
+            raise ModelError(f"tune.space: {exc}") from None
 
 
 # ---------------------------------------------------------------------------- the study
@@ -422,7 +458,17 @@ def _run_trials(job: Search, timeout: float | None) -> None:
 
     def objective(trial: optuna.Trial) -> float:
         current["number"] = trial.number
-        return run_trial(job, trial)
+        try:
+            return run_trial(job, trial)
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:  # Ctrl-C before training caught signals (or a second one): stopped all the same
+            stopped = Interrupted("SIGINT", 0, None, 128 + signal.SIGINT, message=f"stopped by SIGINT during trial {trial.number}")
+            trial.set_user_attr("note", str(stopped))
+            raise stopped from None
+        except Exception as exc:  # the trial fails, and the command with it: trials.csv says why
+            trial.set_user_attr("note", first_line(exc))
+            raise
 
     while True:
         done, running = _count(job.study)
@@ -629,10 +675,14 @@ def _remove_losing_models(job: Search, best: int) -> None:
         run = job.folder / trial.user_attrs.get("run", f"{TRIAL_PREFIX}{trial.number}")
         if trial.number == best or not run.is_dir() or runs.training_pid(run) is not None:
             continue
-        if (run / runs.MODEL_DIR).exists() or runs.checkpoints(run):
-            removed += 1
-        for name in [runs.MODEL_DIR, *(path.name for path in runs.checkpoints(run))]:
-            runs.remove_ours(run, name)
+        found = (run / runs.MODEL_DIR).exists() or runs.checkpoints(run)
+        try:
+            for name in [runs.MODEL_DIR, *(path.name for path in runs.checkpoints(run))]:
+                runs.remove_ours(run, name)
+        except RunError as exc:  # e.g. a damaged run record: bertcls cannot tell its files there, so it deletes none
+            job.say(f"note: {run} keeps its model/: {first_line(exc)}")
+            continue
+        removed += bool(found)
     if removed:
         job.say(f"removed the model/ of {removed} losing trial(s) in {job.folder} (--keep all keeps them)")
 
