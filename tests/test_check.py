@@ -15,7 +15,7 @@ from bertcls.cli import app
 from bertcls.config import load_config
 from bertcls.data import Split
 from bertcls.errors import ConfigError
-from conftest import BAD, FILLER, GOOD, make_config, write_csv
+from conftest import BAD, FILLER, GOOD, assert_one_line_error, make_config, write_csv
 
 runner = CliRunner()
 
@@ -139,6 +139,15 @@ def test_terminal_report_shows_the_findings(planted, capsys):
     assert "baseline (TF-IDF + logistic regression): validation accuracy 0.98" in out
 
 
+@pytest.mark.parametrize("mode, read", [("truncate", "are cut to their first max_length tokens"),
+                                        ("head_tail", "are read by head and tail: a quarter of max_length from the start, the rest from the end"),
+                                        ("sliding_window", "are read whole, in windows of max_length tokens (at most 64 a text)")])
+def test_report_says_how_long_texts_are_read(clean, mode, read):
+    result = runner.invoke(app, ["check", str(clean[0]), "--set", f"data.long_text={mode}", "--label-issues", "0"])
+    assert result.exit_code == 0, result.output
+    assert f"texts over max_length 32 {read}" in result.stdout and f"(data.long_text: {mode})" in result.stdout, result.stdout
+
+
 def test_json_strict_and_output_files(planted, tmp_path):
     config, report = planted
     out = tmp_path / "findings"
@@ -166,6 +175,7 @@ def test_strict_passes_on_clean_data(clean):
 
 @pytest.mark.parametrize("make_bad, message", [
     (lambda d: ["--output", str(d / "train.csv")], "--output {d}/train.csv: a file, not a folder; give a folder (it is created if missing)"),
+    (lambda d: ["--output", str(d / "train.csv" / "sub")], "--output {d}/train.csv/sub: cannot write there ({d}/train.csv is a file); choose another folder"),
     (lambda d: ["--set", "data.text_column=body"], "no column 'body' (columns: text, label); set data.text_column"),
 ])
 def test_bad_input_is_one_line_error(clean, make_bad, message):
@@ -175,6 +185,32 @@ def test_bad_input_is_one_line_error(clean, make_bad, message):
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("Error: ") and len(result.stderr.splitlines()) == 1 and message.format(d=folder) in result.stderr
     assert (folder / "train.csv").read_bytes() == before
+
+
+def test_a_failed_check_leaves_no_output_folder(clean, tmp_path):
+    result = runner.invoke(app, ["check", str(clean[0]), "--set", "data.text_column=body", "--output", str(tmp_path / "findings" / "check")])
+    assert_one_line_error(result, "no column 'body'")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("place, message", [
+    ("run", "--output {d}/run is the config's output_dir, where train writes its run (and refuses a folder with other files); "
+            "choose a folder outside it, e.g. {d}/run-check"),
+    ("run/check", "--output {d}/run/check is inside the config's output_dir {d}/run"),
+    ("old/model/check", "--output {d}/old/model/check is inside the bertcls run folder {d}/old, which holds what training wrote; "
+                        "choose a folder outside the run, e.g. {d}/old-check"),
+])
+def test_output_is_never_a_run_folder(tmp_path, place, message):
+    """Tables in output_dir would make train refuse it; tables in a run would mix with what training wrote."""
+    old = tmp_path / "old"  # a run folder as bertcls leaves it
+    (old / "model").mkdir(parents=True)
+    (old / "config.yaml").write_text("seed: 1\n")
+    (old / "log.jsonl").write_text("")
+    rng, taken = random.Random(4), set()
+    config = config_for(tmp_path, [unique_rows(20, rng, taken), unique_rows(10, rng, taken), unique_rows(10, rng, taken)])
+    result = runner.invoke(app, ["check", str(config), "--label-issues", "0", "--output", str(tmp_path / place)])
+    assert_one_line_error(result, message.format(d=tmp_path))
+    assert not (tmp_path / "run").exists() and sorted(p.name for p in old.iterdir()) == ["config.yaml", "log.jsonl", "model"]
 
 
 def test_without_cleanlab_label_issues_are_skipped_with_a_hint(tmp_path, monkeypatch, capsys):
@@ -200,6 +236,29 @@ def test_sentence_pairs_compare_both_texts(tmp_path):
     assert s["near_empty"]["validation"]["rows"] == 1  # the pair text "no"
 
 
+def test_texts_of_only_emoji_or_punctuation_are_compared(tmp_path):
+    rng, taken = random.Random(6), set()
+    train = unique_rows(20, rng, taken) + [("🙂🙂🙂", "positive"), ("🙂🙂🙂", "positive"), ("?!", "positive"), ("?!", "negative"), ("😡😡😡", "negative")]
+    validation = unique_rows(10, rng, taken) + [("😡😡😡 ", "negative")]
+    config = config_for(tmp_path, [train, validation, unique_rows(10, rng, taken)])
+    s = check_mod.check(load_config(config), label_issues=0).summary
+    assert {k: s["duplicates"][k] for k in ("exact", "normalised", "texts")} == {"exact": 2, "normalised": 2, "texts": 2}
+    assert (s["conflicts"]["texts"], s["conflicts"]["rows"], s["conflicts"]["examples"][0]["text"]) == (1, 2, "?!")
+    assert {k: s["leakage"]["validation"][k] for k in ("normalised", "exact")} == {"normalised": 1, "exact": 0}
+
+
+def test_baseline_reads_chinese_by_character(tmp_path):
+    """Chinese has no spaces: taken as words of letters, each sentence would be one word, and no validation sentence known."""
+    def rows(n: int, seed: int) -> list[tuple[str, str]]:
+        rng = random.Random(seed)
+        made = [(rng.sample("这部电影的故事情节演员表演真是非常", rng.randint(4, 8)) + [rng.choice("好棒赞妙" if i % 2 else "差烂糟坏")], i % 2) for i in range(n)]
+        return [("".join(rng.sample(chars, len(chars))), "positive" if label else "negative") for chars, label in made]
+
+    config = config_for(tmp_path, [rows(200, 0), rows(40, 1), rows(40, 2)])
+    s = check_mod.check(load_config(config), label_issues=0).summary
+    assert s["baseline"]["validation"]["accuracy"] >= 0.9 and s["baseline"]["test"]["accuracy"] >= 0.9, s["baseline"]
+
+
 def test_multi_label_counts_label_sets_and_scores_one_vs_rest(tmp_path):
     rng, taken = random.Random(5), set()
     sets = ["sport", "politics", "sport;politics", "music", ""]
@@ -212,19 +271,31 @@ def test_multi_label_counts_label_sets_and_scores_one_vs_rest(tmp_path):
     assert set(s["baseline"]["validation"]) == {"accuracy", "f1_micro", "f1_macro"} and s["label_issues"]["folds"] == 5
 
 
+def test_multi_label_with_a_label_on_every_train_row(tmp_path):
+    """cleanlab cannot doubt a label no train row lacks: it is left out of the search, and the baseline still predicts the others."""
+    rows = [(text, "always;" + label) for text, label in clean_data()[0][:40]]
+    data = {"train": write_csv(tmp_path / "train.csv", rows), "validation": write_csv(tmp_path / "validation.csv", rows[:10])}
+    result = runner.invoke(app, ["check", str(make_config(tmp_path, data)), "--set", "data.task=multi_label", "--set", "data.test=null",
+                                 "--label-issues", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)
+    assert s["label_issues"]["folds"] == 5 and all(row["given"].startswith("always;") for row in s["label_issues"]["rows"])
+    assert s["baseline"]["validation"]["accuracy"] == 1.0  # train rows again: every label set right
+
+
 @pytest.mark.parametrize("cut, warned", [(10, False), (11, True)])
 def test_train_warnings_name_each_problem(cut, warned):
     train = Split("train", ["good film", "Good film!", "bad film", "a plot"], None, ["pos", "neg", "neg", "pos"])
     validation = Split("validation", ["A plot", "new text"], None, ["pos", "pos"])
-    lengths = [32] * cut + [5] * (100 - cut)  # train's lengths as encoded: 32 is max_length, so cut
-    lines = check_mod.warnings((train, validation, None), lengths, 32)
+    over = [True] * cut + [False] * (100 - cut)  # per train text: longer than max_length, so cut
+    lines = check_mod.warnings((train, validation, None), over, 32)
     assert lines[:2] == [
         "warning: leakage: 1 validation row(s) also appear in train (after normalising case, punctuation and whitespace); "
         "their scores overstate the model. `bertcls check CONFIG --output DIR` lists them",
         "warning: conflicts: 1 train text(s) appear with different labels (2 rows). `bertcls check CONFIG --output DIR` lists them"]
-    assert lines[2:] == ([f"warning: truncation: {cut}% of train texts ({cut}) fill data.max_length=32 tokens and are cut; "
+    assert lines[2:] == ([f"warning: truncation: {cut}% of train texts ({cut}) are longer than data.max_length=32 tokens and are cut; "
                           "`bertcls check CONFIG` says which max_length keeps 95% whole"] if warned else [])
-    assert check_mod.warnings((Split("train", ["a b", "c d"], None, [0, 1]), Split("validation", ["e f"], None, [0]), None), [4, 4], 32) == []
+    assert check_mod.warnings((Split("train", ["a b", "c d"], None, [0, 1]), Split("validation", ["e f"], None, [0]), None), [False, False], 32) == []
 
 
 def test_train_prints_the_warnings(tmp_path):
@@ -238,6 +309,22 @@ def test_train_prints_the_warnings(tmp_path):
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
     assert [line.split(":")[1].strip() for line in warnings] == ["leakage", "conflicts", "truncation"], result.stderr
     assert "2 validation row(s) also appear in train" in warnings[0] and "1 train text(s) appear with different labels (2 rows)" in warnings[1]
+    over = json.loads((tmp_path / "run" / "metrics.json").read_text())["data"]["over_max_length"]["train"]
+    assert f"of train texts ({over}) are longer than data.max_length=8 tokens" in warnings[2]  # the count the log header gives
+
+
+def test_train_warns_only_of_texts_longer_than_max_length():
+    """6 words and [CLS], [SEP] fill max_length 8 exactly: nothing is cut, so no truncation warning; 7 words are cut."""
+    from bertcls.data import encode
+    from bertcls.model import build_tiny_tokenizer
+
+    for words, warned in ((6, False), (7, True)):
+        texts = [" ".join("abcdefghij"[i:i + words]) for i in range(4)]
+        train = Split("train", texts, None, ["x", "y", "x", "y"])
+        over = encode(train, build_tiny_tokenizer(texts), max_length=8).reading.over  # what train passes
+        assert check_mod.warnings((train, None, None), over, 8) == ([
+            "warning: truncation: 100% of train texts (4) are longer than data.max_length=8 tokens and are cut; "
+            "`bertcls check CONFIG` says which max_length keeps 95% whole"] if warned else [])
 
 
 def test_token_lengths_are_what_training_encodes(tmp_path):

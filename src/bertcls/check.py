@@ -11,8 +11,9 @@ the rows cleanlab finds most likely mislabelled -- and the full lists behind it,
 file. `warnings()` is the cheap part that `bertcls train` prints before it trains.
 
 Texts are compared exactly and normalised (case folded, punctuation and runs of whitespace made one
-space); a row with a second text (text_pair_column) is compared as the pair. Rows are numbered 1, 2,
-... within their split as bertcls reads it (a validation set held out of train: within it).
+space; a text of only punctuation or emoji, which that would empty, keeps them); a row with a second text
+(text_pair_column) is compared as the pair; blank texts are not compared. Rows are numbered 1, 2, ...
+within their split as bertcls reads it (a validation set held out of train: within it).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ import numpy as np
 from bertcls import atomic
 from bertcls.config import Config, DataConfig
 from bertcls.data import LabelMap, Split, load_splits
-from bertcls.errors import ConfigError, shown
+from bertcls.errors import ConfigError, RunError, shown
+from bertcls.longtext import MAX_WINDOWS
 from bertcls.loss import check_class_weights
 
 NEAR_EMPTY_CHARS = 3  # a text (or pair text) shorter than this after stripping is near-empty
@@ -48,8 +50,16 @@ MAX_FOLDS = 5  # out-of-fold probabilities for cleanlab
 MIN_DF_ROWS = 1000  # from this many train rows on, a word must occur twice to become a TF-IDF feature
 MIN_MAX_LENGTH = 8  # the smallest data.max_length the config takes
 LENGTH_CHUNK = 10_000  # texts per tokenizer call when counting tokens: bounds the memory their encodings take
+# How training reads a text longer than max_length, by data.long_text (`bertcls.longtext`).
+LONG_TEXT_READ = {"truncate": "are cut to their first max_length tokens",
+                  "head_tail": "are read by head and tail: a quarter of max_length from the start, the rest from the end, the middle left out",
+                  "sliding_window": f"are read whole, in windows of max_length tokens (at most {MAX_WINDOWS} a text)"}
 NO_CLEANLAB = "cleanlab is not installed: pip install cleanlab (or pip install 'bertcls[check]')"
 PUNCTUATION = re.compile(r"[^\w\s]|_")
+# The baseline's words: what sklearn's default token_pattern finds (2+ word characters), except that each Han, kana or
+# Hangul character is a word of its own: Chinese and Japanese have no spaces, so a whole sentence would be one word.
+CJK = "\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003ffff"
+WORDS = rf"(?=\w)[{CJK}]|(?<![^\W{CJK}])[^\W{CJK}]{{2,}}(?![^\W{CJK}])"
 
 # The --output files, one per table, and their columns.
 TABLES = {
@@ -67,11 +77,13 @@ SUMMARY_KEYS = ("task", "labels", "splits")  # a summary.json with these keys is
 @dataclass
 class Report:
     """`summary`: what --json prints and the terminal report shows; `tables`: every row behind it, by TABLES name;
-    `inputs`: the local data files it read, by config key (`data.train`), which write_tables never writes over."""
+    `inputs`: the local data files it read, by config key (`data.train`), which write_tables never writes over;
+    `run_dir`: the config's output_dir, which write_tables leaves to train (`prepare_output`)."""
 
     summary: dict[str, Any]
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     inputs: dict[str, Path] = field(default_factory=dict)
+    run_dir: Path | None = None
 
     @property
     def problems(self) -> list[str]:
@@ -96,10 +108,10 @@ def check(config: Config, label_issues: int = 10) -> Report:
     splits = {s.name: s for s in (train, validation, test) if s is not None}
     given = {name: _label_texts(split, config.data.label_separator) for name, split in splits.items()}  # labels as text
     summary: dict[str, Any] = {"task": config.data.task, "labels": list(labels.names), "max_length": config.data.max_length,
-                               "tokenizer": config.model.name, "splits": _sizes(splits, given, labels)}
+                               "long_text": config.data.long_text, "tokenizer": config.model.name, "splits": _sizes(splits, given, labels)}
     summary["imbalance_ratio"] = _imbalance(summary["splits"]["train"]["labels"])
     summary["unseen_labels"] = {name: s["unseen_labels"] for name, s in summary["splits"].items() if s["unseen_labels"]}
-    report = Report(summary, inputs=input_files(config.data))
+    report = Report(summary, inputs=input_files(config.data), run_dir=Path(config.output_dir))
 
     with _timed(seconds, "tokenizer"):
         tokenizer = load_tokenizer(config.model, config.data.max_length, train.texts + (train.pairs or []))
@@ -134,11 +146,11 @@ def _timed(seconds: dict[str, float], part: str) -> Iterator[None]:
 
 # ---------------------------------------------------------------------------- what train prints
 
-def warnings(splits: Sequence[Split | None], lengths: Sequence[int], max_length: int) -> list[str]:
+def warnings(splits: Sequence[Split | None], over: Sequence[bool], max_length: int) -> list[str]:
     """One line each for leakage, conflicting labels and heavy truncation: the cheap checks `bertcls train` runs.
 
-    `splits`: train first, then validation and test (None is skipped). `lengths`: train's token counts as
-    encoded for training (cut at max_length), so a text that exactly fills max_length counts as cut.
+    `splits`: train first, then validation and test (None is skipped). `over`: per train text, whether training
+    cuts it (it is longer than max_length: the header's and metrics.json's count); empty when none is cut.
     """
     train, *others = [s for s in splits if s is not None]
     train_keys = row_keys(train, normalise)
@@ -153,9 +165,9 @@ def warnings(splits: Sequence[Split | None], lengths: Sequence[int], max_length:
     if conflicts:
         lines.append(f"warning: conflicts: {len(conflicts):,} train text(s) appear with different labels "
                      f"({sum(map(len, conflicts.values())):,} rows). `bertcls check CONFIG --output DIR` lists them")
-    cut = sum(n >= max_length for n in lengths)
-    if lengths and cut / len(lengths) > HEAVY_TRUNCATION:
-        lines.append(f"warning: truncation: {cut / len(lengths):.0%} of train texts ({cut:,}) fill data.max_length={max_length} "
+    cut = sum(over)
+    if over and cut / len(over) > HEAVY_TRUNCATION:
+        lines.append(f"warning: truncation: {cut / len(over):.0%} of train texts ({cut:,}) are longer than data.max_length={max_length} "
                      "tokens and are cut; `bertcls check CONFIG` says which max_length keeps 95% whole")
     return lines
 
@@ -227,23 +239,25 @@ def _length_report(lengths: dict[str, np.ndarray], max_length: int) -> tuple[dic
 # ---------------------------------------------------------------------------- texts: near-empty, duplicates, conflicts, leakage
 
 def normalise(text: str) -> str:
-    """Case folded, punctuation and runs of whitespace made one space: `Great movie!!` is `great movie`."""
-    return " ".join(PUNCTUATION.sub(" ", text.casefold()).split())
+    """Case folded, punctuation and runs of whitespace made one space: `Great movie!!` is `great movie`. A text of
+    only punctuation or emoji (`🙂🙂🙂`) keeps them, so that it still equals itself."""
+    folded = text.casefold()
+    return " ".join(PUNCTUATION.sub(" ", folded).split()) or " ".join(folded.split())
 
 
 def row_keys(split: Split, fold) -> list[str]:
-    """Each row's text (and pair text) passed through `fold`, as one string to compare."""
+    """Each row's text (and pair text) passed through `fold`, as one string to compare; "" for a row whose texts
+    are blank (near-empty, reported there), so that exact keys and normalised keys leave out the same rows."""
     if split.pairs is None:
-        return [fold(t) for t in split.texts]
-    folded = ((fold(t), fold(p)) for t, p in zip(split.texts, split.pairs, strict=True))
-    return [f"{t}\x1f{p}" if t or p else "" for t, p in folded]
+        return [fold(t) if t.strip() else "" for t in split.texts]
+    return [f"{fold(t)}\x1f{fold(p)}" if t.strip() or p.strip() else "" for t, p in zip(split.texts, split.pairs, strict=True)]
 
 
 def _groups(keys: Sequence[str]) -> dict[str, list[int]]:
     """Rows (0-based) of each non-empty key that occurs more than once, in first-seen order."""
     rows: dict[str, list[int]] = defaultdict(list)
     for i, key in enumerate(keys):
-        if key:  # texts that normalise to nothing are near-empty, reported there
+        if key:  # blank texts are near-empty, reported there
             rows[key].append(i)
     return {key: found for key, found in rows.items() if len(found) > 1}
 
@@ -346,7 +360,7 @@ def _features(splits: dict[str, Split]) -> dict[str, Any] | None:
     docs = {name: s.texts if s.pairs is None else [f"{t} {p}" for t, p in zip(s.texts, s.pairs, strict=True)] for name, s in splits.items()}
     # Words only, for speed: word pairs took 2x the CPU time on SST-2 (2.3x on 100k longer texts) for a mixed
     # return there (+2 points on its 6.7k dev rows, -1.3 on its 872 test rows; 1,131 label issues instead of 1,927).
-    vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=2 if len(docs["train"]) >= MIN_DF_ROWS else 1, dtype=np.float32)
+    vectorizer = TfidfVectorizer(token_pattern=WORDS, sublinear_tf=True, min_df=2 if len(docs["train"]) >= MIN_DF_ROWS else 1, dtype=np.float32)
     try:
         train = vectorizer.fit_transform(docs["train"])
     except ValueError:  # sklearn's "empty vocabulary"
@@ -380,13 +394,14 @@ def _baseline(features: dict[str, Any], splits: dict[str, Split], labels: LabelM
         for name, split in splits.items():
             if name == "train":
                 continue
-            predicted = model.predict(features[name])
             if labels.multi_label:  # labels train lacks are dropped from the gold sets
                 gold = MultiLabelBinarizer(classes=list(labels.names)).fit_transform(split.labels)
+                # Not model.predict: when the first label is on every train row, it cuts the others' logits at 0.5, not 0.
+                predicted = (model.predict_proba(features[name]) > 0.5).astype(np.int64)
                 scores[name] = {"accuracy": accuracy_score(gold, predicted), "f1_micro": f1_score(gold, predicted, average="micro", zero_division=0),
                                 "f1_macro": f1_score(gold, predicted, average="macro", zero_division=0)}
             else:  # a label train lacks is never predicted: those rows count as errors
-                names = [labels.names[i] for i in predicted]
+                names = [labels.names[i] for i in model.predict(features[name])]
                 scores[name] = {"accuracy": accuracy_score(given[name], names), "f1_macro": f1_score(given[name], names, average="macro", zero_division=0)}
             scores[name] = {k: round(float(v), 4) for k, v in scores[name].items()}
     return scores
@@ -406,19 +421,37 @@ def _label_issues(features: dict[str, Any] | None, train: Split, labels: LabelMa
     from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 
     y = _targets(train, labels)
-    smallest = int(y.sum(axis=0).min()) if labels.multi_label else min(Counter(y.tolist()).values())
+    # Multi-label: cleanlab doubts a label by the rows with and without it (and fails without either), so a label on
+    # every train row, or on none, is left out of its search: the rows it ranks are train's rows all the same.
+    varies = y.min(axis=0) < y.max(axis=0) if labels.multi_label else None
+    if varies is not None and not varies.any():
+        return {"skipped": "every train row has the same labels: none to doubt"}, []
+    smallest = int(y[:, varies].sum(axis=0).min()) if labels.multi_label else min(Counter(y.tolist()).values())
     folds = min(MAX_FOLDS, smallest)
     if folds < 2:
         return {"skipped": "a label has fewer than 2 train rows: too few for out-of-fold probabilities"}, []
     cv = (KFold if labels.multi_label else StratifiedKFold)(folds, shuffle=True, random_state=seed)
-    gold = [np.flatnonzero(row).tolist() for row in y] if labels.multi_label else y
     with _quiet_sklearn():
         probs = cross_val_predict(_classifier(labels.multi_label, seed), features["train"], y, cv=cv, method="predict_proba")
-        ranked = find_label_issues(gold, probs, multi_label=labels.multi_label, return_indices_ranked_by="self_confidence")
-        quality = _label_quality(gold, probs, labels.multi_label)
+        if varies is not None:  # cross_val_predict takes a label on every row for one on none: each keeps its 1 (or 0)
+            probs[:, ~varies] = y[0, ~varies]
+        gold, doubted, multi_label = _for_cleanlab(y, probs, varies)
+        ranked = find_label_issues(gold, doubted, multi_label=multi_label, return_indices_ranked_by="self_confidence")
+        quality = _label_quality(gold, doubted, multi_label)
     rows = [{"rank": rank, "row": int(i) + 1, "given": given[i], "suggested": _suggested(probs[i], labels, separator),
              "given_probability": round(float(quality[i]), 4), "text": _shown_text(train, i)} for rank, i in enumerate(ranked, start=1)]
     return {"found": len(rows), "folds": folds, "rows": rows[:shown]}, rows
+
+
+def _for_cleanlab(y: np.ndarray, probs: np.ndarray, varies: np.ndarray | None) -> tuple[Any, np.ndarray, bool]:
+    """The given labels and the probabilities as cleanlab takes them, and whether as multi-label: single-label as they
+    are; multi-label only the labels where `varies`, and a single one of them as the yes/no question it is."""
+    if varies is None:
+        return y, probs, False
+    if varies.sum() == 1:
+        yes = probs[:, varies].ravel()
+        return y[:, varies].ravel(), np.stack([1 - yes, yes], axis=1), False
+    return [np.flatnonzero(row).tolist() for row in y[:, varies]], probs[:, varies], True
 
 
 def _label_quality(gold, probs: np.ndarray, multi_label: bool) -> np.ndarray:
@@ -450,12 +483,14 @@ def output_files(folder: Path) -> dict[str, Path]:
     return {**{name: folder / f"{name}.csv" for name in TABLES}, "summary": folder / SUMMARY_FILE}
 
 
-def prepare_output(folder: Path, inputs: dict[str, Path] | None = None) -> None:
-    """Make the --output folder (before the work, so a bad path fails at once). Refuse a file; a folder where a
+def prepare_output(folder: Path, inputs: dict[str, Path] | None = None, run_dir: Path | None = None) -> None:
+    """Check the --output folder before the work, so that a bad one fails at once (write_tables creates it). Refuse
+    a file; `run_dir` (the config's output_dir) or a folder in it, and a folder in a bertcls run; a folder where a
     table would replace one of the run's `inputs` (see `input_files`); and a file of a table's name that check
     did not write (a user's file, a link, a folder): only check's own tables from an earlier check are replaced."""
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--output {folder}: a file, not a folder; give a folder (it is created if missing)")
+    _refuse_run_folders(folder, run_dir)
     for path in output_files(folder).values():
         for key, source in (inputs or {}).items():
             if _same_file(path, source):
@@ -466,10 +501,30 @@ def prepare_output(folder: Path, inputs: dict[str, Path] | None = None) -> None:
         if problem:
             raise ConfigError(f"--output {folder}: {path} {problem}, and check replaces only the tables it wrote; "
                               "move it, or choose another folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--output {folder}: cannot create it ({exc.strerror})") from None
+    above = next(path for path in (folder, *folder.parents) if path.exists())  # what mkdir would create the folder in
+    if not above.is_dir() or not os.access(above, os.W_OK | os.X_OK):
+        why = "is a file" if not above.is_dir() else "is not writable"
+        raise ConfigError(f"--output {folder}: cannot write there ({above} {why}); choose another folder")
+
+
+def _refuse_run_folders(folder: Path, run_dir: Path | None) -> None:
+    """Tables in the config's output_dir would make train refuse it (not empty, not a run); tables in a run folder
+    would mix with what training wrote (its model/ is what `bertcls push` uploads)."""
+    from bertcls import runs
+
+    real = Path(os.path.realpath(folder))
+    if run_dir is not None:
+        run = Path(os.path.realpath(run_dir))
+        if real == run or run in real.parents:
+            where = "the config's output_dir" if real == run else f"inside the config's output_dir {run_dir}"
+            raise ConfigError(f"--output {folder} is {where}, where train writes its run (and refuses a folder with other "
+                              f"files); choose a folder outside it, e.g. {run_dir}-check")
+    if found := runs.run_above(folder):
+        run, place = found
+        named = runs.as_given(folder, run, place)
+        where = "a bertcls run folder" if place == "." else f"inside the bertcls run folder {named}"
+        raise RunError(f"--output {folder} is {where}, which holds what training wrote; choose a folder outside the run, "
+                       f"e.g. {named}-check")
 
 
 def _same_file(path: Path, other: Path) -> bool:
@@ -506,7 +561,11 @@ def _not_written_by_check(path: Path, name: str) -> str | None:
 def write_tables(report: Report, folder: Path) -> list[Path]:
     """Every table as NAME.csv plus summary.json in `folder`, each file written whole or not at all; none over the
     report's input files, or over a file check did not write (`prepare_output`)."""
-    prepare_output(folder, report.inputs)
+    prepare_output(folder, report.inputs, report.run_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--output {folder}: cannot create it ({exc.strerror})") from None
     written = []
     for name, columns in TABLES.items():
         path = folder / f"{name}.csv"
@@ -536,6 +595,7 @@ def print_report(report: Report, file: IO[str] | None = None) -> None:
         console.print(f"labels train lacks, in {name}: " + ", ".join(f"{label} ({n} rows)" for label, n in unseen.items())
                       + "; training refuses them")
     console.print(_length_table(s["lengths"], s["max_length"]))
+    console.print(f"texts over max_length {s['max_length']} {LONG_TEXT_READ[s['long_text']]} (data.long_text: {s['long_text']})")
     keep = s["max_length_to_keep_whole"]
     console.print(f"max_length that keeps train texts whole: {keep['95%']} for 95%, {keep['99%']} for 99%")
     for line in _finding_lines(s):

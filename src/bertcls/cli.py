@@ -343,7 +343,7 @@ def check(
 
     cfg = load_config(config, set_ or [])
     if output is not None:
-        check_mod.prepare_output(output, check_mod.input_files(cfg.data))
+        check_mod.prepare_output(output, check_mod.input_files(cfg.data), Path(cfg.output_dir))
     report = check_mod.check(cfg, label_issues=label_issues)
     if output is not None:
         written = check_mod.write_tables(report, output)

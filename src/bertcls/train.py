@@ -405,7 +405,7 @@ def _build(job: Job) -> None:
                for name, split in (("train", inputs.train), ("validation", inputs.validation), ("test", inputs.test)) if split is not None}
     job.readings = {name: enc.reading for name, enc in encoded.items()}
     job.long_texts = longtext.summary(long_text, config.data.max_length, job.readings)
-    truncated = encoded["train"].lengths if long_text.mode == "truncate" else ()  # the other modes read the ends they promise
+    truncated = encoded["train"].reading.over if long_text.mode == "truncate" else ()  # the other modes read the ends they promise
     if job.main and job.warn_data:  # leakage, conflicting labels, heavy truncation: a line each, also with --quiet; `bertcls check` has the details
         for line in data_warnings((inputs.train, inputs.validation, inputs.test), truncated, config.data.max_length):
             print(line, file=sys.stderr, flush=True)
