@@ -34,7 +34,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from bertcls import atomic
+from bertcls import atomic, runs
 from bertcls.config import Config, DataConfig
 from bertcls.data import LabelMap, Split, load_splits
 from bertcls.errors import ConfigError, RunError, shown
@@ -510,8 +510,6 @@ def prepare_output(folder: Path, inputs: dict[str, Path] | None = None, run_dir:
 def _refuse_run_folders(folder: Path, run_dir: Path | None) -> None:
     """Tables in the config's output_dir would make train refuse it (not empty, not a run); tables in a run folder
     would mix with what training wrote (its model/ is what `bertcls push` uploads)."""
-    from bertcls import runs
-
     real = Path(os.path.realpath(folder))
     if run_dir is not None:
         run = Path(os.path.realpath(run_dir))
