@@ -101,6 +101,7 @@ def test_an_export_runs_in_the_precision_it_was_exported_in(trained_run, exporte
         assert f"engine: onnx | device: cpu | precision: {name}\n" in result.output
 
 
+@pytest.mark.slow  # in CI's second pass: an export per refused write
 def test_an_export_the_disk_refuses_names_the_output_and_leaves_nothing(trained_run, tmp_path):
     """A real refusal: files this process writes stop at 64 KiB (`ulimit -f`), so the ONNX file fails in torch.onnx.export."""
     made, emptied = tmp_path / "new" / "onnx", tmp_path / "empty"
@@ -113,6 +114,7 @@ def test_an_export_the_disk_refuses_names_the_output_and_leaves_nothing(trained_
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["empty"]  # as it was
 
 
+@pytest.mark.slow  # in CI's second pass: an ONNX export that fails late
 def test_a_disk_full_after_the_model_is_written_leaves_nothing(trained_run, tmp_path, monkeypatch):
     import transformers
 

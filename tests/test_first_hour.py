@@ -173,7 +173,7 @@ def test_a_hub_id_that_cannot_be_downloaded_is_said_plainly(monkeypatch, offline
                 raise OSError("We couldn't connect to 'https://huggingface.co' to load the files") from exc
 
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", unreachable)
+        monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", unreachable)
     with pytest.raises(ModelError) as error:
         load_model(ModelConfig(name="no-such-org/no-such-model"), {0: "a", 1: "b"}, 32)
     fix = ("not in the local Hugging Face cache, and HF_HUB_OFFLINE is set, so it was not downloaded; give a local model folder, "

@@ -171,6 +171,7 @@ def test_multilabel_metrics_by_hand_and_threshold_tuning():
     assert tune_threshold(gold, probs) <= 0.4  # 0.4 catches row 1's c without any false positive
 
 
+@pytest.mark.slow  # in CI's second pass: an ONNX export of the multi-label run
 def test_traced_graph_and_onnx_export_keep_the_multilabel_decisions(multilabel_run, tmp_path):
     from bertcls.predict import load_predictor
 

@@ -117,6 +117,7 @@ def test_verbose_names_both_texts_of_a_truncated_pair(pair_run):
     assert notes == [f"note: text pair truncated to 32 tokens together: 'short' with pair {long[:60]!r}..."]
 
 
+@pytest.mark.slow  # in CI's second pass: an ONNX export of the pair run
 def test_an_export_of_a_pair_runs_model_folder_keeps_the_rule(pair_run, tmp_path):
     pytest.importorskip("onnxscript")
     run, _ = pair_run

@@ -85,6 +85,7 @@ def test_metric_for_best_chooses_the_epoch(metric, values, best_epoch):
     assert "per_class" not in state.best_metrics  # checkpoints carry the headline numbers only
 
 
+@pytest.mark.slow  # in CI's second pass: two trainings and a resume
 def test_resuming_from_an_older_checkpoint_drops_the_log_after_it(tmp_path, toy_data):
     config = make_config(tmp_path, toy_data, training={**QUICK, "keep_checkpoints": 2})
     run = train(load_config(config), quiet=True)

@@ -51,6 +51,7 @@ def start(config: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # in CI's second pass: a training process killed, then resumed
 def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, data, reference):
     config = make_config(tmp_path, data, training=TRAINING)
     run = tmp_path / "run"

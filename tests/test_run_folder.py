@@ -282,6 +282,7 @@ def umask_027():
     os.umask(previous)
 
 
+@pytest.mark.slow  # in CI's second pass: stops a training process in each step of its finish
 def test_stopped_in_the_finish_resumed_and_resumed_from_an_older_checkpoint(tmp_path, toy_data, umask_027):
     # One training, under umask 027: two epochs with loss as the metric, so epoch 2 is the best and
     # model/ is saved after checkpoint-15. A second train on the folder is refused while it runs.

@@ -24,6 +24,7 @@ runner = CliRunner()
 
 # ---------------------------------------------------------------------------- many labels
 
+@pytest.mark.slow  # in CI's second pass: a run with hundreds of labels and its reports
 def test_a_many_label_run_writes_small_files_and_capped_reports(tmp_path, capsys):
     """300 labels: no labels-squared matrix in metrics.json, no per-label table in a checkpoint,
     top-k columns in predictions.csv, a focused confusion figure and a capped terminal table."""
@@ -196,6 +197,7 @@ for source in sys.argv[1:]:
 """
 
 
+@pytest.mark.slow  # in CI's second pass: a fresh Python process reading every format
 def test_reading_local_files_leaves_nothing_in_the_hugging_face_cache_or_temp(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

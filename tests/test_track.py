@@ -112,6 +112,7 @@ def test_evaluations_follow_the_step_schedule_and_max_steps_ends_the_run(referen
     assert [p.name for p in runs.checkpoints(reference)] == ["checkpoint-24"]  # a checkpoint after each evaluation; the last kept
 
 
+@pytest.mark.slow  # in CI's second pass: a training process killed, then resumed
 def test_a_run_killed_between_evaluations_resumes_exactly(tracked, reference):
     assert tracked.killed.state["global_step"] == 10 and tracked.killed.state["batches_done"] == 10  # mid-epoch, after an evaluation
     assert tracked.killed.state["best_step"] in (5, 10)

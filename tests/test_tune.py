@@ -123,6 +123,7 @@ def test_a_study_writes_a_best_config_for_train_and_a_second_run_adds_only_the_m
     assert f"f1_macro of the best configuration over 2 new seeds: validation {seeds['validation']['mean']:.4f} ± {seeds['validation']['std']:.4f}" in result.output
 
 
+@pytest.mark.slow  # in CI's second pass: a study of several trials
 def test_pruning_stops_a_hopeless_trial_after_its_first_evaluation(tmp_path, no_trial_reports):
     # A grid of three learning rates that train and one so large that the loss jumps far above where it
     # started. Once a trial has completed, the median pruner judges each later one after its first
@@ -226,19 +227,19 @@ def study_trials(folder: Path) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'study.db'}").get_trials()
 
 
-@pytest.mark.parametrize("change, searched", [
-    ("tune.space.training.batch_size=[8, 16, 32]", "tune.space.training.batch_size: the study searched [8, 16]; keep that space"),
-    ("tune.space.training.batch_size={low: 8, high: 16}", "tune.space.training.batch_size: the study searched [8, 16]; keep that space"),
-    ("tune.space.training.learning_rate.log=false",
-     "tune.space.training.learning_rate: the study searched {low: 0.0001, high: 0.01, log: true}; keep that space (its ends may move)"),
-])
-def test_a_study_refuses_a_space_its_trials_did_not_search_before_any_trial(tmp_path, no_trial_reports, change, searched):
+def test_a_study_refuses_a_space_its_trials_did_not_search_before_any_trial(tmp_path, no_trial_reports):
     config = one_trial_study(tmp_path)
     folder = tmp_path / "search"
-    result = runner.invoke(app, ["tune", str(config), "--trials", "2", "--set", change])
-    assert_one_line_error(result, f"{searched}, or start a new study (--study NAME or another output_dir)")
-    assert [trial.state.name for trial in study_trials(folder)] == ["COMPLETE"]  # no failed trial left behind
-    assert not (folder / "trial-1").exists()
+    for change, searched in [  # one study: each refusal leaves it as it was
+        ("tune.space.training.batch_size=[8, 16, 32]", "tune.space.training.batch_size: the study searched [8, 16]; keep that space"),
+        ("tune.space.training.batch_size={low: 8, high: 16}", "tune.space.training.batch_size: the study searched [8, 16]; keep that space"),
+        ("tune.space.training.learning_rate.log=false",
+         "tune.space.training.learning_rate: the study searched {low: 0.0001, high: 0.01, log: true}; keep that space (its ends may move)"),
+    ]:
+        result = runner.invoke(app, ["tune", str(config), "--trials", "2", "--set", change])
+        assert_one_line_error(result, f"{searched}, or start a new study (--study NAME or another output_dir)")
+        assert [trial.state.name for trial in study_trials(folder)] == ["COMPLETE"]  # no failed trial left behind
+        assert not (folder / "trial-1").exists()
 
 
 def test_a_study_goes_on_when_a_range_moves(tmp_path, no_trial_reports):
