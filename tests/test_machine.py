@@ -55,9 +55,11 @@ def test_without_torchs_probes_cpuinfo_decides(monkeypatch, flags, expected):
     assert machine.resolve_precision("auto", "cpu") == expected
 
 
-@pytest.mark.parametrize(("vendor", "expected"), [("AuthenticAMD", True), ("GenuineIntel", True), ("HygonGenuine", False), ("", False)])
-def test_fp32_inference_multiplies_through_onednn_on_amd_and_intel_cpus_only(monkeypatch, vendor, expected):
-    monkeypatch.setattr(machine, "_cpuinfo_field", lambda name: {"vendor_id": vendor}.get(name, ""))
+@pytest.mark.parametrize(("vendor", "flags", "expected"), [("AuthenticAMD", "avx2 avx512f", True), ("GenuineIntel", "avx2 avx512f amx_bf16", True),
+                                                      ("AuthenticAMD", "avx avx2", False), ("HygonGenuine", "avx2 avx512f", False),
+                                                      ("", "avx2 avx512f", False)])
+def test_fp32_inference_multiplies_through_onednn_on_amd_and_intel_cpus_with_avx512_only(monkeypatch, vendor, flags, expected):
+    monkeypatch.setattr(machine, "_cpuinfo_field", lambda name: {"vendor_id": vendor, "flags": flags}.get(name, ""))
     monkeypatch.setattr(machine.platform, "processor", lambda: "")
     assert machine.onednn_fp32_matmul() is (expected and torch.backends.mkldnn.is_available())
 

@@ -27,7 +27,7 @@ def test_training_saves_a_graph_that_predict_uses_on_the_cpu(trained_run):
 
 @pytest.mark.parametrize(("precision", "onednn"), [("fp32", False), ("fp32", True), ("bf16", True)])
 def test_graph_gives_the_models_results_in_input_order(trained_run, precision, onednn, monkeypatch):
-    """fp32 on an AMD or Intel CPU (onednn) multiplies through oneDNN; bf16 autocast always does."""
+    """fp32 on an AMD or Intel CPU with AVX-512 (onednn) multiplies through oneDNN; bf16 autocast always does."""
     monkeypatch.setattr(machine, "onednn_fp32_matmul", lambda: onednn)
     eager = Predictor.load(trained_run, device="cpu", batch_size=3, precision=precision)
     traced = TorchScriptPredictor.load(trained_run, batch_size=3, precision=precision)

@@ -4,7 +4,7 @@ One place for what train, predict and evaluate accept (`auto | cpu | cuda | cuda
 fp16`), their error messages, and the rule behind `precision: auto`: bf16 only where the hardware
 computes it natively (CUDA compute capability 8.0+, CPUs with AVX512-BF16 or AMX). Elsewhere bf16 is
 emulated (oneDNN still reports it "supported" on any AVX-512 CPU) and several times slower than fp32.
-Also which library multiplies fp32 matrices in prediction: oneDNN on AMD and Intel CPUs, else torch's default.
+Also which library multiplies fp32 matrices in prediction: oneDNN on AMD and Intel CPUs with AVX-512, else torch's default.
 """
 
 from __future__ import annotations
@@ -105,15 +105,26 @@ ONEDNN_VENDORS = ("AuthenticAMD", "GenuineIntel")
 
 def onednn_fp32_matmul() -> bool:
     """Whether fp32 inference should multiply through oneDNN rather than torch's default BLAS (MKL on x86): on
-    AMD and Intel CPUs.
+    AMD and Intel CPUs with AVX-512.
 
-    Measured on the traced MiniLM graph over 872 sentences: on an AMD EPYC, where MKL does not pick its fastest
-    kernels, 1.1-1.25x faster; on an Intel Xeon 1.02-1.04x; on both, the process's peak memory fell by 38-41%.
-    Other CPUs (ARM, ...) were never measured, so they keep torch's default.
+    Measured on the traced MiniLM graph over 872 sentences: on an AMD EPYC with AVX-512, where MKL does not pick its
+    fastest kernels, 1.1-1.25x faster; on an Intel Xeon 1.02-1.04x; on both, the process's peak memory fell by
+    38-41%. On an AMD EPYC with AVX2 only, oneDNN was the slower (MKL 1.12-1.24x faster), so there MKL stays. Other
+    CPUs (ARM, ...) were never measured, so they keep torch's default.
     """
     import torch
 
-    return torch.backends.mkldnn.is_available() and cpu_vendor() in ONEDNN_VENDORS
+    return torch.backends.mkldnn.is_available() and cpu_vendor() in ONEDNN_VENDORS and cpu_avx512()
+
+
+def cpu_avx512() -> bool:
+    """Whether the CPU has AVX-512 (its foundation, avx512f): from /proc/cpuinfo, else from torch's own probe."""
+    flags = _cpuinfo_flags()
+    if flags:
+        return "avx512f" in flags
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def cpu_vendor() -> str:
