@@ -118,7 +118,7 @@ def test_bad_training_files(tmp_path, toy_data, name, content, message):
     assert_one_line_error(runner.invoke(app, ["train", str(config)]), message, tmp_path / "run")
 
 
-def test_missing_and_odd_data_paths(tmp_path, toy_data):
+def test_missing_and_odd_data_paths(tmp_path, toy_data, trained_run, monkeypatch):
     config = str(make_config(tmp_path, toy_data))
     assert_one_line_error(runner.invoke(app, ["train", config, "--set", f"data.train={tmp_path / 'nope.csv'}"]), "nope.csv: no such file")
     (tmp_path / "folder.csv").mkdir()
@@ -126,6 +126,14 @@ def test_missing_and_odd_data_paths(tmp_path, toy_data):
     assert_one_line_error(runner.invoke(app, ["train", config, "--set", "data.train=nosuchdataset"]),
                           "nosuchdataset: not a local file, and a hub dataset not in the local Hugging Face cache, and "
                           "HF_HUB_OFFLINE is set, so it was not downloaded; give a local file, or unset HF_HUB_OFFLINE to download it")
+    # `name:split` where name is a local folder: the hub's loader would read the folder, and the model card call it a hub dataset
+    (tmp_path / "myds").mkdir()
+    beside = make_config(tmp_path, {**toy_data, "train": "myds:train"})  # relative to the config's folder
+    assert_one_line_error(runner.invoke(app, ["train", str(beside)]),
+                          f"{tmp_path / 'myds'}: a folder, not a data file; give the csv, tsv, json, jsonl or parquet file itself")
+    monkeypatch.chdir(tmp_path)  # the same name from the current folder, as a command-line argument names it
+    assert_one_line_error(runner.invoke(app, ["evaluate", "myds:test", "--model", str(trained_run)]),
+                          "myds:test: myds is a local folder or file, not a hub dataset; give its csv, tsv, json, jsonl or parquet file itself")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
