@@ -19,18 +19,20 @@ def bertcls(*args, cwd=None, stdin=None):
     return subprocess.run([sys.executable, "-m", "bertcls", *map(str, args)], capture_output=True, text=True, cwd=cwd, input=stdin, env=env, timeout=300)
 
 
-def test_train_then_predict_end_to_end(tmp_path, toy_data):
+def test_train_then_predict_end_to_end(tmp_path, toy_data, monkeypatch):
     config = make_config(tmp_path, toy_data, output_dir="runs/toy")
     done = bertcls("train", config, "--set", "training.epochs=3", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     run = tmp_path / "runs" / "toy"
     assert json.loads((run / "metrics.json").read_text())["test"]["accuracy"] >= 0.8
+    # the rest in this process: what the CLI prints, without paying a Python start-up each
     # no --model: the newest finished run under ./runs, and stderr says which
-    pred = bertcls("predict", "the film was superb", "the plot was dreadful", cwd=tmp_path)
-    assert pred.returncode == 0, pred.stderr
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BERTCLS_MODEL", raising=False)
+    pred = runner.invoke(app, ["predict", "the film was superb", "the plot was dreadful"])
+    assert pred.exit_code == 0, pred.output
     assert [line.split("\t")[0] for line in pred.stdout.splitlines()] == ["positive", "negative"]
     assert "runs/toy" in pred.stderr
-    # the rest in this process: what the CLI prints, without paying a Python start-up each
     as_json = runner.invoke(app, ["predict", "--json", "--model", str(run), "-"], input="\ufeffgreat acting\nawful\n")  # a BOM, as PowerShell pipes it
     rows = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert [r["label"] for r in rows] == ["positive", "negative"] and set(rows[0]) == {"text", "label", "score", "probabilities"}

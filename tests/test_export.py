@@ -22,11 +22,21 @@ TEXTS = ["a wonderful film", "dreadful acting", "the plot was great and the cast
 
 @pytest.fixture(scope="module")
 def exported(trained_run, tmp_path_factory):
+    """A folder with the fp32 export of the shared run in fp32/; `int8` adds the quantized one in int8/."""
     folder = tmp_path_factory.mktemp("exported")
-    for name, extra in (("fp32", []), ("int8", ["--quantize", "int8"])):
-        result = runner.invoke(app, ["export", "--model", str(trained_run), "--format", "onnx", "--output", str(folder / name), *extra])
-        assert result.exit_code == 0, result.output
+    _export(trained_run, folder / "fp32")
     return folder
+
+
+@pytest.fixture(scope="module")
+def int8(trained_run, exported):
+    _export(trained_run, exported / "int8", "--quantize", "int8")
+    return exported / "int8"
+
+
+def _export(run, folder, *extra):
+    result = runner.invoke(app, ["export", "--model", str(run), "--format", "onnx", "--output", str(folder), *extra])
+    assert result.exit_code == 0, result.output
 
 
 def test_fp32_logits_match_pytorch(trained_run, exported):
@@ -46,7 +56,8 @@ def test_predict_gives_the_same_output_with_an_exported_folder(trained_run, expo
     assert [r["score"] for r in torch_rows] == pytest.approx([r["score"] for r in onnx_rows], abs=1e-4)
 
 
-def test_int8_is_smaller_and_as_accurate(trained_run, exported, tmp_path):
+@pytest.mark.slow  # in CI's second pass: a quantized export
+def test_int8_is_smaller_and_as_accurate(trained_run, exported, int8, tmp_path):
     assert (exported / "int8" / "model.onnx").stat().st_size < 0.5 * (exported / "fp32" / "model.onnx").stat().st_size
     test_file = trained_run.parent / "test.csv"
     accuracy = {}
@@ -86,9 +97,9 @@ def test_an_export_is_not_exported_again(exported, tmp_path):
 
 
 @pytest.mark.parametrize(("name", "refused", "accepted"), [("fp32", "fp16", ("auto", "fp32")), ("fp32", "bf16", ("auto", "fp32")),
-                                                             ("int8", "fp32", ("auto",))])
-def test_an_export_runs_in_the_precision_it_was_exported_in(trained_run, exported, name, refused, accepted):
-    folder = exported / name
+                                                             pytest.param("int8", "fp32", ("auto",), marks=pytest.mark.slow)])
+def test_an_export_runs_in_the_precision_it_was_exported_in(trained_run, exported, request, name, refused, accepted):
+    folder = exported / "fp32" if name == "fp32" else request.getfixturevalue("int8")
     error = (f"Error: precision: {folder} is an ONNX export, whose precision is fixed at export time ({name}); "
              f"use {' or '.join(accepted)}, or for {refused} --model {trained_run.resolve()} (what it was exported from)\n")
     for command in (["predict", "-m", str(folder), "--precision", refused, "a wonderful film"],
