@@ -339,6 +339,18 @@ def test_token_lengths_are_what_training_encodes(tmp_path):
     assert check_mod.token_lengths(split, tokenizer).tolist() == encode(split, tokenizer, max_length=1000).lengths
 
 
+def test_long_texts_are_counted_a_few_characters_at_a_time(monkeypatch):
+    # many long texts would otherwise be encoded in one call: gigabytes for a file of long documents
+    texts = ["a b c d e", "x " * 40, "f g", "y " * 40, "h"]
+    split = Split("train", texts, ["p", "q", "r", "s", "t"], ["a"] * 5)
+    monkeypatch.setattr(check_mod, "LENGTH_CHUNK_CHARS", 50)  # each text with its pair: 10, 81, 4, 81 and 2 characters
+    assert list(check_mod._chunks(split)) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]  # one over the budget goes alone, never dropped
+    monkeypatch.setattr(check_mod, "LENGTH_CHUNK_CHARS", 100)
+    calls = []
+    monkeypatch.setattr(check_mod, "_token_counter", lambda tokenizer: lambda t, p: calls.append(len(t)) or [len(x.split()) for x in t])
+    assert check_mod.token_lengths(split, None).tolist() == [5, 40, 2, 40, 1] and calls == [3, 2]
+
+
 def folder_state(folder: Path) -> dict[str, bytes | None]:
     """Every entry's bytes (None for a folder), to compare before and after."""
     return {p.name: p.read_bytes() if p.is_file() else None for p in sorted(folder.iterdir())}

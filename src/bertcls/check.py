@@ -49,7 +49,10 @@ EXAMPLES = 3  # examples per finding in the summary; --output has them all
 MAX_FOLDS = 5  # out-of-fold probabilities for cleanlab
 MIN_DF_ROWS = 1000  # from this many train rows on, a word must occur twice to become a TF-IDF feature
 MIN_MAX_LENGTH = 8  # the smallest data.max_length the config takes
-LENGTH_CHUNK = 10_000  # texts per tokenizer call when counting tokens: bounds the memory their encodings take
+# Texts, and characters, per tokenizer call when counting tokens: bounds the memory their encodings take (about
+# 135 bytes a token: 10,000 texts of 50,000 characters at once would have taken 11 GB).
+LENGTH_CHUNK = 10_000
+LENGTH_CHUNK_CHARS = 4_000_000
 # How training reads a text longer than max_length, by data.long_text (`bertcls.longtext`).
 LONG_TEXT_READ = {"truncate": "are cut to their first max_length tokens",
                   "head_tail": "are read by head and tail: a quarter of max_length from the start, the rest from the end, the middle left out",
@@ -200,10 +203,22 @@ def token_lengths(split: Split, tokenizer) -> np.ndarray:
     """Tokens per row as the model would see them, uncut (special tokens included), counted a chunk at a time."""
     count = _token_counter(tokenizer)
     lengths: list[int] = []
-    for start in range(0, len(split), LENGTH_CHUNK):
-        end = start + LENGTH_CHUNK
+    for start, end in _chunks(split):
         lengths += count(split.texts[start:end], split.pairs[start:end] if split.pairs is not None else None)
     return np.asarray(lengths, dtype=np.int64)
+
+
+def _chunks(split: Split) -> Iterator[tuple[int, int]]:
+    """(start, end) rows of each tokenizer call: at most LENGTH_CHUNK texts and, past the first text, LENGTH_CHUNK_CHARS characters."""
+    start, chars = 0, 0
+    for i, text in enumerate(split.texts):
+        size = len(text) + (len(split.pairs[i]) if split.pairs is not None else 0)
+        if i > start and (i - start >= LENGTH_CHUNK or chars + size > LENGTH_CHUNK_CHARS):
+            yield start, i
+            start, chars = i, 0
+        chars += size
+    if start < len(split.texts):
+        yield start, len(split.texts)
 
 
 def _token_counter(tokenizer):
