@@ -692,8 +692,8 @@ def _resolve_path_value(key: str, value: Any, base: Path) -> Any:
     # Data: a file by extension or existence; anything else is a hub dataset name, unless its name (before `:split`)
     # is a folder here: that folder, which data refuses as a folder (the hub's loader would have read it in place).
     looks_local = resolved.exists() or resolved.suffix.lower() in DATA_EXTENSIONS or value.startswith((".", "/", "~"))
-    folder = base / value.partition(":")[0]
-    return str(resolved) if looks_local else str(folder) if ":" in value and folder.is_dir() else value
+    name = value.partition(":")[0]
+    return str(resolved) if looks_local else str(base / name) if ":" in value and name and (base / name).is_dir() else value
 
 
 def _format_error(err: dict[str, Any], typed: dict[tuple[str, ...], str] | None = None) -> str:

@@ -54,7 +54,7 @@ def read_table(source: str, split: str = "train"):
     path = Path(source)
     if not _is_local(source):
         name, _, hub_split = source.partition(":")
-        if Path(name).exists():  # the hub's loader would read this local folder (or file) instead, and call it a hub dataset
+        if name and Path(name).exists():  # the hub's loader would read this local folder (or file) instead, and call it a hub dataset
             raise DataError(f"{source}: {name} is a local folder or file, not a hub dataset; give its csv, tsv, json, jsonl or "
                             f"parquet file itself (e.g. {name}/train.csv)")
         try:
