@@ -458,6 +458,7 @@ def _run_trials(job: Search, timeout: float | None) -> None:
 
     def objective(trial: optuna.Trial) -> float:
         current["number"] = trial.number
+        claim.release()  # the trial is in the study now, counted by the other workers
         try:
             return run_trial(job, trial)
         except optuna.TrialPruned:
@@ -471,10 +472,13 @@ def _run_trials(job: Search, timeout: float | None) -> None:
             raise
 
     while True:
+        claim = _Claim(job.folder)  # held from counting the trials until this worker's new one is in the study
         done, running = _count(job.study)
         if done + running >= job.target:
+            claim.release()
             break
         if timeout is not None and time.monotonic() - started >= timeout:
+            claim.release()
             job.say(f"--timeout {timeout:g} s passed: no new trial; {done} of {job.target} done, and the same command continues")
             break
         current.clear()
@@ -489,6 +493,23 @@ def _run_trials(job: Search, timeout: float | None) -> None:
                                 f"trial {number} is marked failed; its values ran {RETRIES + 1} times without finishing and are "
                                 "not tried again; ")
             raise
+        finally:
+            claim.release()
+
+
+class _Claim:
+    """An exclusive lock on the search's folder itself (no file of its own), between counting the study's trials and
+    adding one: workers sharing the folder take turns there, so that together they run the target and no more (two
+    that counted at once each added a trial, one past it)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.fd: int | None = os.open(folder, os.O_RDONLY)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # lets go of the lock
+            self.fd = None
 
 
 def run_trial(job: Search, trial: optuna.Trial) -> float:
