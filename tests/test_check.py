@@ -351,6 +351,29 @@ def test_long_texts_are_counted_a_few_characters_at_a_time(monkeypatch):
     assert check_mod.token_lengths(split, None).tolist() == [5, 40, 2, 40, 1] and calls == [3, 2]
 
 
+def test_a_text_longer_than_a_chunk_is_counted_in_pieces(monkeypatch):
+    # one huge text would otherwise be encoded whole: a 100 MB text, about 3 GB of encodings
+    from bertcls import model as model_mod
+    from bertcls.model import build_tiny_tokenizer
+
+    words = "the quick brown fox jumps over a lazy dog and then some more words ".split()
+    text, pair = " ".join(words[i % len(words)] for i in range(400)), " ".join(words[i % 7] for i in range(300))
+    tokenizer = build_tiny_tokenizer([text, pair])
+    split = Split("train", [text, "short", text], [pair, "p", "q"], ["a"] * 3)
+    whole = check_mod.token_lengths(split, tokenizer).tolist()
+    monkeypatch.setattr(check_mod, "LENGTH_CHUNK_CHARS", 200)
+    monkeypatch.setattr(model_mod, "PIECE_CHARS", 50)
+    counter, sizes = check_mod._token_counter, []
+
+    def watched(tok):
+        count = counter(tok)
+        return lambda texts, pairs: sizes.append(sum(map(len, texts)) + sum(map(len, pairs or ()))) or count(texts, pairs)
+
+    monkeypatch.setattr(check_mod, "_token_counter", watched)
+    assert check_mod.token_lengths(split, tokenizer).tolist() == whole and whole[0] > 700
+    assert max(sizes) <= 50  # characters per tokenizer call
+
+
 def folder_state(folder: Path) -> dict[str, bytes | None]:
     """Every entry's bytes (None for a folder), to compare before and after."""
     return {p.name: p.read_bytes() if p.is_file() else None for p in sorted(folder.iterdir())}

@@ -38,8 +38,9 @@ from bertcls import atomic, runs
 from bertcls.config import Config, DataConfig
 from bertcls.data import LabelMap, Split, load_splits
 from bertcls.errors import ConfigError, RunError, shown
-from bertcls.longtext import MAX_WINDOWS
+from bertcls.longtext import READS
 from bertcls.loss import check_class_weights
+from bertcls.model import pieces
 
 NEAR_EMPTY_CHARS = 3  # a text (or pair text) shorter than this after stripping is near-empty
 PERCENTILES = (50, 90, 95, 99)
@@ -50,13 +51,10 @@ MAX_FOLDS = 5  # out-of-fold probabilities for cleanlab
 MIN_DF_ROWS = 1000  # from this many train rows on, a word must occur twice to become a TF-IDF feature
 MIN_MAX_LENGTH = 8  # the smallest data.max_length the config takes
 # Texts, and characters, per tokenizer call when counting tokens: bounds the memory their encodings take (about
-# 135 bytes a token: 10,000 texts of 50,000 characters at once would have taken 11 GB).
+# 135 bytes a token: 10,000 texts of 50,000 characters at once would have taken 11 GB). A longer text is counted
+# in pieces (`model.pieces`).
 LENGTH_CHUNK = 10_000
 LENGTH_CHUNK_CHARS = 4_000_000
-# How training reads a text longer than max_length, by data.long_text (`bertcls.longtext`).
-LONG_TEXT_READ = {"truncate": "are cut to their first max_length tokens",
-                  "head_tail": "are read by head and tail: a quarter of max_length from the start, the rest from the end, the middle left out",
-                  "sliding_window": f"are read whole, in windows of max_length tokens (at most {MAX_WINDOWS} a text)"}
 NO_CLEANLAB = "cleanlab is not installed: pip install cleanlab (or pip install 'bertcls[check]')"
 PUNCTUATION = re.compile(r"[^\w\s]|_")
 # The baseline's words: what sklearn's default token_pattern finds (2+ word characters), except that each Han, kana or
@@ -204,8 +202,22 @@ def token_lengths(split: Split, tokenizer) -> np.ndarray:
     count = _token_counter(tokenizer)
     lengths: list[int] = []
     for start, end in _chunks(split):
-        lengths += count(split.texts[start:end], split.pairs[start:end] if split.pairs is not None else None)
+        texts, pairs = split.texts[start:end], split.pairs[start:end] if split.pairs is not None else None
+        if end - start == 1 and len(texts[0]) + (len(pairs[0]) if pairs else 0) > LENGTH_CHUNK_CHARS:
+            lengths.append(_pieced_length(count, texts[0], pairs[0] if pairs else None))
+        else:
+            lengths += count(texts, pairs)
     return np.asarray(lengths, dtype=np.int64)
+
+
+def _pieced_length(count, text: str, pair: str | None) -> int:
+    """Tokens of one row longer than LENGTH_CHUNK_CHARS, counted a piece at a time (`model.pieces`: they end at
+    spaces, so the words are the whole text's): the row's special tokens plus each piece's own."""
+    alone = count([""], None)[0]  # the special tokens around a single text
+    total = count([""], [""])[0] if pair is not None else alone
+    for part in (text,) if pair is None else (text, pair):
+        total += sum(count([piece], None)[0] - alone for piece in pieces(part))
+    return total
 
 
 def _chunks(split: Split) -> Iterator[tuple[int, int]]:
@@ -608,7 +620,7 @@ def print_report(report: Report, file: IO[str] | None = None) -> None:
         console.print(f"labels train lacks, in {name}: " + ", ".join(f"{label} ({n} rows)" for label, n in unseen.items())
                       + "; training refuses them")
     console.print(_length_table(s["lengths"], s["max_length"]))
-    console.print(f"texts over max_length {s['max_length']} {LONG_TEXT_READ[s['long_text']]} (data.long_text: {s['long_text']})")
+    console.print(f"texts over max_length {s['max_length']} {READS[s['long_text']]} (data.long_text: {s['long_text']})")
     keep = s["max_length_to_keep_whole"]
     console.print(f"max_length that keeps train texts whole: {keep['95%']} for 95%, {keep['99%']} for 99%")
     for line in _finding_lines(s):

@@ -68,7 +68,7 @@ def build_tiny_tokenizer(texts: Sequence[str], model_max_length: int = 512):
 
     transformers = _quiet_transformers()
     normalizer, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
-    words = Counter(w for text in texts for piece in _pieces(text) for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(piece)))
+    words = Counter(w for text in texts for piece in pieces(text) for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(piece)))
     chars = sorted({c for w in words for c in w})
     vocab = SPECIAL_TOKENS + chars + [f"##{c}" for c in chars]
     known = set(vocab)
@@ -93,7 +93,7 @@ def build_tiny_tokenizer(texts: Sequence[str], model_max_length: int = 512):
 PIECE_CHARS = 1 << 20
 
 
-def _pieces(text: str) -> Iterator[str]:
+def pieces(text: str) -> Iterator[str]:
     """`text` in pieces of about PIECE_CHARS characters, each ending at a space (words are never split
     there, and the normalizer works character by character, so the words found are the same)."""
     start = 0
