@@ -38,6 +38,11 @@ def test_push_dry_run_lists_what_from_pretrained_needs_and_the_card(trained_run)
     ("unfinished", "is an unfinished run (no metrics.json); finish it with `bertcls train CONFIG --resume`, then push"),
     ("bad id", "'me/tiny--x' is not a hub repo id (Cannot have -- or .. in repo_id: 'me/tiny--x'.); write NAME or USER/NAME"),
     ("not a run", "is not a bertcls run folder (no model/ with a model); give the folder `bertcls train` wrote"),
+    ("weights cut short", "model: its weights are not those training saved (missing, cut short or changed since); train the run again, "
+                          "or upload a model you changed yourself with `hf upload`"),
+    ("no weights", "model: its weights are not those training saved"),
+    ("metrics cut short", "metrics.json: unreadable (Expecting value: line 1 column 1 (char 0)), so the run did not finish as it should; "
+                          "train it again, then push"),
 ])
 def test_push_refuses_in_one_line(trained_run, tmp_path, case, message):
     run = tmp_path / "run"
@@ -46,6 +51,13 @@ def test_push_refuses_in_one_line(trained_run, tmp_path, case, message):
         (run / runs.METRICS_FILE).unlink()
     if case == "not a run":
         (run / runs.RECORD_FILE).unlink()
+    weights = run / runs.MODEL_DIR / "model.safetensors"
+    if case == "weights cut short":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    if case == "no weights":
+        weights.unlink()
+    if case == "metrics cut short":
+        (run / runs.METRICS_FILE).write_text("")
     repo = "me/tiny--x" if case == "bad id" else "me/tiny"
     assert_one_line_error(runner.invoke(app, ["push", str(run), repo]), message)
 
@@ -63,6 +75,25 @@ def test_push_without_a_token_or_a_connection_says_so(trained_run, tmp_path, mon
     result = runner.invoke(app, ["push", str(trained_run), "me/tiny"])
     assert_one_line_error(result, "cannot reach the Hugging Face Hub ([Errno 111] Connection refused); check the connection "
                                   "(and HF_ENDPOINT if set), then push again")
+
+
+def test_push_to_an_endpoint_that_never_answers_gives_up(trained_run, tmp_path, monkeypatch):
+    # a proxy or endpoint that takes the connection and sends nothing held push forever
+    import socket
+
+    from huggingface_hub import constants
+
+    from bertcls import push
+
+    server = socket.create_server(("127.0.0.1", 0))  # connections queue in its backlog, never answered
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.setattr(push, "READ_TIMEOUT_S", 0.5)
+    with server:
+        result = runner.invoke(app, ["push", str(trained_run), "me/tiny"])
+    assert_one_line_error(result, "cannot reach the Hugging Face Hub (timed out); check the connection (and HF_ENDPOINT if set), then push again")
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ Offline, not logged in, or the hub out of reach: a one-line `HubError` saying wh
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,9 @@ from bertcls.runlock import pid_text, training_pid
 LEFT_OUT = {runs.TORCHSCRIPT_FILE: "bertcls predict's traced graph, which from_pretrained does not use"}
 FOREIGN = "not written by bertcls train; `hf upload` sends it, if it belongs on the hub"
 TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # how huggingface_hub reads HF_HUB_OFFLINE
+# Seconds to connect to the hub, and to wait for its next byte: huggingface_hub sets no limit, so a proxy or endpoint
+# that takes the connection and never answers held `bertcls push` forever. Sending has none (uploads are large).
+CONNECT_TIMEOUT_S, READ_TIMEOUT_S = 30.0, 60.0
 
 
 @dataclass
@@ -92,6 +96,14 @@ def check_finished(run: Path) -> None:
         raise RunError(f"{run} is still training ({pid_text(pid)}); push it when it has finished")
     if not runs.is_finished(run):
         raise RunError(f"{run} is an unfinished run (no {runs.METRICS_FILE}); finish it with `bertcls train CONFIG --resume`, then push")
+    try:
+        json.loads((run / runs.METRICS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{run / runs.METRICS_FILE}: unreadable ({first_line(exc)}), so the run did not finish as it should; "
+                       "train it again, then push") from None
+    if runs.best_model_step(run) is None:
+        raise RunError(f"{run / runs.MODEL_DIR}: its weights are not those training saved (missing, cut short or changed since); "
+                       "train the run again, or upload a model you changed yourself with `hf upload`")
 
 
 def check_can_push() -> None:
@@ -108,11 +120,14 @@ def check_can_push() -> None:
 
 def push(upload: Upload, private: bool) -> str:
     """Create the repo if need be and commit the files to it (after `check_can_push`); the repo's URL."""
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi, get_session
 
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=upload.card_text if name == runs.CARD_FILE and upload.card_text else str(path))
                   for name, path in upload.files]
     api = HfApi()
+    session = get_session()  # the client huggingface_hub sends everything through
+    timeout = session.timeout
+    session.timeout = type(timeout)(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S, write=None, pool=CONNECT_TIMEOUT_S)
     try:
         url = api.create_repo(upload.repo_id, private=private, exist_ok=True)
         api.create_commit(upload.repo_id, operations, commit_message=f"bertcls push of {upload.run.name}")
@@ -121,6 +136,8 @@ def push(upload: Upload, private: bool) -> str:
         if problem is None:
             raise
         raise HubError(problem) from None
+    finally:
+        session.timeout = timeout
     return str(url)
 
 
