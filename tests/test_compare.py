@@ -118,3 +118,21 @@ def test_a_nan_metric_sorts_with_the_missing_and_leaves_the_order_right():
     scores = {"a": 0.90, "b": float("nan"), "c": 0.95, "d": 0.70, "e": float("inf"), "f": None}
     rows = [Row(name, name, "finished", validation={"accuracy": value}) for name, value in scores.items()]
     assert [row.name for row in sort_rows(rows, "accuracy")] == ["c", "a", "d", "b", "e", "f"]
+
+
+def test_numbers_and_sections_no_run_of_ours_writes_are_rows_not_a_crash(trained_run, tmp_path):
+    root = tmp_path / "runs"
+    for name in ("nan", "listed"):
+        shutil.copytree(trained_run, root / name)
+    metrics = json.loads((root / "nan" / runs.METRICS_FILE).read_text())
+    metrics["train"]["seconds"], metrics["validation"]["accuracy"] = float("inf"), float("nan")
+    (root / "nan" / runs.METRICS_FILE).write_text(json.dumps(metrics))  # Python's json writes them as Infinity, NaN
+    config = (root / "listed" / runs.CONFIG_FILE).read_text()
+    (root / "listed" / runs.CONFIG_FILE).write_text(config.replace("\ntraining:\n", "\ntraining: [1]\nwas_training:\n"))
+    result = runner.invoke(app, ["runs", str(root), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))}
+    assert (rows["nan"]["status"], rows["nan"]["train_seconds"], rows["nan"]["validation"]["accuracy"]) == ("finished", None, None)
+    assert (rows["listed"]["status"], rows["listed"]["detail"]) == ("corrupt", "config.yaml is not a bertcls config: its training is not a mapping")
+    table = runner.invoke(app, ["runs", str(root)])
+    assert table.exit_code == 0 and [line.split()[:2] for line in table.stdout.splitlines()[1:]] == [["nan", "finished"], ["listed", "corrupt"]]

@@ -120,6 +120,9 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise RunError(f"{runs.CONFIG_FILE} unreadable: {first_line(exc)}") from None
     if not isinstance(config, dict):
         raise RunError(f"{runs.CONFIG_FILE} is not a bertcls config")
+    for section in ("model", "data", "training"):
+        if config.get(section) is not None and not isinstance(config[section], dict):
+            raise RunError(f"{runs.CONFIG_FILE} is not a bertcls config: its {section} is not a mapping")
     return config
 
 
@@ -210,7 +213,18 @@ def sort_rows(rows: list[Row], key: str) -> list[Row]:
 
 
 def rows_json(rows: list[Row]) -> str:
-    return json.dumps([asdict(row) for row in rows], indent=2, ensure_ascii=False)
+    """The rows as strict JSON: a NaN or infinite number someone wrote into a run's files is null."""
+    return json.dumps(_finite([asdict(row) for row in rows]), indent=2, ensure_ascii=False, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
 
 
 def print_table(rows: list[Row], metric: str, file: IO[str] | None = None) -> None:
@@ -240,7 +254,7 @@ def _score(value: Any) -> str:
 
 
 def _duration(seconds: float | None) -> str:
-    if not isinstance(seconds, (int, float)):
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
         return "-"
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
