@@ -9,6 +9,7 @@ must log on to the same tracker runs, and it must end exactly like the run that 
 import json
 import os
 import shutil
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -214,13 +215,17 @@ def test_a_tracker_that_is_not_installed_is_refused_before_anything_is_written(t
 
 def test_a_tracker_that_cannot_connect_stops_the_run_before_training(tmp_path, toy_data, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # the discard port: nothing answers
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    config = make_config(tmp_path, toy_data, training={"report_to": ["mlflow"]})
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)  # MLflow's own: 7 retries, 4.5 minutes of silence
+    config = make_config(tmp_path, toy_data, training={"report_to": ["tensorboard", "mlflow"]})
+    started = time.monotonic()
     result = runner.invoke(app, ["train", str(config), "-q"])
+    assert time.monotonic() - started < 60
     assert_one_line_error(result, "Error: training.report_to: mlflow could not start (API request to http://127.0.0.1:9/")
     assert result.output.endswith("; check $MLFLOW_TRACKING_URI and that its server is up, or remove it from training.report_to\n")
     run = tmp_path / "run"
     assert (run / runs.LOG_FILE).read_text() == "" and not runs.checkpoints(run) and not (run / runs.METRICS_FILE).exists()
+    event_files = sorted(f"{runs.TENSORBOARD_DIR}/{p.name}" for p in (run / runs.TENSORBOARD_DIR).iterdir())
+    assert event_files and all(runs.wrote(run, name) for name in event_files)  # TensorBoard started first: its files are ours
 
 
 class Failing(GeneralTracker):

@@ -40,6 +40,10 @@ from bertcls.evaluate import scalars
 
 PROJECT = "bertcls"  # MLflow's experiment, the other trackers' project
 # What to check when a tracker cannot start, beyond its own words.
+# While the trackers start, MLflow asks its server twice, each time for at most 20 s, where by default it asks 8 times
+# with a growing backoff (4.5 minutes of silence before a down server's error); during training its own patience
+# stands. A user's own setting of either is kept.
+MLFLOW_AT_START = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 START_HINTS = {"mlflow": "check $MLFLOW_TRACKING_URI and that its server is up", "wandb": "run `wandb login`, or set WANDB_MODE=offline"}
 
 
@@ -90,9 +94,16 @@ class Tracking(Callback):
     def _start(self, accelerator) -> dict[str, str]:
         folder = self.run / runs.TENSORBOARD_DIR
         before = _files(folder)
-        accelerator.init_trackers(PROJECT, config=self.hparams)
-        # TensorBoard names its files by time, host and pid, and makes them all at start: recorded right after.
-        runs.record_files(self.run, *sorted(f"{runs.TENSORBOARD_DIR}/{name}" for name in _files(folder) - before))
+        added = {key: value for key, value in MLFLOW_AT_START.items() if key not in os.environ}
+        os.environ.update(added)
+        try:
+            accelerator.init_trackers(PROJECT, config=self.hparams)
+        finally:
+            for key in added:
+                os.environ.pop(key, None)
+            # TensorBoard names its files by time, host and pid, and makes them all at start: recorded right after,
+            # also where another tracker then failed to start (a fresh start or --overwrite removes them).
+            runs.record_files(self.run, *sorted(f"{runs.TENSORBOARD_DIR}/{name}" for name in _files(folder) - before))
         return {tracker.name: tracker.run_id() for tracker in self.trackers}
 
     def on_log(self, record: dict[str, Any]) -> None:
