@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 
 from bertcls.cli import app
 from bertcls.errors import ModelError, RunError
-from conftest import file_size_limit
+from conftest import assert_one_line_error, file_size_limit
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -88,6 +89,22 @@ def test_export_refuses_a_non_empty_folder_and_says_what_to_install(trained_run,
     monkeypatch.setattr(export, "_importable", lambda name: name != "onnxruntime")
     with pytest.raises(ModelError, match=r'export needs onnxruntime; install them with: pip install -e "\.\[onnx\]" in the bertcls repository$'):
         export.export_onnx(trained_run, tmp_path / "new")
+
+
+def test_export_refuses_an_output_in_a_run_or_in_the_model_folder(trained_run, tmp_path):
+    # model/ is what `bertcls push` uploads: an export in it doubles the weights there
+    run, plain = tmp_path / "run", tmp_path / "plain"
+    shutil.copytree(trained_run, run)
+    shutil.copytree(trained_run / "model", plain)
+    files = sorted(tmp_path.rglob("*"))
+    for model, output, message in (
+            (run, run / "model" / "onnx", f"is inside the bertcls run folder {run}, which holds what training wrote; choose a folder "
+                                          "outside the run, e.g. onnx/run"),
+            (run, run, "is a bertcls run folder, which holds what training wrote"),
+            (plain, plain / "onnx", f"is inside the model folder {plain}; choose a folder outside it")):
+        result = runner.invoke(app, ["export", "--model", str(model), "--output", str(output)])
+        assert_one_line_error(result, f"Error: --output {output} {message}")
+    assert sorted(tmp_path.rglob("*")) == files
 
 
 def test_an_export_is_not_exported_again(exported, tmp_path):

@@ -302,7 +302,7 @@ def evaluate(
 ) -> None:
     """Score a labelled file with a trained model and print its metrics."""
     from bertcls import report
-    from bertcls.evaluate import absent_note, check_output_folder, evaluate_file
+    from bertcls.evaluate import absent_note, evaluate_file
 
     machine.check_device(device, "--device")
     machine.check_precision(precision, "--precision")
@@ -310,7 +310,7 @@ def evaluate(
         atomic.check_folder_path(output, "--output")
     path = _chosen_model(model, say=model is None or verbose)
     if output is not None:
-        check_output_folder(output, path)
+        runs.check_outside_runs(output, path, "eval")
         runs.check_evaluation_output(output, (runs.METRICS_FILE, *report.REPORT_FILES))
     evaluation = evaluate_file(path, data_file, text_column=text_column, text_pair_column=text_pair_column,
                                label_column=label_column, device=device, batch_size=batch_size, precision=precision,

@@ -1,5 +1,5 @@
 """Evaluation: a model and a labelled loader in, logits in input order and scikit-learn metrics out; `evaluate --output`
-goes outside run folders and the model evaluated (`check_output_folder`).
+goes outside run folders and the model evaluated (`runs.check_outside_runs`).
 
 Macro averages are over the classes that occur in the gold labels or the predictions (scikit-learn's default): a
 class with no example that is never predicted has no F1 to average (0/0), so it is left out rather than counted
@@ -8,16 +8,13 @@ as 0; one that is predicted without examples counts, with F1 0. `absent_note` na
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bertcls import runs
-from bertcls.errors import RunError
 from bertcls.inference import loss_of
 from bertcls.predict import sigmoid, softmax
 
@@ -247,21 +244,3 @@ def evaluate_file(model_path, data_file: str, *, text_column: str | None = None,
     logits = predictor.logits(split.texts, split.pairs)
     return score(split.texts, split.pairs, names, logits, gold, loss_of(logits, np.asarray(gold)),
                  multi_label=predictor.multi_label, threshold=predictor.threshold)
-
-
-def check_output_folder(output: Path, model: Path) -> None:
-    """Refuse an `evaluate --output` folder that is or lies in a run folder, whose files are training's (model/ is what
-    `bertcls push` uploads, a checkpoint what --resume reads), or in the model folder evaluated."""
-    if found := runs.run_above(output):
-        run, place = found
-        shown = runs.as_given(output, run, place)
-        where = "a bertcls run folder" if place == "." else f"inside the bertcls run folder {shown}"
-        example = Path("eval") / shown.name
-        if runs.run_above(example):  # we are inside the run: a sibling of it, then
-            example = shown.parent / f"{shown.name}-eval"
-        raise RunError(f"--output {output} is {where}, which holds what training wrote; choose a folder outside the run, "
-                       f"e.g. {example}")
-    real = Path(os.path.realpath(output))
-    if runs.in_model_folder(real, model):  # a plain model folder, or an export: no run around it to find
-        where = "the model folder" if real == Path(os.path.realpath(model)) else "inside the model folder"
-        raise RunError(f"--output {output} is {where} {model}; choose a folder outside it")

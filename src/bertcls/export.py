@@ -60,6 +60,7 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
     if (Path(model_path) / ONNX_FILE).is_file():
         raise ModelError(f"--model {model_path} is an ONNX export already; export from the run (or model folder) it came from")
     atomic.check_folder_path(output, "--output")
+    runs.check_outside_runs(output, Path(model_path), "onnx")
     _require_onnx()
     if output.exists() and any(output.iterdir()):
         raise RunError(f"--output {output} is not empty; choose a new folder")

@@ -390,6 +390,25 @@ def _clear_leftovers(run: Path, resuming: bool) -> None:
             half.unlink()
 
 
+def check_outside_runs(output: Path, model: Path, suffix: str) -> None:
+    """Refuse an --output folder (of `evaluate`, `export`) that is or lies in a run folder, whose files are training's
+    (model/ is what `bertcls push` uploads, a checkpoint what --resume reads), or in the model folder `model`. The
+    example folder offered is `suffix`/RUN, or RUN-`suffix` beside the run from inside it."""
+    if found := run_above(output):
+        run, place = found
+        shown = as_given(output, run, place)
+        where = "a bertcls run folder" if place == "." else f"inside the bertcls run folder {shown}"
+        example = Path(suffix) / shown.name
+        if run_above(example):  # we are inside the run: a sibling of it, then
+            example = shown.parent / f"{shown.name}-{suffix}"
+        raise RunError(f"--output {output} is {where}, which holds what training wrote; choose a folder outside the run, "
+                       f"e.g. {example}")
+    real = Path(os.path.realpath(output))
+    if in_model_folder(real, model):  # a plain model folder, or an export: no run around it to find
+        where = "the model folder" if real == Path(os.path.realpath(model)) else "inside the model folder"
+        raise RunError(f"--output {output} is {where} {model}; choose a folder outside it")
+
+
 def run_above(path: Path) -> tuple[Path, str] | None:
     """The bertcls run folder that `path` is or lies in (links followed), and `path`'s place in it ("." for the run
     itself); None outside every run. A run folder holds bertcls's record of its files (a search's folder, which
