@@ -172,6 +172,22 @@ def test_resume_by_path_and_refusing_a_changed_config(tmp_path, data):
     assert again.exit_code == 2 and "holds a finished run; there is nothing to resume" in again.output
 
 
+def test_resumed_into_another_output_dir_the_run_keeps_the_best_model_its_checkpoint_knew(tmp_path, data):
+    training = {**TRAINING, "eval_every_steps": 4, "keep_checkpoints": 20, "keep_checkpoints_at_end": True,
+                "metric_for_best": "accuracy", "learning_rate": 2e-3}
+    config = make_config(tmp_path, data, training=training)
+    first = train(load_config(config), quiet=True)
+    best = json.loads((first / runs.METRICS_FILE).read_text())["best_step"]
+    assert best == 36  # validation accuracy peaks before checkpoint-40, and not again after it
+    forked = tmp_path / "forked"
+    result = runner.invoke(app, ["train", str(config), "--set", f"output_dir={forked}", "--resume", str(first / "checkpoint-40")])
+    assert result.exit_code == 0, result.output
+    assert f"note: model/ is {first}'s best model (step 36), the best checkpoint-40 knew" in result.output
+    assert json.loads((forked / runs.METRICS_FILE).read_text())["best_step"] == 36
+    kept, copied = (load_file(run / "model" / "model.safetensors") for run in (first, forked))
+    assert kept.keys() == copied.keys() and all(torch.equal(kept[name], copied[name]) for name in kept)
+
+
 def test_resume_with_nothing_to_resume(tmp_path, data):
     config = make_config(tmp_path, data)
     result = runner.invoke(app, ["train", str(config), "--resume"])

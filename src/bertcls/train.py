@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -460,9 +461,12 @@ def _place_in_schedule(job: Job) -> None:
 
 def _keep_best_on_resume(job: Job) -> None:
     """model/ must be the best model the resumed checkpoint knows, never one saved after it."""
-    kept = _best_on_resume(job.run, job.state, job.accelerator)
+    source = job.inputs.resume_from.parent  # the run folder the checkpoint is in: another output_dir's, when resumed into a new one
+    kept = _best_on_resume(job.run, job.state, job.accelerator, source)
     if kept == "resave":
         job.save_best((job.state.best_metrics or {}).get("threshold"))
+    elif kept == "copied":
+        job.log.say(f"note: model/ is {source}'s best model (step {job.state.best_step}), the best {job.inputs.resume_from.name} knew")
     elif kept == "lost":
         job.log.say(f"note: model/ was saved after {job.inputs.resume_from.name}, and the best model that checkpoint knew "
                     "is gone; the best is chosen again from the next evaluation")
@@ -613,21 +617,44 @@ def _claim_run_dir(run: Path, overwrite: bool, resuming: bool, accelerator, reso
         raise RunError(message)
 
 
-def _best_on_resume(run: Path, state: LoopState, accelerator) -> str:
+def _best_on_resume(run: Path, state: LoopState, accelerator, source: Path) -> str:
     """Whether model/ is the best model the resumed checkpoint knows ("kept"); else whether that is the
-    checkpoint's own weights ("resave"), or lost ("lost"): model/ was saved after the checkpoint (by the
-    run that went on from it), and is removed. The main process looks; every process gets the answer."""
+    checkpoint's own weights ("resave"), or the model/ of `source`, the run folder the checkpoint is in, when that
+    is another ("copied" into `run`); or lost ("lost"): model/ was saved after the checkpoint (by the run that went
+    on from it), and is removed. The main process looks; every process gets the answer."""
     verdict = None
     if accelerator.is_main_process:
-        known = state.best_value is not None
-        if known and state.best_step is not None and runs.best_model_step(run) == state.best_step:
+        known = state.best_value is not None and state.best_step is not None
+        elsewhere = os.path.realpath(source) != os.path.realpath(run)
+        if known and runs.best_model_step(run) == state.best_step:
             verdict = "kept"
         elif known and state.best_step == state.global_step:
             verdict = "resave"
+        elif known and elsewhere and runs.best_model_step(source) == state.best_step:
+            _copy_model(source, run)
+            runs.record_best(run, state.best_step)
+            verdict = "copied"
         else:
             runs.remove_ours(run, runs.MODEL_DIR)
-            verdict = "lost" if known else "kept"
+            verdict = "lost" if state.best_value is not None else "kept"
     return distributed.from_main(verdict, accelerator)
+
+
+def _copy_model(source: Path, run: Path) -> None:
+    """RUN/model <- the files bertcls wrote in `source`'s model/ (a folder put in place whole)."""
+    dest = run / runs.MODEL_DIR
+    with atomic.writing(dest):
+        tmp = atomic.temp_dir_for(dest)
+        try:
+            for name in runs.read_record(source)["files"]:
+                folder, _, rest = name.partition("/")
+                if folder == runs.MODEL_DIR and rest and (source / name).is_file():
+                    (tmp / rest).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(source / name, tmp / rest)
+            runs.publish_dir(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def _write_reports(run: Path, evaluations: dict[str, Evaluation], cfg: TrainingConfig, log: _Log) -> None:
