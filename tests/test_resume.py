@@ -97,6 +97,24 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_says_how_to_resume(
     assert_same_run(run, reference)
 
 
+def test_a_signal_once_the_run_has_finished_leaves_it_finished(tmp_path, data, monkeypatch, capsys):
+    # a preemption notice that lands after metrics.json is written: a wrapper seeing exit 143 would resume a finished run
+    from bertcls import atomic
+
+    write_json = atomic.write_json
+
+    def then_a_signal(path, value):
+        write_json(path, value)
+        if Path(path).name == runs.METRICS_FILE:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(atomic, "write_json", then_a_signal)
+    run = train(load_config(make_config(tmp_path, data, training={**TRAINING, "epochs": 1, "save_every_steps": None})))
+    said = capsys.readouterr().err
+    assert (run / runs.METRICS_FILE).is_file() and said.endswith(f"\nSIGTERM: the run has finished; closing (press Ctrl-C again to exit now)\n"
+                                                                  f"run folder: {run}\n")
+
+
 def test_a_second_ctrl_c_stops_at_once():
     before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a test worker process
     stop = StopRequest()

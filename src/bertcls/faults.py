@@ -32,6 +32,7 @@ class StopRequest:
         self.signum: int | None = None
         self.armed = False
         self.finishing = False
+        self.finished = False  # metrics.json is written: the run is whole, whatever comes
         self._previous: dict[int, object] = {}
         self._group = None
         self._shared = False
@@ -81,6 +82,14 @@ class StopRequest:
         return Interrupted(signal.Signals(signum).name, step, checkpoint, 128 + signum)
 
     def _handle(self, signum: int, frame) -> None:
+        if self.finished:  # what is left (closing the trackers) ends by itself; a second signal ends it now, as finished
+            if self.signum is not None:
+                raise SystemExit(0)
+            self.signum = signum
+            if distributed.is_main_process():
+                print(f"\n{signal.Signals(signum).name}: the run has finished; closing (press Ctrl-C again to exit now)",
+                      file=sys.stderr, flush=True)
+            return
         if self.armed and self.signum is None:
             self.signum = signum
             if distributed.is_main_process():  # under torchrun every process gets it: say it once

@@ -517,11 +517,12 @@ def finish(job: Job, inputs: Inputs, stop: faults.StopRequest, listeners: list[C
     if job.main:
         card.write_card(run, job.config, (inputs.train, inputs.validation, inputs.test), inputs.labels, result, job.log.say)
         manifest.end(run)
+    stop.finished, stop.signum = True, None  # a signal from here on does not make a finished run look stopped
+    if job.main:
         atomic.write_json(run / runs.METRICS_FILE, result)  # last: its presence marks the run finished
         if not tcfg.keep_checkpoints_at_end:  # only an unfinished run resumes: the finished one keeps model/
             for folder in runs.checkpoints(run):
                 runs.remove_ours(run, folder.name)
-    stop.armed = False
     job.log.say(f"run folder: {run}")
     job.release()
     acc.end_training()
