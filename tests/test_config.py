@@ -149,6 +149,36 @@ def test_a_mapping_given_with_set_merges_into_its_section_and_its_paths_are_from
     assert load_config(saved).to_dict() == cfg.to_dict()
 
 
+def test_a_mapping_given_with_set_for_a_key_that_is_no_section_replaces_the_files(tmp_path):
+    config = write(tmp_path, "data: {train: a.csv}\ntraining: {class_weights: {positive: 5}}\n"
+                             "tune: {space: {training.epochs: [1, 2]}}\n")
+    cfg = load_config(config, ["training.class_weights={negative: 2}", "tune.space={training.learning_rate: [1.0e-4, 1.0e-3]}"])
+    assert cfg.training.class_weights == {"negative": 2.0}
+    assert list(cfg.tune.space) == ["training.learning_rate"]
+
+
+@pytest.mark.parametrize("weight, shown", [(".inf", "inf"), ("-1", "-1"), (".nan", "nan")])
+def test_a_weight_that_is_no_finite_number_above_0_is_refused(tmp_path, weight, shown):
+    config = write(tmp_path, "data: {train: a.csv}\n")
+    result = CliRunner().invoke(app, ["check", str(config), "--set", f"training.class_weights={{positive: {weight}}}"])
+    assert_one_line_error(result, f"Error: training.class_weights.positive: a weight must be a finite number >= 0 (got {shown})")
+
+
+@pytest.mark.parametrize("file, override, got, typed", [
+    ("training: {class_weights: {yes: 3}}\n", None, "True", "yes"),
+    ("", "training.class_weights={true: 3}", "True", "true"),
+    ("training: {class_weights: {Off: 3}}\n", None, "False", "Off"),
+])
+def test_a_label_that_yaml_reads_as_a_boolean_says_to_quote_it(tmp_path, file, override, got, typed):
+    config = write(tmp_path, "data: {train: a.csv}\n" + file)
+    result = CliRunner().invoke(app, ["check", str(config), *(["--set", override] if override else [])])
+    example = f'{{"{typed}": 3}}'
+    assert_one_line_error(result, f"Error: training.class_weights: the key {got} is no label text; YAML reads "
+                                  "yes/no, on/off and true/false as booleans: quote a label that YAML would read otherwise, e.g. "
+                                  f"class_weights: {example} in the file, or --set 'training.class_weights={example}'")
+    assert load_config(config, [f"training.class_weights={example}"]).training.class_weights == {typed: 3.0}
+
+
 def test_tune_threshold_with_the_default_threshold_loads(tmp_path):
     """A saved config holds every key, threshold 0.5 too: a run that tuned its threshold must load again (resume, tune)."""
     cfg = load_config(write(tmp_path, "data: {train: a.csv, task: multi_label}\ntraining: {tune_threshold: true, threshold: 0.5}\n"))

@@ -98,6 +98,16 @@ def test_test_label_unknown_to_train_is_an_error(tmp_path):
         load_splits(cfg(train, test=str(test)), seed=0)
 
 
+def test_json_true_and_false_are_the_labels_true_and_false_as_a_csv_writes_them(tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in [("x y", True), ("y z", False), ("z x", True)]),
+                     encoding="utf-8")
+    validation = write_csv(tmp_path / "validation.csv", [("x", "true"), ("y", "false")])
+    split, held, _, labels = load_splits(cfg(train, validation=str(validation)), seed=0)
+    assert split.labels == ["true", "false", "true"] and labels.names == ("false", "true")
+    assert labels.encode(held.labels, "validation") == [1, 0]
+
+
 def test_validation_split_is_stratified_and_seeded(tmp_path):
     train = write_csv(tmp_path / "train.csv", toy_rows(100, 0))
     a = load_splits(cfg(train, validation_split=0.2), seed=3)

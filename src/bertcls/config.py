@@ -2,9 +2,9 @@
 
 Every key, its type, default and meaning lives here, and nowhere else; so does the `tune` section,
 which `bertcls tune` reads and training ignores (it is not part of a run's saved config). A mapping
-given with `--set` merges into the section it names, key by key. Paths in a config file are relative
-to the file's folder; paths given with `--set`, and the default output_dir, are relative to the
-current folder. All are stored absolute.
+given with `--set` merges into the section it names, key by key; any other value, a mapping too,
+replaces what its key holds. Paths in a config file are relative to the file's folder; paths given
+with `--set`, and the default output_dir, are relative to the current folder. All are stored absolute.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from bertcls import machine
 from bertcls.errors import ConfigError, clipped, shown
@@ -51,8 +51,8 @@ def _float_from_yaml(value: Any) -> Any:
 Float = Annotated[float, BeforeValidator(_float_from_yaml)]
 
 
-def _class_weights(value: Any) -> Any:
-    """`none`, `balanced`, or {label: weight >= 0} with label names as strings (YAML may give integers)."""
+def _class_weights(value: Any, info: ValidationInfo) -> Any:
+    """`none`, `balanced`, or {label: finite weight >= 0} with label names as strings (YAML may give integers)."""
     if value in ("none", "balanced"):
         return value
     if not isinstance(value, dict) or not value:
@@ -60,12 +60,29 @@ def _class_weights(value: Any) -> Any:
     weights = {}
     for label, weight in value.items():
         weight = _float_from_yaml(weight)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-            raise ValueError(f"training.class_weights.{clipped(str(label))}: a weight must be a number >= 0 (got {shown(weight)})")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"training.class_weights.{clipped(str(label))}: a weight must be a finite number >= 0 (got {shown(weight)})")
+        if label is None or isinstance(label, bool):  # `yes: 3` is read as True: 3, and True names no label
+            reading, text = _yaml_reading(label)
+            text = _typed_key(label, (info.context or {}).get("typed", {})) or text  # quote what was typed: `on`, not `yes`
+            example = f'{{"{text}": {shown(weight)}}}'
+            raise ValueError(f"training.class_weights: the key {shown(label)} is no label text; {reading}: quote a label that YAML "
+                             f"would read otherwise, e.g. class_weights: {example} in the file, or --set 'training.class_weights={example}'")
         weights[str(label)] = float(weight)
     if not any(weights.values()):
         raise ValueError("training.class_weights: at least one weight must be above 0")
     return weights
+
+
+def _typed_key(label: bool | None, typed: dict[tuple[str, ...], str]) -> str | None:
+    """The word typed for a training.class_weights key that YAML read as the boolean `label` (`on` for True), from the
+    key paths of `typed`, which keep each key as typed; None when not found (only unquoted weights are recorded there)."""
+    for path in typed:
+        written = path[-1]
+        if path[:2] == ("training", "class_weights") and len(path) == 3 and written.lower() in yaml.SafeLoader.bool_values \
+                and yaml.safe_load(written) is label:
+            return written
+    return None
 
 
 def _trackers(value: Any) -> Any:
@@ -158,7 +175,8 @@ class TrainingConfig(Section):
                                           "(about 270 MB for MiniLM, 1.3 GB for bert-base), so by default a finished run keeps "
                                           "model/ and its traced graph alone.")
     class_weights: Annotated[str | dict[str, float], BeforeValidator(_class_weights)] = Field(
-        "none", description="Weighted cross-entropy: none, balanced (n / (classes x class count)), or {label: weight} (others weigh 1).")
+        "none", description="Weighted cross-entropy: none, balanced (n / (classes x class count)), or {label: weight} (others weigh 1; "
+        "quote a label that YAML reads as no text: {\"yes\": 3}).")
     threshold: Float = Field(0.5, gt=0.0, lt=1.0, description="multi_label: a label is predicted when its probability is at least this.")
     tune_threshold: bool = Field(False, description="multi_label: pick the threshold with the best micro-F1 on validation instead "
                                   "(so not with training.threshold set to another value than 0.5); saved with the model.")
@@ -460,14 +478,15 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def merge_override(raw: dict[str, Any], key: str, value: Any, base: Path) -> None:
-    """`--set KEY=VALUE` into `raw`. A mapping merges into what KEY holds, key by key, as a `--set KEY.SUB=...` for
-    each of its keys would; any other value replaces it. Its paths are resolved against `base`, as a dotted key's are."""
+    """`--set KEY=VALUE` into `raw`. A mapping for a section (`data`, `training`) merges into it, key by key, as a
+    `--set KEY.SUB=...` for each of its keys would; any other value, a mapping for a key like training.class_weights too,
+    replaces what KEY holds. Its paths are resolved against `base`, as a dotted key's are."""
     parts = key.split(".")
     _merge(_parent(raw, parts, key), parts[-1], value, key, base)
 
 
 def _merge(node: dict[str, Any], name: Any, value: Any, key: str, base: Path) -> None:
-    if not isinstance(value, dict):
+    if not (isinstance(value, dict) and _is_section(tuple(key.split(".")))):
         node[name] = _resolve_path_value(key, value, base)
         return
     if not isinstance(node.get(name), dict):
@@ -489,7 +508,7 @@ def validate_config(raw: dict[str, Any], typed: dict[tuple[str, ...], str] | Non
     """`raw` as a Config; a ConfigError naming each problem. `typed`: what was typed for the values YAML read as
     no text (`007`, `off`), by key path, so that a hint to quote one quotes what was typed."""
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context={"typed": typed or {}})
     except ValidationError as exc:
         errors = exc.errors()
         more = f"; ... and {len(errors) - MAX_ERRORS_SHOWN} more problem(s)" if len(errors) > MAX_ERRORS_SHOWN else ""
@@ -621,7 +640,7 @@ def parse_override(item: str, typed: dict[tuple[str, ...], str] | None = None) -
         value = load_yaml(text, f"--set {clipped(key)}", found, path) if text.strip() else None
     except (yaml.YAMLError, RecursionError):
         value = text
-    if typed is not None:  # forget what was typed for the values this replaces (a mapping merges: those it names)
+    if typed is not None:  # forget what was typed for the values this replaces (a section merges: those it names)
         for leaf in _leaves(value, path):
             for stale in [known for known in typed if known[: len(leaf)] == leaf]:
                 del typed[stale]
@@ -630,12 +649,23 @@ def parse_override(item: str, typed: dict[tuple[str, ...], str] | None = None) -
 
 
 def _leaves(value: Any, path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
-    """The key paths a `--set` of `value` at `path` replaces: `path` itself, or for a mapping (which merges) each of its leaves."""
-    if not isinstance(value, dict):
+    """The key paths a `--set` of `value` at `path` replaces: `path` itself, or for a section (which merges) each of its leaves."""
+    if not (isinstance(value, dict) and _is_section(path)):
         yield path
         return
     for key, sub in value.items():
         yield from _leaves(sub, (*path, str(key)))
+
+
+def _is_section(path: tuple[str, ...]) -> bool:
+    """Whether `path` names a section of the config (`data`, `training`): a mapping given for one merges into it."""
+    model: Any = Config
+    for part in path:
+        field = model.model_fields.get(part)
+        model = field.annotation if field else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return False
+    return True
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:

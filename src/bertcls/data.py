@@ -296,10 +296,12 @@ def _checked_labels(values: list[Any], where: str, column: str) -> list[Any]:
         raise DataError(f"{where}: column {column!r} holds fractional numbers; labels must be names or integers")
     flags = [i for i, v in enumerate(values) if isinstance(v, bool)]
     if flags and len(flags) < len(values):
-        # true == 1 in Python and "True" != "1" as text: a mix cannot be read one way that is right for both.
+        # true == 1 in Python and "true" != "1" as text: a mix cannot be read one way that is right for both.
         others = [i for i, v in enumerate(values) if not isinstance(v, bool)]
         raise DataError(f"{where}: column {column!r} mixes true/false (data rows {_rows(flags)}) with other labels "
                         f"(data rows {_rows(others)}); write every label the same way, e.g. all 0/1 or all true/false")
+    if flags:  # JSON's true is the label "true", as a csv writes it (str() would make it "True")
+        return ["true" if v else "false" for v in values]
     values = [int(v) if isinstance(v, float) else v for v in values]  # 1.0 is the label 1
     return [label_text(v) if isinstance(v, str) else v for v in values]
 
