@@ -94,6 +94,13 @@ def test_texts_with_top_k(trained_run):
     ("in.csv", "text,id\ngood,1\nbad\nugly,3,extra\n", [], "in.csv: line 3 has 1 field(s) but the header has 2"),
     ("in.csv", 'text,id\ngood,1\n"never closes,2\nmore,3\n', [], "in.csv: the quoted text opened on line 3 runs to line 4"),
     ("in.tsv", "text\tid\ttext\ngood\t1\tbad\n", [], "in.tsv: column 'text' appears twice (columns 1 and 3); rename one"),
+    ("in.csv", "text,,\nx,1,2\n", [], "in.csv: columns 2 and 3 have no name in the header; name them"),
+    ("in.jsonl", '{"text": "a", "id": 1}\n\n{"text": "b", "id": 2, "note": "keep"}\n', [],
+     "in.jsonl: data row 2 has 'note', which the first row lacks; a csv --output takes its columns from the first row"),
+    ("in.jsonl", '{"text": "a"}\n{"text": "b", "note": "keep"}\n', ["--output", "out.tsv"], "a tsv --output takes its columns"),
+    ("in.jsonl", '{"text": "ok"}\n{"text": true}\n', [], "in.jsonl: data row 2: its 'text' is true, not text; give text or remove the row"),
+    ("in.jsonl", '{"text": Infinity}\n', [], "in.jsonl: data row 1: its 'text' is Infinity, not text"),
+    ("in.jsonl", '{"text": "ok"}\n{"text": NaN}\n', [], "in.jsonl: data row 2 has no 'text'; fill it in or remove the row"),
 ])
 def test_bad_files_are_one_line_errors_and_leave_no_output(tmp_path, trained_run, name, content, extra, message):
     source = tmp_path / name
@@ -211,3 +218,37 @@ def test_stdout_as_an_output_says_to_leave_it_out(tmp_path):
     for stdout in ("-", "/dev/stdout"):
         with pytest.raises(DataError, match=f"^--output {stdout}: leave out --output to write JSON lines to stdout$"):
             check_output(source, Path(stdout))
+
+
+@pytest.mark.parametrize("out_name", ["out.csv", "out.tsv"])
+def test_a_text_with_a_bare_carriage_return_reads_back_as_its_own_row(tmp_path, out_name):
+    pandas = pytest.importorskip("pandas")
+    source = tmp_path / "in.csv"
+    source.write_bytes(b'text,id\n"a\rb",1\nc,2\n')
+    out = tmp_path / out_name
+    predict_file(CountingPredictor(), source, out, text_column="text", progress=False)
+    back = pandas.read_csv(out, sep="\t" if out_name == "out.tsv" else ",", dtype=str, keep_default_na=False)
+    assert back.values.tolist() == [["a\rb", "1", "short", "0.9"], ["c", "2", "short", "0.9"]]
+    assert out.read_bytes().endswith(b"\nc\t2\tshort\t0.9\n" if out_name == "out.tsv" else b"\nc,2,short,0.9\n")  # others as before
+
+
+def test_one_unnamed_column_and_json_lines_short_of_a_key_are_kept(tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text(",text\n0,x\n1,y\n", encoding="utf-8")  # a pandas index
+    predict_file(CountingPredictor(), source, tmp_path / "out.csv", text_column="text", progress=False)
+    assert (tmp_path / "out.csv").read_text() == ",text,predicted,score\n0,x,short,0.9\n1,y,short,0.9\n"
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "a", "note": "n"}\n{"text": 42}\n{"text": 3.5, "note": null}\n', encoding="utf-8")
+    predict_file(CountingPredictor(), source, tmp_path / "out.tsv", text_column="text", progress=False)
+    assert (tmp_path / "out.tsv").read_text() == "text\tnote\tpredicted\tscore\na\tn\tshort\t0.9\n42\t\tshort\t0.9\n3.5\t\tshort\t0.9\n"
+
+
+def test_a_json_line_with_a_new_key_leaves_an_existing_output_as_it_was(tmp_path, trained_run):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "first", "id": 1}\n{"text": "second", "id": 2, "note": "KEEP ME"}\n', encoding="utf-8")
+    out = tmp_path / "out.csv"
+    out.write_bytes(b"my own work\n")
+    result = runner.invoke(app, ["predict", "-m", str(trained_run), "-f", str(source), "-o", str(out), "--overwrite"])
+    assert_one_line_error(result, f"--file {source}: data row 2 has 'note', which the first row lacks; a csv --output takes its "
+                                  "columns from the first row: give every row the same keys, or write a .jsonl --output")
+    assert out.read_bytes() == b"my own work\n" and sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.csv"]

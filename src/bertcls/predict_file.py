@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -78,7 +79,11 @@ def read_chunks(path: Path, chunk_rows: int = CHUNK_ROWS, on_bytes=None) -> Iter
         else:
             # Checked whole first, as training checks it: a ragged row or an unclosed quote would shift or merge rows.
             # A tsv as in training: GLUE-style (quote characters are text) or csv-quoted, as bertcls.tsv finds it.
-            read_with, _ = tsv.check_fields(path, kind)
+            read_with, header = tsv.check_fields(path, kind)
+            unnamed = [str(number) for number, name in enumerate(header, start=1) if not name]
+            if len(unnamed) > 1:  # read by name, all but the last would be lost; one (a pandas index) is kept
+                raise DataError(f"--file {path}: columns {', '.join(unnamed[:-1])} and {unnamed[-1]} have no name in the "
+                                "header; name them (one unnamed column, such as a pandas index, is fine)")
             options = {"delimiter": "\t", "quoting": read_with} if kind == "tsv" else {}
             csv.field_size_limit(FIELD_SIZE_LIMIT)
             rows = csv.DictReader(text, **options)
@@ -118,8 +123,11 @@ def texts_of(chunk: list[dict[str, Any]], column: str, first_row: int, path: Pat
     texts = []
     for i, row in enumerate(chunk):
         value = row.get(column)
-        if value is None:
+        if value is None or isinstance(value, float) and math.isnan(value):  # NaN: a missing value, as pandas writes one
             raise DataError(f"--file {path}: data row {first_row + i + 1} has no {column!r}; fill it in or remove the row")
+        if isinstance(value, bool) or isinstance(value, float) and math.isinf(value):
+            raise DataError(f"--file {path}: data row {first_row + i + 1}: its {column!r} is {json.dumps(value)}, not text; "
+                            "give text or remove the row")
         text = str(value) if isinstance(value, (int, float)) else value  # a number in a JSON line reads as its digits
         problem = text_problem(text)
         if problem:
@@ -145,29 +153,45 @@ def prediction_fields(result, top_k: int | None) -> dict[str, Any]:
 
 
 class _Writer:
-    """Rows with their predictions as CSV/TSV or JSON lines, to an open text file."""
+    """Rows with their predictions as CSV/TSV or JSON lines, to an open text file; `source` names the input in errors."""
 
-    def __init__(self, file: IO[str], kind: str) -> None:
-        self.file, self.kind = file, kind
+    def __init__(self, file: IO[str], kind: str, source: Path) -> None:
+        self.file, self.kind, self.source = file, kind, source
+        self.columns: list[str] | None = None  # a CSV's or TSV's, from its first row
         self.csv: csv.DictWriter | None = None
-        self.columns: list[str] | None = None  # a TSV's, from its first row
+        self.quoted: csv.DictWriter | None = None
 
-    def write(self, rows: list[dict[str, Any]]) -> None:
+    def write(self, rows: list[dict[str, Any]], first_row: int) -> None:
+        """Write `rows`, the input's data rows from `first_row + 1` on."""
         if self.kind == "jsonl":
             self.file.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
             return
+        if self.columns is None:
+            self.columns = list(rows[0])
+            if self.kind == "tsv":
+                self.file.write("\t".join(map(tsv.written, self.columns)) + "\n")
+            else:
+                self.csv = csv.DictWriter(self.file, fieldnames=self.columns, lineterminator="\n")
+                self.quoted = csv.DictWriter(self.file, fieldnames=self.columns, lineterminator="\n", quoting=csv.QUOTE_ALL)
+                self._write_csv({name: name for name in self.columns})  # the header
+        columns = set(self.columns)
+        for i, row in enumerate(rows):  # JSON lines may differ; a row short of a column gets it empty
+            if not row.keys() <= columns:
+                extra = ", ".join(repr(k) for k in row if k not in columns)
+                raise DataError(f"--file {self.source}: data row {first_row + i + 1} has {extra}, which the first row lacks; "
+                                f"a {self.kind} --output takes its columns from the first row: give every row the same keys, "
+                                "or write a .jsonl --output")
         rows = [{k: ";".join(v) if isinstance(v, list) else v for k, v in row.items()} for row in rows]
         if self.kind == "tsv":  # each field as the input had it: only what a TSV cannot hold bare goes in quotes
-            if self.columns is None:
-                self.columns = list(rows[0])
-                self.file.write("\t".join(map(tsv.written, self.columns)) + "\n")
             self.file.writelines("\t".join(tsv.written("" if row.get(k) is None else str(row[k])) for k in self.columns) + "\n"
                                  for row in rows)
             return
-        if self.csv is None:
-            self.csv = csv.DictWriter(self.file, fieldnames=list(rows[0]), extrasaction="ignore", lineterminator="\n")
-            self.csv.writeheader()
-        self.csv.writerows(rows)
+        for row in rows:
+            self._write_csv(row)
+
+    def _write_csv(self, row: dict[str, Any]) -> None:
+        # csv quotes only the line breaks of its lineterminator: a row with a bare \r goes all in quotes
+        (self.quoted if any(isinstance(v, str) and "\r" in v for v in row.values()) else self.csv).writerow(row)
 
 
 def predict_file(predictor, source: Path, output: Path | None, *, text_column: str, pair_column: str | None = None,
@@ -191,7 +215,7 @@ def predict_file(predictor, source: Path, output: Path | None, *, text_column: s
     try:
         with atomic.atomic_file(output) if output is not None else nullcontext() as tmp, \
                 open(tmp, "w", encoding="utf-8", newline="") if tmp else nullcontext(sys.stdout) as out:
-            writer = _Writer(out, kind)
+            writer = _Writer(out, kind, source)
             for chunk in read_chunks(source, chunk_rows, on_bytes=lambda pos: bar.update(pos - bar.n)):
                 texts = texts_of(chunk, text_column, rows_done, source, "--text-column")
                 pairs = texts_of(chunk, pair_column, rows_done, source, "--text-pair-column") if pair_column else None
@@ -199,7 +223,8 @@ def predict_file(predictor, source: Path, output: Path | None, *, text_column: s
                 if taken:
                     raise DataError(f"--file {source}: already has column(s) {', '.join(taken)}, which the output adds; rename them")
                 results = predictor.predict(texts, pairs)
-                writer.write([{**row, **prediction_fields(result, top_k)} for row, result in zip(chunk, results, strict=True)])
+                writer.write([{**row, **prediction_fields(result, top_k)} for row, result in zip(chunk, results, strict=True)],
+                             rows_done)
                 rows_done += len(chunk)
             if rows_done == 0:
                 raise DataError(f"--file {source}: no rows")
