@@ -1,11 +1,16 @@
+import json
+import shutil
 import subprocess
 import sys
 
 import pytest
+from typer.testing import CliRunner
 
 from bertcls import runs
+from bertcls.cli import app
 from bertcls.errors import RunError
-from bertcls.predict import Predictor
+from bertcls.predict import ONNX_META, Predictor, load_predictor
+from conftest import assert_one_line_error
 
 
 def test_predicts_labels_from_id2label_in_input_order(trained_run):
@@ -82,3 +87,67 @@ def test_bad_precision_is_a_config_error(trained_run, precision, message):
 
     with pytest.raises(ConfigError, match=message):
         Predictor.load(trained_run, device="cpu", precision=precision)
+
+
+def test_a_model_folder_copied_without_its_run_reads_texts_as_the_run_did(trained_run, tmp_path):
+    """Training records its max_length in the model's config.json: the folder alone (no run config.yaml beside it,
+    no traced graph) truncates a long text where the run does, and gives the run's scores."""
+    alone = shutil.copytree(trained_run / "model", tmp_path / "copied", ignore=shutil.ignore_patterns(runs.TORCHSCRIPT_FILE))
+    text = "the plot " + "is long " * 40
+    run = load_predictor(trained_run, device="cpu")
+    copied = load_predictor(alone, device="cpu")
+    assert (run.engine, copied.engine) == ("torchscript", "pytorch") and copied.max_length == run.max_length == 32
+    ((ours, theirs),) = zip(copied.predict([text]), run.predict([text]), strict=True)
+    assert ours.truncated and theirs.truncated
+    assert dict(ours.probabilities) == pytest.approx(dict(theirs.probabilities), abs=1e-4)
+
+
+def _edit_json(file, **changes):
+    file.write_text(json.dumps({**json.loads(file.read_text(encoding="utf-8")), **changes}), encoding="utf-8")
+
+
+def _one_label(run):
+    _edit_json(run / "model" / "config.json", id2label={"0": "negative"}, label2id={"negative": 0})
+    return run
+
+
+def _threshold(run):
+    _edit_json(run / "model" / "config.json", problem_type="multi_label_classification", multi_label_threshold="0.5x")
+    return run
+
+
+def _config_yaml(text):
+    def spoil(run):
+        (run / runs.CONFIG_FILE).write_text(text, encoding="utf-8")
+        return run
+    return spoil
+
+
+def _export_meta(run):
+    """The run's ONNX export, whose bertcls-onnx.json lost its keys."""
+    export = run.parent / "export"
+    result = CliRunner().invoke(app, ["export", "--model", str(run), "--format", "onnx", "--output", str(export)])
+    assert result.exit_code == 0, result.output
+    (export / ONNX_META).write_text('{"max_length": 32}', encoding="utf-8")
+    return export
+
+
+# How a copy of the shared run is damaged (returning the folder to give --model), the command, what the one line must say.
+DAMAGED = [
+    pytest.param(_one_label, "predict", "id2label in its config.json names 1 label(s) (ids 0)", id="id2label-short"),
+    pytest.param(_threshold, "predict", "its multi_label_threshold ('0.5x') is not a number between 0 and 1", id="threshold"),
+    pytest.param(_config_yaml("data: [\n"), "predict", "config.yaml:2:1: invalid YAML", id="yaml-predict"),
+    pytest.param(_config_yaml("data: [\n"), "evaluate", "config.yaml:2:1: invalid YAML", id="yaml-evaluate"),
+    pytest.param(_config_yaml("- data\n"), "predict", "config.yaml: holds a list, not the run's config", id="yaml-list"),
+    pytest.param(_config_yaml("data: [1]\n"), "evaluate", "its data section is not a mapping", id="yaml-section-list"),
+    pytest.param(_export_meta, "predict", "not a complete `bertcls export` folder (bertcls-onnx.json has no inputs)", id="export-meta"),
+]
+
+
+@pytest.mark.parametrize(("spoil", "command", "message"), DAMAGED)
+def test_a_damaged_or_edited_model_folder_is_a_one_line_error(trained_run, tmp_path, spoil, command, message):
+    """On the CPU: the traced graph's path (a run) or ONNX's (the export)."""
+    model = spoil(shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoint-*", "reports", "*.png")))
+    options = ["a wonderful film"] if command == "predict" else [str(trained_run.parent / "validation.csv")]
+    result = CliRunner().invoke(app, [command, "--model", str(model), "--device", "cpu", *options])
+    assert_one_line_error(result, message)

@@ -25,6 +25,9 @@ from bertcls.runs import model_dir, publish_dir
 # Where a saved multi-label model keeps its decision threshold (in config.json, beside id2label).
 THRESHOLD_KEY = "multi_label_threshold"
 DEFAULT_THRESHOLD = 0.5
+# Where a saved model keeps the max_length it was trained with (in config.json, beside id2label), so that its folder
+# alone (copied without its run, traced or exported) reads texts as the run did.
+MAX_LENGTH_KEY = "bertcls_max_length"
 
 # Tokenising a text costs memory in proportion to its whole length, however little truncation keeps (a 20 MB
 # text took 3.8 GB), so texts are cut to max_length x CHARS_PER_TOKEN characters first. A real tokenizer's token
@@ -109,7 +112,8 @@ def pieces(text: str) -> Iterator[str]:
 def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, texts: Sequence[str] = (), multi_label: bool = False):
     """(model, tokenizer) for training: a fresh head with `len(id2label)` outputs on the named encoder.
 
-    multi_label sets problem_type, so the model's own loss is BCE and `pipeline` applies a sigmoid.
+    multi_label sets problem_type, so the model's own loss is BCE and `pipeline` applies a sigmoid. `max_length` is
+    recorded in the model's config (MAX_LENGTH_KEY), so the saved folder reads texts as training did.
 
     Call after seeding: the seed then also fixes the head's (and the tiny model's) initialisation.
     """
@@ -131,6 +135,7 @@ def load_model(cfg: ModelConfig, id2label: dict[int, str], max_length: int, text
         model = _from_pretrained(transformers, cfg, id2label, label2id, problem_type)  # first: a folder without weights is no model
         tokenizer = load_tokenizer(cfg, max_length, texts, model.config)
         check_max_length(model.config, max_length, cfg.name)
+    setattr(model.config, MAX_LENGTH_KEY, max_length)
     first_token.apply(model)
     cpu_training.apply(model)
     return model, tokenizer
@@ -140,9 +145,9 @@ def _from_pretrained(transformers, cfg: ModelConfig, id2label: dict[int, str], l
     """The named encoder with a fresh classification head, in fp32; a ModelError saying why where it cannot load."""
     try:
         with quiet_unpickler():
-            return transformers.AutoModelForSequenceClassification.from_pretrained(
+            model = transformers.AutoModelForSequenceClassification.from_pretrained(
                 cfg.name, num_labels=len(id2label), id2label=id2label, label2id=label2id, problem_type=problem_type,
-                ignore_mismatched_sizes=True,  # a checkpoint fine-tuned on other labels gets a fresh head
+                ignore_mismatched_sizes=True,  # a head of another size loads (and is replaced below)
                 trust_remote_code=cfg.trust_remote_code,
                 dtype=FP32,
             )
@@ -150,6 +155,28 @@ def _from_pretrained(transformers, cfg: ModelConfig, id2label: dict[int, str], l
         if not_downloaded(exc):
             raise ModelError(f"model.name {cfg.name!r}: {download_failure()}") from None
         raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({load_reason(exc)})") from None
+    fresh_head(model)
+    return model
+
+
+def fresh_head(model) -> None:
+    """Initialise `model`'s classification head as its own init does for a new model, from the seed.
+
+    The head is everything outside the encoder (the `base_model_prefix` submodule, which keeps its pretrained
+    weights, BERT's pooler included): a classifier, and DistilBERT's pre_classifier, DeBERTa's pooler or
+    ModernBERT's head. A checkpoint fine-tuned before brings a head trained on its own labels, which would
+    otherwise be kept whenever the label count matches: its first row would become the first new label.
+    """
+    if getattr(model, model.base_model_prefix, None) is None:
+        return  # no encoder to tell the head from (remote code laid out otherwise): its weights stay as loaded
+    head = [module for name, child in model.named_children() if name != model.base_model_prefix for module in child.modules()]
+    # transformers' init skips what loading marked as initialised; the model itself is unmarked too, since some
+    # architectures (ModernBERT) initialise their classifier from the top-level model's init
+    for module in [model, *head]:
+        module._is_hf_initialized = False
+        for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            tensor._is_hf_initialized = False
+    model.initialize_weights()
 
 
 def not_downloaded(exc: BaseException) -> bool:

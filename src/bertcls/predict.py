@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from bertcls import longtext, machine, runs
-from bertcls.errors import ConfigError, DataError, ModelError, first_line
+from bertcls.errors import ConfigError, DataError, ModelError, first_line, listing, shown
 from bertcls.longtext import LONG_TEXT_KEY, LongText, Reading
-from bertcls.model import DEFAULT_THRESHOLD, THRESHOLD_KEY, load_trained, pad_batch, truncate_long_texts
+from bertcls.model import DEFAULT_THRESHOLD, MAX_LENGTH_KEY, THRESHOLD_KEY, load_trained, pad_batch, truncate_long_texts
 
 # Fallback when neither the run's config nor the tokenizer names a sensible limit.
 DEFAULT_MAX_LENGTH = 512
@@ -107,6 +107,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def to_predictions(logits: np.ndarray, reading: Reading, id2label: dict[int, str], threshold: float | None = None) -> list[Prediction]:
     """Softmax (or, with a multi-label threshold, sigmoid) rows, one per text, -> Predictions."""
     probs = softmax(logits) if threshold is None else sigmoid(logits)
+    if sorted(id2label) != list(range(probs.shape[1])):  # config.json edited, or not the one the weights were saved with
+        raise ModelError(f"the model gives {probs.shape[1]} scores a text, but id2label in its config.json names "
+                         f"{len(id2label)} label(s) (ids {listing(sorted(id2label))}); it needs one for each id from 0 to "
+                         f"{probs.shape[1] - 1}: restore config.json from the run, or train again")
     names = [id2label[k] for k in range(probs.shape[1])]
     ids = {name: k for k, name in enumerate(names)}
     windows, beyond = reading.windows().tolist(), reading.beyond or [False] * len(reading.over)
@@ -119,6 +123,18 @@ def to_predictions(logits: np.ndarray, reading: Reading, id2label: dict[int, str
         results.append(Prediction(label=names[best], score=float(row[best]), probabilities=RowProbabilities(row, names, ids),
                                   truncated=over, labels=above if threshold is not None else None, windows=n_windows, beyond_windows=past))
     return results
+
+
+def saved_threshold(value, where: str) -> float:
+    """A multi-label model's decision threshold as `where` (its config.json) holds it under THRESHOLD_KEY."""
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not 0 < threshold < 1:  # NaN fails too
+        raise ModelError(f"{where}: its {THRESHOLD_KEY} ({shown(value)}) is not a number between 0 and 1; fix the value "
+                         f"({DEFAULT_THRESHOLD} unless the run tuned another), or train again")
+    return threshold
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -320,7 +336,7 @@ class _TokenizersPredictor(_Predicts):
         # transformers leaves the default names (LABEL_0, LABEL_1) out of config.json
         self.id2label = {int(k): v for k, v in config.get("id2label", {0: "LABEL_0", 1: "LABEL_1"}).items()}
         self.multi_label = config.get("problem_type") == "multi_label_classification"
-        self.threshold = float(config.get(THRESHOLD_KEY, DEFAULT_THRESHOLD)) if self.multi_label else None
+        self.threshold = saved_threshold(config.get(THRESHOLD_KEY, DEFAULT_THRESHOLD), "config.json") if self.multi_label else None
         self.long_text = LongText.saved(config.get(LONG_TEXT_KEY), "config.json")
 
     @staticmethod
@@ -388,8 +404,11 @@ class OnnxPredictor(_TokenizersPredictor):
             raise ModelError(f"{folder} is an exported ONNX model, which needs onnxruntime; install it with: {ONNX_INSTALL}") from None
         try:
             meta = json.loads((folder / ONNX_META).read_text(encoding="utf-8"))
+            missing = [key for key in ("max_length", "inputs") if key not in meta]
+            if missing:
+                raise ValueError(f"{ONNX_META} has no {' or '.join(missing)}")
             config, tokenizer = cls._read(folder, int(meta["max_length"]))
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"{folder}: not a complete `bertcls export` folder ({exc}); export it again") from None
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only
@@ -510,16 +529,16 @@ class Predictor(_Predicts):
         self.device = str(next(model.parameters()).device)
         self.id2label = {int(k): v for k, v in model.config.id2label.items()}
         self.multi_label = model.config.problem_type == "multi_label_classification"
-        self.threshold = float(getattr(model.config, THRESHOLD_KEY, DEFAULT_THRESHOLD)) if self.multi_label else None
-        self.long_text = LongText.saved(getattr(model.config, LONG_TEXT_KEY, None), "the model's config.json")
+        where = "the model's config.json"
+        self.threshold = saved_threshold(getattr(model.config, THRESHOLD_KEY, DEFAULT_THRESHOLD), where) if self.multi_label else None
+        self.long_text = LongText.saved(getattr(model.config, LONG_TEXT_KEY, None), where)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", batch_size: int = 64, precision: str = "auto") -> Predictor:
         """The model through transformers; `device` and `precision` as `resolve_device_precision` says."""
         device, precision = resolve_device_precision(path, device, precision)
         model, tokenizer = load_trained(path)
-        return cls(model.to(device), tokenizer, run_max_length(path, tokenizer, getattr(model.config, LONG_TEXT_KEY, None)),
-                   batch_size, precision)
+        return cls(model.to(device), tokenizer, run_max_length(path, tokenizer, model.config), batch_size, precision)
 
     def _run(self, texts: Sequence[str], pairs: Sequence[str] | None):
         import torch
@@ -536,11 +555,17 @@ class Predictor(_Predicts):
             return predict_logits(self.model, batches, reading=encoded.reading)[0], encoded.reading
 
 
-def run_max_length(path: str | Path, tokenizer, long_text: Mapping | None = None) -> int:
-    """The run's data.max_length, else the one a model saved with its long_text setting (`long_text`, its
-    LONG_TEXT_KEY), else the tokenizer's limit when it names a sensible one, else DEFAULT_MAX_LENGTH."""
+def run_max_length(path: str | Path, tokenizer, model_config=None) -> int:
+    """The run's data.max_length, else the one the model was trained with as its config (`model_config`) records
+    it (MAX_LENGTH_KEY, or in a model saved before that key, its long_text setting's), else the tokenizer's limit
+    when it names a sensible one, else DEFAULT_MAX_LENGTH."""
 
-    max_length = runs.run_setting(path, "data", "max_length") or (long_text or {}).get("max_length")
+    recorded = getattr(model_config, MAX_LENGTH_KEY, None)
+    if recorded is not None and (type(recorded) is not int or recorded < 1):
+        raise ModelError(f"the model's config.json: its {MAX_LENGTH_KEY} ({shown(recorded)}) is not a number of tokens; "
+                         "set it to the run's data.max_length, or train again")
+    saved = recorded or (getattr(model_config, LONG_TEXT_KEY, None) or {}).get("max_length")
+    max_length = runs.run_setting(path, "data", "max_length") or saved
     if max_length:
         return int(max_length)
     limit = getattr(tokenizer, "model_max_length", DEFAULT_MAX_LENGTH)

@@ -550,7 +550,11 @@ def run_columns(path: str | Path, **given: str | None) -> dict[str, str | None]:
 def run_setting(path: str | Path, section: str, key: str | None = None, default: Any = None) -> Any:
     """One section (or one key of it) of the resolved config of the run at `path` (a run, its export, or the run above
     a run's model/ folder); `default` for a plain model folder."""
-    values = (read_run_config(config_folder(Path(path))) or {}).get(section) or {}
+    folder = config_folder(Path(path))
+    values = (read_run_config(folder) or {}).get(section) or {}
+    if not isinstance(values, dict):
+        raise RunError(f"{folder / CONFIG_FILE}: its {section} section is not a mapping of keys to values; restore the "
+                       "file the run was trained with, or train again")
     return values if key is None else values.get(key, default)
 
 
@@ -569,4 +573,16 @@ def read_run_config(path: Path) -> dict[str, Any] | None:
         return None
     import yaml
 
-    return yaml.safe_load(file.read_text(encoding="utf-8"))
+    try:
+        config = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RunError(f"{file}: not UTF-8 text (byte {exc.start}); restore the file the run was trained with, or train again") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
+        problem = getattr(exc, "problem", None) or first_line(exc)
+        raise RunError(f"{where}: invalid YAML: {problem}; restore the file the run was trained with, or train again") from None
+    if config is not None and not isinstance(config, dict):
+        raise RunError(f"{file}: holds a {type(config).__name__}, not the run's config (a mapping of sections); restore the "
+                       "file the run was trained with, or train again")
+    return config
