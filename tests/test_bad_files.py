@@ -193,7 +193,7 @@ def test_predict_file_top_k_refuses_to_overwrite_columns(tmp_path, trained_run, 
     result = runner.invoke(app, ["predict", "--model", str(trained_run), "--file", str(tmp_path / name), "--top-k", "2", "--output", str(output)])
     assert_one_line_error(result, f"already has column(s) {taken}, which the output adds; rename them")
     assert not output.exists()
-    no_top_k = runner.invoke(app, ["predict", "--model", str(trained_run), "--file", str(tmp_path / name), "--output", str(output)])
+    no_top_k = runner.invoke(app, ["predict", "--model", str(trained_run), "--file", str(tmp_path / name), "--output", str(tmp_path / "out.jsonl")])
     assert no_top_k.exit_code == 0, no_top_k.output  # label_i/score_i are only added with --top-k
 
 

@@ -268,6 +268,18 @@ def test_the_log_and_metrics_count_texts_over_max_length_and_windows(long_runs):
     assert "warning: truncation" not in long_runs["head_tail"][1] + long_runs["sliding_window"][1]  # they read the end
 
 
+def test_a_model_fine_tuned_again_to_truncate_reads_long_texts_so(long_runs, tmp_path):
+    # from a head_tail run's model/: its setting came along in config.json, and the new model would have read texts by it
+    data = {"train": write_csv(tmp_path / "train.csv", cue_at_the_end(16, 4)), "validation": write_csv(tmp_path / "v.csv", cue_at_the_end(8, 5))}
+    config = make_config(tmp_path, data, model={"name": str(long_runs["head_tail"][0] / "model")}, training={"max_steps": 1})
+    result = runner.invoke(app, ["train", str(config), "--set", "data.test=null", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "bertcls_long_text" not in json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    probe = PROBES[0][0]
+    verbose = runner.invoke(app, ["predict", "--model", str(tmp_path / "run"), "-v", probe])
+    assert "text truncated to 32 tokens" in verbose.output and "first quarter" not in verbose.output
+
+
 def test_the_traced_graph_reads_windows_as_transformers_does(long_runs):
     from bertcls.predict import Predictor, load_predictor
 

@@ -402,6 +402,8 @@ def _build(job: Job) -> None:
     long_text = longtext.LongText.of(config.data)
     if long_text.mode != "truncate":  # saved with the model, which then reads long texts so wherever it goes
         setattr(job.model.config, longtext.LONG_TEXT_KEY, long_text.to_saved(config.data.max_length))
+    elif hasattr(job.model.config, longtext.LONG_TEXT_KEY):  # fine-tuning a bertcls model that read them otherwise
+        delattr(job.model.config, longtext.LONG_TEXT_KEY)
     encoded = {name: data_mod.encode(split, job.tokenizer, config.data.max_length, inputs.labels, long_text)
                for name, split in (("train", inputs.train), ("validation", inputs.validation), ("test", inputs.test)) if split is not None}
     job.readings = {name: enc.reading for name, enc in encoded.items()}
