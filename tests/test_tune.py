@@ -266,6 +266,9 @@ def test_ctrl_c_says_whether_the_trial_s_values_run_again(tmp_path, monkeypatch)
     trials_now = study_trials(tmp_path / "search")
     assert [trial.state.name for trial in trials_now] == ["FAIL"] * 3
     assert len({trial.params["training.learning_rate"] for trial in trials_now}) == 1
+    # a trial is never resumed from its checkpoint (its values run again), so its note names none
+    assert runner.invoke(app, ["tune", str(config), "--report"]).exit_code == 0
+    assert [row["note"] for row in trials(tmp_path / "search")] == ["stopped by SIGINT after step 3"] * 3
 
 
 def test_ctrl_c_before_a_trial_trains_says_how_to_continue_and_trials_csv_says_why_trials_failed(tmp_path, monkeypatch):

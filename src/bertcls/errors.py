@@ -75,6 +75,7 @@ class Interrupted(Exception):
     def __init__(self, signal_name: str, step: int, checkpoint, exit_code: int, message: str | None = None) -> None:
         saved = f"resumable checkpoint: {checkpoint}" if checkpoint else "no resumable checkpoint (training.fsdp)"
         super().__init__(message or f"stopped by {signal_name} after step {step}; {saved}")
+        self.stopped = message or f"stopped by {signal_name} after step {step}"  # what happened, without how to resume
         self.checkpoint = checkpoint
         self.exit_code = exit_code
         self.hint = ""  # how to go on, added by the command that knows (the resume command line)

@@ -467,6 +467,9 @@ def _run_trials(job: Search, timeout: float | None) -> None:
             stopped = Interrupted("SIGINT", 0, None, 128 + signal.SIGINT, message=f"stopped by SIGINT during trial {trial.number}")
             trial.set_user_attr("note", str(stopped))
             raise stopped from None
+        except Interrupted as exc:  # a trial is never resumed (its values run again in a new one): no checkpoint to name
+            trial.set_user_attr("note", exc.stopped)
+            raise
         except Exception as exc:  # the trial fails, and the command with it: trials.csv says why
             trial.set_user_attr("note", first_line(exc))
             raise
@@ -518,6 +521,9 @@ def run_trial(job: Search, trial: optuna.Trial) -> float:
     grid = tune.sampler == "grid"
     params = {key: _suggest(trial, key, _distribution(dim, grid)) for key, dim in tune.space.items()}
     run = job.folder / f"{TRIAL_PREFIX}{trial.number}"
+    # a trial that runs a failed one's values again comes with its attributes (Optuna copies them): not its note and value
+    trial.set_user_attr("note", "")
+    trial.set_user_attr("value", None)
     trial.set_user_attr("run", run.name)
     config = trial_config(job.config, params, run, job.metric)
     pruning = PruningCallback(trial, job.metric)
