@@ -203,3 +203,20 @@ def test_a_column_named_twice_is_refused(tmp_path, ext):
     with pytest.raises(DataError) as err:
         read_split(str(path), cfg(path), "train")
     assert str(err.value) == f"{path}: column 'text' appears twice (columns 1 and 3); rename one"
+
+
+def test_parquet_text_stored_as_bytes_is_read_as_its_text(tmp_path):
+    # Spark and some Arrow writers store strings as binary, without the UTF-8 annotation
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "bin.parquet"
+    texts, labels = ["a wonderful film", "naïve, dull 🙁"], ["pos", "neg"]
+    pq.write_table(pa.table({"text": pa.array([t.encode() for t in texts], pa.binary()),
+                             "label": pa.array([label.encode() for label in labels], pa.binary())}), path)
+    split = read_split(str(path), cfg(path), "train")
+    assert (split.texts, split.labels) == (texts, labels)
+    pq.write_table(pa.table({"text": pa.array([b"fine", b"\xff\xfe broken"], pa.binary()), "label": ["pos", "neg"]}), path)
+    with pytest.raises(DataError) as err:
+        read_split(str(path), cfg(path), "train")
+    assert str(err.value) == f"train ({path}): column 'text' holds bytes that are not UTF-8 text (data rows 2); write it as text"

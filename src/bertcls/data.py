@@ -271,7 +271,25 @@ def read_split(source: str, cfg: DataConfig, name: str, *, labelled: bool = True
     return Split(name, texts, pairs, labels)
 
 
+def _decoded(values: list[Any], where: str, column: str) -> list[Any]:
+    """`values` with bytes (a parquet string column written without its UTF-8 annotation, as Spark may) as their text."""
+    if not any(isinstance(v, bytes) for v in values):
+        return values
+    decoded, bad = [], []
+    for i, v in enumerate(values):
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                bad.append(i)
+        decoded.append(v)
+    if bad:
+        raise DataError(f"{where}: column {column!r} holds bytes that are not UTF-8 text (data rows {_rows(bad)}); write it as text")
+    return decoded
+
+
 def _checked_texts(values: list[Any], where: str, column: str, keep_empty: bool = False) -> list[str]:
+    values = _decoded(values, where, column)
     nested = [i for i, v in enumerate(values) if isinstance(v, (list, dict))]
     if nested:  # a JSON list or object: its Python repr is no text of the user's
         raise DataError(f"{where}: column {column!r} holds lists or objects, not texts (data rows {_rows(nested)}); give each row one text")
@@ -284,6 +302,7 @@ def _checked_texts(values: list[Any], where: str, column: str, keep_empty: bool 
 
 
 def _checked_labels(values: list[Any], where: str, column: str) -> list[Any]:
+    values = _decoded(values, where, column)
     bad = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and math.isnan(v))]
     if bad:
         raise DataError(f"{where}: {len(bad)} missing label(s) in column {column!r} (data rows {_rows(bad)}); label them or remove those rows")
