@@ -494,3 +494,19 @@ def test_class_weights_name_integer_labels_as_the_data_reads_them(tmp_path):
     twice = runner.invoke(app, ["check", str(config), "--set", "training.class_weights={1: 2, '1.0': 3}", "--label-issues", "0"])
     assert twice.exit_code == 2, twice.output
     assert twice.stderr == "Error: training.class_weights: '1' and '1.0' name the same label '1'; keep one\n"
+
+
+def test_with_validation_split_every_row_number_is_the_train_files(tmp_path):
+    # validation held out of train: both keep their rows' numbers in the train file, where the user looks them up
+    config = config_for(tmp_path, planted_data())
+    report = check_mod.check(load_config(config, ["data.validation=null", "data.validation_split=0.3"]), label_issues=10)
+    with open(tmp_path / "train.csv", encoding="utf-8", newline="") as f:
+        texts = [row["text"] for row in csv.DictReader(f)]
+    looked_up = 0
+    for table in ("near_empty", "duplicates", "conflicts", "leakage", "label_issues"):
+        for row in report.tables[table]:
+            assert texts[row["row"] - 1] == row["text"], (table, row)
+            for number in str(row.get("train_rows", "")).split():
+                assert check_mod.normalise(texts[int(number) - 1]) == check_mod.normalise(row["text"]), (table, row)
+            looked_up += 1
+    assert looked_up > 20 and {row["split"] for row in report.tables["leakage"]} == {"validation"}

@@ -118,7 +118,7 @@ def check(config: Config, label_issues: int = 10) -> Report:
         tokenizer = load_tokenizer(config.model, config.data.max_length, train.texts + (train.pairs or []))
     with _timed(seconds, "lengths"):
         lengths = {name: token_lengths(split, tokenizer) for name, split in splits.items()}
-    summary["lengths"], report.tables["lengths"] = _length_report(lengths, config.data.max_length)
+    summary["lengths"], report.tables["lengths"] = _length_report(lengths, splits, config.data.max_length)
     summary["max_length_to_keep_whole"] = {f"{q}%": max(MIN_MAX_LENGTH, _nearest_rank(np.sort(lengths["train"]), q)) for q in KEEP_WHOLE}
 
     with _timed(seconds, "texts"):
@@ -252,14 +252,15 @@ def _nearest_rank(sorted_lengths: np.ndarray, q: float) -> int:
     return int(sorted_lengths[max(0, math.ceil(q / 100 * len(sorted_lengths)) - 1)])
 
 
-def _length_report(lengths: dict[str, np.ndarray], max_length: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _length_report(lengths: dict[str, np.ndarray], splits: dict[str, Split], max_length: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     summary, rows = {}, []
     for name, counts in lengths.items():
         ordered = np.sort(counts)
         over = int((counts > max_length).sum())
         summary[name] = {**{f"p{q}": _nearest_rank(ordered, q) for q in PERCENTILES}, "max": int(ordered[-1]),
                          "over_max_length": over, "over_max_length_share": round(over / len(counts), 4)}
-        rows += [{"split": name, "row": i + 1, "tokens": int(n), "over_max_length": bool(n > max_length)} for i, n in enumerate(counts)]
+        rows += [{"split": name, "row": splits[name].row(i), "tokens": int(n), "over_max_length": bool(n > max_length)}
+                 for i, n in enumerate(counts)]
     return summary, rows
 
 
@@ -294,7 +295,7 @@ def _conflict_groups(keys: Sequence[str], labels: Sequence[str]) -> dict[str, li
 
 
 def _example(split: Split, i: int, label: str) -> dict[str, Any]:
-    return {"split": split.name, "row": i + 1, "label": label, "text": _shown_text(split, i)}
+    return {"split": split.name, "row": split.row(i), "label": label, "text": _shown_text(split, i)}
 
 
 def _shown_text(split: Split, i: int) -> str:
@@ -320,9 +321,9 @@ def _duplicates(train: Split, exact: list[str], normal: list[str], labels: list[
     for group, found in enumerate(groups.values(), start=1):
         seen: set[str] = set()
         for i in found:
-            rows.append({"group": group, "row": i + 1, "exact": exact[i] in seen, "label": labels[i], "text": _shown_text(train, i)})
+            rows.append({"group": group, "row": train.row(i), "exact": exact[i] in seen, "label": labels[i], "text": _shown_text(train, i)})
             seen.add(exact[i])
-        examples.append({"rows": [i + 1 for i in found], "labels": [labels[i] for i in found], "text": _shown_text(train, found[0])})
+        examples.append({"rows": [train.row(i) for i in found], "labels": [labels[i] for i in found], "text": _shown_text(train, found[0])})
     summary = {"exact": sum(len(r) - 1 for r in exact_groups.values()), "normalised": sum(len(r) - 1 for r in groups.values()),
                "texts": len(groups), "examples": examples[:EXAMPLES]}
     return summary, rows
@@ -333,10 +334,10 @@ def _conflicts(train: Split, normal: list[str], labels: list[str]) -> tuple[dict
     rows, examples = [], []
     groups = _conflict_groups(normal, labels)
     for group, found in enumerate(groups.values(), start=1):
-        rows += [{"group": group, "row": i + 1, "label": labels[i], "text": _shown_text(train, i)} for i in found]
+        rows += [{"group": group, "row": train.row(i), "label": labels[i], "text": _shown_text(train, i)} for i in found]
         by_label: dict[str, list[int]] = defaultdict(list)
         for i in found:
-            by_label[labels[i]].append(i + 1)
+            by_label[labels[i]].append(train.row(i))
         examples.append({"text": _shown_text(train, found[0]), "labels": dict(by_label)})
     summary = {"texts": len(groups), "rows": sum(map(len, groups.values())), "examples": examples[:EXAMPLES]}
     return summary, rows
@@ -361,8 +362,8 @@ def _leakage(splits: dict[str, Split], keys: dict[str, tuple[list[str], list[str
             train_rows = in_train[normal[i]]
             train_labels = sorted({given["train"][j] for j in train_rows})
             differs += given[name][i] not in train_labels
-            listed.append({"split": name, "row": i + 1, "exact": exact[i] in exact_train, "label": given[name][i],
-                           "train_rows": " ".join(str(j + 1) for j in train_rows), "train_labels": " | ".join(train_labels),
+            listed.append({"split": name, "row": split.row(i), "exact": exact[i] in exact_train, "label": given[name][i],
+                           "train_rows": " ".join(str(splits["train"].row(j)) for j in train_rows), "train_labels": " | ".join(train_labels),
                            "text": _shown_text(split, i)})
         summary[name] = {"exact": sum(r["exact"] for r in listed), "normalised": len(listed), "label_differs": differs,
                          "examples": listed[:EXAMPLES]}
@@ -465,7 +466,7 @@ def _label_issues(features: dict[str, Any] | None, train: Split, labels: LabelMa
         gold, doubted, multi_label = _for_cleanlab(y, probs, varies)
         ranked = find_label_issues(gold, doubted, multi_label=multi_label, return_indices_ranked_by="self_confidence")
         quality = _label_quality(gold, doubted, multi_label)
-    rows = [{"rank": rank, "row": int(i) + 1, "given": given[i], "suggested": _suggested(probs[i], labels, separator),
+    rows = [{"rank": rank, "row": train.row(int(i)), "given": given[i], "suggested": _suggested(probs[i], labels, separator),
              "given_probability": round(float(quality[i]), 4), "text": _shown_text(train, i)} for rank, i in enumerate(ranked, start=1)]
     return {"found": len(rows), "folds": folds, "rows": rows[:shown]}, rows
 

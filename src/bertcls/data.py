@@ -227,15 +227,21 @@ def _as_integer(label: Any) -> Any:
 
 @dataclass
 class Split:
-    """One checked split: texts, optional pair texts, and label values as read."""
+    """One checked split: texts, optional pair texts, and label values as read; for rows taken out of another split
+    (`split_off`), `numbers` are their data rows in the file they were read from."""
 
     name: str
     texts: list[str]
     pairs: list[str] | None
     labels: list[Any] | None
+    numbers: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def row(self, i: int) -> int:
+        """Row i's number in the file it was read from (data rows from 1, the header not counted)."""
+        return self.numbers[i] if self.numbers is not None else i + 1
 
 
 # How a wrong column is fixed, by DataConfig field: in the config (training) unless the caller says otherwise.
@@ -462,7 +468,7 @@ def _keep_every_class(labels: list[Any], keep: list[int], held: list[int], seed:
 
 def _subset(split: Split, rows: list[int], name: str) -> Split:
     pick = lambda values: [values[i] for i in rows] if values is not None else None  # noqa: E731
-    return Split(name, pick(split.texts), pick(split.pairs), pick(split.labels))
+    return Split(name, pick(split.texts), pick(split.pairs), pick(split.labels), [split.row(i) for i in rows])
 
 
 # ---------------------------------------------------------------------------- tokenising and batching
