@@ -223,12 +223,15 @@ def test_a_csv_quoted_tsv_loads_intact_for_training_and_predict_file(tmp_path, w
     assert [row["text"] for chunk in read_chunks(path) for row in chunk] == ODD_TEXTS
 
 
-def test_a_glue_style_tsv_keeps_its_quote_characters(tmp_path):
+@pytest.mark.parametrize("texts", [
+    ['"opens a quote', 'it\'s "fine', '"quoted" and more', 'plain "x"'],
+    ['"opens a quote', "a row between", 'ends with a quote"', "after"],  # the quotes enclose rows, not one text
+])
+def test_a_glue_style_tsv_keeps_its_quote_characters(tmp_path, texts):
     from bertcls.config import DataConfig
     from bertcls.data import read_split
     from bertcls.predict_file import read_chunks
 
-    texts = ['"opens a quote', 'it\'s "fine', '"quoted" and more', 'plain "x"']
     path = tmp_path / "glue.tsv"
     path.write_text("text\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(texts)), encoding="utf-8")
     assert read_split(str(path), DataConfig(train=str(path)), "train").texts == texts
@@ -248,6 +251,10 @@ def test_a_glue_style_tsv_keeps_its_quote_characters(tmp_path):
         ('text\tlabel\n"hello" he said\t1\n', False),  # text after the closing quote
         ('text\tlabel\nit\'s "fine\t1\n', False),  # a quote inside a text opens no field
         ('text\tlabel\n"a\tb"\t1\n"hello" he said\t0\n', False),  # one malformed field: the whole file is GLUE-style
+        # GLUE-style texts, one opening with a quote and a later one ending with one: whole rows, not one text
+        ('text\tlabel\n"opens a quote\t1\nmore\t0\nends with a quote"\t1\n', False),
+        ('text\tlabel\n"opens a quote\t1\r\n\r\nends with a quote"\t1\r\n', False),
+        ('text\tlabel\n"a text\nwith a line break"\t1\nplain\t0\n', True),
     ],
 )
 def test_a_tsv_is_csv_quoted_only_when_every_opening_quote_is_well_formed(text, quoted):

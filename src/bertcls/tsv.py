@@ -6,7 +6,8 @@ and Python's csv module write it: a field that holds a tab, a newline or a quote
 with quotes inside doubled (`"a<TAB>b"`, `"say ""hi"" twice"`). A file is read as csv-quoted when some field
 opens with a quote and every field that does is a well-formed quoted field (its closing quote followed
 by a tab or the end of the line), and some of them hold what csv writers quote for (a tab, a line break,
-a doubled quote); otherwise as GLUE-style, the way it was always read (so `"1"` keeps its quotes).
+a doubled quote); otherwise as GLUE-style, the way it was always read (so `"1"` keeps its quotes). A line
+break alone is no sign when every line holds as many tabs as the header: then the "field" spans whole rows.
 
 A csv or TSV file is also checked whole before it is read (`check_fields`): a column named twice, or a
 row with more or fewer fields than the header, is an error naming the line, never values shifted into
@@ -38,7 +39,13 @@ def quoting(path: str | Path) -> int:
 def quoting_of(lines: Iterable[str]) -> int:
     """As `quoting`, for the lines of a file (line ends kept)."""
     needed, inside = False, False  # a quoted field that needs its quotes seen; a quoted field runs on from the last line
-    for line in lines:
+    runs_on = False  # some quoted field holds a line break
+    tabs: int | None = None  # the header's tab count, while every line read GLUE-style has that many
+    for number, line in enumerate(lines):
+        if number == 0:
+            tabs = line.count("\t")
+        elif tabs is not None and line.strip("\r\n") and line.count("\t") != tabs:
+            tabs = None
         pos: int | None = 0
         if inside:
             pos = _after_closing_quote(line, 0)
@@ -49,13 +56,18 @@ def quoting_of(lines: Iterable[str]) -> int:
             continue
         while pos is not None and pos >= 0 and (opening := _OPENING_QUOTE.search(line, pos)) is not None:
             pos = _after_closing_quote(line, opening.end())
-            # What csv writers put in quotes: a text with a line break (it runs on), a tab or a (doubled) quote.
+            # What csv writers put in quotes: a text with a line break (it runs on: see below), a tab or a (doubled) quote.
             # `"1"` alone is no sign of csv quoting: GLUE-style texts may be quoted titles.
-            if pos is None or (pos > 0 and ("\t" in line[opening.end():pos - 1] or '""' in line[opening.end():pos - 1])):
+            if pos is None:
+                runs_on = True
+            elif pos > 0 and ("\t" in line[opening.end():pos - 1] or '""' in line[opening.end():pos - 1]):
                 needed = True
         if pos is not None and pos < 0:
             return csv.QUOTE_NONE
         inside = pos is None
+    # A text with a line break is csv quoting only where the lines do not each read as a whole GLUE-style row:
+    # in a GLUE-style file, a text that opens with a quote and a later one that ends with one enclose whole rows.
+    needed = needed or (runs_on and tabs is None)
     return csv.QUOTE_MINIMAL if needed and not inside else csv.QUOTE_NONE
 
 
