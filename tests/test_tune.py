@@ -284,10 +284,12 @@ def test_ctrl_c_before_a_trial_trains_says_how_to_continue_and_trials_csv_says_w
     assert result.exit_code == 130, result.output
     assert ("stopped by SIGINT during trial 0\ntrial 0 is marked failed, and its values run again in a new trial; "
             f"continue the search with: bertcls tune {config}") in result.output, result.output
+    assert [(row["state"], row["note"]) for row in trials(tmp_path / "search")] == [
+        ("fail", "stopped by SIGINT during trial 0"), ("waiting", "queued: runs the values of trial 0 again")]
     monkeypatch.setattr("bertcls.tune.train", refused)
     result = runner.invoke(app, ["tune", str(config)])  # trial 1, the retry of trial 0's values, fails
     assert result.exit_code == 2 and result.output.endswith("Error: model.name 'gone': no such folder\n"), result.output
-    assert runner.invoke(app, ["tune", str(config), "--report"]).exit_code == 0
+    assert "| fail | " in result.output and "(model.name 'gone': no such folder)\n" in result.output  # the trial's line
     assert [(row["state"], row["note"]) for row in trials(tmp_path / "search")] == [
         ("fail", "stopped by SIGINT during trial 0"), ("fail", "model.name 'gone': no such folder")]
 

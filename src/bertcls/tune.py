@@ -34,7 +34,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,7 +138,12 @@ def search(config: Config, options: Options, config_file: str | Path | None = No
             _fail_dead_trials(job.study)
         worker.share()
         _say_start(job)
-        _run_trials(job, options.timeout)
+        try:
+            _run_trials(job, options.timeout)
+        except BaseException:  # a failed or stopped trial ends the command: the report says so first, as far as it can
+            with suppress(Exception):
+                write_report(job)
+            raise
         best = write_report(job)  # under the shared lock, so no worker's report replaces a later one
         ended = _ended(job.study)
         # The last worker out tidies up: the other workers' trials have all ended by then, so its best is final, and no
@@ -496,6 +501,10 @@ def _run_trials(job: Search, timeout: float | None) -> None:
                                 f"trial {number} is marked failed; its values ran {RETRIES + 1} times without finishing and are "
                                 "not tried again; ")
             raise
+        except Exception:
+            if "number" in current:  # the failed trial's line, with why
+                job.say(_trial_line(job, next(t for t in job.study.get_trials(deepcopy=False) if t.number == current["number"])))
+            raise
         finally:
             claim.release()
 
@@ -659,8 +668,16 @@ def _trials_csv(job: Search, trials: list[optuna.trial.FrozenTrial]) -> str:
         value = t.value if t.value is not None else t.user_attrs.get("value")
         seconds = f"{t.duration.total_seconds():.1f}" if t.duration is not None else ""
         writer.writerow([t.number, t.state.name.lower(), "" if value is None else value, seconds,
-                         *(t.params.get(key, "") for key in keys), t.user_attrs.get("run", ""), t.user_attrs.get("note", "")])
+                         *(t.params.get(key, "") for key in keys), t.user_attrs.get("run", ""), _note(t)])
     return buffer.getvalue()
+
+
+def _note(trial: optuna.trial.FrozenTrial) -> str:
+    """Why a trial was pruned or failed; for a queued retry (which comes with the failed trial's attributes), whose values it runs."""
+    if trial.state == TrialState.WAITING:
+        earlier = RetryHeartbeatStaleTrialCallback.retry_history(trial)
+        return f"queued: runs the values of trial {earlier[-1]} again" if earlier else "queued"
+    return trial.user_attrs.get("note", "")
 
 
 def _write_figures(job: Search, complete: int) -> list[str]:
