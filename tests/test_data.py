@@ -69,6 +69,17 @@ def test_bad_files_are_one_line_errors(tmp_path, content, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_parquet_file_without_rows_says_so(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": pa.array([], pa.string()), "label": pa.array([], pa.string())}), path)
+    with pytest.raises(DataError) as err:
+        read_split(str(path), cfg(path), "train")
+    assert str(err.value) == f"{path}: no rows"
+
+
 def test_missing_file_and_unknown_extension(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         read_split(str(tmp_path / "nope.csv"), cfg("x.csv"), "train")

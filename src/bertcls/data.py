@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bertcls import longtext
-from bertcls.errors import DataError, ModelError, clipped, first_line, listing, shown
+from bertcls.errors import DataError, ModelError, clipped, first_line, listing, not_utf8, shown
 from bertcls.longtext import LongText, Reading
 from bertcls.model import download_failure, not_downloaded, pad_batch, truncate_long_texts
 from bertcls.tsv import check_fields, duplicate_columns
@@ -85,6 +85,8 @@ def read_table(source: str, split: str = "train"):
     problem = duplicate_columns(_parquet_columns(path)) if kind == "parquet" else None
     if problem:
         raise DataError(f"{path}: {problem}")
+    if kind == "parquet" and _parquet_rows(path) == 0:  # datasets would say "BatchSize must be greater than 0"
+        raise DataError(f"{path}: no rows")
     as_written = {column: str for column in range(len(header))}
     builder, options = {
         # keep_default_na=False: the text "NA" or "null" is a text, not a missing value. Every column read as text,
@@ -115,6 +117,15 @@ def _parquet_columns(path: Path) -> list[str]:
         return []
 
 
+def _parquet_rows(path: Path) -> int | None:
+    """The row count in a parquet file's footer; None when it cannot be read, which loading then reports."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_metadata(path).num_rows
+    except Exception:  # as in _parquet_columns
+        return None
+
 
 def _is_local(source: str) -> bool:
     from bertcls.config import DATA_EXTENSIONS
@@ -132,7 +143,7 @@ def _read_error(path: Path, exc: BaseException) -> str:
     if "corresponds to no data" in str(exc):  # datasets' words for a header-only file
         return f"{path}: no rows"
     if isinstance(cause, UnicodeDecodeError):
-        return f"{path}: not UTF-8 text (undecodable byte at offset {cause.start}); re-save the file as UTF-8"
+        return not_utf8(str(path), path, cause.start)
     problem = _json_problem(path) if path.suffix.lower() in (".json", ".jsonl") else None
     return f"{path}: {problem}" if problem else f"{path}: cannot be parsed as {path.suffix.lstrip('.')} ({first_line(cause)})"
 
@@ -299,6 +310,8 @@ def _checked_texts(values: list[Any], where: str, column: str, keep_empty: bool 
     nested = [i for i, v in enumerate(values) if isinstance(v, (list, dict))]
     if nested:  # a JSON list or object: its Python repr is no text of the user's
         raise DataError(f"{where}: column {column!r} holds lists or objects, not texts (data rows {_rows(nested)}); give each row one text")
+    # NaN is a missing value (a float column of json or parquet), not the text "nan"
+    values = [None if isinstance(v, float) and math.isnan(v) else v for v in values]
     bad = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())]
     if bad and keep_empty:
         return ["" if v is None else v if isinstance(v, str) else str(v) for v in values]

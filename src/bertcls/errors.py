@@ -100,6 +100,19 @@ def load_reason(exc: BaseException) -> str:
         return "the file is empty, cut short or damaged"  # torch's words: "EOFError()", "[Errno 22] Invalid argument"
     return text
 
+def not_utf8(where: str, path, offset: int) -> str:
+    """Why a data file cannot be read as text: UTF-16 (what Excel's "Unicode Text" writes), or a byte near
+    `offset` that is not UTF-8. `where` names the file as the message should."""
+    try:
+        with open(path, "rb") as f:
+            utf16 = f.read(2) in (b"\xff\xfe", b"\xfe\xff")
+    except OSError:
+        utf16 = False
+    if utf16:
+        return f"{where}: UTF-16 text, not UTF-8; re-save the file as UTF-8"
+    return f"{where}: not UTF-8 text (undecodable byte near offset {offset}); re-save the file as UTF-8"
+
+
 # Echoed values are capped: a message quoting a huge value (a YAML alias bomb, a 10,000-label list) stays one short line.
 SHOWN_CHARS = 80
 SHOWN_ITEMS = 10

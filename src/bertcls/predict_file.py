@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bertcls import atomic, runs, tsv
-from bertcls.errors import DataError, RunError, UsageError
+from bertcls.errors import DataError, RunError, UsageError, not_utf8
 
 CHUNK_ROWS = 10_000
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
@@ -97,7 +97,7 @@ def read_chunks(path: Path, chunk_rows: int = CHUNK_ROWS, on_bytes=None) -> Iter
                     if on_bytes:
                         on_bytes(raw.tell())
         except UnicodeDecodeError as exc:
-            raise DataError(f"--file {path}: not UTF-8 text (undecodable byte near offset {raw.tell() - len(exc.object) + exc.start}); re-save it as UTF-8") from None
+            raise DataError(not_utf8(f"--file {path}", path, raw.tell() - len(exc.object) + exc.start)) from None
         if chunk:
             yield chunk
         if on_bytes:

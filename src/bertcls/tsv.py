@@ -18,11 +18,13 @@ ask here.
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from bertcls.errors import DataError
+from bertcls.errors import DataError, not_utf8
 
 # A quote that opens a field: at the start of a line or right after a tab.
 _OPENING_QUOTE = re.compile(r'(?:^|(?<=\t))"')
@@ -101,24 +103,42 @@ def check_fields(path: Path, kind: str) -> tuple[int, list[str]]:
     Returns the csv quoting the file is read with (a TSV's, as `bertcls.tsv.quoting` finds it), and the header."""
     delimiter, read_with = (",", csv.QUOTE_MINIMAL) if kind == "csv" else ("\t", quoting(path))
     csv.field_size_limit(2**31 - 1)  # long texts are texts, not an error (the default limit is 128 KiB)
-    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+    with open(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter, quoting=read_with)
-        header = next(reader, [])
-        problem = duplicate_columns(header)
-        if problem:
-            raise DataError(f"{path}: {problem}")
-        end = reader.line_num
-        for row in reader:
-            start, end = end + 1, reader.line_num
-            if not row or len(row) == len(header):
-                continue
-            if len(row) < len(header) and end > start:
-                raise DataError(f"{path}: the quoted text opened on line {start} runs to line {end}; close its quote, "
-                                'or write a quote inside a text as ""')
-            fix = ("quote texts that hold commas (\"like, this\")" if kind == "csv" else TSV_TAB_FIX) \
-                if len(row) > len(header) else "fill in the missing field(s)"
-            raise DataError(f"{path}: line {start} has {len(row)} field(s) but the header has {len(header)}; {fix}")
+        try:
+            header = next(reader, [])
+            problem = duplicate_columns(header)
+            if problem:
+                raise DataError(f"{path}: {problem}")
+            end = reader.line_num
+            for row in reader:
+                start, end = end + 1, reader.line_num
+                if not row or len(row) == len(header):
+                    continue
+                if len(row) < len(header) and read_with != csv.QUOTE_NONE and (end > start or _never_closed(path, start, delimiter)):
+                    runs = f"runs to line {end}" if end > start else "is never closed"
+                    raise DataError(f"{path}: the quoted text opened on line {start} {runs}; close its quote, "
+                                    'or write a quote inside a text as ""')
+                fix = ("quote texts that hold commas (\"like, this\")" if kind == "csv" else TSV_TAB_FIX) \
+                    if len(row) > len(header) else "fill in the missing field(s)"
+                raise DataError(f"{path}: line {start} has {len(row)} field(s) but the header has {len(header)}; {fix}")
+        except UnicodeDecodeError as exc:
+            raise DataError(not_utf8(str(path), path, raw.tell() - len(exc.object) + exc.start)) from None
     return read_with, header
+
+
+def _never_closed(path: Path, number: int, delimiter: str) -> bool:
+    """Whether line `number` of `path` (the file's last row) opens a quoted field it does not close: a csv reader
+    takes such a field to the end of the file."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        line = next(itertools.islice(f, number - 1, None), "")
+    pos, opening_quote = 0, re.compile(f'(?:^|(?<={re.escape(delimiter)}))"')
+    while (opening := opening_quote.search(line, pos)) is not None:
+        after = _QUOTED_TEXT.match(line, opening.end()).end() + 1
+        if after > len(line):
+            return True
+        pos = after
+    return False
 
 
 def duplicate_columns(header: Sequence[str]) -> str | None:
