@@ -334,6 +334,8 @@ def test_a_damaged_losing_trial_keeps_its_model_with_a_note_and_the_search_ends_
      "tune.space.training.learning_rate is given twice, as 'training: learning_rate' and as 'training.learning_rate'; keep one"),
     ({"model.name": ["tiny", "/no/such/bertcls-model"]}, "tune.space: model.name '/no/such/bertcls-model': no such folder"),
     ({"model.name": ["tiny", "no-such-model-xyz"]}, "tune.space: model.name 'no-such-model-xyz': not in the local Hugging Face cache"),
+    ({"data.text_column": ["text", "body"]}, "tune.space.data.text_column: choice 'body': train ("),
+    ({"data.validation": ["validation.csv", "nope.csv"]}, "nope.csv: no such file (paths in a config file are relative to the config's folder"),
 ])
 def test_a_bad_search_space_is_refused_before_any_trial(tmp_path, space, message):
     config = tune_config(tmp_path, space=space)

@@ -42,6 +42,7 @@ from typing import Any
 import yaml
 
 from bertcls import atomic, distributed, runs
+from bertcls import data as data_mod
 from bertcls.config import Config, Dimension, TuneConfig, set_dotted, validate_config
 from bertcls.errors import (
     BertclsError,
@@ -128,6 +129,7 @@ def search(config: Config, options: Options, config_file: str | Path | None = No
     trial = next(folder / f"{TRIAL_PREFIX}{n}" for n in itertools.count() if not (folder / f"{TRIAL_PREFIX}{n}").exists())
     check_inputs(config.model_copy(update={"output_dir": str(trial)}), config_file, resume=False, force=False, overwrite=False)
     _check_searched_models(config)
+    _check_searched_data(config)
     with _quiet_optuna():
         server = _server(options)  # its URL and driver, before the folder is claimed: a refused one leaves nothing behind
     folder.mkdir(parents=True, exist_ok=True)
@@ -209,6 +211,21 @@ def _check_searched_models(config: Config) -> None:
             check_model_source(config.model.model_copy(update={"name": name}), longest)
         except ModelError as exc:
             raise ModelError(f"tune.space: {exc}") from None
+
+
+def _check_searched_data(config: Config) -> None:
+    """Each data.* choice (or end of a range) reads, as train reads the data: a trial that fails on a missing column or
+    file would leave its values in the study, which then refuses the space without them."""
+    for key, dim in config.tune.space.items():
+        if not key.startswith("data.") or key == "data.max_length":  # max_length: checked with the models
+            continue
+        for end, value in dim.ends():
+            raw = config.to_dict()
+            set_dotted(raw, key, value)
+            try:
+                data_mod.load_splits(validate_config(raw).data, config.seed)
+            except BertclsError as exc:
+                raise ConfigError(f"tune.space.{key}: {end} {shown(value)}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------- the study
