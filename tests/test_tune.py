@@ -286,6 +286,7 @@ def test_ctrl_c_before_a_trial_trains_says_how_to_continue_and_trials_csv_says_w
             f"continue the search with: bertcls tune {config}") in result.output, result.output
     assert [(row["state"], row["note"]) for row in trials(tmp_path / "search")] == [
         ("fail", "stopped by SIGINT during trial 0"), ("waiting", "queued: runs the values of trial 0 again")]
+    assert "2 trial(s) (0 completed, 0 pruned, 1 failed, 1 queued), none completed yet" in result.output
     monkeypatch.setattr("bertcls.tune.train", refused)
     result = runner.invoke(app, ["tune", str(config)])  # trial 1, the retry of trial 0's values, fails
     assert result.exit_code == 2 and result.output.endswith("Error: model.name 'gone': no such folder\n"), result.output

@@ -652,8 +652,10 @@ def write_report(job: Search) -> optuna.trial.FrozenTrial | None:
     trials = study.get_trials(deepcopy=False)
     atomic.write_atomic(folder / TRIALS_FILE, _trials_csv(job, trials))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    queued = sum(t.state == TrialState.WAITING for t in trials)  # a stopped trial's values, to run again
     counts = ", ".join(f"{sum(t.state == state for t in trials)} {word}" for state, word in
-                       ((TrialState.COMPLETE, "completed"), (TrialState.PRUNED, "pruned"), (TrialState.FAIL, "failed")))
+                       ((TrialState.COMPLETE, "completed"), (TrialState.PRUNED, "pruned"), (TrialState.FAIL, "failed"))) \
+        + (f", {queued} queued" if queued else "")
     if not complete:
         job.say(f"{len(trials)} trial(s) ({counts}), none completed yet; wrote {folder / TRIALS_FILE}")
         return None
