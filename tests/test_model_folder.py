@@ -50,3 +50,25 @@ def test_every_architecture_starts_its_whole_head_fresh(architecture, tmp_path):
     assert all(torch.equal(tensor, saved[name]) for name, tensor in encoder.items() if name in saved)
     again, _ = loaded(folder, seed=8)
     assert all(torch.equal(head[name], again[name]) for name in head)
+
+
+@pytest.mark.parametrize("architecture, positions, usable", [("bert", 24, 24), ("roberta", 24, 22)])
+def test_a_plain_folder_whose_tokenizer_allows_more_than_its_positions_reads_what_the_model_takes(architecture, positions, usable, tmp_path):
+    """A folder outside a run reads as many tokens as its tokenizer allows, but never past the position embeddings
+    (RoBERTa's two offset positions aside): a long text is cut there, not a crash inside the model."""
+    import transformers
+
+    from bertcls.predict import Predictor
+    from tiny_models import CONFIGS, TOKENIZERS
+
+    tokenizer = TOKENIZERS[architecture](TEXTS)
+    config = CONFIGS[architecture](tokenizer)
+    config.max_position_embeddings = positions
+    folder = tmp_path / architecture
+    transformers.AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    assert transformers.AutoTokenizer.from_pretrained(folder).model_max_length > positions
+    predictor = Predictor.load(folder, device="cpu", precision="fp32")
+    assert predictor.max_length == usable
+    long = " ".join(TEXTS * 5)  # well over `positions` tokens
+    assert [p.label for p in predictor.predict([long, "boring"])] == [predictor.predict([long])[0].label, predictor.predict(["boring"])[0].label]

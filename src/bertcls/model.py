@@ -254,10 +254,17 @@ def _check_model_source(name: str) -> None:
         raise ModelError(f"model.name {name!r}: not a Hugging Face model folder (no config.json); point it at the folder save_pretrained wrote")
 
 
-def check_max_length(model_config, max_length: int, name: str) -> None:
+def usable_positions(model_config) -> int | None:
+    """The most tokens the model's position embeddings take (None when it names no limit)."""
     limit = getattr(model_config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit < 1:
+        return None
     # RoBERTa-style models reserve two positions for the padding offset.
-    usable = limit - 2 if limit and getattr(model_config, "model_type", "") in {"roberta", "xlm-roberta", "camembert"} else limit
+    return limit - 2 if getattr(model_config, "model_type", "") in {"roberta", "xlm-roberta", "camembert"} else limit
+
+
+def check_max_length(model_config, max_length: int, name: str) -> None:
+    usable = usable_positions(model_config)
     if usable and max_length > usable:
         raise ModelError(f"data.max_length={max_length} is above what {name} supports ({usable} tokens); set data.max_length <= {usable}")
 

@@ -26,7 +26,15 @@ import numpy as np
 from bertcls import longtext, machine, runs
 from bertcls.errors import ConfigError, DataError, ModelError, first_line, listing, shown
 from bertcls.longtext import LONG_TEXT_KEY, LongText, Reading
-from bertcls.model import DEFAULT_THRESHOLD, MAX_LENGTH_KEY, THRESHOLD_KEY, load_trained, pad_batch, truncate_long_texts
+from bertcls.model import (
+    DEFAULT_THRESHOLD,
+    MAX_LENGTH_KEY,
+    THRESHOLD_KEY,
+    load_trained,
+    pad_batch,
+    truncate_long_texts,
+    usable_positions,
+)
 
 # Fallback when neither the run's config nor the tokenizer names a sensible limit.
 DEFAULT_MAX_LENGTH = 512
@@ -558,7 +566,7 @@ class Predictor(_Predicts):
 def run_max_length(path: str | Path, tokenizer, model_config=None) -> int:
     """The run's data.max_length, else the one the model was trained with as its config (`model_config`) records
     it (MAX_LENGTH_KEY, or in a model saved before that key, its long_text setting's), else the tokenizer's limit
-    when it names a sensible one, else DEFAULT_MAX_LENGTH."""
+    when it names a sensible one, else DEFAULT_MAX_LENGTH; these last two no more than the model's positions take."""
 
     recorded = getattr(model_config, MAX_LENGTH_KEY, None)
     if recorded is not None and (type(recorded) is not int or recorded < 1):
@@ -569,4 +577,5 @@ def run_max_length(path: str | Path, tokenizer, model_config=None) -> int:
     if max_length:
         return int(max_length)
     limit = getattr(tokenizer, "model_max_length", DEFAULT_MAX_LENGTH)
-    return limit if isinstance(limit, int) and limit <= 8192 else DEFAULT_MAX_LENGTH
+    limit = limit if isinstance(limit, int) and limit <= 8192 else DEFAULT_MAX_LENGTH
+    return min(limit, usable_positions(model_config) or limit)  # a tokenizer may allow more than the model reads
