@@ -1,6 +1,7 @@
 """bertcls serve: the same records as predict --json, batching, bad requests, metrics, readiness, graceful stop."""
 
 import asyncio
+import copy
 import importlib.util
 import json
 import re
@@ -286,9 +287,19 @@ def test_info_describes_the_model(client, trained_run):
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert info["name"] == trained_run.name and info["model"] == str(trained_run.resolve())
     assert info["labels"] == ["negative", "positive"] and info["multi_label"] is False
-    assert (info["max_length"], info["engine"], info["precision"]) == (32, "torchscript", "fp32")
+    assert (info["max_length"], info["engine"], info["precision"], info["text_columns"]) == (32, "torchscript", "fp32", ["text"])
     assert info["metrics"] == {"best_epoch": metrics["best_epoch"], "metric_for_best": "f1_macro", **{
         split: {key: metrics[split][key] for key in ("num_examples", "accuracy", "f1_macro", "f1_micro")} for split in ("validation", "test")}}
+
+
+@pytest.mark.parametrize("damage", ["not json", "[1, 2]", '{"metric_for_best": ["a"], "validation": {}}'])
+def test_a_run_whose_metrics_do_not_read_is_served_without_them(trained_run, predictor, tmp_path, damage):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "metrics.json").write_text(damage)
+    with TestClient(create_app(ServeOptions(str(run)), load=lambda: predictor)) as client:
+        info = ready(client).get("/info").json()
+        assert info["metrics"] is None and info["labels"] == ["negative", "positive"]
 
 
 def test_page_and_api_docs(client):
@@ -408,6 +419,38 @@ def test_the_page_in_a_real_browser(trained_run, predictor):
             page.wait_for_function("document.getElementById('label').textContent !== ''")
             assert page.text_content("#label") == predictor.predict([text])[0].label
             assert page.locator(".bar").evaluate_all("rows => rows.map(r => r.dataset.label)") == ["negative", "positive"]
+            assert not page.is_visible("#pair")  # a model of single texts takes no second text
+            page.fill("#text", "x" * 1_100_000)  # over the body limit: the error, and no earlier answer beside it
+            page.click("#classify")
+            page.wait_for_function("document.getElementById('error').textContent !== ''")
+            assert page.text_content("#error").startswith("the body is over") and page.text_content("#label") == "" and page.locator(".bar").count() == 0
+            browser.close()
+    finally:
+        stop()
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
+@pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="no playwright (pip install playwright; never `playwright install`)")
+def test_the_page_asks_a_model_trained_on_pairs_for_both_texts(trained_run, predictor):
+    from playwright.sync_api import sync_playwright
+    paired = copy.copy(predictor)
+    paired.trained_on = ("premise", "hypothesis")  # as a run trained on text pairs records it
+    url, stop = serve_in_thread(create_app(ServeOptions(str(trained_run)), load=lambda: paired))
+    text, pair = "a wonderful film", "awful and boring"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_function("document.getElementById('model').textContent.startsWith('model:')")
+            assert page.is_visible("#pair") and page.get_attribute("#pair", "placeholder") == "Type the second text (hypothesis)"
+            page.fill("#text", text)
+            page.fill("#pair", pair)
+            page.click("#classify")
+            page.wait_for_function("document.getElementById('label').textContent !== ''")
+            assert page.text_content("#error") == ""
+            assert page.text_content("#label") == paired.predict([text], [pair])[0].label
             browser.close()
     finally:
         stop()

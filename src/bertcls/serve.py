@@ -334,8 +334,10 @@ def _loaded(state: _State, done: asyncio.Future, on_load_error) -> None:
     """When loading ends: make the app ready, or keep it unready with the reason."""
     if done.cancelled():
         return
-    exc = done.exception()
-    if exc is not None:
+    try:
+        predictor, seconds = done.result()
+        state.info = model_info(state.options.model, predictor)
+    except Exception as exc:  # asyncio would swallow it here, and leave the app "still loading" for ever
         state.error = first_line(exc)
         if on_load_error is not None:
             log.error("the model failed to load: %s", state.error)
@@ -345,8 +347,6 @@ def _loaded(state: _State, done: asyncio.Future, on_load_error) -> None:
         else:
             log.error("the model failed to load", exc_info=exc)
         return
-    predictor, seconds = done.result()
-    state.info = model_info(state.options.model, predictor)
     state.predictor = predictor
     log.info("loaded %s (%s, %s) in %.1f s: ready", state.options.model, predictor.engine, state.info["precision"], seconds)
 
@@ -359,23 +359,30 @@ def model_info(path: str | Path, predictor) -> dict[str, Any]:
     precision = getattr(predictor, "precision", None)
     if (path / ONNX_META).is_file():  # an exported folder: fp32 or int8 weights, as exported
         precision = json.loads((path / ONNX_META).read_text(encoding="utf-8")).get("quantize") or "fp32"
+    columns = getattr(predictor, "trained_on", None)
     return {"name": path.resolve().name, "model": str(path.resolve()), "labels": [predictor.id2label[i] for i in sorted(predictor.id2label)],
             "multi_label": predictor.multi_label, "max_length": predictor.max_length, "engine": predictor.engine,
-            "precision": precision, "metrics": headline_metrics(path)}
+            "precision": precision, "text_columns": list(columns) if columns else None, "metrics": headline_metrics(path)}
 
 
 def headline_metrics(path: Path) -> dict[str, Any] | None:
     """From the run's metrics.json: the best epoch, and per split the examples, accuracy, F1 and the metric the
-    run chose its best epoch by (None for a folder without one)."""
+    run chose its best epoch by (None for a folder without one, or with one that does not read: the model serves)."""
     file = path / runs.METRICS_FILE
     if not file.is_file():
         return None
-    saved = json.loads(file.read_text(encoding="utf-8"))
-    headline = {key: saved[key] for key in ("best_epoch", "metric_for_best") if key in saved}
-    keys = ("num_examples", "accuracy", "f1_macro", "f1_micro", saved.get("metric_for_best"))
-    for split in ("validation", "test"):
-        if isinstance(saved.get(split), dict):
-            headline[split] = {key: saved[split][key] for key in dict.fromkeys(keys) if key in saved[split]}
+    try:
+        saved = json.loads(file.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict):
+            raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+        headline = {key: saved[key] for key in ("best_epoch", "metric_for_best") if key in saved}
+        keys = ("num_examples", "accuracy", "f1_macro", "f1_micro", saved.get("metric_for_best"))
+        for split in ("validation", "test"):
+            if isinstance(saved.get(split), dict):
+                headline[split] = {key: saved[split][key] for key in dict.fromkeys(keys) if key in saved[split]}
+    except (OSError, ValueError, TypeError) as exc:  # TypeError: a metric_for_best that is no name
+        log.warning("%s does not read (%s): /info shows no metrics", file, first_line(exc))
+        return None
     return headline
 
 
