@@ -116,6 +116,11 @@ def _threshold(run):
     return run
 
 
+def _config_json_list(run):
+    (run / "model" / "config.json").write_text("[]", encoding="utf-8")
+    return run
+
+
 def _config_yaml(text):
     def spoil(run):
         (run / runs.CONFIG_FILE).write_text(text, encoding="utf-8")
@@ -132,16 +137,25 @@ def _export_meta(run):
     return export
 
 
+def _export_max_length(run):
+    export = _export_meta(run)
+    (export / ONNX_META).write_text('{"max_length": -5, "inputs": ["input_ids", "attention_mask"]}', encoding="utf-8")
+    return export
+
+
 # How a copy of the shared run is damaged (returning the folder to give --model), the command, what the one line must say.
 DAMAGED = [
     pytest.param(_one_label, "predict", "id2label in its config.json names 1 label(s) (ids 0)", id="id2label-short"),
     pytest.param(_threshold, "predict", "its multi_label_threshold ('0.5x') is not a number between 0 and 1", id="threshold"),
+    pytest.param(_config_json_list, "predict", "cannot load the model (its config.json is no JSON object)", id="config-json-list"),
     pytest.param(_config_yaml("data: [\n"), "predict", "config.yaml:2:1: invalid YAML", id="yaml-predict"),
     pytest.param(_config_yaml("data: [\n"), "evaluate", "config.yaml:2:1: invalid YAML", id="yaml-evaluate"),
     pytest.param(_config_yaml("- data\n"), "predict", "config.yaml: holds a list, not the run's config", id="yaml-list"),
     pytest.param(_config_yaml("data: [1]\n"), "evaluate", "its data section is not a mapping", id="yaml-section-list"),
     pytest.param(_export_meta, "predict", "not a complete `bertcls export` folder (bertcls-onnx.json has no inputs)", id="export-meta",
                  marks=pytest.mark.slow),  # in CI's second pass: a real export
+    pytest.param(_export_max_length, "predict", "not a complete `bertcls export` folder (its max_length -5 is no number of tokens)",
+                 id="export-max-length", marks=pytest.mark.slow),
 ]
 
 

@@ -6,6 +6,7 @@ their config, so `transformers.pipeline("text-classification", model=folder)` wo
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 import warnings
@@ -275,6 +276,8 @@ def load_trained(path: str | Path):
     folder = model_dir(path)
     transformers = _quiet_transformers()
     try:
+        if not isinstance(json.loads((folder / "config.json").read_text(encoding="utf-8")), dict):  # transformers: a TypeError
+            raise ValueError("its config.json is no JSON object")
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
         with quiet_unpickler():
             model, loading = transformers.AutoModelForSequenceClassification.from_pretrained(folder, dtype=FP32, output_loading_info=True)

@@ -352,7 +352,11 @@ class _TokenizersPredictor(_Predicts):
         """(config.json as a dict, the tokenizer from tokenizer.json, truncating at max_length, not padding)."""
         from tokenizers import Tokenizer
 
+        if max_length < 1:
+            raise ValueError(f"its max_length {max_length} is no number of tokens")
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        if not isinstance(config, dict) or not isinstance(config.get("id2label", {}), dict):
+            raise ValueError("config.json is no model config (a JSON object, its id2label a mapping)")
         try:
             tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         except Exception as exc:  # tokenizers raises a bare Exception for a damaged file
