@@ -149,6 +149,34 @@ def test_a_model_failure_is_a_500_with_a_message(make_client, predictor):
     assert client.post("/predict", json={"texts": ["fine"]}).status_code == 200
 
 
+def test_a_request_still_running_when_the_shutdown_grace_ends_gets_a_503_to_retry(predictor, trained_run, monkeypatch):
+    entered, release = threading.Event(), threading.Event()
+
+    class Stuck:
+        id2label, max_length, threshold, multi_label, engine, precision = predictor.id2label, 32, None, False, "fake", "fp32"
+
+        def predict(self, texts, pairs=None):
+            entered.set()
+            release.wait(30)
+            return predictor.predict(texts, pairs)
+
+    monkeypatch.setattr(serve, "GRACE_S", 0.5)
+    url, stop = serve_in_thread(create_app(ServeOptions(str(trained_run)), load=Stuck))
+    while httpx.get(f"{url}/ready").status_code != 200:
+        time.sleep(0.01)
+    answers = []
+    request = threading.Thread(target=lambda: answers.append(httpx.post(f"{url}/predict", json={"texts": ["great"]}, timeout=30)))
+    request.start()
+    assert entered.wait(30)
+    stopping = threading.Thread(target=stop)
+    stopping.start()
+    request.join(10)  # answered once the grace is over, while the model is still busy
+    release.set()
+    stopping.join(30)
+    assert len(answers) == 1 and answers[0].status_code == 503, answers
+    assert answers[0].json() == {"detail": serve.SHUTTING_DOWN} and answers[0].headers["retry-after"] == "1"
+
+
 TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
 LONG_NUMBER = "9" * 5000  # json.loads refuses integers of over sys.get_int_max_str_digits() digits
 NON_STRINGS = b'{"texts": [' + b",".join([b"1"] * 500_000) + b"]}"  # just under 1 MiB

@@ -51,6 +51,8 @@ log = logging.getLogger("bertcls.serve")
 
 # Seconds uvicorn waits for requests in flight after SIGTERM/SIGINT before it cancels them.
 GRACE_S = 30
+# What a request still running when the grace runs out is answered (503).
+SHUTTING_DOWN = "the server is shutting down and stopped this request before answering it; retry it"
 # uvicorn --workers > 1 starts fresh processes, which rebuild the app from these options (JSON).
 OPTIONS_ENV = "BERTCLS_SERVE_OPTIONS"
 PAGE = "serve_page.html"  # in this package
@@ -220,6 +222,14 @@ class _Observe:
         started = time.perf_counter()
         try:
             await self.app(scope, receive, send_observed)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when its shutdown grace runs out (or on a second Ctrl-C): their
+            # clients get a 503 to retry, not its plain-text 500, and the log no traceback per request
+            if status != 500:  # the answer had begun: nothing else can be sent
+                raise
+            await send_observed({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/json"), (b"retry-after", b"1"), (b"connection", b"close")]})
+            await send_observed({"type": "http.response.body", "body": json.dumps({"detail": SHUTTING_DOWN}).encode()})
         finally:
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
