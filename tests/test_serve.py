@@ -177,6 +177,24 @@ def test_a_request_still_running_when_the_shutdown_grace_ends_gets_a_503_to_retr
     assert answers[0].json() == {"detail": serve.SHUTTING_DOWN} and answers[0].headers["retry-after"] == "1"
 
 
+def test_a_server_stopped_while_its_model_loads_never_says_ready(predictor, trained_run, caplog):
+    release = threading.Event()
+
+    def slow_load():
+        release.wait(30)
+        return predictor
+
+    url, stop = serve_in_thread(create_app(ServeOptions(str(trained_run)), load=slow_load))
+    assert httpx.get(f"{url}/ready").status_code == 503
+    stopping = threading.Thread(target=stop)
+    with caplog.at_level("INFO", logger="bertcls.serve"):
+        stopping.start()
+        time.sleep(0.3)  # shutting down, waiting for the model thread
+        release.set()
+        stopping.join(30)
+    assert not stopping.is_alive() and not [r for r in caplog.records if "ready" in r.getMessage()], caplog.text
+
+
 TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
 LONG_NUMBER = "9" * 5000  # json.loads refuses integers of over sys.get_int_max_str_digits() digits
 NON_STRINGS = b'{"texts": [' + b",".join([b"1"] * 500_000) + b"]}"  # just under 1 MiB

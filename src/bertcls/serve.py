@@ -248,6 +248,7 @@ class _State:
     info: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     batcher: Batcher | None = None
+    stopping: bool = False  # the server is shutting down: a model that loads now serves nothing
 
     def ready(self) -> Any:
         """The predictor, or a 503 that says why there is none yet."""
@@ -273,6 +274,7 @@ def create_app(options: ServeOptions, load: Callable[[], Any] | None = None, on_
         loading = asyncio.get_running_loop().run_in_executor(state.batcher.executor, _timed, load)
         loading.add_done_callback(lambda done: _loaded(state, done, on_load_error))
         yield
+        state.stopping = True
         await state.batcher.close()  # uvicorn has answered every request in flight: nothing is waiting
 
     app = FastAPI(title="bertcls", summary="A bertcls text classifier over HTTP", lifespan=lifespan)
@@ -342,7 +344,7 @@ def _timed(load: Callable[[], Any]) -> tuple[Any, float]:
 
 def _loaded(state: _State, done: asyncio.Future, on_load_error) -> None:
     """When loading ends: make the app ready, or keep it unready with the reason."""
-    if done.cancelled():
+    if done.cancelled() or state.stopping:
         return
     try:
         predictor, seconds = done.result()
