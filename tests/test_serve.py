@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 from typer.testing import CliRunner
@@ -444,59 +445,61 @@ def server_url(process: subprocess.Popen) -> str:
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_a_browser = pytest.mark.skipif(
+    CHROMIUM is None or importlib.util.find_spec("playwright") is None,
+    reason="needs chromium on PATH (apt-get install chromium) and playwright (pip install playwright; never `playwright install`)")
 
 
-@pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
-@pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="no playwright (pip install playwright; never `playwright install`)")
-def test_the_page_in_a_real_browser(trained_run, predictor):
+@contextmanager
+def page_of(trained_run, predictor):
+    """The page of a server around `predictor`, open in headless Chromium once it shows the model."""
     from playwright.sync_api import sync_playwright
     url, stop = serve_in_thread(create_app(ServeOptions(str(trained_run)), load=lambda: predictor))
-    text = "a wonderful and brilliant film"
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page()
             page.goto(url)
             page.wait_for_function("document.getElementById('model').textContent.startsWith('model:')")
-            assert page.text_content("#model") == f"model: {trained_run.name} (torchscript) — labels: negative, positive"
-            page.fill("#text", text)
-            page.click("#classify")
-            page.wait_for_function("document.getElementById('label').textContent !== ''")
-            assert page.text_content("#label") == predictor.predict([text])[0].label
-            assert page.locator(".bar").evaluate_all("rows => rows.map(r => r.dataset.label)") == ["negative", "positive"]
-            assert not page.is_visible("#pair")  # a model of single texts takes no second text
-            page.fill("#text", "x" * 1_100_000)  # over the body limit: the error, and no earlier answer beside it
-            page.click("#classify")
-            page.wait_for_function("document.getElementById('error').textContent !== ''")
-            assert page.text_content("#error").startswith("the body is over") and page.text_content("#label") == "" and page.locator(".bar").count() == 0
+            yield page
             browser.close()
     finally:
         stop()
+
+
+def classify(page) -> None:
+    """Click Classify and wait for its answer: a label or an error."""
+    page.click("#classify")
+    page.wait_for_function("document.getElementById('label').textContent !== '' || document.getElementById('error').textContent !== ''")
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
-@pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="no playwright (pip install playwright; never `playwright install`)")
+@needs_a_browser
+def test_the_page_in_a_real_browser(trained_run, predictor):
+    text = "a wonderful and brilliant film"
+    with page_of(trained_run, predictor) as page:
+        assert page.text_content("#model") == f"model: {trained_run.name} (torchscript) — labels: negative, positive"
+        assert not page.is_visible("#pair")  # a model of single texts takes no second text
+        page.fill("#text", text)
+        classify(page)
+        assert page.text_content("#label") == predictor.predict([text])[0].label
+        assert page.locator(".bar").evaluate_all("rows => rows.map(r => r.dataset.label)") == ["negative", "positive"]
+        page.fill("#text", "x" * 1_100_000)  # over the body limit: the error, and no earlier answer beside it
+        classify(page)
+        assert page.text_content("#error").startswith("the body is over")
+        assert page.text_content("#label") == "" and page.locator(".bar").count() == 0
+
+
+@pytest.mark.browser
+@needs_a_browser
 def test_the_page_asks_a_model_trained_on_pairs_for_both_texts(trained_run, predictor):
-    from playwright.sync_api import sync_playwright
     paired = copy.copy(predictor)
     paired.trained_on = ("premise", "hypothesis")  # as a run trained on text pairs records it
-    url, stop = serve_in_thread(create_app(ServeOptions(str(trained_run)), load=lambda: paired))
     text, pair = "a wonderful film", "awful and boring"
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page()
-            page.goto(url)
-            page.wait_for_function("document.getElementById('model').textContent.startsWith('model:')")
-            assert page.is_visible("#pair") and page.get_attribute("#pair", "placeholder") == "Type the second text (hypothesis)"
-            page.fill("#text", text)
-            page.fill("#pair", pair)
-            page.click("#classify")
-            page.wait_for_function("document.getElementById('label').textContent !== ''")
-            assert page.text_content("#error") == ""
-            assert page.text_content("#label") == paired.predict([text], [pair])[0].label
-            browser.close()
-    finally:
-        stop()
+    with page_of(trained_run, paired) as page:
+        assert page.is_visible("#pair") and page.get_attribute("#pair", "placeholder") == "Type the second text (hypothesis)"
+        page.fill("#text", text)
+        page.fill("#pair", pair)
+        classify(page)
+        assert page.text_content("#error") == ""
+        assert page.text_content("#label") == paired.predict([text], [pair])[0].label
