@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from bertcls import tsv
 from bertcls.cli import app
 from bertcls.config import load_config
-from bertcls.errors import ModelError
+from bertcls.errors import BertclsWarning, ModelError
 from conftest import make_config, toy_rows, write_csv
 
 runner = CliRunner()
@@ -181,6 +181,25 @@ def test_a_hub_id_that_cannot_be_downloaded_is_said_plainly(monkeypatch, offline
            "could not be downloaded from the Hugging Face hub (and is not in the local cache); check the network and the hub id, "
            "or give a local model folder (set HF_HUB_OFFLINE=1 to fail at once instead of retrying)")
     assert str(error.value) == f"model.name 'no-such-org/no-such-model': {fix}"
+
+
+def test_the_hubs_retries_are_one_warning_not_a_dozen_lines(caplog):
+    """What huggingface_hub logs while it retries an unreachable hub (its own words): one warning says it instead."""
+    import logging
+
+    from bertcls.model import _quiet_transformers
+
+    _quiet_transformers()
+    hub = logging.getLogger("huggingface_hub.utils._http")
+    url = "https://huggingface.co/bert-base-uncased/resolve/main/config.json"
+    with caplog.at_level(logging.WARNING), pytest.warns(BertclsWarning) as said:
+        for attempt in range(1, 6):
+            hub.warning(f"'[Errno -2] Name or service not known' thrown while requesting HEAD {url}")
+            hub.warning(f"Retrying in {2 ** (attempt - 1)}s [Retry {attempt}/5].")
+        hub.warning("something else the hub says")
+    assert [str(w.message) for w in said] == ["the Hugging Face hub does not answer ([Errno -2] Name or service not known); "
+                                              "retrying for about half a minute (set HF_HUB_OFFLINE=1 to fail at once)"]
+    assert [r.getMessage() for r in caplog.records if r.name == hub.name] == ["something else the hub says"]
 
 
 def test_an_onnx_folder_without_onnxruntime_says_how_to_install_it(tmp_path, monkeypatch):

@@ -27,7 +27,7 @@ import torch
 from bertcls import longtext
 from bertcls.errors import DataError, ModelError, clipped, first_line, listing, not_utf8, shown
 from bertcls.longtext import LongText, Reading
-from bertcls.model import download_failure, not_downloaded, pad_batch, truncate_long_texts
+from bertcls.model import download_failure, not_downloaded, pad_batch, quiet_hub_retries, truncate_long_texts
 from bertcls.tsv import check_fields, duplicate_columns
 
 if TYPE_CHECKING:  # config (pydantic) is imported where files are read, not on the predict path
@@ -43,6 +43,7 @@ def _quiet_datasets():
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(logging.CRITICAL)
+    quiet_hub_retries()
     return datasets
 
 

@@ -7,6 +7,7 @@ their config, so `transformers.pipeline("text-classification", model=folder)` wo
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import shutil
 import warnings
@@ -20,7 +21,7 @@ import numpy as np
 
 from bertcls import first_token
 from bertcls.atomic import temp_dir_for, writing
-from bertcls.errors import BertclsWarning, ModelError, first_line, load_reason
+from bertcls.errors import BertclsWarning, ModelError, clipped, first_line, load_reason
 from bertcls.runs import model_dir, publish_dir
 
 # Where a saved multi-label model keeps its decision threshold (in config.json, beside id2label).
@@ -58,7 +59,32 @@ def _quiet_transformers():
     # "Some weights ... newly initialized" is expected for a fresh classification head.
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
+    quiet_hub_retries()
     return transformers
+
+
+class _HubRetries(logging.Filter):
+    """huggingface_hub logs two lines per retry when the hub does not answer, up to 11 lines over about 25 s before the
+    error: the first becomes one warning that says what is going on and how to fail at once, the rest are dropped."""
+
+    said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if " thrown while requesting " not in message and not message.startswith(("Retrying in ", "Rate limited.")):
+            return True
+        if not self.said and " thrown while requesting " in message:
+            self.said = True
+            warnings.warn(f"the Hugging Face hub does not answer ({clipped(message.split(' thrown while')[0].strip(chr(39)))}); "
+                          "retrying for about half a minute (set HF_HUB_OFFLINE=1 to fail at once)", BertclsWarning, stacklevel=2)
+        return False
+
+
+def quiet_hub_retries() -> None:
+    """Install `_HubRetries` on huggingface_hub's HTTP logger (once)."""
+    hub = logging.getLogger("huggingface_hub.utils._http")
+    if not any(isinstance(f, _HubRetries) for f in hub.filters):
+        hub.addFilter(_HubRetries())
 
 
 def build_tiny_tokenizer(texts: Sequence[str], model_max_length: int = 512):
