@@ -220,7 +220,7 @@ def test_without_cleanlab_label_issues_are_skipped_with_a_hint(tmp_path, monkeyp
     report = check_mod.check(load_config(config_for(tmp_path, [unique_rows(40, rng, taken), unique_rows(10, rng, taken), unique_rows(10, rng, taken)])))
     assert report.summary["label_issues"] == {"skipped": check_mod.NO_CLEANLAB}
     check_mod.print_report(report)
-    assert "likely label errors: skipped (cleanlab is not installed: pip install cleanlab (or pip install 'bertcls[check]'))" in capsys.readouterr().out
+    assert 'likely label errors: skipped (cleanlab is not installed: pip install cleanlab (or pip install -e ".[check]" in the bertcls repository))' in capsys.readouterr().out
 
 
 def test_sentence_pairs_compare_both_texts(tmp_path):

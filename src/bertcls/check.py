@@ -55,7 +55,7 @@ MIN_MAX_LENGTH = 8  # the smallest data.max_length the config takes
 # in pieces (`model.pieces`).
 LENGTH_CHUNK = 10_000
 LENGTH_CHUNK_CHARS = 4_000_000
-NO_CLEANLAB = "cleanlab is not installed: pip install cleanlab (or pip install 'bertcls[check]')"
+NO_CLEANLAB = 'cleanlab is not installed: pip install cleanlab (or pip install -e ".[check]" in the bertcls repository)'
 PUNCTUATION = re.compile(r"[^\w\s]|_")
 # The baseline's words: what sklearn's default token_pattern finds (2+ word characters), except that each Han, kana or
 # Hangul character is a word of its own: Chinese and Japanese have no spaces, so a whole sentence would be one word.
