@@ -157,11 +157,12 @@ def test_a_mapping_given_with_set_for_a_key_that_is_no_section_replaces_the_file
     assert list(cfg.tune.space) == ["training.learning_rate"]
 
 
-@pytest.mark.parametrize("weight, shown", [(".inf", "inf"), ("-1", "-1"), (".nan", "nan")])
+@pytest.mark.parametrize("weight, shown", [(".inf", "inf"), ("-1", "-1"), (".nan", "nan"), ("0", "0")])
 def test_a_weight_that_is_no_finite_number_above_0_is_refused(tmp_path, weight, shown):
     config = write(tmp_path, "data: {train: a.csv}\n")
     result = CliRunner().invoke(app, ["check", str(config), "--set", f"training.class_weights={{positive: {weight}}}"])
-    assert_one_line_error(result, f"Error: training.class_weights.positive: a weight must be a finite number >= 0 (got {shown})")
+    assert_one_line_error(result, f"Error: training.class_weights.positive: a weight must be a finite number above 0 (got {shown}); "
+                                  "to train without a label, remove its rows")
 
 
 @pytest.mark.parametrize("file, override, got, typed", [

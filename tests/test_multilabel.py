@@ -134,6 +134,15 @@ def test_a_list_item_that_is_no_string_or_integer_is_refused_naming_row_and_item
     assert result.output.strip() == f"Error: train ({path}): data row 2 of column 'label' {message}"
 
 
+def test_a_row_whose_labels_are_null_or_missing_is_refused_not_read_as_none(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"text": "a", "label": ["x"]}\n{"text": "b", "labels": ["y"]}\n{"text": "c", "label": null}\n{"text": "d", "label": ["y"]}\n')
+    with pytest.raises(DataError) as error:
+        read_split(str(path), DataConfig(train=str(path), task="multi_label"), "train")
+    assert str(error.value) == (f"train ({path}): 2 row(s) without a value in column 'label' (data rows 2, 3); give each row its list "
+                                "of labels ([] for none), or remove those rows")
+
+
 def test_a_train_file_where_no_row_has_a_label_says_so(tmp_path):
     path = write_jsonl(tmp_path / "train.jsonl", [[], [], []])
     config = make_config(tmp_path, {"train": path, "validation": path})

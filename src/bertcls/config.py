@@ -52,7 +52,7 @@ Float = Annotated[float, BeforeValidator(_float_from_yaml)]
 
 
 def _class_weights(value: Any, info: ValidationInfo) -> Any:
-    """`none`, `balanced`, or {label: finite weight >= 0} with label names as strings (YAML may give integers)."""
+    """`none`, `balanced`, or {label: finite weight > 0} with label names as strings (YAML may give integers)."""
     if value in ("none", "balanced"):
         return value
     if not isinstance(value, dict) or not value:
@@ -60,8 +60,10 @@ def _class_weights(value: Any, info: ValidationInfo) -> Any:
     weights = {}
     for label, weight in value.items():
         weight = _float_from_yaml(weight)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight >= 0):
-            raise ValueError(f"training.class_weights.{clipped(str(label))}: a weight must be a finite number >= 0 (got {shown(weight)})")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight > 0):
+            # 0 too: the weighted loss of a batch holding only that label's rows would be 0 / 0
+            raise ValueError(f"training.class_weights.{clipped(str(label))}: a weight must be a finite number above 0 (got "
+                             f"{shown(weight)}); to train without a label, remove its rows")
         if label is None or isinstance(label, bool):  # `yes: 3` is read as True: 3, and True names no label
             reading, text = _yaml_reading(label)
             text = _typed_key(label, (info.context or {}).get("typed", {})) or text  # quote what was typed: `on`, not `yes`
@@ -69,8 +71,6 @@ def _class_weights(value: Any, info: ValidationInfo) -> Any:
             raise ValueError(f"training.class_weights: the key {shown(label)} is no label text; {reading}: quote a label that YAML "
                              f"would read otherwise, e.g. class_weights: {example} in the file, or --set 'training.class_weights={example}'")
         weights[str(label)] = float(weight)
-    if not any(weights.values()):
-        raise ValueError("training.class_weights: at least one weight must be above 0")
     return weights
 
 
