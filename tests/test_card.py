@@ -79,6 +79,21 @@ def test_hub_model_hub_data_multi_label_and_pairs_reach_the_card():
     assert f'--pair "{card.EXAMPLE_PAIR}"' in text
 
 
+def test_how_a_model_reads_long_texts_reaches_the_card():
+    config = {"seed": 1, "data": {"train": "/data/train.csv", "validation": None, "validation_split": 0.1, "test": None, "max_length": 64,
+                                  "task": "single_label", "text_pair_column": None, "long_text": "sliding_window", "stride": 16,
+                                  "window_pooling": "max"},
+              "model": {"name": "bert-base-uncased"}, "training": {"epochs": 1}}
+    usage = card.usage_section("/runs/r", "/runs/r/model", config)
+    result = {"best_epoch": 1, "metric_for_best": "accuracy", "validation": {"num_examples": 1, "accuracy": 1.0}}
+    text = card.render_card("r", config, {"train": 9, "validation": 1}, ["a", "b"], False, result, {}, usage)
+    assert "| data.long_text | sliding_window |\n| data.stride | 16 |\n| data.window_pooling | max |" in text
+    assert "| data.text_pair_column |" not in text  # not set: not shown
+    assert "trained with data.long_text: sliding_window, which bertcls predict applies" in text.partition(card.USAGE_HEADING)[2]
+    truncating = {**config, "data": {**config["data"], "long_text": "truncate", "stride": None, "window_pooling": "mean"}}
+    assert "data.long_text" not in card.usage_section("/runs/r", "/runs/r/model", truncating)
+
+
 def _write_card_again(run):
     """What the end of training does, from the run's own files."""
     config = validate_config(yaml.safe_load((run / runs.CONFIG_FILE).read_text()))

@@ -164,7 +164,9 @@ def _data_section(rows: dict[str, int], sources: dict[str, str], data: dict[str,
 
 def _training_section(config: dict[str, Any], train: dict[str, Any]) -> str:
     versions = manifest.library_versions()
-    settings = {"seed": config["seed"], "data.max_length": config["data"]["max_length"], "data.task": config["data"]["task"],
+    data = config["data"]
+    read = ("max_length", "task", "text_pair_column", "long_text", *(("stride", "window_pooling") if data.get("long_text") == "sliding_window" else ()))
+    settings = {"seed": config["seed"], **{f"data.{key}": data[key] for key in read if data.get(key) is not None},
                 **{f"training.{key}": value for key, value in config["training"].items()}}
     lines = ["## Training procedure", "", f"Trained with bertcls {__version__}, torch {versions.get('torch')} and "
              f"transformers {versions.get('transformers')}" + _how_long(train) + ".", "",
@@ -190,10 +192,13 @@ def usage_section(bertcls_model: str, pipeline_model: str, config: dict[str, Any
     fetch = f"hf download {download} --local-dir {folder}\n" if download else ""
     call_input = f'{{"text": "{EXAMPLE_TEXT}", "text_pair": "{EXAMPLE_PAIR}"}}' if pair else f'"{EXAMPLE_TEXT}"'
     every_label = ", top_k=None" if multi_label else ""  # every label's sigmoid score, not only the top one
+    long_text = config["data"].get("long_text", "truncate")
+    caveat = ([f"(transformers reads a long text's first tokens only; this model was trained with data.long_text: {long_text}, "
+               "which bertcls predict applies.)", ""] if long_text != "truncate" else [])
     return "\n".join([
         USAGE_HEADING, "", "With bertcls:", "", "```bash",
         f'{fetch}bertcls predict --model {folder} "{EXAMPLE_TEXT}"{pair_option}', "```", "",
-        "With transformers alone:", "", "```python", "from transformers import pipeline", "",
+        "With transformers alone:", "", *caveat, "```python", "from transformers import pipeline", "",
         f"classifier = pipeline({TASK!r}, model={json.dumps(pipeline_model)})".replace("'", '"'),
         f"print(classifier({call_input}{every_label}))", "```",
     ])
