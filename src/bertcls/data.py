@@ -364,7 +364,8 @@ def label_text(value: str) -> str:
 
 def _checked_label_lists(values: list[Any], where: str, column: str, separator: str) -> list[list[str]]:
     """Multi-label: a list per row (json/jsonl/parquet), or one string split on `separator` (csv/tsv); an empty list
-    (or csv cell) is allowed, a null or missing value is not. Each label becomes text as a single label does (2.0 is "2"); an item that is no string or integer is refused."""
+    (or csv cell) is allowed, a null or missing value is not. Each label becomes text as a single label does (2.0 is
+    "2"); an item that is no string or integer is refused."""
     missing = [i for i, value in enumerate(values) if value is None]  # JSON null or no such key: [] says "no labels"
     if missing:
         raise DataError(f"{where}: {len(missing)} row(s) without a value in column {column!r} (data rows {_rows(missing)}); "

@@ -212,11 +212,12 @@ class _Observe:
             return await self.app(scope, receive, send)
         endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"  # unknown paths: one label, not one each
         status = 500  # unless a response starts: an exception that escaped the app
+        begun = False
 
         async def send_observed(message) -> None:
-            nonlocal status
+            nonlocal status, begun
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, begun = message["status"], True
             await send(message)
 
         started = time.perf_counter()
@@ -225,7 +226,7 @@ class _Observe:
         except asyncio.CancelledError:
             # uvicorn cancels the requests still running when its shutdown grace runs out (or on a second Ctrl-C): their
             # clients get a 503 to retry, not its plain-text 500, and the log no traceback per request
-            if status != 500:  # the answer had begun: nothing else can be sent
+            if begun:  # nothing else can be sent
                 raise
             await send_observed({"type": "http.response.start", "status": 503, "headers": [
                 (b"content-type", b"application/json"), (b"retry-after", b"1"), (b"connection", b"close")]})
