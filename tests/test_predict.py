@@ -147,7 +147,7 @@ def _export_max_length(run):
 DAMAGED = [
     pytest.param(_one_label, "predict", "id2label in its config.json names 1 label(s) (ids 0)", id="id2label-short"),
     pytest.param(_threshold, "predict", "its multi_label_threshold ('0.5x') is not a number between 0 and 1", id="threshold"),
-    pytest.param(_config_json_list, "predict", "cannot load the model (its config.json is no JSON object)", id="config-json-list"),
+    pytest.param(_config_json_list, "predict", "cannot load the model (its config.json is no model config (a JSON object, its id2label a mapping))", id="config-json-list"),
     pytest.param(_config_yaml("data: [\n"), "predict", "config.yaml:2:1: invalid YAML", id="yaml-predict"),
     pytest.param(_config_yaml("data: [\n"), "evaluate", "config.yaml:2:1: invalid YAML", id="yaml-evaluate"),
     pytest.param(_config_yaml("- data\n"), "predict", "config.yaml: holds a list, not the run's config", id="yaml-list"),

@@ -83,11 +83,13 @@ def read_table(source: str, split: str = "train"):
     except OSError as exc:
         raise DataError(f"{path}: cannot read it ({exc.strerror}); check its permissions") from None
     quoting, header = check_fields(path, kind) if kind in ("csv", "tsv") else (None, [])
-    problem = duplicate_columns(_parquet_columns(path)) if kind == "parquet" else None
-    if problem:
-        raise DataError(f"{path}: {problem}")
-    if kind == "parquet" and _parquet_rows(path) == 0:  # datasets would say "BatchSize must be greater than 0"
-        raise DataError(f"{path}: no rows")
+    if kind == "parquet":
+        columns, rows = _parquet_footer(path)
+        problem = duplicate_columns(columns)
+        if problem:
+            raise DataError(f"{path}: {problem}")
+        if rows == 0:  # datasets would say "BatchSize must be greater than 0"
+            raise DataError(f"{path}: no rows")
     as_written = {column: str for column in range(len(header))}
     builder, options = {
         # keep_default_na=False: the text "NA" or "null" is a text, not a missing value. Every column read as text,
@@ -108,24 +110,16 @@ def read_table(source: str, split: str = "train"):
             raise DataError(_read_error(path, exc)) from None
 
 
-def _parquet_columns(path: Path) -> list[str]:
-    """The column names in a parquet file's schema (its footer only); [] when it cannot be read, which loading then reports."""
+def _parquet_footer(path: Path) -> tuple[list[str], int | None]:
+    """A parquet file's column names and row count, from its footer only; ([], None) when it cannot be read, which
+    loading then reports."""
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_schema(path).names
+        footer = pq.read_metadata(path)
+        return footer.schema.to_arrow_schema().names, footer.num_rows
     except Exception:  # pyarrow raises several kinds for a damaged file; read_table's loader words the error
-        return []
-
-
-def _parquet_rows(path: Path) -> int | None:
-    """The row count in a parquet file's footer; None when it cannot be read, which loading then reports."""
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_metadata(path).num_rows
-    except Exception:  # as in _parquet_columns
-        return None
+        return [], None
 
 
 def _is_local(source: str) -> bool:

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -296,14 +296,21 @@ def check_max_length(model_config, max_length: int, name: str) -> None:
         raise ModelError(f"data.max_length={max_length} is above what {name} supports ({usable} tokens); set data.max_length <= {usable}")
 
 
+def read_config_json(folder: Path) -> dict[str, Any]:
+    """A model folder's config.json as a dict; ValueError when it is no JSON object, or its id2label no mapping."""
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if not isinstance(config, dict) or not isinstance(config.get("id2label", {}), dict):
+        raise ValueError("its config.json is no model config (a JSON object, its id2label a mapping)")
+    return config
+
+
 def load_trained(path: str | Path):
     """(model, tokenizer) from a run folder (its `model/`) or a plain Hugging Face model folder, in eval mode."""
 
     folder = model_dir(path)
     transformers = _quiet_transformers()
     try:
-        if not isinstance(json.loads((folder / "config.json").read_text(encoding="utf-8")), dict):  # transformers: a TypeError
-            raise ValueError("its config.json is no JSON object")
+        read_config_json(folder)  # transformers raises a TypeError for one that is no JSON object
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
         with quiet_unpickler():
             model, loading = transformers.AutoModelForSequenceClassification.from_pretrained(folder, dtype=FP32, output_loading_info=True)

@@ -32,6 +32,7 @@ from bertcls.model import (
     THRESHOLD_KEY,
     load_trained,
     pad_batch,
+    read_config_json,
     truncate_long_texts,
     usable_positions,
 )
@@ -354,9 +355,7 @@ class _TokenizersPredictor(_Predicts):
 
         if max_length < 1:
             raise ValueError(f"its max_length {max_length} is no number of tokens")
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        if not isinstance(config, dict) or not isinstance(config.get("id2label", {}), dict):
-            raise ValueError("config.json is no model config (a JSON object, its id2label a mapping)")
+        config = read_config_json(folder)
         try:
             tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         except Exception as exc:  # tokenizers raises a bare Exception for a damaged file

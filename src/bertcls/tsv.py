@@ -26,8 +26,8 @@ from pathlib import Path
 
 from bertcls.errors import DataError, not_utf8
 
-# A quote that opens a field: at the start of a line or right after a tab.
-_OPENING_QUOTE = re.compile(r'(?:^|(?<=\t))"')
+# A quote that opens a field: at the start of a line or right after the delimiter (a TSV's tab, a csv's comma).
+_OPENING_QUOTE = {delimiter: re.compile(f'(?:^|(?<={delimiter}))"') for delimiter in ("\t", ",")}
 # Inside a quoted field: anything but a lone quote (a doubled quote is a quote in the text).
 _QUOTED_TEXT = re.compile(r'(?:[^"]|"")*')
 
@@ -56,7 +56,7 @@ def quoting_of(lines: Iterable[str]) -> int:
             inside = False
         elif '"' not in line:
             continue
-        while pos is not None and pos >= 0 and (opening := _OPENING_QUOTE.search(line, pos)) is not None:
+        while pos is not None and pos >= 0 and (opening := _OPENING_QUOTE["\t"].search(line, pos)) is not None:
             pos = _after_closing_quote(line, opening.end())
             # What csv writers put in quotes: a text with a line break (it runs on: see below), a tab or a (doubled) quote.
             # `"1"` alone is no sign of csv quoting: GLUE-style texts may be quoted titles.
@@ -132,8 +132,8 @@ def _never_closed(path: Path, number: int, delimiter: str) -> bool:
     takes such a field to the end of the file."""
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
         line = next(itertools.islice(f, number - 1, None), "")
-    pos, opening_quote = 0, re.compile(f'(?:^|(?<={re.escape(delimiter)}))"')
-    while (opening := opening_quote.search(line, pos)) is not None:
+    pos = 0
+    while (opening := _OPENING_QUOTE[delimiter].search(line, pos)) is not None:
         after = _QUOTED_TEXT.match(line, opening.end()).end() + 1
         if after > len(line):
             return True

@@ -400,9 +400,13 @@ def _fail_dead_trials(study: optuna.Study) -> None:
         _retry(study, trial.number)
 
 
+def _trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
 def _retry(study: optuna.Study, number: int) -> bool:
     """Queue a failed trial's values again as a new trial, unless they already ran RETRIES + 1 times; whether queued."""
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    trial = _trial(study, number)
     earlier = RetryHeartbeatStaleTrialCallback.retry_history(trial)  # the trials before this one that ran its values
     if trial.state != TrialState.FAIL or len(earlier) >= RETRIES:
         return False
@@ -520,7 +524,7 @@ def _run_trials(job: Search, timeout: float | None) -> None:
             raise
         except Exception:
             if "number" in current:  # the failed trial's line, with why
-                job.say(_trial_line(job, next(t for t in job.study.get_trials(deepcopy=False) if t.number == current["number"])))
+                job.say(_trial_line(job, _trial(job.study, current["number"])))
             raise
         finally:
             claim.release()
