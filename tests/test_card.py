@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from bertcls import card, runs
+from bertcls import atomic, card, push, runs
 from bertcls.config import validate_config
 from bertcls.data import LabelMap, Split
 
@@ -104,16 +104,41 @@ def _write_card_again(run):
     return written, said
 
 
-def test_a_card_someone_else_wrote_is_kept(trained_run, tmp_path):
+def test_a_card_someone_else_wrote_or_edited_is_kept(trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    ours = (run / runs.MODEL_DIR / runs.CARD_FILE).read_text()
-    (run / runs.MODEL_DIR / runs.CARD_FILE).write_text("stale")
-    assert _write_card_again(run) == (run / runs.MODEL_DIR / runs.CARD_FILE, [])  # ours, so replaced
-    assert (run / "model/README.md").read_text() == ours.replace(str(trained_run), str(run))
-    runs.remove_ours(run, f"{runs.MODEL_DIR}/{runs.CARD_FILE}")
-    (run / runs.MODEL_DIR / runs.CARD_FILE).write_text("my own card")
+    card_file = run / runs.MODEL_DIR / runs.CARD_FILE
+    ours = card_file.read_text()
+    assert _write_card_again(run) == (card_file, [])  # ours, unchanged: written again
+    assert card_file.read_text() == ours.replace(str(trained_run), str(run))
+    # edited (a section added at the end, as a model card invites): the user's now, through a fresh start and a push
+    edited = card_file.read_text() + "\n## Limitations\n\nNot for medical use.\n"
+    card_file.write_text(edited)
     written, said = _write_card_again(run)
-    assert written is None and (run / "model/README.md").read_text() == "my own card"
-    assert said == [f"note: {run / 'model/README.md'} was not written by bertcls, so it is kept and no model card is written; "
+    assert written is None and card_file.read_text() == edited
+    assert said == [f"note: {card_file} was changed since bertcls wrote it, so it is kept and no model card is written; "
+                    "move it away and train with --overwrite for one"]
+    runs.prepare_run_dir(run, overwrite=True)  # what --overwrite removes before training again
+    assert card_file.read_text() == edited and not (run / runs.MODEL_DIR / "model.safetensors").exists()
+    saved = atomic.temp_dir_for(run / runs.MODEL_DIR)  # the new run's first best model put in place
+    (saved / "model.safetensors").write_bytes(b"weights")
+    runs.record_files(run, f"{runs.MODEL_DIR}/model.safetensors")
+    runs.publish_dir(saved, run / runs.MODEL_DIR)
+    assert card_file.read_text() == edited
+    hub_card = push.plan(trained_run, "me/x").card_text.decode()  # the untouched run: the usage section ends the card
+    assert hub_card.rstrip().endswith("```")
+    shutil.copytree(trained_run, tmp_path / "pushed")
+    (tmp_path / "pushed" / runs.MODEL_DIR / runs.CARD_FILE).write_text(edited.replace(str(run), str(tmp_path / "pushed")))
+    hub_card = push.plan(tmp_path / "pushed", "me/x").card_text.decode()
+    assert hub_card.endswith("\n## Limitations\n\nNot for medical use.\n") and str(tmp_path) not in hub_card
+    assert 'pipeline("text-classification", model="me/x")' in hub_card
+    # a card someone else wrote, where bertcls's was removed
+    run = tmp_path / "other"
+    shutil.copytree(trained_run, run)
+    card_file = run / runs.MODEL_DIR / runs.CARD_FILE
+    runs.remove_ours(run, f"{runs.MODEL_DIR}/{runs.CARD_FILE}")
+    card_file.write_text("my own card")
+    written, said = _write_card_again(run)
+    assert written is None and card_file.read_text() == "my own card"
+    assert said == [f"note: {card_file} was not written by bertcls, so it is kept and no model card is written; "
                     "move it away and train with --overwrite for one"]

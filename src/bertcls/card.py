@@ -39,14 +39,14 @@ def write_card(run: Path, config: Config, splits: Sequence[Split | None], labels
     run = Path(run)
     path, name = run / runs.MODEL_DIR / runs.CARD_FILE, f"{runs.MODEL_DIR}/{runs.CARD_FILE}"
     if (path.exists() or path.is_symlink()) and not runs.wrote(run, name):
-        say(f"note: {path} was not written by bertcls, so it is kept and no model card is written; "
-            "move it away and train with --overwrite for one")
+        whose = "was changed since bertcls wrote it" if runs.edited(run, name) else "was not written by bertcls"
+        say(f"note: {path} {whose}, so it is kept and no model card is written; move it away and train with --overwrite for one")
         return None
     rows = {split.name: len(split) for split in splits if split is not None}
     settings, data = config.to_dict(), (manifest.read_manifest(run) or {}).get("data") or {}
     usage = usage_section(str(run), str(run / runs.MODEL_DIR), settings)
     text = render_card(run.name, settings, rows, list(labels.names), labels.multi_label, result, data, usage)
-    runs.record_files(run, name)
+    runs.record_editable(run, name, text.encode("utf-8"))
     atomic.write_atomic(path, text)
     return path
 
@@ -205,12 +205,14 @@ def usage_section(bertcls_model: str, pipeline_model: str, config: dict[str, Any
 
 
 def for_hub(text: str, repo_id: str, config: dict[str, Any]) -> str:
-    """A card of ours with its usage section naming the hub repo instead of the local folder."""
-    head, found, _ = text.rpartition(f"\n{USAGE_HEADING}\n")
+    """A card of ours with its usage section naming the hub repo instead of the local folder; the sections
+    before and after it stay as they are."""
+    head, found, rest = text.rpartition(f"\n{USAGE_HEADING}\n")
     if not found:
         return text
+    _, heading, after = rest.partition("\n## ")
     local = repo_id.rpartition("/")[2]
-    return f"{head}\n{usage_section(local, repo_id, config, download=repo_id)}\n"
+    return f"{head}\n{usage_section(local, repo_id, config, download=repo_id)}\n" + (f"\n## {after}" if heading else "")
 
 
 def _cell(text: Any) -> str:

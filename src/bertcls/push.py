@@ -74,7 +74,7 @@ def plan(run: Path, repo_id: str) -> Upload:
         else:
             upload.files.append((name, path))
     card_name = f"{runs.MODEL_DIR}/{runs.CARD_FILE}"
-    if (folder / runs.CARD_FILE).is_file() and runs.wrote(run, card_name):
+    if (folder / runs.CARD_FILE).is_file() and (runs.wrote(run, card_name) or runs.edited(run, card_name)):  # bertcls's, edited or not
         config = runs.read_run_config(run) or {}
         upload.card_text = card.for_hub((folder / runs.CARD_FILE).read_text(encoding="utf-8"), repo_id, config).encode("utf-8")
     return upload

@@ -29,7 +29,8 @@ a run to predict with.
 The record lists every file bertcls wrote (paths relative to RUN), each added before the file is
 written (TensorBoard's, which it names by time, host and pid, right after it makes them), and the step model/ was saved at with its weights' stamp (`record_best`). Files someone
 else put in the folder, or inside model/ or reports/, are never deleted: a fresh start leaves them,
-and replacing model/ carries them into the new one.
+and replacing model/ carries them into the new one. A file users are meant to edit (the model card)
+is recorded with its sha256; once its content changes it is theirs, kept as any other file of theirs.
 
 Files are written under a temporary name in the same folder (`.NAME.*`) and renamed into place,
 with the permissions open() gives (0666 less the umask).
@@ -118,12 +119,13 @@ def _settle(folder: Path) -> list[Path]:
 def _carry_over(old: Path, dest: Path, run: Path) -> bool:
     """Move the files of `old` (the folder `dest` replaced) that bertcls did not write into `dest`;
     False if one could not be moved (its place is taken), so `old` must stay."""
-    ours = _recorded(run)
+    record = read_record(run)
     moved_all = True
     for path in _files_under(old):
-        rel = path.relative_to(old)
-        if f"{dest.name}/{rel.as_posix()}" in ours:
+        name = f"{dest.name}/{path.relative_to(old).as_posix()}"
+        if name in record["files"] and not _edited(record, name, path):
             continue
+        rel = path.relative_to(old)
         target = dest / rel
         if target.exists() or target.is_symlink():
             moved_all = False
@@ -165,6 +167,37 @@ def record_files(run: Path, *paths: str) -> None:
         write_json(Path(run) / RECORD_FILE, {**(record or _new_record()), "files": files})
 
 
+def record_editable(run: Path, path: str, content: bytes) -> None:
+    """Record that bertcls writes `content` at `path`, a file users may edit: once they have, it is no
+    longer bertcls's (`edited`), and nothing of bertcls's replaces or deletes it. Call before writing it."""
+    record_files(run, path)
+    record = read_record(run)
+    digests = {**_digests(record), path: hashlib.sha256(content).hexdigest()}
+    write_json(Path(run) / RECORD_FILE, {**record, "digests": digests})
+
+
+def edited(run: Path, path: str) -> bool:
+    """Whether the editable file `path`, recorded with `record_editable`, now holds something else."""
+    return _edited(read_record(run), path, Path(run) / path)
+
+
+def _edited(record: dict[str, Any] | None, path: str, file: Path) -> bool:
+    """Whether `file`, found at the run's `path` (or moved from there), is an editable file of bertcls's
+    that someone has changed."""
+    digest = _digests(record).get(path)
+    if digest is None or path not in record["files"] or file.is_symlink() or not file.is_file():
+        return False
+    try:
+        return hashlib.sha256(file.read_bytes()).hexdigest() != digest
+    except OSError:
+        return True  # unreadable: not provably ours
+
+
+def _digests(record: dict[str, Any] | None) -> dict[str, str]:
+    digests = (record or {}).get("digests")
+    return digests if isinstance(digests, dict) else {}
+
+
 def _new_record() -> dict[str, Any]:
     return {"written_by": f"bertcls {__version__}", "files": []}
 
@@ -175,8 +208,11 @@ def wrote(run: Path, name: str) -> bool:
 
 
 def _recorded(run: Path) -> set[str]:
+    """What bertcls wrote in `run` and may replace or delete: the record's files, less those edited since."""
     record = read_record(run)
-    return set(record["files"]) if record else set()
+    if not record:
+        return set()
+    return set(record["files"]) - {path for path in _digests(record) if edited(run, path)}
 
 
 def remove_ours(run: Path, name: str) -> None:
@@ -201,7 +237,9 @@ def remove_ours(run: Path, name: str) -> None:
                 pass
     gone = {f for f in ours if (f == name or f.startswith(f"{name}/")) and not (run / f).exists()}
     if gone:
-        write_json(run / RECORD_FILE, {**read_record(run), "files": sorted(ours - gone)})
+        record = read_record(run)
+        digests = {path: digest for path, digest in _digests(record).items() if path not in gone}
+        write_json(run / RECORD_FILE, {**record, "files": sorted(set(record["files"]) - gone), **({"digests": digests} if digests else {})})
 
 
 def _is_temporary_of(rel: str, ours: set[str]) -> bool:
