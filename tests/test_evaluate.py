@@ -10,7 +10,7 @@ from bertcls import runs
 from bertcls.cli import app
 from bertcls.evaluate import absent_note, compute_metrics, is_better, multilabel_metrics, reliability
 from bertcls.predict import softmax
-from conftest import assert_one_line_error, files_in, toy_rows, write_csv
+from conftest import assert_one_line_error, file_size_limit, files_in, toy_rows, write_csv
 
 runner = CliRunner()
 
@@ -124,3 +124,34 @@ def test_expected_calibration_error_by_hand():
     r = reliability(np.array([0.6, 0.6, 1.0]), np.array([True, False, True]))
     assert r["ece"] == pytest.approx(2 / 3 * 0.1)
     assert r["counts"].sum() == 3 and r["counts"][-1] == 1
+
+
+def test_evaluate_output_appears_whole_or_not_at_all(trained_run, tmp_path, monkeypatch):
+    from bertcls import report
+
+    data = write_csv(tmp_path / "holdout.csv", toy_rows(6, 5))
+    output = tmp_path / "new" / "eval"
+    with file_size_limit(8 << 10):  # predictions.csv fits, a figure does not: the disk refuses a write half-way
+        result = runner.invoke(app, ["evaluate", str(data), "-m", str(trained_run), "-o", str(output)])
+    assert result.exit_code == 2 and "Traceback" not in result.output  # after the printed report, one line:
+    assert result.output.splitlines()[-1] == (f"Error: --output {output}: File too large; raise the file-size limit (ulimit -f; a FAT32 "
+                                              "disk holds files of 4 GiB at most), or choose another --output")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["holdout.csv"]
+    # another process writes the same folder meanwhile: its file stays, and nothing of this one is added beside it
+    write_report = report.write_report
+
+    def raced(folder, evaluation, **kwargs):
+        (output / runs.METRICS_FILE).write_text("theirs")
+        return write_report(folder, evaluation, **kwargs)
+
+    monkeypatch.setattr(report, "write_report", raced)
+    result = runner.invoke(app, ["evaluate", str(data), "-m", str(trained_run), "-o", str(output)])
+    assert result.exit_code == 2 and result.output.splitlines()[-1] == (
+        f"Error: --output {output}: metrics.json appeared there meanwhile (another process writing the same folder?); "
+        "nothing of this one was written there; choose a new folder")
+    assert files_in(output) == {"metrics.json": b"theirs"}
+    monkeypatch.setattr(report, "write_report", write_report)
+    (output / runs.METRICS_FILE).unlink()
+    result = runner.invoke(app, ["evaluate", str(data), "-m", str(trained_run), "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    assert sorted(files_in(output)) == sorted([runs.METRICS_FILE, *report.REPORT_FILES])

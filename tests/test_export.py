@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from bertcls.cli import app
 from bertcls.errors import ModelError, RunError
-from conftest import assert_one_line_error, file_size_limit
+from conftest import assert_one_line_error, file_size_limit, files_in
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -89,6 +89,28 @@ def test_export_refuses_a_non_empty_folder_and_says_what_to_install(trained_run,
     monkeypatch.setattr(export, "_importable", lambda name: name != "onnxruntime")
     with pytest.raises(ModelError, match=r'export needs onnxruntime; install them with: pip install -e "\.\[onnx\]" in the bertcls repository$'):
         export.export_onnx(trained_run, tmp_path / "new")
+
+
+def test_an_export_appears_whole_or_not_at_all_beside_another(trained_run, tmp_path, monkeypatch):
+    from bertcls import export
+
+    (tmp_path / "nowhere").symlink_to(tmp_path / "gone")
+    result = runner.invoke(app, ["export", "--model", str(trained_run), "--output", str(tmp_path / "nowhere")])
+    assert_one_line_error(result, f"--output {tmp_path / 'nowhere'} is a link to {tmp_path / 'gone'}, which does not exist; "
+                                  "make that folder, or choose another")
+    output = tmp_path / "onnx"
+
+    def raced(predictor, inputs, example, model_path, folder, quantize):  # another export finishes first
+        for name in ("config.json", "model.onnx"):
+            (folder / name).write_text("ours")
+        (output / "model.onnx").write_text("theirs")
+        return {}
+
+    monkeypatch.setattr(export, "_write_onnx", raced)
+    result = runner.invoke(app, ["export", "--model", str(trained_run), "--output", str(output)])
+    assert_one_line_error(result, f"--output {output}: model.onnx appeared there meanwhile (another process writing the same folder?); "
+                                  "nothing of this one was written there; choose a new folder")
+    assert files_in(output) == {"model.onnx": b"theirs"}
 
 
 def test_export_refuses_an_output_in_a_run_or_in_the_model_folder(trained_run, tmp_path):

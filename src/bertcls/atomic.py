@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -121,9 +122,13 @@ def write_error(path: Path, code: int, writing: bool = True, elsewhere: str = ""
 
 
 def check_folder_path(path: Path, what: str) -> None:
-    """Refuse a folder to write that is a file, or lies under one (`notes.txt/run`), before any work is done."""
+    """Refuse a folder to write that is a file, or lies under one (`notes.txt/run`), or a link to nothing, before
+    any work is done."""
     path = Path(path)
     for part in (path, *path.parents):
+        if part.is_symlink() and not part.exists():
+            where = "is a link" if part == path else f"is under {part}, a link"
+            raise RunError(f"{what} {path} {where} to {os.readlink(part)}, which does not exist; make that folder, or choose another")
         if part.exists() and not part.is_dir():
             where = "is a file" if part == path else f"is under {part}, which is a file"
             raise RunError(f"{what} {path} {where}; choose a folder")
@@ -138,3 +143,81 @@ def temp_dir_for(dest: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=Path(dest).parent, prefix=f".{Path(dest).name}.tmp-"))
     tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; give the folder the permissions mkdir would
     return tmp
+
+
+def settle(folder: Path) -> list[Path]:
+    """Give every file in `folder` the permissions open() would (some writers make 0600) and every
+    folder mkdir's, fsync the files, and return them."""
+    umask = current_umask()
+    files = []
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_symlink():
+            continue
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+            files.append(path)
+    return files
+
+
+FILLING_PREFIX = ".bertcls-tmp-"  # the temporary folder `filling` writes in, inside the folder it fills
+
+
+@contextmanager
+def filling(folder: Path, what: str) -> Iterator[Path]:
+    """A temporary folder inside `folder` (made, with its parents, if need be) to write new files in. When the
+    block succeeds they move into `folder` all together or not at all, none replacing a file there: if another
+    process put one of their names there meanwhile, nothing moves and it is a RunError (`what`: how the
+    messages name the folder, e.g. "--output"). When the block or the move fails, the temporary folder goes,
+    and so do the folders made for it; a write the file system refused is a WriteError naming `folder`."""
+    folder = Path(folder)
+    made = [part for part in (folder, *folder.parents) if not part.exists()]  # deepest first
+    try:
+        with writing(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=folder, prefix=FILLING_PREFIX))
+    except WriteError as exc:
+        raise WriteError(f"{what} {exc}", exc.code) from exc
+    try:
+        yield tmp
+        _move_in(settle(tmp), tmp, folder, what)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for part in made:  # one that someone else has put a file in meanwhile stays
+            try:
+                part.rmdir()
+            except OSError:
+                break
+        code = refused_write(exc, folder) if isinstance(exc, Exception) else None
+        if code is None:
+            raise
+        raise WriteError(f"{what} {write_error(folder, code, elsewhere=f'choose another {what}')}", code) from exc
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_in(files: list[Path], tmp: Path, folder: Path, what: str) -> None:
+    """Hard-link each of `files` (under `tmp`) into `folder` at the same relative path, which fails rather than
+    replace a file; on the first that is taken, take back those linked so far."""
+    placed: list[Path] = []
+    try:
+        for file in files:
+            target = folder / file.relative_to(tmp)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            taken = RunError(f"{what} {folder}: {target.relative_to(folder)} appeared there meanwhile (another process writing "
+                             "the same folder?); nothing of this one was written there; choose a new folder")
+            try:
+                os.link(file, target)
+            except FileExistsError:
+                raise taken from None
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK):
+                    raise
+                if target.exists() or target.is_symlink():  # a file system without hard links: check, then copy
+                    raise taken from None
+                shutil.copy2(file, target)
+            placed.append(target)
+    except BaseException:
+        for target in placed:
+            target.unlink(missing_ok=True)
+        raise

@@ -18,6 +18,7 @@ import shlex
 import sys
 import traceback
 import warnings
+from contextlib import nullcontext
 from enum import Enum
 from functools import wraps
 from pathlib import Path
@@ -312,17 +313,18 @@ def evaluate(
     if output is not None:
         runs.check_outside_runs(output, path, "eval")
         runs.check_evaluation_output(output, (runs.METRICS_FILE, *report.REPORT_FILES))
-    evaluation = evaluate_file(path, data_file, text_column=text_column, text_pair_column=text_pair_column,
-                               label_column=label_column, device=device, batch_size=batch_size, precision=precision,
-                               say=(lambda line: typer.echo(line, err=True)) if verbose else None)
-    report.print_report(evaluation.metrics, multi_label=evaluation.multi_label)
-    if note := absent_note(evaluation.metrics, data_file):
-        typer.echo(note, err=True)
+    # The files go in all together or not at all, none replacing another's; a folder that cannot be written fails first.
+    with atomic.writing(output) if output else nullcontext(), atomic.filling(output, "--output") if output else nullcontext() as folder:
+        evaluation = evaluate_file(path, data_file, text_column=text_column, text_pair_column=text_pair_column,
+                                   label_column=label_column, device=device, batch_size=batch_size, precision=precision,
+                                   say=(lambda line: typer.echo(line, err=True)) if verbose else None)
+        report.print_report(evaluation.metrics, multi_label=evaluation.multi_label)
+        if note := absent_note(evaluation.metrics, data_file):
+            typer.echo(note, err=True)
+        if folder is not None:
+            written = report.write_report(folder, evaluation)
+            atomic.write_json(folder / runs.METRICS_FILE, evaluation.metrics)
     if output is not None:
-        with atomic.writing(output):
-            output.mkdir(parents=True, exist_ok=True)
-            written = report.write_report(output, evaluation)
-            atomic.write_json(output / runs.METRICS_FILE, evaluation.metrics)
         typer.echo(f"wrote {output}: {', '.join(p.name for p in written)}, {runs.METRICS_FILE}", err=True)
 
 

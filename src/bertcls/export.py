@@ -14,9 +14,11 @@ Needs the optional extra `onnx` (onnx, onnxruntime, onnxscript): pip install -e 
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import logging
+import os
 import shutil
 import tempfile
 import warnings
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bertcls import atomic, runs
-from bertcls.errors import ModelError, RunError, WriteError, first_line
+from bertcls.errors import ModelError, RunError, first_line
 from bertcls.predict import ONNX_FILE, ONNX_INSTALL, ONNX_META, TORCHSCRIPT_META, OnnxPredictor, Predictor, TorchScriptPredictor
 
 # Texts used to check the exported model against PyTorch (the logits must agree within FP32_TOLERANCE).
@@ -38,8 +40,6 @@ BF16_TOLERANCE = 1e-2
 # The precisions predict may run a traced graph in (on the CPU, so no fp16); each is checked before it is used.
 GRAPH_PRECISIONS = ("fp32", "bf16")
 OPSET = 18
-# Every file export_onnx writes in its output folder (the docstring's list): what it removes when it fails.
-EXPORT_FILES = (ONNX_FILE, "tokenizer.json", "config.json", ONNX_META, runs.CONFIG_FILE)
 
 
 def _require_onnx() -> None:
@@ -62,25 +62,12 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
     atomic.check_folder_path(output, "--output")
     runs.check_outside_runs(output, Path(model_path), "onnx")
     _require_onnx()
-    if output.exists() and any(output.iterdir()):
+    if output.exists() and any(not entry.name.startswith(atomic.FILLING_PREFIX) for entry in output.iterdir()):
         raise RunError(f"--output {output} is not empty; choose a new folder")
     predictor, inputs, example = _reference(model_path, "the ONNX predictor")
-    made = [folder for folder in (output, *output.parents) if not folder.exists()]  # the folders mkdir will make
-    output.mkdir(parents=True, exist_ok=True)
-    try:
-        return _write_onnx(predictor, inputs, example, Path(model_path), output, quantize)
-    except BaseException as exc:
-        for name in EXPORT_FILES:
-            (output / name).unlink(missing_ok=True)
-        for folder in made:  # deepest first; one that someone else has put a file in meanwhile stays
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        code = atomic.refused_write(exc, output) if isinstance(exc, Exception) else None
-        if code is None:
-            raise
-        raise WriteError(f"--output {atomic.write_error(output, code, elsewhere='choose another --output')}", code) from exc
+    with atomic.filling(output, "--output") as folder:  # the folder is filled whole or not at all
+        checked = _write_onnx(predictor, inputs, example, Path(model_path), folder, quantize)
+    return checked
 
 
 def _write_onnx(predictor, inputs: list[str], example, model_path: Path, output: Path, quantize: str | None) -> dict[str, Any]:
@@ -106,10 +93,16 @@ def _write_onnx(predictor, inputs: list[str], example, model_path: Path, output:
             from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
             prepared = Path(tmp) / "prepared.onnx"  # shape inference and graph clean-up first, as onnxruntime advises
-            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-            # Per output channel: one scale per row of each weight matrix. Per tensor lost 0.8 accuracy points on the
-            # MiniLM SST-2 run; per channel 0.2, at the same speed and size.
-            quantize_dynamic(str(prepared), str(output / ONNX_FILE), weight_type=QuantType.QInt8, per_channel=True)
+            try:
+                quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+                # Per output channel: one scale per row of each weight matrix. Per tensor lost 0.8 accuracy points on the
+                # MiniLM SST-2 run; per channel 0.2, at the same speed and size.
+                quantize_dynamic(str(prepared), str(output / ONNX_FILE), weight_type=QuantType.QInt8, per_channel=True)
+            except Exception as exc:
+                if atomic.refused_write(exc, output) is None and shutil.disk_usage(tmp).free < 2 * fp32.stat().st_size:
+                    # onnx writes its shape-inferred copy without checking the write, then fails to parse what it cut short
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(output)) from exc
+                raise
         else:
             shutil.move(str(fp32), output / ONNX_FILE)
     tokenizer.backend_tokenizer.save(str(output / "tokenizer.json"))

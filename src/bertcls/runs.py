@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from bertcls import __version__
-from bertcls.atomic import check_folder_path, current_umask, write_json
+from bertcls.atomic import check_folder_path, settle, write_json
 from bertcls.errors import RunError, first_line
 from bertcls.runlock import LOCK_FILE, check_not_in_use, pid_text, training_pid
 
@@ -87,7 +87,7 @@ def publish_dir(tmp: Path, dest: Path) -> None:
     tmp, dest = Path(tmp), Path(dest)
     if dest.is_symlink():  # made since the run folder was checked: moving it aside would carry its target's files in
         raise _link_error(dest)
-    files = _settle(tmp)
+    files = settle(tmp)
     run = dest.parent
     in_run = read_record(run) is not None
     if in_run:
@@ -98,22 +98,6 @@ def publish_dir(tmp: Path, dest: Path) -> None:
     os.replace(tmp, dest)
     if old.exists() and (not in_run or _carry_over(old, dest, run)):
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _settle(folder: Path) -> list[Path]:
-    """Give every file in `folder` the permissions open() would (some writers make 0600) and every
-    folder mkdir's, fsync the files, and return them."""
-    umask = current_umask()
-    files = []
-    for path in sorted(Path(folder).rglob("*")):
-        if path.is_symlink():
-            continue
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-            files.append(path)
-    return files
 
 
 def _carry_over(old: Path, dest: Path, run: Path) -> bool:
