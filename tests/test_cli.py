@@ -107,3 +107,17 @@ def test_help_and_predict_import_only_what_they_need(trained_run):
         done = subprocess.run([sys.executable, "-c", probe.format(banned), *args], capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr
         assert done.stderr.strip().splitlines()[-1:] in ([], [""]), f"{args[0]} imported {done.stderr.strip().splitlines()[-1]}"
+
+
+def test_ctrl_c_during_an_import_is_interrupted_not_a_traceback(trained_run, monkeypatch):
+    from bertcls import predict
+
+    def importing(*args, **kwargs):  # transformers' lazy import wraps a Ctrl-C that lands while it imports
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise ModuleNotFoundError("Could not import module 'BertForSequenceClassification'") from exc
+
+    monkeypatch.setattr(predict, "load_predictor", importing)
+    result = runner.invoke(app, ["predict", "--model", str(trained_run), "great"])
+    assert (result.exit_code, result.output) == (130, "Interrupted.\n")

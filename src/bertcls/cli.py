@@ -66,8 +66,22 @@ def _error_boundary(command):
         except KeyboardInterrupt:
             typer.echo("Interrupted.", err=True)
             raise typer.Exit(EXIT_SIGINT) from None
+        except Exception as exc:
+            if not _interrupted(exc):
+                raise
+            typer.echo("Interrupted.", err=True)
+            raise typer.Exit(EXIT_SIGINT) from None
 
     return wrapper
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    """Whether Ctrl-C caused `exc`: transformers' lazy imports turn a KeyboardInterrupt during an import into an error of theirs."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _fail(exc: BertclsError, debug: bool) -> None:
