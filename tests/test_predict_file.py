@@ -4,6 +4,8 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,7 @@ def test_texts_with_top_k(trained_run):
     ("in.jsonl", '{"text": "a"}\nnot json\n', [], "line 2 is not valid JSON"),
     ("in.csv", "text,score\nhi,1\n", [], "already has column(s) score"),
     ("in.csv", "text\n", [], "no rows"),
+    ("in.csv", "text\n", ["--output", "outnew/deeper/out.csv"], "no rows"),  # and the folders made for the output go
     ("in.csv", "text\nhi\n", ["--output", "out.xlsx"], "unsupported extension '.xlsx'"),
     ("in.jsonl", '{"text": "fine"}\n{"text": "a \\ud800 b"}\n', [], "data row 2: its 'text' is not valid Unicode (a lone surrogate"),
     ("in.jsonl", '{"text": ["a", "b"]}\n', [], "data row 1: its 'text' is a list, not text"),
@@ -252,3 +255,37 @@ def test_a_json_line_with_a_new_key_leaves_an_existing_output_as_it_was(tmp_path
     assert_one_line_error(result, f"--file {source}: data row 2 has 'note', which the first row lacks; a csv --output takes its "
                                   "columns from the first row: give every row the same keys, or write a .jsonl --output")
     assert out.read_bytes() == b"my own work\n" and sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.csv"]
+
+
+@pytest.mark.parametrize("args, stdin, message", [
+    (["--file", "in.csv", "--pair", "x"], None, "--pair goes with texts on the command line; with --file, name the column of second texts "
+                                                "with --text-pair-column"),
+    (["--text-column", "body", "great"], None, "--text-column goes with --file; texts on the command line are the texts themselves"),
+    (["--text-pair-column", "b", "-"], "great\n", "--text-pair-column goes with --file"),
+    (["--file", "in.csv", "--json", "--output", "out.csv"], None, "--json goes with texts on the command line or stdout; --output writes "
+                                                                 "the format its extension names (.jsonl for JSON lines)"),
+    (["great", "-"], "fine\n", "`-` reads the texts from stdin, one per line; give it alone, or give the texts as arguments"),
+    (["-"], "", "stdin is empty; `-` reads one text per line from it, so pipe the texts in (or pass them as arguments)"),
+])
+def test_options_that_would_do_nothing_are_refused(tmp_path, trained_run, monkeypatch, args, stdin, message):
+    monkeypatch.chdir(tmp_path)
+    write_csv(tmp_path / "in.csv", [("a", "b")])
+    result = runner.invoke(app, ["predict", "-m", str(trained_run), *args], input=stdin)
+    assert_one_line_error(result, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_verbose_names_the_rows_over_max_length_and_a_full_stdout_is_one_line(tmp_path, trained_run):
+    source = write_csv(tmp_path / "in.csv", [("great " * (200 if i in (2, 5) else 1), "positive") for i in range(7)], header=("text", "label"))
+    result = runner.invoke(app, ["predict", "-m", str(trained_run), "-f", str(source), "-o", str(tmp_path / "out.csv"), "-v"])
+    assert result.exit_code == 0, result.output
+    max_length = json.loads((trained_run / runs.MODEL_DIR / "config.json").read_text())["bertcls_max_length"]
+    assert (f"note: 2 of 7 texts over max_length {max_length} tokens are cut to their first max_length tokens (data rows 3, 6)"
+            in result.stderr.splitlines())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for args in (["great", "awful"], ["-f", str(source)]):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run([sys.executable, "-m", "bertcls", "predict", "-m", str(trained_run), *args], stdout=full,
+                                  stderr=subprocess.PIPE, text=True, env=env)
+        assert (done.returncode, done.stderr) == (2, "Error: standard output: No space left on device; free space where it goes, "
+                                                     "or redirect it elsewhere\n")

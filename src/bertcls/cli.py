@@ -18,7 +18,8 @@ import shlex
 import sys
 import traceback
 import warnings
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from enum import Enum
 from functools import wraps
 from pathlib import Path
@@ -228,7 +229,7 @@ def predict(
     """Print `label<TAB>score` for each text (or JSON lines with --json); with --file, write every row plus its prediction."""
     machine.check_device(device, "--device")
     machine.check_precision(precision, "--precision")
-    texts = _texts_to_predict(texts, file, output, pair)
+    texts = _texts_to_predict(texts, file, output, pair, {"text_column": text_column, "text_pair_column": text_pair_column}, as_json)
     if overwrite and output is None:
         raise UsageError("--overwrite goes with --output: it lets --output replace an existing file")
     path = _chosen_model(model, say=model is None or verbose)
@@ -242,26 +243,60 @@ def predict(
         typer.echo(predictor.describe(), err=True)
     if file is None:
         predictor.check_pairing(bool(pair), "--pair")
-        _print_predictions(predictor, texts, pair, top_k, as_json, verbose)
+        with _to_stdout():
+            _print_predictions(predictor, texts, pair, top_k, as_json, verbose)
         return
     columns = runs.run_columns(path, text_column=text_column, text_pair_column=text_pair_column)
     predictor.check_pairing(columns["text_pair_column"] is not None, "--text-pair-column")
-    rows = predict_file(predictor, file, output, text_column=columns["text_column"], pair_column=columns["text_pair_column"], top_k=top_k,
-                        overwrite=overwrite)
+    over: list[int] = []
+    with _to_stdout() if output is None else nullcontext():
+        rows = predict_file(predictor, file, output, text_column=columns["text_column"], pair_column=columns["text_pair_column"],
+                            top_k=top_k, overwrite=overwrite, over=over)
     typer.echo(f"predicted {rows:,} rows" + (f" -> {output}" if output else ""), err=True)
+    if verbose and over:
+        from bertcls.longtext import READS
+
+        shown = ", ".join(map(str, over[:10])) + (", ..." if len(over) > 10 else "")
+        typer.echo(f"note: {len(over):,} of {rows:,} texts over max_length {predictor.max_length} tokens "
+                   f"{READS[predictor.long_text.mode]} (data rows {shown})", err=True)
 
 
-def _texts_to_predict(texts: list[str] | None, file: Path | None, output: Path | None, pair: list[str] | None) -> list[str]:
-    """The texts given on the command line (`-`: one per line from stdin), checked against the options given with them."""
+@contextmanager
+def _to_stdout() -> Iterator[None]:
+    """Turn standard output refusing a write (a full disk, /dev/full) into one line; what is left unwritten is dropped,
+    so that Python's exit does not fail on it again."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno not in atomic.WRITE_ERRNOS:
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise UsageError(f"standard output: {os.strerror(exc.errno)}; free space where it goes, or redirect it elsewhere") from None
+
+
+def _texts_to_predict(texts: list[str] | None, file: Path | None, output: Path | None, pair: list[str] | None,
+                      columns: dict[str, str | None], as_json: bool) -> list[str]:
+    """The texts given on the command line (`-`: one per line from stdin), checked against the options given with them
+    (`columns`: --text-column and --text-pair-column as given)."""
     texts = list(texts or [])
     if file is not None and texts:
         raise UsageError("give texts or --file, not both")
     if file is None and output is not None:
         raise UsageError("--output goes with --file; for texts on the command line, redirect stdout")
+    if file is not None and pair:
+        raise UsageError("--pair goes with texts on the command line; with --file, name the column of second texts with --text-pair-column")
+    if file is None and (given := [option for option, value in columns.items() if value is not None]):
+        raise UsageError(f"--{given[0].replace('_', '-')} goes with --file; texts on the command line are the texts themselves")
+    if output is not None and as_json:
+        raise UsageError("--json goes with texts on the command line or stdout; --output writes the format its extension names "
+                         "(.jsonl for JSON lines)")
+    if "-" in texts and len(texts) > 1:
+        raise UsageError("`-` reads the texts from stdin, one per line; give it alone, or give the texts as arguments")
     if texts == ["-"]:
         texts = [line.rstrip("\r\n") for line in sys.stdin]
-        if texts:  # a byte-order mark (Windows editors, PowerShell pipes) is no part of the first text
-            texts[0] = texts[0].removeprefix("\ufeff")
+        if not texts:
+            raise UsageError("stdin is empty; `-` reads one text per line from it, so pipe the texts in (or pass them as arguments)")
+        texts[0] = texts[0].removeprefix("\ufeff")  # a byte-order mark (Windows editors, PowerShell pipes) is no part of the text
     if file is None and not texts:
         raise UsageError("no texts given; pass texts as arguments, `-` to read one per line from stdin, or --file FILE")
     if pair and len(pair) != len(texts):

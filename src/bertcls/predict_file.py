@@ -195,17 +195,21 @@ class _Writer:
 
 
 def predict_file(predictor, source: Path, output: Path | None, *, text_column: str, pair_column: str | None = None,
-                 top_k: int | None = None, chunk_rows: int = CHUNK_ROWS, progress: bool = True, overwrite: bool = False) -> int:
+                 top_k: int | None = None, chunk_rows: int = CHUNK_ROWS, progress: bool = True, overwrite: bool = False,
+                 over: list[int] | None = None) -> int:
     """Predict every row of `source` and write rows + predictions to `output` (stdout as JSON lines if None); return the row count.
-    An existing `output` is replaced only with `overwrite` (see `check_output`)."""
+    An existing `output` is replaced only with `overwrite` (see `check_output`). `over`: given, it gets the data row number
+    of every text longer than the model's max_length. A failed predict leaves no folder it made for `output`."""
     from tqdm.auto import tqdm
 
     source = Path(source)
     if source.is_dir():
         raise DataError(f"--file {source} is a folder; give a csv, tsv or jsonl file")
     kind = "jsonl" if output is None else file_format(output, "--output")
+    made = []
     if output is not None:
         check_output(source, output, overwrite=overwrite)
+        made = [folder for folder in output.parents if not folder.exists()]  # deepest first
         with atomic.writing(output.parent):
             output.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=source.stat().st_size if source.is_file() else None, unit="B", unit_scale=True, desc="predict",
@@ -223,6 +227,8 @@ def predict_file(predictor, source: Path, output: Path | None, *, text_column: s
                 if taken:
                     raise DataError(f"--file {source}: already has column(s) {', '.join(taken)}, which the output adds; rename them")
                 results = predictor.predict(texts, pairs)
+                if over is not None:
+                    over.extend(rows_done + i + 1 for i, result in enumerate(results) if result.truncated)
                 writer.write([{**row, **prediction_fields(result, top_k)} for row, result in zip(chunk, results, strict=True)],
                              rows_done)
                 rows_done += len(chunk)
@@ -231,6 +237,13 @@ def predict_file(predictor, source: Path, output: Path | None, *, text_column: s
             out.flush()
             if output is not None and not overwrite and (output.exists() or output.is_symlink()):  # made while we predicted
                 raise UsageError(f"--output {output} appeared while predicting; pass --overwrite to replace it, or choose another file")
+    except BaseException:
+        for folder in made:  # one that someone else has put a file in meanwhile stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     finally:
         bar.close()
     return rows_done
