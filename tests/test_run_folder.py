@@ -391,3 +391,23 @@ def test_a_symlinked_output_dir_is_checked_where_it_points(tmp_path, toy_data):
     config = str(make_config(tmp_path, toy_data, output_dir=str(tmp_path / "link")))
     result = runner.invoke(app, ["train", config])
     assert result.exit_code == 2 and f"output_dir {tmp_path / 'link'} holds data.train ({toy_data['train']})" in result.output
+
+
+@pytest.mark.parametrize("case", ["dangling", "under dangling", "loop", "too long"])
+def test_an_output_dir_that_cannot_be_a_folder_is_one_line(tmp_path, toy_data, case):
+    (tmp_path / "latest").symlink_to(tmp_path / "deleted-run")  # a link to a run deleted since
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    output_dir, message = {
+        "dangling": (tmp_path / "latest", f"output_dir {tmp_path / 'latest'} is a link to {tmp_path / 'deleted-run'}, which does not "
+                                          "exist; make that folder, or choose another"),
+        "under dangling": (tmp_path / "latest" / "run", f"output_dir {tmp_path / 'latest' / 'run'} is under {tmp_path / 'latest'}, a link to "
+                                                        f"{tmp_path / 'deleted-run'}, which does not exist"),
+        "loop": (tmp_path / "a", f"output_dir {tmp_path / 'a'} is a link that leads back to itself; choose another folder"),
+        "too long": (tmp_path / ("x" * 300), "File name too long; shorten it (most file systems take names of up to 255 bytes)"),
+    }[case]
+    config = make_config(tmp_path, toy_data, output_dir=str(output_dir))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 2 and result.output.startswith("Error: ") and message in result.output, result.output
+    assert len(result.output.splitlines()) == 1 and sorted(p.name for p in tmp_path.iterdir()) == before

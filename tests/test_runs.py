@@ -17,6 +17,18 @@ def test_a_fresh_start_clears_only_what_bertcls_wrote(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs + [runs.RECORD_FILE])
 
 
+def test_a_resume_clears_the_temporaries_a_killed_run_left_in_model_and_reports(tmp_path):
+    graph, figure = f"{runs.MODEL_DIR}/{runs.TORCHSCRIPT_FILE}", "reports/test/roc_curve.png"
+    runs.record_files(tmp_path, graph, figure)
+    left = [f"{runs.MODEL_DIR}/.{runs.TORCHSCRIPT_FILE}.k2j4.tmp", "reports/test/.roc_curve.png.9x.tmp"]
+    theirs = [f"{runs.MODEL_DIR}/.notes.txt.1.tmp", f"{runs.MODEL_DIR}/{runs.TORCHSCRIPT_FILE}.tmp", "reports/test/mine.png"]
+    for name in left + theirs:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    runs.prepare_run_dir(tmp_path, overwrite=False, resuming=True)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file() and p.name != runs.RECORD_FILE) == sorted(theirs)
+
+
 def test_an_unfinished_run_with_checkpoints_is_not_silently_restarted(tmp_path):
     runs.record_files(tmp_path, f"checkpoint-7/{runs.CHECKPOINT_STATE}")
     (tmp_path / "checkpoint-7").mkdir()

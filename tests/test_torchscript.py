@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from bertcls import machine, predict, runs
 from bertcls.cli import app
-from bertcls.errors import ModelError
+from bertcls.errors import ModelError, WriteError
 from bertcls.predict import Predictor, TorchScriptPredictor, load_predictor
-from conftest import make_config
+from conftest import file_size_limit, files_in, make_config
 
 runner = CliRunner()
 TEXTS = ["a wonderful film", "dreadful acting", "the plot was great and the cast superb", "boring", "great " * 100, "😀 映画", ""]
@@ -115,6 +115,19 @@ def test_a_graph_that_disagrees_with_the_model_is_not_saved(trained_run, tmp_pat
         export.save_torchscript(copy)
     assert sorted(p.name for p in (copy / runs.MODEL_DIR).iterdir()) == [runs.CARD_FILE, "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     assert load_predictor(copy, device="cpu").engine == "pytorch"
+
+
+def test_a_disk_that_refuses_the_graph_is_an_error_not_an_abort(trained_run, tmp_path):
+    from bertcls import export
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    (copy / runs.MODEL_DIR / runs.TORCHSCRIPT_FILE).unlink()
+    before = files_in(copy)
+    graph_size = (trained_run / runs.MODEL_DIR / runs.TORCHSCRIPT_FILE).stat().st_size
+    with file_size_limit(graph_size // 2), pytest.raises(WriteError, match="File too large"):  # torch's own writer aborted here
+        export.save_torchscript(copy)
+    assert files_in(copy) == before
 
 
 def test_saved_graph_records_what_it_was_traced_from(trained_run):

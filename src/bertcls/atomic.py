@@ -55,10 +55,10 @@ def current_umask() -> int:
 
 
 # The file system refusing a write: full, over quota, a file over a size limit (`ulimit -f`, FAT32's 4 GiB),
-# read-only, not permitted, a file where a folder goes or the reverse. These are the user's to fix; any
+# read-only, not permitted, a file where a folder goes or the reverse, a name too long. These are the user's to fix; any
 # other OSError is left to be a bug.
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
-                          errno.EISDIR})
+                          errno.EISDIR, errno.ENAMETOOLONG})
 # Those fixed where they happen (space freed, a limit raised, permission given), after which a run can resume in place.
 FIXABLE_IN_PLACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM})
 
@@ -113,8 +113,9 @@ def write_error(path: Path, code: int, writing: bool = True, elsewhere: str = ""
         errno.EROFS: "its file system is mounted read-only; write elsewhere",
         errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
         errno.EISDIR: "a folder is in the way of a file; move it, or choose another path",
+        errno.ENAMETOOLONG: "shorten it (most file systems take names of up to 255 bytes)",
     }
-    folder = Path(path) if Path(path).is_dir() else Path(path).parent  # a folder refused a new entry: that folder
+    folder = Path(path) if os.path.isdir(path) else Path(path).parent  # a folder refused a new entry: that folder
     fix = fixes.get(code, f"make {folder} writable" if writing else f"check the permissions of {path} and its folder")
     if elsewhere and code in FIXABLE_IN_PLACE:  # the others' fix is already to write elsewhere
         fix += f", or {elsewhere}"
@@ -128,7 +129,9 @@ def check_folder_path(path: Path, what: str) -> None:
     for part in (path, *path.parents):
         if part.is_symlink() and not part.exists():
             where = "is a link" if part == path else f"is under {part}, a link"
-            raise RunError(f"{what} {path} {where} to {os.readlink(part)}, which does not exist; make that folder, or choose another")
+            if not os.path.lexists(os.path.realpath(part)):
+                raise RunError(f"{what} {path} {where} to {os.readlink(part)}, which does not exist; make that folder, or choose another")
+            raise RunError(f"{what} {path} {where} that leads back to itself; choose another folder")
         if part.exists() and not part.is_dir():
             where = "is a file" if part == path else f"is under {part}, which is a file"
             raise RunError(f"{what} {path} {where}; choose a folder")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -165,10 +166,13 @@ def save_torchscript(model_path: str | Path) -> dict[str, Any]:
     failed = {precision: why for precision in GRAPH_PRECISIONS[1:] if (why := _precision_failure(reference, graph, folder, meta, precision))}
     meta["precisions"] = [precision for precision in GRAPH_PRECISIONS if precision not in failed]
     with atomic.atomic_file(folder / runs.TORCHSCRIPT_FILE) as tmp:
+        buffer = io.BytesIO()  # not straight to the file: a write that fails there aborts the process from torch's C++
         try:
-            torch.jit.save(graph, str(tmp), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
+            torch.jit.save(graph, buffer, _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
         except RuntimeError as exc:
             raise ModelError(f"{folder}: the traced graph could not be saved ({first_line(exc)})") from exc
+        tmp.write_bytes(buffer.getbuffer())
+        del buffer
         # whether it reads back, no more: the graph's logits (oneDNN's too, where it applies) were checked above
         if TorchScriptPredictor.load(model_path, precision="fp32", graph=tmp, few_texts=True) is None:
             raise ModelError(f"{folder}: the traced graph could not be read back; it was not saved")

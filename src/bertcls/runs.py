@@ -41,6 +41,7 @@ Writing a file or folder whole, and turning a write the file system refuses into
 from __future__ import annotations
 
 import fnmatch
+import glob
 import hashlib
 import json
 import os
@@ -410,6 +411,12 @@ def _clear_leftovers(run: Path, resuming: bool) -> None:
             shutil.rmtree(half)
         else:
             half.unlink()
+    for recorded in _recorded(run):  # a recorded file's own temporary, in model/ or reports/ (a graph's: the model's size)
+        folder, _, name = recorded.rpartition("/")
+        if folder and not any((run / part).is_symlink() for part in (folder, *map(str, Path(folder).parents[:-1]))):
+            for half in (run / folder).glob(TEMP_PATTERNS[0].format(glob.escape(name))):
+                if half.is_file() and not half.is_symlink():
+                    half.unlink()
 
 
 def check_outside_runs(output: Path, model: Path, suffix: str) -> None:

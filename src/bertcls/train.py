@@ -158,6 +158,7 @@ def check_inputs(config: Config, config_file: str | Path | None, resume: bool | 
     anything is written or loaded: output_dir against the run's inputs, the data and labels, class
     weights, the model source and max_length, the checkpoint to resume from, and the run folder."""
     run = Path(config.output_dir)
+    atomic.check_folder_path(run, "output_dir")  # before its files are looked at: a link to nowhere, or in a loop
     runs.check_output_dir(run, _inputs(config, config_file))
     track.check_installed(config.training.report_to)
     train_split, val_split, test_split, labels = data_mod.load_splits(config.data, config.seed)
