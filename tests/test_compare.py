@@ -136,3 +136,14 @@ def test_numbers_and_sections_no_run_of_ours_writes_are_rows_not_a_crash(trained
     assert (rows["listed"]["status"], rows["listed"]["detail"]) == ("corrupt", "config.yaml is not a bertcls config: its training is not a mapping")
     table = runner.invoke(app, ["runs", str(root)])
     assert table.exit_code == 0 and [line.split()[:2] for line in table.stdout.splitlines()[1:]] == [["nan", "finished"], ["listed", "corrupt"]]
+
+
+def test_odd_values_in_a_runs_files_are_a_row_not_a_crash(trained_run, tmp_path):
+    for name in ("listed", "deep"):
+        shutil.copytree(trained_run, tmp_path / name)
+    metrics = json.loads((tmp_path / "listed" / runs.METRICS_FILE).read_text())
+    (tmp_path / "listed" / runs.METRICS_FILE).write_text(json.dumps({**metrics, "metric_for_best": ["accuracy"]}))
+    (tmp_path / "deep" / runs.METRICS_FILE).write_text("[" * 100_000 + "]" * 100_000)
+    rows = {row["name"]: row for row in _rows(str(tmp_path))}
+    assert (rows["listed"]["status"], rows["listed"]["metric_for_best"]) == ("finished", "f1_macro")
+    assert (rows["deep"]["status"], rows["deep"]["detail"]) == ("corrupt", "metrics.json unreadable: maximum recursion depth exceeded while decoding a JSON array from a unicode string")

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -289,3 +290,22 @@ def test_verbose_names_the_rows_over_max_length_and_a_full_stdout_is_one_line(tm
                                   stderr=subprocess.PIPE, text=True, env=env)
         assert (done.returncode, done.stderr) == (2, "Error: standard output: No space left on device; free space where it goes, "
                                                      "or redirect it elsewhere\n")
+
+
+def test_sigterm_while_writing_keeps_the_old_output_and_leaves_no_temporary(tmp_path, trained_run):
+    from conftest import wait_for
+
+    source = write_csv(tmp_path / "in.csv", [(f"text number {i} " * 8, "x") for i in range(50_000)])
+    output = tmp_path / "out.csv"
+    output.write_text("an earlier output\n")
+    output.chmod(0o600)
+    predicting = subprocess.Popen([sys.executable, "-m", "bertcls", "predict", "-m", str(trained_run), "-f", str(source), "-o", str(output),
+                                   "--overwrite"], stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wait_for(lambda: any(p.name.startswith(".out.csv.") for p in tmp_path.iterdir()), predicting, "the output's temporary file")
+    predicting.send_signal(signal.SIGTERM)
+    assert (predicting.wait(60), predicting.stderr.read().splitlines()[-1]) == (143, "Terminated.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"] and output.read_text() == "an earlier output\n"
+    # --overwrite to the end: the new file keeps the old one's permissions (a private file stays private)
+    result = runner.invoke(app, ["predict", "-m", str(trained_run), "-f", str(write_csv(tmp_path / "few.csv", [("fine", "x")])),
+                                 "-o", str(output), "--overwrite"])
+    assert result.exit_code == 0 and output.stat().st_mode & 0o777 == 0o600

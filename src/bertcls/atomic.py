@@ -23,12 +23,14 @@ from bertcls.errors import BertclsError, RunError, WriteError
 
 @contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
-    """A temporary path next to `path` to write; if the block succeeds it is fsynced and renamed onto `path`."""
+    """A temporary path next to `path` to write; if the block succeeds it is fsynced and renamed onto `path`. The new
+    file has the permissions of the file it replaces (a private one stays private), else those open() gives."""
     path = Path(path)
     with writing(path):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file the permissions open() would
+        replaced = path.is_file() and not path.is_symlink()  # a link is replaced by the file, not written through
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if replaced else 0o666 & ~current_umask())  # mkstemp makes 0600
         try:
             yield Path(tmp)
             with open(tmp, "rb") as f:

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
 import traceback
 import warnings
@@ -40,7 +41,7 @@ app = typer.Typer(
 )
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
-EXIT_FINDINGS, EXIT_BAD_INPUT, EXIT_SIGINT = 1, 2, 130
+EXIT_FINDINGS, EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
 
 
 def _error_boundary(command):
@@ -64,6 +65,9 @@ def _error_boundary(command):
             if distributed.is_main_process():  # every process stops, the main one says so
                 typer.echo(f"{exc}\n{exc.hint}" if exc.hint else str(exc), err=True)
             raise typer.Exit(exc.exit_code) from None
+        except _Terminated:
+            typer.echo("Terminated.", err=True)
+            raise typer.Exit(EXIT_SIGTERM) from None
         except KeyboardInterrupt:
             typer.echo("Interrupted.", err=True)
             raise typer.Exit(EXIT_SIGINT) from None
@@ -555,5 +559,17 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
     warnings.showwarning = _show_warning  # before any command runs
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a scheduler's stop), raised where the process is, so that what it was writing is taken back."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated
+
+
 def main() -> None:
+    # SIGTERM by default ends the process at once, leaving its temporaries; train, tune and serve put their own
+    # handlers in place while they run (stop at the next step, answer what is in flight).
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     app()

@@ -86,7 +86,7 @@ def read_row(path: Path) -> Row:
     except BertclsError as exc:
         return _corrupt(row, str(exc).split(";")[0], path)
     row.model = _model_name(config)
-    row.metric_for_best = (config.get("training") or {}).get("metric_for_best") or DEFAULT_METRIC
+    row.metric_for_best = _name((config.get("training") or {}).get("metric_for_best")) or DEFAULT_METRIC
     pid = training_pid(path)
     if pid is not None:
         step = last_logged_step(path)
@@ -98,7 +98,7 @@ def read_row(path: Path) -> Row:
         return row
     try:
         return _finished(row, path)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         return _corrupt(row, f"{runs.METRICS_FILE} unreadable: {first_line(exc)}", path)
 
 
@@ -139,12 +139,17 @@ def _finished(row: Row, path: Path) -> Row:
     row.validation = _scalars(metrics["validation"])
     row.test = _scalars(metrics.get("test") or {})
     row.best_epoch = metrics.get("best_epoch")
-    row.metric_for_best = metrics.get("metric_for_best") or row.metric_for_best
+    row.metric_for_best = _name(metrics.get("metric_for_best")) or row.metric_for_best
     row.train_seconds = (metrics.get("train") or {}).get("seconds")
     row.status, row.detail = "finished", ""
     ended = (manifest.read_manifest(path) or {}).get("ended")
     row.date = ended if isinstance(ended, str) else _modified(path / runs.METRICS_FILE)
     return row
+
+
+def _name(value: Any) -> str | None:
+    """A metric's name as a run's files give it; None for anything that is not one (a list, a number)."""
+    return value if isinstance(value, str) and value else None
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
