@@ -86,6 +86,13 @@ def test_empty_or_non_mapping(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=f"^{tmp_path}: a folder, not a config file; give the YAML file, e.g. {tmp_path}/config.yaml$"):
+        load_config(tmp_path)
+
+
+def test_a_section_with_every_key_commented_out_takes_overrides(tmp_path):
+    path = write(tmp_path, "data: {train: a.csv}\ntraining:\n#  epochs: 3\n")
+    assert load_config(path, ["training.max_steps=1"]).training.max_steps == 1
 
 
 def test_overrides_are_typed_like_the_file(tmp_path, monkeypatch):
@@ -178,6 +185,18 @@ def test_a_label_that_yaml_reads_as_a_boolean_says_to_quote_it(tmp_path, file, o
                                   "yes/no, on/off and true/false as booleans: quote a label that YAML would read otherwise, e.g. "
                                   f"class_weights: {example} in the file, or --set 'training.class_weights={example}'")
     assert load_config(config, [f"training.class_weights={example}"]).training.class_weights == {typed: 3.0}
+
+
+@pytest.mark.parametrize("file, override, message", [
+    ("training: {class_weights: {01: 3}}\n", None, 'the key 01 is read by YAML as the number 1, the label \'1\'; to name the label 01, quote it: "01"'),
+    ("", "training.class_weights={010: 3}", 'the key 010 is read by YAML as the number 8, the label \'8\'; to name the label 010, quote it: "010"'),
+    ("training:\n  class_weights:\n    1: 2\n    '1': 3\n", None, "the keys 1 and '1' both name the label '1'; keep one"),
+])
+def test_class_weight_keys_that_yaml_reads_as_another_label_are_refused(tmp_path, file, override, message):
+    config = write(tmp_path, "data: {train: a.csv}\n" + file)
+    result = CliRunner().invoke(app, ["check", str(config), *(["--set", override] if override else [])])
+    assert_one_line_error(result, f"Error: training.class_weights: {message}")
+    assert load_config(config, ['training.class_weights={"01": 3, "1": 2}']).training.class_weights == {"01": 3.0, "1": 2.0}
 
 
 def test_tune_threshold_with_the_default_threshold_loads(tmp_path):

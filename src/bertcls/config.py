@@ -70,8 +70,27 @@ def _class_weights(value: Any, info: ValidationInfo) -> Any:
             example = f'{{"{text}": {shown(weight)}}}'
             raise ValueError(f"training.class_weights: the key {shown(label)} is no label text; {reading}: quote a label that YAML "
                              f"would read otherwise, e.g. class_weights: {example} in the file, or --set 'training.class_weights={example}'")
+        if str(label) in weights:
+            first = next(key for key in value if str(key) == str(label))
+            raise ValueError(f"training.class_weights: the keys {shown(first)} and {shown(label)} both name the label {str(label)!r}; "
+                             "keep one")
         weights[str(label)] = float(weight)
+    for written in _renumbered_keys((info.context or {}).get("typed", {})):
+        number = yaml.safe_load(written)
+        raise ValueError(f"training.class_weights: the key {written} is read by YAML as the number {number!r}, the label "
+                         f"{str(number)!r}; to name the label {written}, quote it: \"{written}\"")
     return weights
+
+
+def _renumbered_keys(typed: dict[tuple[str, ...], str]) -> list[str]:
+    """training.class_weights keys typed unquoted that YAML reads as a number written otherwise (`01` is 1, `010` is 8)."""
+    found = []
+    for path in typed:
+        if path[:2] == ("training", "class_weights") and path[3:] == (UNTEXTED_KEY,):
+            number = yaml.safe_load(path[2])
+            if isinstance(number, (int, float)) and not isinstance(number, bool) and str(number) != path[2]:
+                found.append(path[2])
+    return found
 
 
 def _typed_key(label: bool | None, typed: dict[tuple[str, ...], str]) -> str | None:
@@ -516,6 +535,8 @@ def validate_config(raw: dict[str, Any], typed: dict[tuple[str, ...], str] | Non
 
 
 def _read_yaml(path: Path, typed: dict[tuple[str, ...], str] | None = None) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, not a config file; give the YAML file, e.g. {Path(path) / 'config.yaml'}")
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
@@ -577,7 +598,12 @@ def _untexted_scalars(node: yaml.Node, path: tuple[str, ...]) -> dict[tuple[str,
     found: dict[tuple[str, ...], str] = {}
     for key, child in pairs:
         found.update(_untexted_scalars(child, (*path, str(getattr(key, "value", key)))))
+        if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:str":  # a key read as no text: `01:` is 1
+            found[(*path, key.value, UNTEXTED_KEY)] = key.value
     return found
+
+
+UNTEXTED_KEY = "(key)"  # `typed` records a key YAML read as no text at its own path plus this
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int | None]) -> int:
@@ -677,7 +703,9 @@ def _parent(raw: dict[str, Any], parts: list[str], key: str) -> dict[str, Any]:
     """The section that holds the last of `parts`, made where missing."""
     node = raw
     for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or a section whose keys are all left out (`training:` alone)
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             raise ConfigError(f"--set {clipped(key)}: {clipped('.'.join(parts[: i + 1]))} is not a section")
         node = child
