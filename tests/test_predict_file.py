@@ -309,3 +309,13 @@ def test_sigterm_while_writing_keeps_the_old_output_and_leaves_no_temporary(tmp_
     result = runner.invoke(app, ["predict", "-m", str(trained_run), "-f", str(write_csv(tmp_path / "few.csv", [("fine", "x")])),
                                  "-o", str(output), "--overwrite"])
     assert result.exit_code == 0 and output.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_json_lines_lists_objects_and_booleans_go_to_csv_as_json(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "a", "meta": {"x": 1, "y": null}, "tags": ["p", "q"], "ok": true, "none": null}\n', encoding="utf-8")
+    for name in ("out.csv", "out.tsv"):
+        predict_file(CountingPredictor(), source, tmp_path / name, text_column="text", progress=False)
+        with open(tmp_path / name, encoding="utf-8", newline="") as f:
+            row = next(csv.DictReader(f, delimiter="\t" if name.endswith(".tsv") else ","))
+        assert (json.loads(row["meta"]), json.loads(row["tags"]), row["ok"], row["none"]) == ({"x": 1, "y": None}, ["p", "q"], "true", "")

@@ -152,6 +152,16 @@ def prediction_fields(result, top_k: int | None) -> dict[str, Any]:
     return fields
 
 
+def _cell(column: str, value: Any) -> Any:
+    """A value as a csv/tsv field: a multi-label prediction's labels joined with ";"; a JSON line's list, object or
+    boolean as JSON text, so that it reads back as it was (not as Python's repr)."""
+    if column == PREDICTED and isinstance(value, list):
+        return ";".join(value)
+    if isinstance(value, (list, dict, bool)):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
 class _Writer:
     """Rows with their predictions as CSV/TSV or JSON lines, to an open text file; `source` names the input in errors."""
 
@@ -181,7 +191,7 @@ class _Writer:
                 raise DataError(f"--file {self.source}: data row {first_row + i + 1} has {extra}, which the first row lacks; "
                                 f"a {self.kind} --output takes its columns from the first row: give every row the same keys, "
                                 "or write a .jsonl --output")
-        rows = [{k: ";".join(v) if isinstance(v, list) else v for k, v in row.items()} for row in rows]
+        rows = [{k: _cell(k, v) for k, v in row.items()} for row in rows]
         if self.kind == "tsv":  # each field as the input had it: only what a TSV cannot hold bare goes in quotes
             self.file.writelines("\t".join(tsv.written("" if row.get(k) is None else str(row[k])) for k in self.columns) + "\n"
                                  for row in rows)
