@@ -319,3 +319,10 @@ def test_a_json_lines_lists_objects_and_booleans_go_to_csv_as_json(tmp_path):
         with open(tmp_path / name, encoding="utf-8", newline="") as f:
             row = next(csv.DictReader(f, delimiter="\t" if name.endswith(".tsv") else ","))
         assert (json.loads(row["meta"]), json.loads(row["tags"]), row["ok"], row["none"]) == ({"x": 1, "y": None}, ["p", "q"], "true", "")
+
+
+def test_a_pipe_as_the_file_says_what_it_is(tmp_path, trained_run):
+    os.mkfifo(tmp_path / "rows.csv")
+    result = runner.invoke(app, ["predict", "-m", str(trained_run), "-f", str(tmp_path / "rows.csv")])
+    assert_one_line_error(result, f"--file {tmp_path / 'rows.csv'}: not a regular file (a pipe?); save the rows to a file first, "
+                                  "or pipe texts one per line into `bertcls predict -`")

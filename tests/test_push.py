@@ -1,5 +1,6 @@
 """`bertcls push`: what would go to the hub (offline, with --dry-run), and the one-line refusals."""
 
+import os
 import shutil
 
 import pytest
@@ -145,3 +146,14 @@ def test_a_card_of_the_users_own_goes_up_as_it_is(trained_run, tmp_path, hub):
     assert result.exit_code == 0, result.output
     assert hub == ["README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     assert f"note: {run / runs.MODEL_DIR} holds no model card of bertcls's; the repo shows its README.md as it is, if any" in result.stderr
+
+
+def test_a_run_in_its_first_steps_is_still_training_not_foreign(tmp_path):
+    from bertcls import runlock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    runs.record_files(run, runs.CONFIG_FILE)
+    with runlock.locked(run):  # as train holds it before its first model is saved
+        result = runner.invoke(app, ["push", str(run), "me/tiny", "--dry-run"])
+    assert_one_line_error(result, f"{run} is still training (pid {os.getpid()}); push it when it has finished")

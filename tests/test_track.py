@@ -228,6 +228,15 @@ def test_a_tracker_that_cannot_connect_stops_the_run_before_training(tmp_path, t
     assert event_files and all(runs.wrote(run, name) for name in event_files)  # TensorBoard started first: its files are ours
 
 
+def test_a_folder_as_mlflows_store_says_how_to_keep_it(tmp_path, toy_data, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path / 'mlruns'}")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    result = runner.invoke(app, ["train", str(make_config(tmp_path, toy_data, training={"report_to": ["mlflow"]})), "-q"])
+    assert_one_line_error(result, "Error: training.report_to: mlflow could not start (MLflow writes to a folder (a file: tracking URI) "
+                                  "only when MLFLOW_ALLOW_FILE_STORE=true is set); set MLFLOW_TRACKING_URI to a database such as "
+                                  "sqlite:///mlflow.db, or MLFLOW_ALLOW_FILE_STORE=true, or remove it from training.report_to")
+
+
 class Failing(GeneralTracker):
     name, requires_logging_directory, tracker = "flaky", False, None
 

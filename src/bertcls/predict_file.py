@@ -67,6 +67,9 @@ def read_chunks(path: Path, chunk_rows: int = CHUNK_ROWS, on_bytes=None) -> Iter
     """Rows of `path` as dicts, `chunk_rows` at a time; `on_bytes(n)` is told how far into the file we are."""
     kind = file_format(path, "--file")
     if not path.is_file():
+        if path.exists() and not path.is_dir():  # a pipe, a device: read twice (checked whole, then streamed)
+            raise DataError(f"--file {path}: not a regular file (a pipe?); save the rows to a file first, or pipe texts "
+                            "one per line into `bertcls predict -`")
         raise DataError(f"--file {path}: no such file")
     try:
         path.open("rb").close()

@@ -89,11 +89,11 @@ def repo_url(repo_id: str) -> str:
 def check_finished(run: Path) -> None:
     if not run.is_dir():
         raise RunError(f"{run}: no such folder; give the run folder `bertcls train` wrote")
-    if runs.read_record(run) is None or not (run / runs.MODEL_DIR / "config.json").is_file():
-        raise RunError(f"{run} is not a bertcls run folder (no {runs.MODEL_DIR}/ with a model); give the folder `bertcls train` wrote")
-    pid = training_pid(run)
+    pid = training_pid(run)  # first: a run in its first steps has no model/ yet
     if pid is not None:
         raise RunError(f"{run} is still training ({pid_text(pid)}); push it when it has finished")
+    if runs.read_record(run) is None or not (run / runs.MODEL_DIR / "config.json").is_file():
+        raise RunError(f"{run} is not a bertcls run folder (no {runs.MODEL_DIR}/ with a model); give the folder `bertcls train` wrote")
     if not runs.is_finished(run):
         raise RunError(f"{run} is an unfinished run (no {runs.METRICS_FILE}); finish it with `bertcls train CONFIG --resume`, then push")
     try:

@@ -152,8 +152,12 @@ class Guarded(GeneralTracker):
         try:
             self.inner.start()
         except Exception as exc:  # a server that does not answer, a bad URI, a refused login: each library its own error
-            raise ConfigError(f"training.report_to: {self.name} could not start ({first_line(exc)}); "
-                              f"{START_HINTS.get(self.name, 'check its settings')}, or remove it from training.report_to") from exc
+            why, hint = first_line(exc), START_HINTS.get(self.name, "check its settings")
+            if self.name == "mlflow" and "MLFLOW_ALLOW_FILE_STORE" in str(exc):  # its message names the fix past our cut
+                why = "MLflow writes to a folder (a file: tracking URI) only when MLFLOW_ALLOW_FILE_STORE=true is set"
+                hint = "set MLFLOW_TRACKING_URI to a database such as sqlite:///mlflow.db, or MLFLOW_ALLOW_FILE_STORE=true"
+            raise ConfigError(f"training.report_to: {self.name} could not start ({why}); {hint}, or remove it from "
+                              "training.report_to") from exc
         self.started = True
 
     @on_main_process
