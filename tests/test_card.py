@@ -132,6 +132,11 @@ def test_a_card_someone_else_wrote_or_edited_is_kept(trained_run, tmp_path):
     hub_card = push.plan(tmp_path / "pushed", "me/x").card_text.decode()
     assert hub_card.endswith("\n## Limitations\n\nNot for medical use.\n") and str(tmp_path) not in hub_card
     assert 'pipeline("text-classification", model="me/x")' in hub_card
+    card_file.rename(tmp_path / "edited.md")  # a folder in the card's place is not bertcls's either
+    card_file.mkdir()
+    (card_file / "notes.md").write_text("mine")
+    runs.prepare_run_dir(run, overwrite=True)
+    assert not runs.wrote(run, f"{runs.MODEL_DIR}/{runs.CARD_FILE}") and (card_file / "notes.md").read_text() == "mine"
     # a card someone else wrote, where bertcls's was removed
     run = tmp_path / "other"
     shutil.copytree(trained_run, run)

@@ -5,7 +5,7 @@ import yaml
 from typer.testing import CliRunner
 
 from bertcls.cli import app
-from bertcls.config import load_config, load_yaml, parse_override
+from bertcls.config import TrainingConfig, load_config, load_yaml, parse_override
 from bertcls.errors import ConfigError
 from conftest import assert_one_line_error
 
@@ -93,6 +93,7 @@ def test_missing_config_file(tmp_path):
 def test_a_section_with_every_key_commented_out_takes_overrides(tmp_path):
     path = write(tmp_path, "data: {train: a.csv}\ntraining:\n#  epochs: 3\n")
     assert load_config(path, ["training.max_steps=1"]).training.max_steps == 1
+    assert load_config(path).training == TrainingConfig()  # without overrides: the defaults
 
 
 def test_overrides_are_typed_like_the_file(tmp_path, monkeypatch):

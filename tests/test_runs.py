@@ -69,3 +69,23 @@ def test_a_folder_moved_aside_by_a_kill_is_put_back_on_resume(tmp_path):
     (tmp_path / ".model.old-1a2b" / "model.safetensors").write_text("weights")
     runs.prepare_run_dir(tmp_path, overwrite=False, resuming=True)
     assert (tmp_path / "model" / "model.safetensors").read_text() == "weights"
+
+
+def test_filling_without_hard_links_takes_back_a_file_copied_in_part(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    def no_links(source, target):  # vfat, exFAT, SMB
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    def disk_fills(source, target):
+        with open(target, "w") as f:
+            f.write("half of it")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    (tmp_path / "mine.txt").write_text("kept")
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(shutil, "copy2", disk_fills)
+    with pytest.raises(RunError, match="No space left on device"), atomic.filling(tmp_path, "--output") as folder:
+        (folder / "metrics.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]

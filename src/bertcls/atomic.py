@@ -220,7 +220,9 @@ def _move_in(files: list[Path], tmp: Path, folder: Path, what: str) -> None:
                     raise
                 if target.exists() or target.is_symlink():  # a file system without hard links: check, then copy
                     raise taken from None
+                placed.append(target)  # before the copy: one cut short is taken back too
                 shutil.copy2(file, target)
+                continue
             placed.append(target)
     except BaseException:
         for target in placed:

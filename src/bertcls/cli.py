@@ -74,16 +74,18 @@ def _error_boundary(command):
         except Exception as exc:
             if not _interrupted(exc):
                 raise
-            typer.echo("Interrupted.", err=True)
-            raise typer.Exit(EXIT_SIGINT) from None
+            terminated = _interrupted(exc, _Terminated)
+            typer.echo("Terminated." if terminated else "Interrupted.", err=True)
+            raise typer.Exit(EXIT_SIGTERM if terminated else EXIT_SIGINT) from None
 
     return wrapper
 
 
-def _interrupted(exc: BaseException | None) -> bool:
-    """Whether Ctrl-C caused `exc`: transformers' lazy imports turn a KeyboardInterrupt during an import into an error of theirs."""
+def _interrupted(exc: BaseException | None, kind: type[BaseException] = KeyboardInterrupt) -> bool:
+    """Whether Ctrl-C (or SIGTERM: `kind` _Terminated) caused `exc`: transformers' lazy imports turn a KeyboardInterrupt
+    during an import into an error of theirs."""
     while exc is not None:
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, kind):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
@@ -563,7 +565,16 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM (`kill`, a scheduler's stop), raised where the process is, so that what it was writing is taken back."""
 
 
+_MAIN_PID = os.getpid()
+_TERMINATED: list[bool] = []  # set once SIGTERM arrived: where Python drops the exception (a garbage-collector callback), the end says so
+
+
 def _terminate(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    if os.getpid() != _MAIN_PID:  # a forked worker (cleanlab's pool) that inherited the handler: end as SIGTERM ends it
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    _TERMINATED.append(True)
     raise _Terminated
 
 
@@ -572,4 +583,10 @@ def main() -> None:
     # handlers in place while they run (stop at the next step, answer what is in flight).
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        if _TERMINATED and exc.code in (0, None):
+            typer.echo("Terminated.", err=True)
+            raise SystemExit(EXIT_SIGTERM) from None
+        raise

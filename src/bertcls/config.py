@@ -558,7 +558,13 @@ def _read_yaml(path: Path, typed: dict[tuple[str, ...], str] | None = None) -> d
         raise ConfigError(f"{path}: the config is empty; it needs at least `data: {{train: FILE}}`")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys (seed, output_dir, data, model, training), not a {type(raw).__name__}")
+    for section in SECTIONS:  # `training:` with every key under it commented out: its defaults
+        if section in raw and raw[section] is None:
+            raw[section] = {}
     return raw
+
+
+SECTIONS = ("data", "model", "training", "tune")  # the config's sections of keys
 
 
 def load_yaml(text: str, where: str, typed: dict[tuple[str, ...], str] | None = None, at: tuple[str, ...] = ()) -> Any:

@@ -47,9 +47,11 @@ def check_output(source: Path, output: Path, *, overwrite: bool = False, model: 
     if output.is_dir():
         raise DataError(f"--output {output} is a folder; give a file name")
     file_format(output, "--output")
+    atomic.check_folder_path(output.parent, f"--output {output}: its folder")
+    if output.is_symlink() and not output.exists() and os.path.lexists(os.path.realpath(output)):
+        raise DataError(f"--output {output} is a link that leads back to itself; remove it, or choose another file")
     if output.resolve() == Path(source).resolve() or (output.exists() and os.path.samefile(output, source)):
         raise DataError(f"--output {output} is the input file; write the predictions somewhere else")
-    atomic.check_folder_path(output.parent, f"--output {output}: its folder")
     # A link at --output itself is replaced by the new file, not written through; links above it are followed.
     target = Path(os.path.realpath(output.parent)) / output.name
     if owner := runs.run_file(target):

@@ -170,8 +170,10 @@ def _edited(record: dict[str, Any] | None, path: str, file: Path) -> bool:
     """Whether `file`, found at the run's `path` (or moved from there), is an editable file of bertcls's
     that someone has changed."""
     digest = _digests(record).get(path)
-    if digest is None or path not in record["files"] or file.is_symlink() or not file.is_file():
+    if digest is None or path not in record["files"] or not (file.exists() or file.is_symlink()):
         return False
+    if file.is_symlink() or not file.is_file():  # a folder or a link in its place: someone else's
+        return True
     try:
         return hashlib.sha256(file.read_bytes()).hexdigest() != digest
     except OSError:
