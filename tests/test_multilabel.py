@@ -134,6 +134,21 @@ def test_a_list_item_that_is_no_string_or_integer_is_refused_naming_row_and_item
     assert result.output.strip() == f"Error: train ({path}): data row 2 of column 'label' {message}"
 
 
+@pytest.mark.parametrize("rows, separator, label, held", [
+    ([["a"], ["x;y", "b"], ["b"]], "|", "x;y", ";"),  # a list's label holding what outputs join labels with
+    ("a\nx|y;b\nb\n", "|", "y;b", ";"),  # a csv cell split on |, one of whose labels holds ;
+])
+def test_a_label_holding_the_join_character_is_refused_before_training(tmp_path, rows, separator, label, held):
+    if isinstance(rows, str):
+        path = tmp_path / "train.csv"
+        path.write_text("text,label\n" + "".join(f"t{i},{cell}\n" for i, cell in enumerate(rows.splitlines())))
+    else:
+        path = write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(DataError) as error:
+        read_split(str(path), DataConfig(train=str(path), task="multi_label", label_separator=separator), "train")
+    assert f"data row 2 of column 'label' has the label {label!r}, which holds {held!r}" in str(error.value)
+
+
 def test_a_row_whose_labels_are_null_or_missing_is_refused_not_read_as_none(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text('{"text": "a", "label": ["x"]}\n{"text": "b", "labels": ["y"]}\n{"text": "c", "label": null}\n{"text": "d", "label": ["y"]}\n')

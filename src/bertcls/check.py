@@ -516,7 +516,8 @@ def prepare_output(folder: Path, inputs: dict[str, Path] | None = None, run_dir:
     a file; `run_dir` (the config's output_dir) or a folder in it, and a folder in a bertcls run; a folder where a
     table would replace one of the run's `inputs` (see `input_files`); and a file of a table's name that check
     did not write (a user's file, a link, a folder): only check's own tables from an earlier check are replaced."""
-    atomic.check_folder_path(folder, "--output")
+    if folder.is_symlink() and not folder.exists():  # a link to nothing, or a loop
+        atomic.check_folder_path(folder, "--output")
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--output {folder}: a file, not a folder; give a folder (it is created if missing)")
     _refuse_run_folders(folder, run_dir)

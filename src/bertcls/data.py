@@ -28,6 +28,7 @@ from bertcls import longtext
 from bertcls.errors import DataError, ModelError, clipped, first_line, listing, not_utf8, shown
 from bertcls.longtext import LongText, Reading
 from bertcls.model import download_failure, not_downloaded, pad_batch, quiet_hub_retries, truncate_long_texts
+from bertcls.runs import LABEL_JOIN
 from bertcls.tsv import check_fields, duplicate_columns
 
 if TYPE_CHECKING:  # config (pydantic) is imported where files are read, not on the predict path
@@ -378,7 +379,14 @@ def _checked_label_lists(values: list[Any], where: str, column: str, separator: 
             if fix:
                 raise DataError(f"{where}: data row {i + 1} of column {column!r} has {_as_written(item)} among its labels; "
                                 f"a label is a string or an integer: {fix}")
-        rows.append(sorted({label_text(str(int(v) if isinstance(v, float) else v)) for v in value} - {""}))
+        labels = sorted({label_text(str(int(v) if isinstance(v, float) else v)) for v in value} - {""})
+        for label in labels:
+            held = [mark for mark in dict.fromkeys((LABEL_JOIN, separator)) if mark in label]
+            if held:
+                raise DataError(f"{where}: data row {i + 1} of column {column!r} has the label {label!r}, which holds {held[0]!r}: "
+                                f"predictions.csv and predict's csv/tsv output join a row's labels with {LABEL_JOIN!r}, and "
+                                f"data.label_separator is {separator!r}, so it would read back as other labels; rename the label")
+        rows.append(labels)
     return rows
 
 

@@ -161,7 +161,7 @@ def _cell(column: str, value: Any) -> Any:
     """A value as a csv/tsv field: a multi-label prediction's labels joined with ";"; a JSON line's list, object or
     boolean as JSON text, so that it reads back as it was (not as Python's repr)."""
     if column == PREDICTED and isinstance(value, list):
-        return ";".join(value)
+        return runs.LABEL_JOIN.join(value)
     if isinstance(value, (list, dict, bool)):
         return json.dumps(value, ensure_ascii=False)
     return value

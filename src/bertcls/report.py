@@ -71,7 +71,7 @@ def _write_predictions(path: Path, ev: Evaluation) -> Path:
     for i, text in enumerate(ev.texts):
         probs, row = ev.probs[i], [text] + ([ev.pairs[i]] if ev.pairs is not None else [])
         if ev.multi_label:  # labels joined with ";", the score is the top label's probability
-            gold, predicted = ";".join(names[np.flatnonzero(ev.gold[i])]), ";".join(names[np.flatnonzero(probs >= ev.threshold)])
+            gold, predicted = runs.LABEL_JOIN.join(names[np.flatnonzero(ev.gold[i])]), runs.LABEL_JOIN.join(names[np.flatnonzero(probs >= ev.threshold)])
         else:
             gold, predicted = ev.names[ev.gold[i]], ev.names[best[i]]
         row += [gold, predicted, f"{probs[best[i]]:.6f}"]

@@ -78,6 +78,8 @@ CHECKPOINT_STATE = "state.json"
 # Temporary names next to NAME, made by write_atomic, temp_dir_for and publish_dir.
 TEMP_PATTERNS = (".{}.*.tmp", ".{}.tmp-*", ".{}.old-*")
 DEFAULT_RUNS_ROOT = "runs"
+# What reports and predict's csv/tsv output join a multi-label row's labels with; training refuses a label holding it.
+LABEL_JOIN = ";"
 MODEL_ENV = "BERTCLS_MODEL"
 
 
