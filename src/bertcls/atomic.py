@@ -131,12 +131,36 @@ def check_folder_path(path: Path, what: str) -> None:
     for part in (path, *path.parents):
         if part.is_symlink() and not part.exists():
             where = "is a link" if part == path else f"is under {part}, a link"
-            if not os.path.lexists(os.path.realpath(part)):
-                raise RunError(f"{what} {path} {where} to {os.readlink(part)}, which does not exist; make that folder, or choose another")
-            raise RunError(f"{what} {path} {where} that leads back to itself; choose another folder")
+            if link_loop(part):
+                raise RunError(f"{what} {path} {where} that leads back to itself; choose another folder")
+            raise RunError(f"{what} {path} {where} to {os.readlink(part)}, which does not exist; make that folder, or choose another")
         if part.exists() and not part.is_dir():
             where = "is a file" if part == path else f"is under {part}, which is a file"
             raise RunError(f"{what} {path} {where}; choose a folder")
+
+
+def link_loop(path: Path) -> bool:
+    """Whether `path` is a link that leads back to itself, directly or through other links."""
+    return Path(path).is_symlink() and not Path(path).exists() and os.path.lexists(os.path.realpath(path))
+
+
+@contextmanager
+def making(folder: Path) -> Iterator[None]:
+    """Make `folder` and its missing parents for the block; when the block fails, remove those made, deepest first,
+    stopping at one that someone else has put a file in meanwhile. A refused mkdir is a WriteError naming `folder`."""
+    folder = Path(folder)
+    made = [part for part in (folder, *folder.parents) if not part.exists()]  # deepest first
+    try:
+        with writing(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+        yield
+    except BaseException:
+        for part in made:
+            try:
+                part.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -177,28 +201,19 @@ def filling(folder: Path, what: str) -> Iterator[Path]:
     messages name the folder, e.g. "--output"). When the block or the move fails, the temporary folder goes,
     and so do the folders made for it; a write the file system refused is a WriteError naming `folder`."""
     folder = Path(folder)
-    made = [part for part in (folder, *folder.parents) if not part.exists()]  # deepest first
     try:
-        with writing(folder):
-            folder.mkdir(parents=True, exist_ok=True)
+        with making(folder):
             tmp = Path(tempfile.mkdtemp(dir=folder, prefix=FILLING_PREFIX))
-    except WriteError as exc:
-        raise WriteError(f"{what} {exc}", exc.code) from exc
-    try:
-        yield tmp
-        _move_in(settle(tmp), tmp, folder, what)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for part in made:  # one that someone else has put a file in meanwhile stays
             try:
-                part.rmdir()
-            except OSError:
-                break
+                yield tmp
+                _move_in(settle(tmp), tmp, folder, what)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
         code = refused_write(exc, folder) if isinstance(exc, Exception) else None
         if code is None:
             raise
         raise WriteError(f"{what} {write_error(folder, code, elsewhere=f'choose another {what}')}", code) from exc
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _move_in(files: list[Path], tmp: Path, folder: Path, what: str) -> None:

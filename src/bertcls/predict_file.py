@@ -48,7 +48,7 @@ def check_output(source: Path, output: Path, *, overwrite: bool = False, model: 
         raise DataError(f"--output {output} is a folder; give a file name")
     file_format(output, "--output")
     atomic.check_folder_path(output.parent, f"--output {output}: its folder")
-    if output.is_symlink() and not output.exists() and os.path.lexists(os.path.realpath(output)):
+    if atomic.link_loop(output):
         raise DataError(f"--output {output} is a link that leads back to itself; remove it, or choose another file")
     if output.resolve() == Path(source).resolve() or (output.exists() and os.path.samefile(output, source)):
         raise DataError(f"--output {output} is the input file; write the predictions somewhere else")
@@ -221,18 +221,16 @@ def predict_file(predictor, source: Path, output: Path | None, *, text_column: s
     if source.is_dir():
         raise DataError(f"--file {source} is a folder; give a csv, tsv or jsonl file")
     kind = "jsonl" if output is None else file_format(output, "--output")
-    made = []
     if output is not None:
         check_output(source, output, overwrite=overwrite)
-        made = [folder for folder in output.parents if not folder.exists()]  # deepest first
-        with atomic.writing(output.parent):
-            output.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=source.stat().st_size if source.is_file() else None, unit="B", unit_scale=True, desc="predict",
                disable=None if progress else True, leave=False)
     rows_done = 0
     # --output is written under a temporary name and renamed when complete (atomic.atomic_file); stdout as it goes.
+    # A failed predict leaves no folder it made for `output` (atomic.making).
     try:
-        with atomic.atomic_file(output) if output is not None else nullcontext() as tmp, \
+        with atomic.making(output.parent) if output is not None else nullcontext(), \
+                atomic.atomic_file(output) if output is not None else nullcontext() as tmp, \
                 open(tmp, "w", encoding="utf-8", newline="") if tmp else nullcontext(sys.stdout) as out:
             writer = _Writer(out, kind, source)
             for chunk in read_chunks(source, chunk_rows, on_bytes=lambda pos: bar.update(pos - bar.n)):
@@ -252,13 +250,6 @@ def predict_file(predictor, source: Path, output: Path | None, *, text_column: s
             out.flush()
             if output is not None and not overwrite and (output.exists() or output.is_symlink()):  # made while we predicted
                 raise UsageError(f"--output {output} appeared while predicting; pass --overwrite to replace it, or choose another file")
-    except BaseException:
-        for folder in made:  # one that someone else has put a file in meanwhile stays
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
     finally:
         bar.close()
     return rows_done
