@@ -54,7 +54,7 @@ def test_rows_say_what_each_folder_is_best_first(runs_folder):
     assert {name: (row["status"], row["detail"]) for name, row in rows.items() if name not in SCORES} == {
         "cut": ("corrupt", "metrics.json unreadable: Unterminated string starting at: line 1 column 19 (char 18)"),
         "early": ("unfinished", "stopped at step 45, no checkpoint"),
-        "garbled": ("corrupt", "config.yaml unreadable: while parsing a flow sequence"),
+        "garbled": ("corrupt", "config.yaml:2:1: invalid YAML: expected ',' or ']', but got '<stream end>'"),
         "photos": ("not a run", "no bertcls-run.json or config.yaml"),
         "stopped": ("unfinished", "stopped at checkpoint-45"),
     }
@@ -133,7 +133,7 @@ def test_numbers_and_sections_no_run_of_ours_writes_are_rows_not_a_crash(trained
     assert result.exit_code == 0, result.output
     rows = {row["name"]: row for row in json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))}
     assert (rows["nan"]["status"], rows["nan"]["train_seconds"], rows["nan"]["validation"]["accuracy"]) == ("finished", None, None)
-    assert (rows["listed"]["status"], rows["listed"]["detail"]) == ("corrupt", "config.yaml is not a bertcls config: its training is not a mapping")
+    assert (rows["listed"]["status"], rows["listed"]["detail"]) == ("corrupt", "config.yaml: its training section is not a mapping of keys to values")
     table = runner.invoke(app, ["runs", str(root)])
     assert table.exit_code == 0 and [line.split()[:2] for line in table.stdout.splitlines()[1:]] == [["nan", "finished"], ["listed", "corrupt"]]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -82,9 +83,9 @@ def read_row(path: Path) -> Row:
         return row
     try:
         runs.read_record(path)
-        config = _read_config(path)
-    except BertclsError as exc:
-        return _corrupt(row, str(exc).split(";")[0], path)
+        config = runs.read_run_config(path) or {}
+    except BertclsError as exc:  # the message up to its fix, naming the file within the run
+        return _corrupt(row, str(exc).split(";")[0].removeprefix(f"{path}{os.sep}"), path)
     row.model = _model_name(config)
     row.metric_for_best = _name((config.get("training") or {}).get("metric_for_best")) or DEFAULT_METRIC
     pid = training_pid(path)
@@ -105,25 +106,6 @@ def read_row(path: Path) -> Row:
 def _corrupt(row: Row, why: str, path: Path) -> Row:
     row.status, row.detail, row.date = "corrupt", why, _modified(path)
     return row
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    """The run's config.yaml as a dict ({} when there is none); RunError when it is not YAML or not a mapping."""
-    import yaml
-
-    file = path / runs.CONFIG_FILE
-    if not file.is_file():
-        return {}
-    try:
-        config = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise RunError(f"{runs.CONFIG_FILE} unreadable: {first_line(exc)}") from None
-    if not isinstance(config, dict):
-        raise RunError(f"{runs.CONFIG_FILE} is not a bertcls config")
-    for section in ("model", "data", "training"):
-        if config.get(section) is not None and not isinstance(config[section], dict):
-            raise RunError(f"{runs.CONFIG_FILE} is not a bertcls config: its {section} is not a mapping")
-    return config
 
 
 def _model_name(config: dict[str, Any]) -> str | None:

@@ -52,6 +52,7 @@ from typing import Any
 
 from bertcls import __version__
 from bertcls.atomic import check_folder_path, settle, write_json
+from bertcls.config import SECTIONS
 from bertcls.errors import RunError, first_line
 from bertcls.runlock import LOCK_FILE, check_not_in_use, pid_text, training_pid
 
@@ -585,9 +586,6 @@ def run_setting(path: str | Path, section: str, key: str | None = None, default:
     a run's model/ folder); `default` for a plain model folder."""
     folder = config_folder(Path(path))
     values = (read_run_config(folder) or {}).get(section) or {}
-    if not isinstance(values, dict):
-        raise RunError(f"{folder / CONFIG_FILE}: its {section} section is not a mapping of keys to values; restore the "
-                       "file the run was trained with, or train again")
     return values if key is None else values.get(key, default)
 
 
@@ -600,22 +598,27 @@ def config_folder(path: Path) -> Path:
 
 
 def read_run_config(path: Path) -> dict[str, Any] | None:
-    """The run's resolved config as a dict, or None for a plain model folder."""
+    """The run's resolved config as a dict, each of its sections a mapping; None for a plain model folder."""
     file = Path(path) / CONFIG_FILE
     if not file.is_file():
         return None
     import yaml
 
+    restore = "restore the file the run was trained with, or train again"
     try:
         config = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RunError(f"{file}: cannot read it ({exc.strerror}); check its permissions") from None
     except UnicodeDecodeError as exc:
-        raise RunError(f"{file}: not UTF-8 text (byte {exc.start}); restore the file the run was trained with, or train again") from None
+        raise RunError(f"{file}: not UTF-8 text (byte {exc.start}); {restore}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
         problem = getattr(exc, "problem", None) or first_line(exc)
-        raise RunError(f"{where}: invalid YAML: {problem}; restore the file the run was trained with, or train again") from None
+        raise RunError(f"{where}: invalid YAML: {problem}; {restore}") from None
     if config is not None and not isinstance(config, dict):
-        raise RunError(f"{file}: holds a {type(config).__name__}, not the run's config (a mapping of sections); restore the "
-                       "file the run was trained with, or train again")
+        raise RunError(f"{file}: holds a {type(config).__name__}, not the run's config (a mapping of sections); {restore}")
+    for section in SECTIONS:
+        if (config or {}).get(section) is not None and not isinstance(config[section], dict):
+            raise RunError(f"{file}: its {section} section is not a mapping of keys to values; {restore}")
     return config
