@@ -139,7 +139,7 @@ def _read_error(path: Path, exc: BaseException) -> str:
     if "corresponds to no data" in str(exc):  # datasets' words for a header-only file
         return f"{path}: no rows"
     if isinstance(cause, UnicodeDecodeError):
-        return not_utf8(str(path), path, cause.start)
+        return not_utf8(str(path), path, cause)
     problem = _json_problem(path) if path.suffix.lower() in (".json", ".jsonl") else None
     return f"{path}: {problem}" if problem else f"{path}: cannot be parsed as {path.suffix.lstrip('.')} ({first_line(cause)})"
 

@@ -100,9 +100,11 @@ def load_reason(exc: BaseException) -> str:
         return "the file is empty, cut short or damaged"  # torch's words: "EOFError()", "[Errno 22] Invalid argument"
     return text
 
-def not_utf8(where: str, path, offset: int) -> str:
-    """Why a data file cannot be read as text: UTF-16 (what Excel's "Unicode Text" writes), or a byte near
-    `offset` that is not UTF-8. `where` names the file as the message should."""
+def not_utf8(where: str, path, exc: UnicodeDecodeError, raw=None) -> str:
+    """Why a data file cannot be read as text: UTF-16 (what Excel's "Unicode Text" writes), or the byte `exc` found is
+    not UTF-8. `where` names the file as the message should; `raw`: the binary file that a text wrapper was decoding,
+    whose position tells where in the file the block `exc` decoded ends."""
+    offset = exc.start + (raw.tell() - len(exc.object) if raw is not None else 0)
     try:
         with open(path, "rb") as f:
             utf16 = f.read(2) in (b"\xff\xfe", b"\xfe\xff")

@@ -102,7 +102,7 @@ def read_chunks(path: Path, chunk_rows: int = CHUNK_ROWS, on_bytes=None) -> Iter
                     if on_bytes:
                         on_bytes(raw.tell())
         except UnicodeDecodeError as exc:
-            raise DataError(not_utf8(f"--file {path}", path, raw.tell() - len(exc.object) + exc.start)) from None
+            raise DataError(not_utf8(f"--file {path}", path, exc, raw)) from None
         if chunk:
             yield chunk
         if on_bytes:

@@ -123,7 +123,7 @@ def check_fields(path: Path, kind: str) -> tuple[int, list[str]]:
                     if len(row) > len(header) else "fill in the missing field(s)"
                 raise DataError(f"{path}: line {start} has {len(row)} field(s) but the header has {len(header)}; {fix}")
         except UnicodeDecodeError as exc:
-            raise DataError(not_utf8(str(path), path, raw.tell() - len(exc.object) + exc.start)) from None
+            raise DataError(not_utf8(str(path), path, exc, raw)) from None
     return read_with, header
 
 
