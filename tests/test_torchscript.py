@@ -1,9 +1,12 @@
 """The traced TorchScript graph training saves: Predictor's results without importing transformers, never used stale."""
 
 import json
+import os
 import shutil
+import struct
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
@@ -93,6 +96,33 @@ def test_graph_is_not_used_once_the_weights_change(trained_run, tmp_path):
     predictor = load_predictor(copy, device="cpu")
     assert predictor.engine == "pytorch"
     assert {p.label for p in predictor.predict(TEXTS)} == {model.config.id2label[0]}
+
+
+def test_a_graph_damaged_in_place_is_an_error_not_random_labels(trained_run, tmp_path):
+    """Bytes of a graph overwritten with its size and mtime kept: its weights become NaN, and so would every score."""
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    graph = copy / runs.MODEL_DIR / runs.TORCHSCRIPT_FILE
+    stat = graph.stat()
+    with zipfile.ZipFile(graph) as archive:  # the largest tensor: the word embeddings, stored uncompressed
+        record = max(archive.infolist(), key=lambda info: info.file_size)
+        with open(graph, "r+b") as f:
+            f.seek(record.header_offset + 26)
+            start = record.header_offset + 30 + sum(struct.unpack("<HH", f.read(4)))
+            f.seek(start)
+            f.write(b"\xff" * record.file_size)  # 0xffffffff is a NaN float
+    os.utime(graph, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    texts = tmp_path / "texts.csv"
+    texts.write_text("text,label\na wonderful film,positive\nboring,negative\n")
+    for command in (["predict", "--model", str(copy), "a wonderful film"], ["predict", "--model", str(copy), "--file", str(texts)],
+                    ["evaluate", str(texts), "-m", str(copy), "-o", str(tmp_path / "eval")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, (command, result.output)
+        assert "not numbers (NaN or infinite) for" in result.output and f"delete {runs.TORCHSCRIPT_FILE}" in result.output, result.output
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "eval").exists()
+    (copy / runs.MODEL_DIR / runs.TORCHSCRIPT_FILE).unlink()  # the fix the message names
+    assert runner.invoke(app, ["predict", "--model", str(copy), "a wonderful film"]).exit_code == 0
 
 
 def test_run_without_the_graph_predicts_through_transformers(tmp_path, toy_data):

@@ -242,5 +242,6 @@ def evaluate_file(model_path, data_file: str, *, text_column: str | None = None,
     names = [predictor.id2label[i] for i in sorted(predictor.id2label)]
     gold = LabelMap(tuple(names), predictor.multi_label).encode(split.labels, f"evaluate ({data_file})")
     logits = predictor.logits(split.texts, split.pairs)
+    predictor.check_scores(logits)
     return score(split.texts, split.pairs, names, logits, gold, loss_of(logits, np.asarray(gold)),
                  multi_label=predictor.multi_label, threshold=predictor.threshold)

@@ -306,7 +306,23 @@ class _Predicts:
         if not texts:
             return []
         logits, reading = self._run(texts, pairs)
+        self.check_scores(logits)
         return to_predictions(logits, reading, self.id2label, self.threshold)
+
+    def check_scores(self, logits: np.ndarray) -> None:
+        """A ModelError when the model's scores are not numbers (a model file damaged in place, an overflow in a
+        16-bit precision): NaN scores would be labels picked at random, written as if they were answers."""
+        bad = int((~np.isfinite(logits)).any(axis=-1).sum())
+        if not bad:
+            return
+        if self.precision in ("bf16", "fp16"):
+            fix = "predict with --precision fp32, or check the model folder's files"
+        elif self.engine == "torchscript":
+            fix = f"its traced graph may be damaged: delete {runs.TORCHSCRIPT_FILE} from the model folder, and the model runs through transformers"
+        else:
+            fix = "its files may be damaged: restore the model folder, or train again"
+        raise ModelError(f"the model gave scores that are not numbers (NaN or infinite) for {bad} of {len(logits)} text(s) "
+                         f"({self.engine}, {self.precision}); {fix}")
 
 
 def check_texts(texts: Sequence[str], pairs: Sequence[str] | None = None) -> None:
