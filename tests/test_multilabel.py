@@ -22,7 +22,7 @@ runner = CliRunner()
 TOPICS = {"food": ["cheese", "soup"], "music": ["guitar", "piano"], "sport": ["football", "tennis"]}
 
 
-def topic_rows(n, seed):
+def topic_rows(n, seed, separator=";"):
     """Each topic present in a row adds one of its cue words; a row may have no topic at all."""
     rng = random.Random(seed)
     rows = []
@@ -30,17 +30,17 @@ def topic_rows(n, seed):
         topics = sorted(t for t in TOPICS if rng.random() < 0.45)
         words = rng.sample(FILLER, 2) + [rng.choice(TOPICS[t]) for t in topics]
         rng.shuffle(words)
-        rows.append((" ".join(words), ";".join(topics)))
+        rows.append((" ".join(words), separator.join(topics)))
     return rows
 
 
 @pytest.fixture(scope="module")
 def multilabel_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("multilabel")
-    data = {name: write_csv(folder / f"{name}.csv", topic_rows(n, seed)) for name, n, seed in (("train", 300, 0), ("validation", 60, 1), ("test", 60, 2))}
+    data = {name: write_csv(folder / f"{name}.csv", topic_rows(n, seed, "|")) for name, n, seed in (("train", 300, 0), ("validation", 60, 1), ("test", 60, 2))}
     config = make_config(folder, data, training={"epochs": 4, "batch_size": 8, "learning_rate": 3e-3, "tune_threshold": True, "report_figures": True,
                                                                  "save_torchscript": True})
-    return train(load_config(config, ["data.task=multi_label"]), quiet=True), data
+    return train(load_config(config, ["data.task=multi_label", "data.label_separator='|'"]), quiet=True), data
 
 
 def test_multilabel_run_learns_and_saves_problem_type_and_threshold(multilabel_run):
@@ -55,6 +55,7 @@ def test_multilabel_run_learns_and_saves_problem_type_and_threshold(multilabel_r
     rows = list(csv.DictReader(open(run / "reports" / "test" / "predictions.csv", encoding="utf-8")))
     assert list(rows[0])[-3:] == ["prob_food", "prob_music", "prob_sport"]
     assert sum(r["gold"] == r["predicted"] for r in rows) >= 0.6 * len(rows)
+    assert any("|" in r["predicted"] for r in rows)  # a row's labels joined as the data joined them
     assert (run / "reports" / "test" / "confusion_matrix.png").stat().st_size > 2000
 
 
@@ -82,7 +83,14 @@ def test_evaluate_and_predict_file_on_multilabel(tmp_path, multilabel_run):
     assert result.exit_code == 0, result.output
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert all(isinstance(r["predicted"], list) for r in out)
-    assert sum(";".join(sorted(r["predicted"])) == r["label"] for r in out) >= 0.6 * len(out)
+    assert sum("|".join(sorted(r["predicted"])) == r["label"] for r in out) >= 0.6 * len(out)
+    # A csv output joins a row's labels as the training data did, so that evaluate reads them back as they were
+    result = runner.invoke(app, ["predict", "-m", str(run), "-f", str(data["test"]), "-o", str(tmp_path / "out.csv")])
+    assert result.exit_code == 0, result.output
+    assert any("|" in row["predicted"] for row in csv.DictReader(open(tmp_path / "out.csv", encoding="utf-8")))
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "out.csv"), "-m", str(run), "--label-column", "predicted", "-o", str(tmp_path / "self")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "self" / "metrics.json").read_text())["accuracy"] == 1.0  # its own predictions, every label right
 
 
 def test_the_checkpoint_is_multilabel_for_transformers_pipeline(multilabel_run):
@@ -134,19 +142,15 @@ def test_a_list_item_that_is_no_string_or_integer_is_refused_naming_row_and_item
     assert result.output.strip() == f"Error: train ({path}): data row 2 of column 'label' {message}"
 
 
-@pytest.mark.parametrize("rows, separator, label, held", [
-    ([["a"], ["x;y", "b"], ["b"]], "|", "x;y", ";"),  # a list's label holding what outputs join labels with
-    ("a\nx|y;b\nb\n", "|", "y;b", ";"),  # a csv cell split on |, one of whose labels holds ;
-])
-def test_a_label_holding_the_join_character_is_refused_before_training(tmp_path, rows, separator, label, held):
-    if isinstance(rows, str):
-        path = tmp_path / "train.csv"
-        path.write_text("text,label\n" + "".join(f"t{i},{cell}\n" for i, cell in enumerate(rows.splitlines())))
-    else:
-        path = write_jsonl(tmp_path / "train.jsonl", rows)
+def test_a_label_holding_the_separator_is_refused_before_training(tmp_path):
+    """Outputs join a row's labels with data.label_separator: a label holding it would read back as two."""
+    path = write_jsonl(tmp_path / "train.jsonl", [["a"], ["x|y", "b"], ["b"]])
     with pytest.raises(DataError) as error:
-        read_split(str(path), DataConfig(train=str(path), task="multi_label", label_separator=separator), "train")
-    assert f"data row 2 of column 'label' has the label {label!r}, which holds {held!r}" in str(error.value)
+        read_split(str(path), DataConfig(train=str(path), task="multi_label", label_separator="|"), "train")
+    assert "data row 2 of column 'label' has the label 'x|y', which holds data.label_separator ('|')" in str(error.value)
+    path = write_jsonl(tmp_path / "train.jsonl", [["a"], ["x;y", "b"], ["b"]])  # ';' is a label's own with another separator
+    split = read_split(str(path), DataConfig(train=str(path), task="multi_label", label_separator="|"), "train")
+    assert split.labels[1] == ["b", "x;y"]
 
 
 def test_a_row_whose_labels_are_null_or_missing_is_refused_not_read_as_none(tmp_path):

@@ -257,7 +257,7 @@ def predict(
     over: list[int] = []
     with _to_stdout() if output is None else nullcontext():
         rows = predict_file(predictor, file, output, text_column=columns["text_column"], pair_column=columns["text_pair_column"],
-                            top_k=top_k, overwrite=overwrite, over=over)
+                            top_k=top_k, overwrite=overwrite, over=over, label_separator=columns["label_separator"])
     typer.echo(f"predicted {rows:,} rows" + (f" -> {output}" if output else ""), err=True)
     if verbose and over:
         from bertcls.longtext import READS

@@ -28,7 +28,6 @@ from bertcls import longtext
 from bertcls.errors import DataError, ModelError, clipped, first_line, listing, not_utf8, shown
 from bertcls.longtext import LongText, Reading
 from bertcls.model import download_failure, not_downloaded, pad_batch, quiet_hub_retries, truncate_long_texts
-from bertcls.runs import LABEL_JOIN
 from bertcls.tsv import check_fields, duplicate_columns
 
 if TYPE_CHECKING:  # config (pydantic) is imported where files are read, not on the predict path
@@ -381,11 +380,11 @@ def _checked_label_lists(values: list[Any], where: str, column: str, separator: 
                                 f"a label is a string or an integer: {fix}")
         labels = sorted({label_text(str(int(v) if isinstance(v, float) else v)) for v in value} - {""})
         for label in labels:
-            held = [mark for mark in dict.fromkeys((LABEL_JOIN, separator)) if mark in label]
-            if held:
-                raise DataError(f"{where}: data row {i + 1} of column {column!r} has the label {label!r}, which holds {held[0]!r}: "
-                                f"predictions.csv and predict's csv/tsv output join a row's labels with {LABEL_JOIN!r}, and "
-                                f"data.label_separator is {separator!r}, so it would read back as other labels; rename the label")
+            if separator in label:
+                raise DataError(f"{where}: data row {i + 1} of column {column!r} has the label {label!r}, which holds "
+                                f"data.label_separator ({separator!r}), what predictions.csv and predict's csv/tsv output join "
+                                "a row's labels with, so it would read back as other labels; rename the label, or choose "
+                                "another data.label_separator")
         rows.append(labels)
     return rows
 

@@ -134,10 +134,12 @@ class Evaluation:
     metrics: dict[str, Any]
     multi_label: bool = False
     threshold: float | None = None  # multi-label only: a label is predicted when its probability is >= this
+    label_separator: str = runs.LABEL_JOIN  # multi-label only: what joins a row's labels in predictions.csv, as in the data
 
 
 def score(texts: Sequence[str], pairs: Sequence[str] | None, names: Sequence[str], logits: np.ndarray,
-          gold, loss: float | None = None, *, multi_label: bool = False, threshold: float = 0.5, tune: bool = False) -> Evaluation:
+          gold, loss: float | None = None, *, multi_label: bool = False, threshold: float = 0.5, tune: bool = False,
+          label_separator: str = runs.LABEL_JOIN) -> Evaluation:
     """Probabilities and metrics from logits and gold ids (single-label) or 0/1 rows (multi-label).
 
     Multi-label with `tune`: the threshold with the best micro-F1 on these rows replaces `threshold`.
@@ -150,7 +152,8 @@ def score(texts: Sequence[str], pairs: Sequence[str] | None, names: Sequence[str
     probs = sigmoid(logits)
     if tune:
         threshold = tune_threshold(gold, probs)
-    return Evaluation(texts, pairs, list(names), gold, probs, multilabel_metrics(gold, probs, names, threshold, loss), True, threshold)
+    return Evaluation(texts, pairs, list(names), gold, probs, multilabel_metrics(gold, probs, names, threshold, loss), True, threshold,
+                      label_separator)
 
 
 # Candidate thresholds for tuning: 0.05, 0.10, ..., 0.95.
@@ -244,4 +247,4 @@ def evaluate_file(model_path, data_file: str, *, text_column: str | None = None,
     logits = predictor.logits(split.texts, split.pairs)
     predictor.check_scores(logits)
     return score(split.texts, split.pairs, names, logits, gold, loss_of(logits, np.asarray(gold)),
-                 multi_label=predictor.multi_label, threshold=predictor.threshold)
+                 multi_label=predictor.multi_label, threshold=predictor.threshold, label_separator=columns.label_separator)

@@ -148,7 +148,7 @@ def added_columns(top_k: int | None) -> list[str]:
 
 def prediction_fields(result, top_k: int | None) -> dict[str, Any]:
     """The columns a prediction adds to its row: its record (`Prediction.record`, what --json prints and serve
-    answers) as columns: predicted (a multi-label model's list of labels, joined with ";" in csv/tsv), score,
+    answers) as columns: predicted (a multi-label model's list of labels, joined in csv/tsv: see `_Writer`), score,
     and with top_k the K best as label_i, score_i."""
     record = result.record("", top_k, probabilities=False)
     fields: dict[str, Any] = {PREDICTED: record.get("labels", record["label"]), SCORE: record["score"]}
@@ -157,21 +157,12 @@ def prediction_fields(result, top_k: int | None) -> dict[str, Any]:
     return fields
 
 
-def _cell(column: str, value: Any) -> Any:
-    """A value as a csv/tsv field: a multi-label prediction's labels joined with ";"; a JSON line's list, object or
-    boolean as JSON text, so that it reads back as it was (not as Python's repr)."""
-    if column == PREDICTED and isinstance(value, list):
-        return runs.LABEL_JOIN.join(value)
-    if isinstance(value, (list, dict, bool)):
-        return json.dumps(value, ensure_ascii=False)
-    return value
-
-
 class _Writer:
-    """Rows with their predictions as CSV/TSV or JSON lines, to an open text file; `source` names the input in errors."""
+    """Rows with their predictions as CSV/TSV or JSON lines, to an open text file; `source` names the input in errors,
+    `label_separator` joins a multi-label prediction's labels in a csv/tsv (as the model's training data did)."""
 
-    def __init__(self, file: IO[str], kind: str, source: Path) -> None:
-        self.file, self.kind, self.source = file, kind, source
+    def __init__(self, file: IO[str], kind: str, source: Path, label_separator: str = runs.LABEL_JOIN) -> None:
+        self.file, self.kind, self.source, self.label_separator = file, kind, source, label_separator
         self.columns: list[str] | None = None  # a CSV's or TSV's, from its first row
         self.csv: csv.DictWriter | None = None
         self.quoted: csv.DictWriter | None = None
@@ -196,13 +187,22 @@ class _Writer:
                 raise DataError(f"--file {self.source}: data row {first_row + i + 1} has {extra}, which the first row lacks; "
                                 f"a {self.kind} --output takes its columns from the first row: give every row the same keys, "
                                 "or write a .jsonl --output")
-        rows = [{k: _cell(k, v) for k, v in row.items()} for row in rows]
+        rows = [{k: self._cell(k, v) for k, v in row.items()} for row in rows]
         if self.kind == "tsv":  # each field as the input had it: only what a TSV cannot hold bare goes in quotes
             self.file.writelines("\t".join(tsv.written("" if row.get(k) is None else str(row[k])) for k in self.columns) + "\n"
                                  for row in rows)
             return
         for row in rows:
             self._write_csv(row)
+
+    def _cell(self, column: str, value: Any) -> Any:
+        """A value as a csv/tsv field: a multi-label prediction's labels joined; a JSON line's list, object or boolean
+        as JSON text, so that it reads back as it was (not as Python's repr)."""
+        if column == PREDICTED and isinstance(value, list):
+            return self.label_separator.join(value)
+        if isinstance(value, (list, dict, bool)):
+            return json.dumps(value, ensure_ascii=False)
+        return value
 
     def _write_csv(self, row: dict[str, Any]) -> None:
         # csv quotes only the line breaks of its lineterminator: a row with a bare \r goes all in quotes
@@ -211,10 +211,11 @@ class _Writer:
 
 def predict_file(predictor, source: Path, output: Path | None, *, text_column: str, pair_column: str | None = None,
                  top_k: int | None = None, chunk_rows: int = CHUNK_ROWS, progress: bool = True, overwrite: bool = False,
-                 over: list[int] | None = None) -> int:
+                 over: list[int] | None = None, label_separator: str = runs.LABEL_JOIN) -> int:
     """Predict every row of `source` and write rows + predictions to `output` (stdout as JSON lines if None); return the row count.
     An existing `output` is replaced only with `overwrite` (see `check_output`). `over`: given, it gets the data row number
-    of every text longer than the model's max_length. A failed predict leaves no folder it made for `output`."""
+    of every text longer than the model's max_length. `label_separator`: what joins a multi-label prediction's labels in a
+    csv/tsv `output`. A failed predict leaves no folder it made for `output`."""
     from tqdm.auto import tqdm
 
     source = Path(source)
@@ -232,7 +233,7 @@ def predict_file(predictor, source: Path, output: Path | None, *, text_column: s
         with atomic.making(output.parent) if output is not None else nullcontext(), \
                 atomic.atomic_file(output) if output is not None else nullcontext() as tmp, \
                 open(tmp, "w", encoding="utf-8", newline="") if tmp else nullcontext(sys.stdout) as out:
-            writer = _Writer(out, kind, source)
+            writer = _Writer(out, kind, source, label_separator)
             for chunk in read_chunks(source, chunk_rows, on_bytes=lambda pos: bar.update(pos - bar.n)):
                 texts = texts_of(chunk, text_column, rows_done, source, "--text-column")
                 pairs = texts_of(chunk, pair_column, rows_done, source, "--text-pair-column") if pair_column else None

@@ -70,8 +70,9 @@ def _write_predictions(path: Path, ev: Evaluation) -> Path:
     best = ev.probs.argmax(axis=1)
     for i, text in enumerate(ev.texts):
         probs, row = ev.probs[i], [text] + ([ev.pairs[i]] if ev.pairs is not None else [])
-        if ev.multi_label:  # labels joined with ";", the score is the top label's probability
-            gold, predicted = runs.LABEL_JOIN.join(names[np.flatnonzero(ev.gold[i])]), runs.LABEL_JOIN.join(names[np.flatnonzero(probs >= ev.threshold)])
+        if ev.multi_label:  # labels joined as in the data, the score is the top label's probability
+            join = ev.label_separator.join
+            gold, predicted = join(names[np.flatnonzero(ev.gold[i])]), join(names[np.flatnonzero(probs >= ev.threshold)])
         else:
             gold, predicted = ev.names[ev.gold[i]], ev.names[best[i]]
         row += [gold, predicted, f"{probs[best[i]]:.6f}"]

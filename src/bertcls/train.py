@@ -312,7 +312,7 @@ class Job:
         rows, labels = getattr(self.inputs, split), self.inputs.labels
         tune = split == "validation" and self.cfg.tune_threshold
         return score(rows.texts, rows.pairs, labels.names, logits, gold, loss, multi_label=labels.multi_label,
-                     threshold=threshold or self.cfg.threshold, tune=tune)
+                     threshold=threshold or self.cfg.threshold, tune=tune, label_separator=self.config.data.label_separator)
 
     def save_checkpoint(self, window: LossWindow) -> None:
         """Everything the loop needs to continue from where `state` stands (a collective: every process calls it)."""
