@@ -225,6 +225,22 @@ def test_a_text_that_yaml_reads_as_another_type_says_to_quote_it(tmp_path, overr
     assert load_config(config, [f'{key}="{text}"', *(["data.task=multi_label"] if key == "data.label_separator" else [])])
 
 
+@pytest.mark.parametrize("text, overrides", [
+    ("data:\n  train: a.csv\n  task: multi_label\n  label_separator: |\n", []),
+    ("data: {train: a.csv, task: multi_label}\n", ["data.label_separator=|"]),
+    ("data: {train: a.csv, task: multi_label}\n", ["data.label_separator= >"]),
+])
+def test_a_bare_block_indicator_says_to_quote_it(tmp_path, text, overrides):
+    """YAML reads a bare | or > as an empty block of text: the error says so, with the quoted form that works."""
+    mark = (overrides[0].partition("=")[2] if overrides else "|").strip()
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), overrides)
+    assert str(err.value) == (f"data.label_separator: string should have at least 1 character (got ''); YAML reads a bare {mark} as the "
+                              f"start of a block of text, here an empty one: quote it, e.g. --set 'data.label_separator=\"{mark}\"', or "
+                              f"label_separator: \"{mark}\" in the file")
+    assert load_config(write(tmp_path, text.replace("label_separator: |", "")), [f'data.label_separator="{mark}"']).data.label_separator == mark
+
+
 def test_the_quoting_hint_quotes_what_the_last_setting_typed(tmp_path):
     config = write(tmp_path, "data: {train: a.csv, text_column: 007, label_column: off}\n")
     with pytest.raises(ConfigError) as err:  # a mapping --set merges: text_column is still the file's 007

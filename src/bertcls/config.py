@@ -597,9 +597,12 @@ def load_yaml(text: str, where: str, typed: dict[tuple[str, ...], str] | None = 
 
 
 def _untexted_scalars(node: yaml.Node, path: tuple[str, ...]) -> dict[tuple[str, ...], str]:
-    """The scalars under `node` that YAML reads as no text (`007`, `off`, `~`, `2024-01-01`): their text, by key path."""
+    """The scalars under `node` that YAML reads as no text (`007`, `off`, `~`, `2024-01-01`) or as an empty one (a bare
+    `|` or `>` starts a block of text): their text, by key path."""
     if isinstance(node, yaml.ScalarNode):
-        return {} if node.tag == "tag:yaml.org,2002:str" else {path: node.value}
+        if node.tag != "tag:yaml.org,2002:str":
+            return {path: node.value}
+        return {path: node.style} if node.style in BLOCK_STYLES and not node.value else {}
     pairs = node.value if isinstance(node, yaml.MappingNode) else enumerate(node.value)
     found: dict[tuple[str, ...], str] = {}
     for key, child in pairs:
@@ -609,6 +612,7 @@ def _untexted_scalars(node: yaml.Node, path: tuple[str, ...]) -> dict[tuple[str,
     return found
 
 
+BLOCK_STYLES = ("|", ">")  # a value starting with either begins a block of text on the lines below
 UNTEXTED_KEY = "(key)"  # `typed` records a key YAML read as no text at its own path plus this
 
 
@@ -778,6 +782,9 @@ def _format_error(err: dict[str, Any], typed: dict[tuple[str, ...], str] | None 
         reading, text = _yaml_reading(given)
         text = (typed or {}).get(tuple(loc), text).strip() or text  # quote what was typed: `007`, not YAML's 7
         return f"{problem}; {reading}: quote a text that YAML would read otherwise, e.g. --set '{key}=\"{text}\"', or {loc[-1]}: \"{text}\" in the file"
+    if given == "" and (text := (typed or {}).get(tuple(loc))) in BLOCK_STYLES:
+        return (f"{problem}; YAML reads a bare {text} as the start of a block of text, here an empty one: quote it, e.g. "
+                f"--set '{key}=\"{text}\"', or {loc[-1]}: \"{text}\" in the file")
     return problem
 
 
