@@ -79,7 +79,7 @@ CHECKPOINT_STATE = "state.json"
 # Temporary names next to NAME, made by write_atomic, temp_dir_for and publish_dir.
 TEMP_PATTERNS = (".{}.*.tmp", ".{}.tmp-*", ".{}.old-*")
 DEFAULT_RUNS_ROOT = "runs"
-# What reports and predict's csv/tsv output join a multi-label row's labels with; training refuses a label holding it.
+# data.label_separator's default: what a multi-label row's labels are joined with in outputs of a model without its run.
 LABEL_JOIN = ";"
 MODEL_ENV = "BERTCLS_MODEL"
 
@@ -571,7 +571,7 @@ def find_model(given: str | Path | None) -> tuple[Path, str]:
 
 
 # How a run reads its data files when none is said: the config's defaults (bertcls.config.DataConfig).
-DEFAULT_COLUMNS = {"text_column": "text", "text_pair_column": None, "label_column": "label", "label_separator": ";"}
+DEFAULT_COLUMNS = {"text_column": "text", "text_pair_column": None, "label_column": "label", "label_separator": LABEL_JOIN}
 
 
 def run_columns(path: str | Path, **given: str | None) -> dict[str, str | None]:
