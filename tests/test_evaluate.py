@@ -1,6 +1,9 @@
+import fcntl
 import json
+import os
 import re
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -65,6 +68,27 @@ def test_evaluate_names_the_classes_a_file_has_no_example_of(trained_run, tmp_pa
     assert "f1_macro 1.0000" in result.stdout
     assert re.search(r"negative\s+│\s+—\s+│\s+—\s+│\s+—\s+│\s+0\s", result.stdout), result.stdout
 
+
+
+def test_what_a_killed_evaluate_left_in_its_output_goes_with_the_next_one(trained_run, tmp_path):
+    """A killed command's temporary folder is unlocked and old; a live one's is locked, a just-made one young: both stay."""
+    output = tmp_path / "eval"
+    for name in ("killed", "live", "young"):
+        (output / f".bertcls-tmp-{name}").mkdir(parents=True)
+        (output / f".bertcls-tmp-{name}" / "predictions.csv").write_text("half a fi")
+        if name != "young":
+            os.utime(output / f".bertcls-tmp-{name}", (time.time() - 3600,) * 2)
+    (output / "notes.txt").write_text("mine")
+    held = os.open(output / ".bertcls-tmp-live", os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as the command filling it holds it
+    try:
+        data = write_csv(tmp_path / "holdout.csv", toy_rows(6, 5))
+        result = runner.invoke(app, ["evaluate", str(data), "-m", str(trained_run), "-o", str(output)])
+    finally:
+        os.close(held)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in output.iterdir() if p.name.startswith(".")) == [".bertcls-tmp-live", ".bertcls-tmp-young"]
+    assert (output / "notes.txt").read_text() == "mine" and (output / runs.METRICS_FILE).is_file()
 
 
 @pytest.mark.parametrize("inside", [".", "model", "CHECKPOINT", "reports/test", "eval"])

@@ -8,11 +8,13 @@ Files are written under a temporary name in the same folder (`.NAME.*`), fsynced
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -191,6 +193,7 @@ def settle(folder: Path) -> list[Path]:
 
 
 FILLING_PREFIX = ".bertcls-tmp-"  # the temporary folder `filling` writes in, inside the folder it fills
+LEFTOVER_AGE_S = 60  # an unlocked temporary folder this old is a killed command's; a younger one may be about to be locked
 
 
 @contextmanager
@@ -199,21 +202,47 @@ def filling(folder: Path, what: str) -> Iterator[Path]:
     block succeeds they move into `folder` all together or not at all, none replacing a file there: if another
     process put one of their names there meanwhile, nothing moves and it is a RunError (`what`: how the
     messages name the folder, e.g. "--output"). When the block or the move fails, the temporary folder goes,
-    and so do the folders made for it; a write the file system refused is a WriteError naming `folder`."""
+    and so do the folders made for it; a write the file system refused is a WriteError naming `folder`.
+
+    The temporary folder is locked while it is filled (flock, which dies with the process): one a killed command
+    left behind is unlocked, and the next `filling` of the same folder removes it."""
     folder = Path(folder)
     try:
         with making(folder):
+            _clear_leftovers(folder)
             tmp = Path(tempfile.mkdtemp(dir=folder, prefix=FILLING_PREFIX))
+            lock = os.open(tmp, os.O_RDONLY)
             try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
                 yield tmp
                 _move_in(settle(tmp), tmp, folder, what)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+                os.close(lock)
     except BaseException as exc:
         code = refused_write(exc, folder) if isinstance(exc, Exception) else None
         if code is None:
             raise
         raise WriteError(f"{what} {write_error(folder, code, elsewhere=f'choose another {what}')}", code) from exc
+
+
+def _clear_leftovers(folder: Path) -> None:
+    """Remove the temporary folders in `folder` that killed `filling`s left: unlocked, and not just made."""
+    for entry in folder.glob(f"{FILLING_PREFIX}*"):
+        try:
+            lock = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:  # not a folder of ours (a link, a file), or gone meanwhile
+            continue
+        try:
+            if time.time() - os.fstat(lock).st_mtime < LEFTOVER_AGE_S:
+                continue
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another command is filling it
+            continue
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+        finally:
+            os.close(lock)
 
 
 def _move_in(files: list[Path], tmp: Path, folder: Path, what: str) -> None:
