@@ -23,7 +23,7 @@ import bertcls
 from bertcls import runs
 from bertcls.cli import app
 from bertcls.config import load_config
-from bertcls.errors import Interrupted, ModelError
+from bertcls.errors import Interrupted, ModelError, Terminated
 from bertcls.tune import LOCK_FILE
 from conftest import assert_one_line_error, make_config, toy_rows, wait_for, write_csv
 
@@ -293,6 +293,18 @@ def test_ctrl_c_before_a_trial_trains_says_how_to_continue_and_trials_csv_says_w
     assert "| fail | " in result.output and "(model.name 'gone': no such folder)\n" in result.output  # the trial's line
     assert [(row["state"], row["note"]) for row in trials(tmp_path / "search")] == [
         ("fail", "stopped by SIGINT during trial 0"), ("fail", "model.name 'gone': no such folder")]
+
+
+def test_sigterm_before_a_trial_trains_is_named_as_sigterm(tmp_path, monkeypatch):
+    def stopped_early(config, **kwargs):  # what SIGTERM raises before the training loop catches signals
+        raise Terminated
+
+    config = tune_config(tmp_path)
+    monkeypatch.setattr("bertcls.tune.train", stopped_early)
+    result = runner.invoke(app, ["tune", str(config)])
+    assert result.exit_code == 143, result.output
+    assert "stopped by SIGTERM during trial 0\ntrial 0 is marked failed" in result.output, result.output
+    assert [row["note"] for row in trials(tmp_path / "search")][:1] == ["stopped by SIGTERM during trial 0"]
 
 
 def test_a_damaged_losing_trial_keeps_its_model_with_a_note_and_the_search_ends_well(tmp_path, no_trial_reports):

@@ -29,7 +29,7 @@ from typing import Annotated
 import typer
 
 from bertcls import __version__, atomic, distributed, machine, runs
-from bertcls.errors import BertclsError, BertclsWarning, Interrupted, UsageError, WriteError
+from bertcls.errors import BertclsError, BertclsWarning, Interrupted, Terminated, UsageError, WriteError
 from bertcls.predict_file import check_output, predict_file
 
 app = typer.Typer(
@@ -65,7 +65,7 @@ def _error_boundary(command):
             if distributed.is_main_process():  # every process stops, the main one says so
                 typer.echo(f"{exc}\n{exc.hint}" if exc.hint else str(exc), err=True)
             raise typer.Exit(exc.exit_code) from None
-        except _Terminated:
+        except Terminated:
             typer.echo("Terminated.", err=True)
             raise typer.Exit(EXIT_SIGTERM) from None
         except KeyboardInterrupt:
@@ -74,7 +74,7 @@ def _error_boundary(command):
         except Exception as exc:
             if not _interrupted(exc):
                 raise
-            terminated = _interrupted(exc, _Terminated)
+            terminated = _interrupted(exc, Terminated)
             typer.echo("Terminated." if terminated else "Interrupted.", err=True)
             raise typer.Exit(EXIT_SIGTERM if terminated else EXIT_SIGINT) from None
 
@@ -82,7 +82,7 @@ def _error_boundary(command):
 
 
 def _interrupted(exc: BaseException | None, kind: type[BaseException] = KeyboardInterrupt) -> bool:
-    """Whether Ctrl-C (or SIGTERM: `kind` _Terminated) caused `exc`: transformers' lazy imports turn a KeyboardInterrupt
+    """Whether Ctrl-C (or SIGTERM: `kind` Terminated) caused `exc`: transformers' lazy imports turn a KeyboardInterrupt
     during an import into an error of theirs."""
     while exc is not None:
         if isinstance(exc, kind):
@@ -561,10 +561,6 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
     warnings.showwarning = _show_warning  # before any command runs
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, a scheduler's stop), raised where the process is, so that what it was writing is taken back."""
-
-
 _MAIN_PID = os.getpid()
 _TERMINATED: list[bool] = []  # set once SIGTERM arrived: where Python drops the exception (a garbage-collector callback), the end says so
 
@@ -575,7 +571,7 @@ def _terminate(signum, frame) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         return
     _TERMINATED.append(True)
-    raise _Terminated
+    raise Terminated
 
 
 def main() -> None:

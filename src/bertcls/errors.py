@@ -13,6 +13,7 @@
 
     BertclsWarning        not an error: a likely mistake the run goes on with (the CLI prints "warning: <message>")
 
+    Terminated            not an error: a KeyboardInterrupt raised by SIGTERM (the CLI exits 143)
     Interrupted           not an error: SIGINT/SIGTERM stopped training after writing a
                           resumable checkpoint; the CLI says how to resume and exits 130/143
 
@@ -66,6 +67,11 @@ class HubError(BertclsError):
 
 class BertclsWarning(UserWarning):
     """Something that works but is probably not what the user meant; the message says how to fix it."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a scheduler's stop), raised where the process is, as Ctrl-C raises KeyboardInterrupt, so that
+    what it was writing is taken back; the CLI exits 143."""
 
 
 class Interrupted(Exception):

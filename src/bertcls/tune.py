@@ -50,6 +50,7 @@ from bertcls.errors import (
     Interrupted,
     ModelError,
     RunError,
+    Terminated,
     TrainingError,
     UsageError,
     clipped,
@@ -489,8 +490,9 @@ def _run_trials(job: Search, timeout: float | None) -> None:
             return run_trial(job, trial)
         except optuna.TrialPruned:
             raise
-        except KeyboardInterrupt:  # Ctrl-C before training caught signals (or a second one): stopped all the same
-            stopped = Interrupted("SIGINT", 0, None, 128 + signal.SIGINT, message=f"stopped by SIGINT during trial {trial.number}")
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM before training caught signals (or a second one): stopped all the same
+            name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+            stopped = Interrupted(name, 0, None, 128 + signal.Signals[name], message=f"stopped by {name} during trial {trial.number}")
             trial.set_user_attr("note", str(stopped))
             raise stopped from None
         except Interrupted as exc:  # a trial is never resumed (its values run again in a new one): no checkpoint to name
