@@ -142,6 +142,16 @@ def test_an_existing_output_is_replaced_only_with_overwrite(tmp_path, trained_ru
                           "--overwrite goes with --output: it lets --output replace an existing file")
 
 
+def test_an_output_name_near_the_file_systems_limit_is_written(tmp_path, trained_run):
+    """The temporary name is longer than the output's: cut, so that any name the file system takes can be written."""
+    source = write_csv(tmp_path / "in.csv", [("the film was superb", "1")], header=("text", "id"))
+    out = tmp_path / ("é" * 122 + "long.csv")  # 252 bytes
+    result = runner.invoke(app, ["predict", "-m", str(trained_run), "-f", str(source), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [r["predicted"] for r in csv.DictReader(open(out, encoding="utf-8"))] == ["positive"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.csv", out.name])
+
+
 def test_a_file_made_at_the_output_while_predicting_is_kept(tmp_path):
     source = write_csv(tmp_path / "in.csv", [("a", "b")])
     out = tmp_path / "out.csv"

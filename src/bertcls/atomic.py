@@ -29,7 +29,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
     file has the permissions of the file it replaces (a private one stays private), else those open() gives."""
     path = Path(path)
     with writing(path):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{_short(path.name, 14)}.", suffix=".tmp")
         os.close(fd)
         replaced = path.is_file() and not path.is_symlink()  # a link is replaced by the file, not written through
         os.chmod(tmp, path.stat().st_mode & 0o7777 if replaced else 0o666 & ~current_umask())  # mkstemp makes 0600
@@ -41,6 +41,11 @@ def atomic_file(path: Path) -> Iterator[Path]:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _short(name: str, added: int) -> str:
+    """`name`, cut so that a temporary name of `added` bytes more still fits in 255 bytes (most file systems' limit)."""
+    return os.fsencode(name)[: 255 - added].decode("utf-8", "ignore") if len(os.fsencode(name)) + added > 255 else name
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
@@ -171,7 +176,7 @@ def write_json(path: Path, data: Any) -> None:
 
 def temp_dir_for(dest: Path) -> Path:
     """A fresh temporary folder next to `dest`, to fill and then `publish_dir`."""
-    tmp = Path(tempfile.mkdtemp(dir=Path(dest).parent, prefix=f".{Path(dest).name}.tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=Path(dest).parent, prefix=f".{_short(Path(dest).name, 15)}.tmp-"))
     tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; give the folder the permissions mkdir would
     return tmp
 
