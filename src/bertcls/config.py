@@ -24,6 +24,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from bertcls import machine
 from bertcls.errors import ConfigError, clipped, shown
+from bertcls.runs import SECTIONS
 
 DATA_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
 METRICS = ("accuracy", "f1_macro", "f1_micro", "f1_weighted", "precision_macro", "recall_macro", "loss")
@@ -562,9 +563,6 @@ def _read_yaml(path: Path, typed: dict[tuple[str, ...], str] | None = None) -> d
         if section in raw and raw[section] is None:
             raw[section] = {}
     return raw
-
-
-SECTIONS = ("data", "model", "training", "tune")  # the config's sections of keys
 
 
 def load_yaml(text: str, where: str, typed: dict[tuple[str, ...], str] | None = None, at: tuple[str, ...] = ()) -> Any:

@@ -52,7 +52,6 @@ from typing import Any
 
 from bertcls import __version__
 from bertcls.atomic import check_folder_path, settle, write_json
-from bertcls.config import SECTIONS
 from bertcls.errors import RunError, first_line
 from bertcls.runlock import LOCK_FILE, check_not_in_use, pid_text, training_pid
 
@@ -81,6 +80,7 @@ TEMP_PATTERNS = (".{}.*.tmp", ".{}.tmp-*", ".{}.old-*")
 DEFAULT_RUNS_ROOT = "runs"
 # data.label_separator's default: what a multi-label row's labels are joined with in outputs of a model without its run.
 LABEL_JOIN = ";"
+SECTIONS = ("data", "model", "training", "tune")  # a config's sections of keys; the rest (seed, output_dir) are values
 MODEL_ENV = "BERTCLS_MODEL"
 
 
