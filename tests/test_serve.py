@@ -178,6 +178,42 @@ def test_a_request_still_running_when_the_shutdown_grace_ends_gets_a_503_to_retr
     assert answers[0].json() == {"detail": serve.SHUTTING_DOWN} and answers[0].headers["retry-after"] == "1"
 
 
+def test_a_request_whose_client_left_before_its_batch_is_never_computed(predictor, trained_run):
+    entered, release, computed = threading.Event(), threading.Event(), []
+
+    class Busy:
+        id2label, max_length, threshold, multi_label, engine, precision = predictor.id2label, 32, None, False, "fake", "fp32"
+
+        def predict(self, texts, pairs=None):
+            computed.extend(texts)
+            if texts == ["first"]:
+                entered.set()
+                release.wait(30)
+            return predictor.predict(texts, pairs)
+
+    url, stop = serve_in_thread(create_app(ServeOptions(str(trained_run), max_wait_ms=0), load=Busy))
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while http.get("/ready").status_code != 200:
+                time.sleep(0.01)
+            first = threading.Thread(target=lambda: http.post("/predict", json={"texts": ["first"]}))
+            first.start()
+            assert entered.wait(30)
+            with pytest.raises(httpx.ReadTimeout):  # a client (a load balancer) gives up while the model is busy
+                httpx.post(f"{url}/predict", json={"texts": ["left"]}, timeout=0.5)
+            deadline = time.monotonic() + 10
+            while "bertcls_requests_total{endpoint=\"/predict\",status=\"499\"} 1.0" not in http.get("/metrics").text:
+                assert time.monotonic() < deadline, "the server did not notice the client leave"
+                time.sleep(0.02)
+            release.set()
+            first.join(30)
+            assert http.post("/predict", json={"texts": ["after"]}).status_code == 200
+        assert computed == ["first", "after"]  # "left" never reached the model
+    finally:
+        release.set()
+        stop()
+
+
 def test_a_server_stopped_while_its_model_loads_never_says_ready(predictor, trained_run, caplog):
     release = threading.Event()
 
@@ -207,7 +243,8 @@ NON_STRINGS = b'{"texts": [' + b",".join([b"1"] * 500_000) + b"]}"  # just under
     (TOO_DEEP, 400, "nested too deeply"),
     (b"[1, 2]", 422, "the body is a JSON array; send an object"),
     (b"null", 422, "the body is a JSON null; send an object"),
-    (b'{"texts": ["ok", "a \\ud800 b"]}', 422, "texts: text 2 is not valid Unicode (a lone surrogate at character 3"),
+    (b'{"texts": ["ok", "a \\ud800 b"]}', 422, "texts[1] is not valid Unicode (a lone surrogate at character 3"),  # as pydantic counts
+    (b'{"texts": ["ok", "b"], "pairs": ["c", "\\udfff"]}', 422, "pairs[1] is not valid Unicode (a lone surrogate at character 1"),
     (b'{"texts": []}', 422, "texts: List should have at least 1 item after validation, not 0"),
     (b'{"texts": "one text"}', 422, "texts: Input should be a valid list"),
     (b'{"texts": ["ok", 5]}', 422, "texts[1]: Input should be a valid string"),
@@ -225,7 +262,7 @@ NON_STRINGS = b'{"texts": [' + b",".join([b"1"] * 500_000) + b"]}"  # just under
     (json.dumps({"texts": ["a"], "top_k": 3}).encode(), 422, "top_k: 3 is more than the model's 2 labels; use 1 to 2"),
     (json.dumps({"texts": ["a"], "top_k": "2"}).encode(), 422, "top_k: Input should be a valid integer"),
     (json.dumps({"texts": ["a" * (1 << 20)]}).encode(), 413, "the body is over 1,048,576 bytes"),
-], ids=["malformed", "not-utf8", "too-deep", "not-object", "null", "lone-surrogate", "empty", "string", "non-string", "unknown-field",
+], ids=["malformed", "not-utf8", "too-deep", "not-object", "null", "lone-surrogate", "lone-surrogate-pair", "empty", "string", "non-string", "unknown-field",
         "long-number-top_k", "long-number-text", "too-many", "too-many-non-strings", "half-a-million-non-strings", "too-many-pairs",
         "pairs-length", "pairs-to-single-text-model", "top_k-0", "top_k-above", "top_k-string", "too-large"])
 def test_bad_requests_get_a_4xx_naming_the_problem(client, body, status, detail):
@@ -362,6 +399,7 @@ def test_page_and_api_docs(client):
     (["--model", "nowhere"], "Error: --model nowhere: no such folder"),
     (["--precision", "fp16", "--device", "cpu"], "Error: precision: fp16 needs a CUDA device"),
     (["--port", "70000"], "less than or equal to 65535"),
+    (["--device", "tpu"], "Error: --device: 'tpu' is not a device; use one of auto, cpu, cuda, cuda:N"),
 ])
 def test_serve_refuses_bad_options_before_starting(trained_run, args, message):
     model = [] if "--model" in args else ["--model", str(trained_run)]

@@ -12,9 +12,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 
 log = logging.getLogger("bertcls.batching")
+MODEL_THREAD = "bertcls-model"  # the name of the thread that loads and runs the model
 
 
 @dataclass
@@ -39,7 +41,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.on_batch = on_batch
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="bertcls-model")  # the model's one thread
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=MODEL_THREAD)  # the model's one thread
         self.waiting: deque[_Job] = deque()
         self._arrived = asyncio.Event()
         self._closing = False
@@ -49,12 +51,15 @@ class Batcher:
         self._task = asyncio.create_task(self._serve())
 
     async def close(self) -> None:
-        """Answer every request already waiting, then stop the model thread."""
+        """Stop batching, once the server has answered or given up on every request (so none that waits has a client).
+        A model call still running is not waited for: the thread ends when it returns (see `serve.run`)."""
         self._closing = True
         self._arrived.set()
         if self._task is not None:
-            await self._task
-        self.executor.shutdown(wait=True)
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, texts: list[str], pairs: list[str] | None = None) -> list:
         """The predictions for `texts`, in their order, once their batch has run."""

@@ -24,7 +24,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -33,10 +33,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from bertcls import runs
-from bertcls.batching import Batcher
-from bertcls.errors import BertclsError, ConfigError, DataError, ModelError, first_line
-from bertcls.predict import check_texts, pairing_problem
+from bertcls import machine, runs
+from bertcls.batching import MODEL_THREAD, Batcher
+from bertcls.errors import BertclsError, ConfigError, ModelError, first_line
+from bertcls.predict import pairing_problem, text_problem
 
 try:
     import uvicorn
@@ -136,10 +136,10 @@ def parse_request(body: bytes, options: ServeOptions, n_labels: int) -> PredictR
         raise HTTPException(422, f"pairs: {len(request.pairs)} pair(s) for {len(request.texts)} text(s); give one pair per text")
     if request.top_k is not None and request.top_k > n_labels:
         raise HTTPException(422, f"top_k: {request.top_k} is more than the model's {n_labels} labels; use 1 to {n_labels}")
-    try:  # here, not in the batch: a text the model cannot read fails its own request only
-        check_texts(request.texts, request.pairs)
-    except DataError as exc:
-        raise HTTPException(422, f"texts: {exc}") from None
+    for name, column in (("texts", request.texts), ("pairs", request.pairs or ())):  # here, not in the batch: a text the
+        for index, text in enumerate(column):  # model cannot read fails its own request only
+            if problem := text_problem(text):
+                raise HTTPException(422, f"{name}[{index}] {problem}")
     return request
 
 
@@ -274,7 +274,11 @@ def create_app(options: ServeOptions, load: Callable[[], Any] | None = None, on_
         state.batcher.start()
         loading = asyncio.get_running_loop().run_in_executor(state.batcher.executor, _timed, load)
         loading.add_done_callback(lambda done: _loaded(state, done, on_load_error))
-        yield
+        try:
+            yield
+        except asyncio.CancelledError:  # a second Ctrl-C: uvicorn quits at once, without the shutdown below
+            state.stopping = True
+            return
         state.stopping = True
         await state.batcher.close()  # uvicorn has answered every request in flight: nothing is waiting
 
@@ -293,7 +297,9 @@ def create_app(options: ServeOptions, load: Callable[[], Any] | None = None, on_
         if problem := pairing_problem(predictor, body.pairs is not None, '"pairs"'):  # as predict and evaluate refuse them
             raise HTTPException(422, f"pairs: {problem}")
         try:
-            results = await state.batcher.submit(body.texts, body.pairs)
+            results = await _unless_client_leaves(request, state.batcher.submit(body.texts, body.pairs))
+        except _ClientLeft:  # its texts were not computed if their batch had not begun; nobody reads this answer
+            return Response(status_code=CLIENT_LEFT)
         except Exception as exc:
             log.exception("the model failed on a request of %d text(s)", len(body.texts))
             raise HTTPException(500, f"the model failed on this request: {first_line(exc)}") from None
@@ -330,6 +336,36 @@ def create_app(options: ServeOptions, load: Callable[[], Any] | None = None, on_
         return HTMLResponse(page_html)
 
     return app
+
+
+class _ClientLeft(Exception):
+    pass
+
+
+CLIENT_LEFT = 499  # nginx's code for a request whose client closed the connection before the answer: in /metrics
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable) -> Any:
+    """What `work` returns; when the client closes the connection first, `work` is cancelled (a request still waiting
+    for its batch leaves the queue) and it is _ClientLeft."""
+    job, left = asyncio.ensure_future(work), asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({job, left}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # the request itself cancelled (the server stopping): so is its work
+        job.cancel()
+        raise
+    finally:
+        left.cancel()
+    if not job.done():
+        job.cancel()
+        raise _ClientLeft
+    return job.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone. The body is read already, so the next ASGI message is the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _load_predictor(options: ServeOptions):
@@ -408,6 +444,7 @@ def check(options: ServeOptions) -> None:
 
     if options.max_wait_ms < 0 or options.max_batch_size < 1 or options.max_texts < 1 or options.max_body_bytes < 1:
         raise ConfigError("--max-batch-size, --max-texts and --max-body-bytes must be at least 1, --max-wait-ms at least 0")
+    machine.check_device(options.device, "--device")  # as predict: also for an export, which runs on the CPU whatever it says
     runs.model_dir(options.model)
     resolve_device_precision(options.model, options.device, options.precision)
 
@@ -461,6 +498,21 @@ def run(options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, worker
         server.run(sockets=[sock])
     if failed:
         raise failed[0]
+    _abandon_the_model_thread()
+
+
+def _abandon_the_model_thread() -> None:
+    """Exit now if the model is still loading, or running a batch whose clients were answered 503 when the grace ran out:
+    a forward pass cannot be stopped, and Python would wait for it at exit. Serving writes no file: nothing is lost."""
+    busy = [thread for thread in threading.enumerate() if thread.name.startswith(MODEL_THREAD)]
+    for thread in busy:
+        thread.join(timeout=1)  # an idle one ends at once: the executor was shut down
+    if any(thread.is_alive() for thread in busy):
+        log.info("stopped; the model was still loading or running a batch, which is abandoned")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _say_serving(options: ServeOptions, sock: socket.socket, workers: int) -> None:
