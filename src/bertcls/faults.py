@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bertcls import distributed
 from bertcls.config import TrainingConfig
-from bertcls.errors import Interrupted, TrainingError
+from bertcls.errors import Interrupted, Terminated, TrainingError
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -30,6 +30,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.early: int | None = None  # a signal that came before the loop (see `arm`)
         self.armed = False
         self.finishing = False
         self.finished = False  # metrics.json is written: the run is whole, whatever comes
@@ -46,6 +47,14 @@ class StopRequest:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
+
+    def arm(self) -> None:
+        """The loop starts: from now on a signal stops it after its step. A signal that came before stops now if it has
+        not already: Python drops an exception raised in a signal handler that ran inside a `__del__` (a tokenizer's
+        or a regex's, while the run is set up), so the one `_handle` raised for it may never have arrived."""
+        if self.early is not None:
+            self._stop_at_once(self.early)
+        self.armed = True
 
     @property
     def requested(self) -> bool:
@@ -97,9 +106,12 @@ class StopRequest:
                         else "after this step to write a resumable checkpoint")
                 print(f"\n{signal.Signals(signum).name}: stopping {when} (press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
             return
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + signum)
+        self.early = self.early or signum
+        self._stop_at_once(signum)
+
+    @staticmethod
+    def _stop_at_once(signum: int) -> None:
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
 
 
 @contextmanager

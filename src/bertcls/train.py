@@ -39,7 +39,7 @@ from bertcls.callbacks import Callback
 from bertcls.check import warnings as data_warnings
 from bertcls.checkpoint import LoopState
 from bertcls.config import Config, TrainingConfig
-from bertcls.errors import BertclsError, Interrupted, RunError, TrainingError, first_line
+from bertcls.errors import BertclsError, Interrupted, RunError, Terminated, TrainingError, first_line
 from bertcls.evaluate import Evaluation, scalars, score
 from bertcls.inference import predict_logits
 from bertcls.loss import build_loss, check_class_weights
@@ -83,7 +83,7 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False, resum
         listeners = [EarlyStopping(tcfg, job.log), tracking, *callbacks]
         for listener in listeners:
             listener.on_start(job)
-        stop.armed = True
+        stop.arm()
         with cpu_training.freed_memory_kept(acc.device):
             for epoch in job.epochs_left():
                 skip = state.batches_done if epoch == state.epoch else 0
@@ -125,12 +125,12 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False, resum
 
 
 def _stopped_at_once(stop: faults.StopRequest, job: Job, exc_type, exc, traceback) -> None:
-    """For the run's ExitStack: a second SIGINT or SIGTERM (`faults.StopRequest` raises KeyboardInterrupt or SystemExit(143))
+    """For the run's ExitStack: a second SIGINT or SIGTERM (`faults.StopRequest` raises KeyboardInterrupt or Terminated)
     stops the loop or the finish at once, even mid-checkpoint (whose half-written folder goes): raised on as an
     `Interrupted` that names the newest checkpoint, the one `--resume` takes, when there is one."""
     if exc_type is KeyboardInterrupt:
         second = signal.SIGINT
-    elif exc_type is SystemExit and exc.code == 128 + signal.SIGTERM:
+    elif exc_type is Terminated:
         second = signal.SIGTERM
     else:
         return
