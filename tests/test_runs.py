@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from bertcls import atomic, runs
+from bertcls import atomic, checkpoint, runs
 from bertcls.errors import RunError
 
 
@@ -39,6 +39,27 @@ def test_an_unfinished_run_with_checkpoints_is_not_silently_restarted(tmp_path):
     assert runs.checkpoints(tmp_path) == [tmp_path / "checkpoint-7"]
     runs.prepare_run_dir(tmp_path, overwrite=True)
     assert runs.checkpoints(tmp_path) == []
+
+
+@pytest.mark.parametrize("left", ["model", "checkpoint-53"])
+def test_an_unfinished_run_without_a_checkpoint_to_resume_keeps_what_a_fresh_start_would_delete(tmp_path, left):
+    """Killed before its first checkpoint, a run still holds the best model so far; a checkpoint without its state.json
+    cannot be resumed from. Neither goes without --overwrite, which takes the damaged checkpoint too."""
+    file = f"{left}/{runs.CHECKPOINT_WEIGHTS if left.startswith('checkpoint') else 'model.safetensors'}"
+    runs.record_files(tmp_path, file)
+    (tmp_path / left).mkdir()
+    (tmp_path / file).write_text("weights")
+    with pytest.raises(RunError) as refused:
+        runs.prepare_run_dir(tmp_path, overwrite=False)
+    named = "model/" if left == "model" else left
+    assert str(refused.value) == (f"output_dir {tmp_path} holds an unfinished run with no checkpoint to resume from, and a fresh start "
+                                  f"would delete its {named}; pass --overwrite to start over, or choose another output_dir")
+    if left.startswith("checkpoint"):
+        with pytest.raises(RunError, match=rf"--resume: {tmp_path / left} has no {runs.CHECKPOINT_STATE} \(deleted, or lost\)"):
+            checkpoint.find(tmp_path, True, {}, "", force=False)
+    assert (tmp_path / file).read_text() == "weights"
+    runs.prepare_run_dir(tmp_path, overwrite=True)
+    assert not (tmp_path / left).exists()
 
 
 def test_checkpoints_are_ordered_by_step_and_need_their_state(tmp_path):

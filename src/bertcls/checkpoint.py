@@ -167,6 +167,9 @@ def find(run: Path, resume: bool | str | Path, config: dict[str, Any], data_fing
         raise RunError(f"output_dir {run} holds a finished run; there is nothing to resume (pass --overwrite to train again)")
     if resume is True:
         found = runs.checkpoints(run)
+        if not found and (damaged := runs.checkpoints(run, complete=False)):
+            raise RunError(f"--resume: {damaged[-1]} has no {runs.CHECKPOINT_STATE} (deleted, or lost), and no other checkpoint in "
+                           f"{run} is whole; restore that file, or start over with --overwrite")
         if not found:
             raise RunError(f"--resume: no checkpoint in {run}; start without --resume")
         folder = found[-1]

@@ -281,12 +281,13 @@ def same_weights(folder: Path, recorded: dict[str, dict[str, Any]]) -> bool:
     return all(d["sha256"] == recorded[n]["sha256"] for n, d in weights_stamp(folder).items())
 
 
-def checkpoints(run: Path) -> list[Path]:
-    """The complete checkpoint folders of a run, oldest (lowest step) first."""
+def checkpoints(run: Path, complete: bool = True) -> list[Path]:
+    """The complete checkpoint folders of a run, oldest (lowest step) first; with `complete` False those without their
+    CHECKPOINT_STATE instead (a file deleted or lost: written whole, a checkpoint always has one)."""
     found = []
     for path in Path(run).glob(f"{CHECKPOINT_PREFIX}*"):
         step = path.name.removeprefix(CHECKPOINT_PREFIX)
-        if step.isdigit() and (path / CHECKPOINT_STATE).is_file():
+        if step.isdigit() and path.is_dir() and not path.is_symlink() and (path / CHECKPOINT_STATE).is_file() == complete:
             found.append((int(step), path))
     return [path for _, path in sorted(found)]
 
@@ -320,8 +321,8 @@ def check_output_dir(run: Path, inputs: dict[str, str]) -> None:
 def check_run_dir(run: Path, overwrite: bool, resuming: bool = False) -> None:
     """Refuse a run folder that is a file; that is not a bertcls run (someone's files, or a run by an
     older bertcls, which kept no record of what it wrote); that holds a finished run (unless
-    `overwrite`); or an unfinished run with checkpoints that a fresh start would lose (unless
-    `overwrite` or `resuming`)."""
+    `overwrite`); or an unfinished run with checkpoints, or a best model so far, that a fresh start would lose
+    (unless `overwrite` or `resuming`)."""
     run = Path(run)
     check_folder_path(run, "output_dir")
     if not run.is_dir():
@@ -329,10 +330,18 @@ def check_run_dir(run: Path, overwrite: bool, resuming: bool = False) -> None:
     _check_ours(run)
     if is_finished(run) and not overwrite:
         raise RunError(f"output_dir {run} already holds a finished run; pass --overwrite or choose another output_dir")
+    if overwrite or resuming:
+        return
     found = checkpoints(run)
-    if found and not (overwrite or resuming):
+    if found:
         raise RunError(f"output_dir {run} holds an unfinished run ({found[-1].name}); "
                        "pass --resume to continue it, or --overwrite to start over")
+    ours = _recorded(run)
+    lost = [f"{name}/" if name == MODEL_DIR else name for name in (*(path.name for path in checkpoints(run, complete=False)), MODEL_DIR)
+            if any(file.startswith(f"{name}/") and (run / file).is_file() for file in ours)]  # MODEL_DIR: the best model so far
+    if lost:
+        raise RunError(f"output_dir {run} holds an unfinished run with no checkpoint to resume from, and a fresh start would delete "
+                       f"its {', '.join(lost)}; pass --overwrite to start over, or choose another output_dir")
 
 
 def _check_ours(run: Path) -> None:
@@ -393,7 +402,7 @@ def prepare_run_dir(run: Path, overwrite: bool, resuming: bool = False) -> None:
     run.mkdir(parents=True, exist_ok=True)
     remove_ours(run, METRICS_FILE)  # first, so a crash below leaves an unfinished run
     _clear_leftovers(run, resuming)
-    for name in [] if resuming else [*RUN_FILES, *(path.name for path in checkpoints(run))]:
+    for name in [] if resuming else [*RUN_FILES, *(path.name for path in checkpoints(run) + checkpoints(run, complete=False))]:
         remove_ours(run, name)
     record_files(run, CONFIG_FILE, LOG_FILE, METRICS_FILE)  # the others as they are written, if they are
 

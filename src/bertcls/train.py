@@ -524,7 +524,7 @@ def finish(job: Job, inputs: Inputs, stop: faults.StopRequest, listeners: list[C
     if job.main:
         atomic.write_json(run / runs.METRICS_FILE, result)  # last: its presence marks the run finished
         if not tcfg.keep_checkpoints_at_end:  # only an unfinished run resumes: the finished one keeps model/
-            for folder in runs.checkpoints(run):
+            for folder in runs.checkpoints(run) + runs.checkpoints(run, complete=False):
                 runs.remove_ours(run, folder.name)
     job.log.say(f"run folder: {run}")
     job.release()
