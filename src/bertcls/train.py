@@ -195,7 +195,7 @@ class LossWindow:
         self.examples += batch["input_ids"].shape[0]
 
     def saved(self) -> list[float | int]:
-        """What a checkpoint keeps of it, so a resumed run logs the same mean."""
+        """What a checkpoint keeps of it, so a resumed run logs the same mean (the examples, for older bertcls)."""
         return [self.loss.item(), self.batches, self.examples]
 
     def reset(self) -> None:
@@ -376,7 +376,8 @@ def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: f
     restored = ckpt.restore(inputs.resume_from, run, accelerator, job.model, job.optimizer, job.scheduler) if inputs.resume_from else None
     if restored:
         job.state = LoopState.from_saved(restored)
-        job.window = LossWindow(accelerator.device, *restored.get("window", (0.0, 0, 0)))
+        loss_sum, batches, _ = restored.get("window", (0.0, 0, 0))  # the mean loss goes on; the speed counts from the resume
+        job.window = LossWindow(accelerator.device, loss_sum, batches)
         job.real_tokens += restored.get("real_tokens", 0)
         job.paused.update(restored.get("paused", {}))
     if accelerator.is_main_process:  # once the checkpoint loaded: a refused resume leaves the run's config as it was
