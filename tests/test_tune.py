@@ -260,7 +260,9 @@ def test_ctrl_c_says_whether_the_trial_s_values_run_again(tmp_path, monkeypatch)
     config = tune_config(tmp_path)
     outputs = [runner.invoke(app, ["tune", str(config)]).output for _ in range(3)]
     for number, output in enumerate(outputs[:2]):
-        assert f"trial {number} is marked failed, and its values run again in a new trial; continue the search with" in output, output
+        assert (f"stopped by SIGINT after step 3\ntrial {number} is marked failed, and its values run again in a new trial; "
+                "continue the search with") in output, output
+        assert "checkpoint" not in output  # the trial's checkpoint is never resumed: the values run again
     assert ("trial 2 is marked failed; its values ran 3 times without finishing and are not tried again; "
             "continue the search with") in outputs[2], outputs[2]
     trials_now = study_trials(tmp_path / "search")

@@ -516,14 +516,17 @@ def _run_trials(job: Search, timeout: float | None) -> None:
         try:
             job.study.optimize(objective, n_trials=1, gc_after_trial=True, callbacks=[lambda study, trial: job.say(_trial_line(job, trial))])
         except (Interrupted, KeyboardInterrupt) as exc:
-            if "number" in current:
+            retried = _retry(job.study, current["number"]) if "number" in current else None
+            if not isinstance(exc, Interrupted):
+                raise
+            # A trial is never resumed (its values run again in a new one): say how it stopped, not which checkpoint it left
+            stopped = Interrupted("", 0, None, exc.exit_code, message=exc.stopped)
+            if retried is not None:
                 number = current["number"]
-                retried = _retry(job.study, number)
-                if isinstance(exc, Interrupted):
-                    exc.hint = (f"trial {number} is marked failed, and its values run again in a new trial; " if retried else
+                stopped.hint = (f"trial {number} is marked failed, and its values run again in a new trial; " if retried else
                                 f"trial {number} is marked failed; its values ran {RETRIES + 1} times without finishing and are "
                                 "not tried again; ")
-            raise
+            raise stopped from None
         except Exception:
             if "number" in current:  # the failed trial's line, with why
                 job.say(_trial_line(job, _trial(job.study, current["number"])))
