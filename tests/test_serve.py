@@ -431,6 +431,7 @@ def test_serve_stops_with_the_error_when_the_model_cannot_load(trained_run, monk
     result = runner.invoke(cli, ["serve", "--model", str(trained_run), "--port", "0", "--no-access-log"])
     assert result.exit_code == 2
     assert result.output.splitlines()[-1] == f"Error: {trained_run}: cannot load the model (weights unreadable)"
+    assert result.output.count("weights unreadable") == 1, result.output  # said once
 
 
 def test_serve_without_the_extra_says_how_to_install_it(trained_run, monkeypatch):

@@ -389,8 +389,9 @@ def _loaded(state: _State, done: asyncio.Future, on_load_error) -> None:
     except Exception as exc:  # asyncio would swallow it here, and leave the app "still loading" for ever
         state.error = first_line(exc)
         if on_load_error is not None:
-            log.error("the model failed to load: %s", state.error)
-            on_load_error(exc)  # reports it in full
+            if not isinstance(exc, BertclsError):  # the CLI prints a BertclsError as its one line, a bug with its traceback
+                log.error("the model failed to load: %s", state.error)
+            on_load_error(exc)
         elif isinstance(exc, BertclsError):
             log.error("Error: %s", exc)
         else:
