@@ -3,13 +3,12 @@ import json
 import os
 import re
 import shutil
-import time
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bertcls import runs
+from bertcls import atomic, runs
 from bertcls.cli import app
 from bertcls.evaluate import absent_note, compute_metrics, is_better, multilabel_metrics, reliability
 from bertcls.predict import softmax
@@ -71,15 +70,17 @@ def test_evaluate_names_the_classes_a_file_has_no_example_of(trained_run, tmp_pa
 
 
 def test_what_a_killed_evaluate_left_in_its_output_goes_with_the_next_one(trained_run, tmp_path):
-    """A killed command's temporary folder is unlocked and old; a live one's is locked, a just-made one young: both stay."""
+    """A killed command's temporary folder holds its mark, unlocked; a live one's mark is locked; a folder of the user's
+    that shares the prefix holds no mark. Only the first goes."""
     output = tmp_path / "eval"
-    for name in ("killed", "live", "young"):
-        (output / f".bertcls-tmp-{name}").mkdir(parents=True)
-        (output / f".bertcls-tmp-{name}" / "predictions.csv").write_text("half a fi")
-        if name != "young":
-            os.utime(output / f".bertcls-tmp-{name}", (time.time() - 3600,) * 2)
+    for name, mark in (("killed00", True), ("live0000", True), ("mine", False), ("mine0000", False)):
+        folder = output / f"{atomic.FILLING_PREFIX}{name}"
+        folder.mkdir(parents=True)
+        (folder / "predictions.csv").write_text("half a fi")
+        if mark:
+            (folder / atomic.FILLING_MARK).touch()
     (output / "notes.txt").write_text("mine")
-    held = os.open(output / ".bertcls-tmp-live", os.O_RDONLY)
+    held = os.open(output / f"{atomic.FILLING_PREFIX}live0000" / atomic.FILLING_MARK, os.O_RDONLY)
     fcntl.flock(held, fcntl.LOCK_EX)  # as the command filling it holds it
     try:
         data = write_csv(tmp_path / "holdout.csv", toy_rows(6, 5))
@@ -87,7 +88,9 @@ def test_what_a_killed_evaluate_left_in_its_output_goes_with_the_next_one(traine
     finally:
         os.close(held)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in output.iterdir() if p.name.startswith(".")) == [".bertcls-tmp-live", ".bertcls-tmp-young"]
+    assert sorted(p.name for p in output.iterdir() if p.name.startswith(".")) == [
+        f"{atomic.FILLING_PREFIX}{name}" for name in ("live0000", "mine", "mine0000")]
+    assert (output / f"{atomic.FILLING_PREFIX}mine" / "predictions.csv").read_text() == "half a fi"
     assert (output / "notes.txt").read_text() == "mine" and (output / runs.METRICS_FILE).is_file()
 
 

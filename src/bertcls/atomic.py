@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -198,7 +197,9 @@ def settle(folder: Path) -> list[Path]:
 
 
 FILLING_PREFIX = ".bertcls-tmp-"  # the temporary folder `filling` writes in, inside the folder it fills
-LEFTOVER_AGE_S = 60  # an unlocked temporary folder this old is a killed command's; a younger one may be about to be locked
+FILLING_MARK = ".bertcls-filling"  # in it: the file locked while it is filled
+_FILLING_NAME = re.compile(re.escape(FILLING_PREFIX) + r"[a-z0-9_]{8}")  # as mkdtemp names one
+_NEW_PREFIX = ".bertcls-new-"  # its name while it is made, before it is locked
 
 
 @contextmanager
@@ -209,18 +210,16 @@ def filling(folder: Path, what: str) -> Iterator[Path]:
     messages name the folder, e.g. "--output"). When the block or the move fails, the temporary folder goes,
     and so do the folders made for it; a write the file system refused is a WriteError naming `folder`.
 
-    The temporary folder is locked while it is filled (flock, which dies with the process): one a killed command
-    left behind is unlocked, and the next `filling` of the same folder removes it."""
+    The temporary folder holds FILLING_MARK, locked while it is filled (flock, which dies with the process): one a
+    killed command left behind is unlocked, and the next `filling` of the same folder removes it."""
     folder = Path(folder)
     try:
         with making(folder):
             _clear_leftovers(folder)
-            tmp = Path(tempfile.mkdtemp(dir=folder, prefix=FILLING_PREFIX))
-            lock = os.open(tmp, os.O_RDONLY)
+            tmp, lock = _locked_temp_dir(folder)
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX)
                 yield tmp
-                _move_in(settle(tmp), tmp, folder, what)
+                _move_in([file for file in settle(tmp) if file != tmp / FILLING_MARK], tmp, folder, what)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
                 os.close(lock)
@@ -231,16 +230,33 @@ def filling(folder: Path, what: str) -> Iterator[Path]:
         raise WriteError(f"{what} {write_error(folder, code, elsewhere=f'choose another {what}')}", code) from exc
 
 
+def _locked_temp_dir(folder: Path) -> tuple[Path, int]:
+    """A new temporary folder in `folder` and the descriptor of its FILLING_MARK, locked. It is made under another name
+    and renamed once locked, so that no other process ever sees one of ours unlocked while it is being made."""
+    new = Path(tempfile.mkdtemp(dir=folder, prefix=_NEW_PREFIX))
+    lock = os.open(new / FILLING_MARK, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        tmp = folder / (FILLING_PREFIX + new.name.removeprefix(_NEW_PREFIX))
+        os.rename(new, tmp)
+    except BaseException:
+        os.close(lock)
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    return tmp, lock
+
+
 def _clear_leftovers(folder: Path) -> None:
-    """Remove the temporary folders in `folder` that killed `filling`s left: unlocked, and not just made."""
+    """Remove the temporary folders in `folder` that killed `filling`s left: named as ours, holding FILLING_MARK, and
+    unlocked. A folder of someone else's that happens to share the prefix holds no mark, and stays."""
     for entry in folder.glob(f"{FILLING_PREFIX}*"):
-        try:
-            lock = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError:  # not a folder of ours (a link, a file), or gone meanwhile
+        if not _FILLING_NAME.fullmatch(entry.name) or entry.is_symlink():
             continue
         try:
-            if time.time() - os.fstat(lock).st_mtime < LEFTOVER_AGE_S:
-                continue
+            lock = os.open(entry / FILLING_MARK, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # no mark: not ours; or gone meanwhile
+            continue
+        try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:  # another command is filling it
             continue
