@@ -151,6 +151,20 @@ def test_an_export_runs_in_the_precision_it_was_exported_in(trained_run, exporte
         assert f"engine: onnx | device: cpu | precision: {name}\n" in result.output
 
 
+def test_a_model_whose_scores_are_not_numbers_is_not_exported(trained_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    weights = run / "model" / "model.safetensors"
+    tensors = load_file(weights)
+    tensors["classifier.bias"][0] = float("nan")  # damaged in place: every score is NaN
+    save_file(tensors, weights, metadata={"format": "pt"})
+    result = runner.invoke(app, ["export", "--model", str(run), "--output", str(tmp_path / "onnx")])
+    assert_one_line_error(result, "the model gave scores that are not numbers (NaN or infinite) for")
+    assert not (tmp_path / "onnx").exists()
+
+
 @pytest.mark.slow  # in CI's second pass: an export per refused write
 def test_an_export_the_disk_refuses_names_the_output_and_leaves_nothing(trained_run, tmp_path):
     """A real refusal: files this process writes stop at 64 KiB (`ulimit -f`), so the ONNX file fails in torch.onnx.export."""

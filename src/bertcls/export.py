@@ -19,6 +19,7 @@ import importlib.util
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -66,6 +67,7 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
     if output.exists() and any(not entry.name.startswith(atomic.FILLING_PREFIX) for entry in output.iterdir()):
         raise RunError(f"--output {output} is not empty; choose a new folder")
     predictor, inputs, example = _reference(model_path, "the ONNX predictor")
+    predictor.check_scores(predictor.logits(*check_cases(predictor)[0]))  # a damaged model: nothing to export
     with atomic.filling(output, "--output") as folder:  # the folder is filled whole or not at all
         checked = _write_onnx(predictor, inputs, example, Path(model_path), folder, quantize)
     return checked
@@ -114,7 +116,11 @@ def _write_onnx(predictor, inputs: list[str], example, model_path: Path, output:
     meta = {"max_length": predictor.max_length, "inputs": inputs, "quantize": quantize, "opset": OPSET,
             "source": str(model_path.resolve()), "pad_token_id": tokenizer.pad_token_id or 0}
     (output / ONNX_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    return {"max_abs_logit_diff": max_logit_difference(predictor, OnnxPredictor.load(output)), **meta}
+    diff = max_logit_difference(predictor, OnnxPredictor.load(output))
+    if not math.isfinite(diff):
+        raise ModelError(f"{runs.model_dir(model_path)}: the exported model's scores are not numbers (NaN or infinite) on the check "
+                         "texts; nothing was exported")
+    return {"max_abs_logit_diff": diff, **meta}
 
 
 def _logits_module(model):
