@@ -4,6 +4,7 @@ import csv
 import importlib.util
 import json
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -84,13 +85,17 @@ def test_evaluate_and_predict_file_on_multilabel(tmp_path, multilabel_run):
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert all(isinstance(r["predicted"], list) for r in out)
     assert sum("|".join(sorted(r["predicted"])) == r["label"] for r in out) >= 0.6 * len(out)
-    # A csv output joins a row's labels as the training data did, so that evaluate reads them back as they were
-    result = runner.invoke(app, ["predict", "-m", str(run), "-f", str(data["test"]), "-o", str(tmp_path / "out.csv")])
-    assert result.exit_code == 0, result.output
-    assert any("|" in row["predicted"] for row in csv.DictReader(open(tmp_path / "out.csv", encoding="utf-8")))
-    result = runner.invoke(app, ["evaluate", str(tmp_path / "out.csv"), "-m", str(run), "--label-column", "predicted", "-o", str(tmp_path / "self")])
-    assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "self" / "metrics.json").read_text())["accuracy"] == 1.0  # its own predictions, every label right
+    # A csv output joins a row's labels as the training data did, so that evaluate reads them back as they were: from the
+    # run, and from a copy of its model folder alone (what push uploads), whose config.json says how
+    shutil.copytree(run / "model", tmp_path / "plain")
+    for model in (run, tmp_path / "plain"):
+        out = tmp_path / f"{model.name}.csv"
+        result = runner.invoke(app, ["predict", "-m", str(model), "-f", str(data["test"]), "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        assert any("|" in row["predicted"] for row in csv.DictReader(open(out, encoding="utf-8")))
+        result = runner.invoke(app, ["evaluate", str(out), "-m", str(model), "--label-column", "predicted", "-o", str(tmp_path / f"{model.name}-self")])
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / f"{model.name}-self" / "metrics.json").read_text())["accuracy"] == 1.0  # its own predictions
 
 
 def test_the_checkpoint_is_multilabel_for_transformers_pipeline(multilabel_run):

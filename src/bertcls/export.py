@@ -5,7 +5,8 @@ without transformers (`save_torchscript`).
     DIR/model.onnx        the classifier: input_ids, attention_mask[, token_type_ids] -> logits,
                           batch and sequence axes dynamic (fp32, or int8 weights with --quantize)
     DIR/tokenizer.json    the fast tokenizer, read with `tokenizers` alone
-    DIR/config.json       the model's config: id2label, problem_type, multi_label_threshold, bertcls_long_text
+    DIR/config.json       the model's config: id2label, problem_type, multi_label_threshold, bertcls_long_text,
+                          bertcls_label_separator
     DIR/bertcls-onnx.json what predict needs besides: max_length, input names, quantization
     DIR/config.yaml       the run's config (when exporting a run), for its column mapping
 

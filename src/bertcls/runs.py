@@ -47,6 +47,7 @@ import json
 import os
 import shutil
 import uuid
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,9 @@ CHECKPOINT_STATE = "state.json"
 # Temporary names next to NAME, made by write_atomic, temp_dir_for and publish_dir.
 TEMP_PATTERNS = (".{}.*.tmp", ".{}.tmp-*", ".{}.old-*")
 DEFAULT_RUNS_ROOT = "runs"
-# data.label_separator's default: what a multi-label row's labels are joined with in outputs of a model without its run.
+# data.label_separator's default: what a multi-label row's labels are joined with in outputs, where a model says no other.
 LABEL_JOIN = ";"
+LABEL_SEPARATOR_KEY = "bertcls_label_separator"  # in a multi-label model's config.json: its run's data.label_separator
 SECTIONS = ("data", "model", "training", "tune")  # a config's sections of keys; the rest (seed, output_dir) are values
 MODEL_ENV = "BERTCLS_MODEL"
 
@@ -587,6 +589,10 @@ def run_columns(path: str | Path, **given: str | None) -> dict[str, str | None]:
     """The column mapping to read a file for the run (or model folder) at `path`: each of DEFAULT_COLUMNS
     as `given` (a command-line option), else as the run was trained, else the default."""
     saved = run_setting(path, "data") or {}
+    if "label_separator" not in saved:  # a model folder without its run (copied, pushed, exported): as its config.json says
+        with suppress(RunError, OSError, ValueError, AttributeError):
+            separator = json.loads((model_dir(path) / "config.json").read_text(encoding="utf-8")).get(LABEL_SEPARATOR_KEY)
+            saved = {**saved, **({"label_separator": separator} if isinstance(separator, str) and separator else {})}
     return {key: given.get(key) or saved.get(key, default) for key, default in DEFAULT_COLUMNS.items()}
 
 

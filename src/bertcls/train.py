@@ -406,6 +406,10 @@ def _build(job: Job) -> None:
         setattr(job.model.config, longtext.LONG_TEXT_KEY, long_text.to_saved(config.data.max_length))
     elif hasattr(job.model.config, longtext.LONG_TEXT_KEY):  # fine-tuning a bertcls model that read them otherwise
         delattr(job.model.config, longtext.LONG_TEXT_KEY)
+    if inputs.labels.multi_label:  # outputs join a row's labels with it, also from a copy of model/ without the run
+        setattr(job.model.config, runs.LABEL_SEPARATOR_KEY, config.data.label_separator)
+    elif hasattr(job.model.config, runs.LABEL_SEPARATOR_KEY):
+        delattr(job.model.config, runs.LABEL_SEPARATOR_KEY)
     encoded = {name: data_mod.encode(split, job.tokenizer, config.data.max_length, inputs.labels, long_text)
                for name, split in (("train", inputs.train), ("validation", inputs.validation), ("test", inputs.test)) if split is not None}
     job.readings = {name: enc.reading for name, enc in encoded.items()}
