@@ -241,6 +241,14 @@ def test_a_bare_block_indicator_says_to_quote_it(tmp_path, text, overrides):
     assert load_config(write(tmp_path, text.replace("label_separator: |", "")), [f'data.label_separator="{mark}"']).data.label_separator == mark
 
 
+def test_a_separator_holding_a_line_break_is_refused(tmp_path):
+    """A YAML block with content (`label_separator: |` then an indented `|`) is "|\\n", which would join every row's labels into one."""
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "data:\n  train: a.csv\n  task: multi_label\n  label_separator: |\n    |\n"))
+    assert str(err.value) == ("data.label_separator: '|\\n' holds a line break, which no row's labels are separated by; quote the "
+                              'separator on one line, e.g. label_separator: "|"')
+
+
 def test_the_quoting_hint_quotes_what_the_last_setting_typed(tmp_path):
     config = write(tmp_path, "data: {train: a.csv, text_column: 007, label_column: off}\n")
     with pytest.raises(ConfigError) as err:  # a mapping --set merges: text_column is still the file's 007

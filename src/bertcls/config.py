@@ -128,6 +128,14 @@ def _device(value: Any) -> Any:
     return value
 
 
+def _one_line(value: Any) -> Any:
+    # A YAML block (`label_separator: |` and an indented line) ends in a line break, which no label in a row holds.
+    if isinstance(value, str) and ("\n" in value or "\r" in value):
+        raise ValueError(f"data.label_separator: {value!r} holds a line break, which no row's labels are separated by; "
+                         "quote the separator on one line, e.g. label_separator: \"|\"")
+    return value
+
+
 class Section(BaseModel):
     # strict: a string "3" is not an int; extra="forbid": a misspelt key is an error.
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
@@ -141,7 +149,7 @@ class DataConfig(Section):
     text_pair_column: str | None = Field(None, description="Optional column with a second text (sentence-pair tasks).")
     label_column: str = Field("label", min_length=1, description="Column holding the label: names or integers; the label set comes from train, sorted.")
     task: Literal["single_label", "multi_label"] = Field("single_label", description="single_label: one label per row (softmax, cross-entropy); multi_label: any number of labels per row (one sigmoid per label, binary cross-entropy).")
-    label_separator: str = Field(";", min_length=1, description="multi_label in csv/tsv: the labels of a row in one string, separated by this (`sport;politics`); in json/jsonl a row's labels are a list.")
+    label_separator: Annotated[str, AfterValidator(_one_line)] = Field(";", min_length=1, description="multi_label in csv/tsv: the labels of a row in one string, separated by this (`sport;politics`); in json/jsonl a row's labels are a list.")
     validation_split: Float = Field(0.1, gt=0.0, lt=1.0, description="Share of train held out when no validation file is given.")
     max_length: int = Field(128, ge=8, le=8192, description="Longest input in tokens (special tokens included); how a longer text is read is data.long_text.")
     long_text: Literal["truncate", "head_tail", "sliding_window"] = Field(
