@@ -40,7 +40,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
+FLAG = ""  # a flag's metavar: typer would show `<bool>`, as if it took a value (`--json true` would read "true" as a text)
+Debug = Annotated[bool, typer.Option("--debug", metavar=FLAG, help="Show the full traceback of an error.")]
 EXIT_FINDINGS, EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
 
 
@@ -104,10 +105,10 @@ def train(
     config: Annotated[Path, typer.Argument(help="The run's YAML config.", show_default=False)],
     checkpoint: Annotated[Path | None, typer.Argument(help="With --resume: the checkpoint folder to continue from (default: the newest in output_dir).", show_default=False)] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set training.epochs=1 (repeatable).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished run from its newest checkpoint (or CHECKPOINT).")] = False,
-    force: Annotated[bool, typer.Option("--force", help="With --resume: continue even though the config or training data changed (not from a checkpoint past the new schedule's end, nor on other data with model tiny).")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace a finished run in output_dir (only the files bertcls recorded writing).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or log lines; errors still print.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", metavar=FLAG, help="Continue an unfinished run from its newest checkpoint (or CHECKPOINT).")] = False,
+    force: Annotated[bool, typer.Option("--force", metavar=FLAG, help="With --resume: continue even though the config or training data changed (not from a checkpoint past the new schedule's end, nor on other data with model tiny).")] = False,
+    overwrite: Annotated[bool, typer.Option(metavar=FLAG, help="Replace a finished run in output_dir (only the files bertcls recorded writing).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar=FLAG, help="No progress bar or log lines; errors still print.")] = False,
     debug: Debug = False,
 ) -> None:
     """Train a classifier as CONFIG says and write a run folder (config, log, model/, metrics).
@@ -158,7 +159,7 @@ def tune(
     timeout: Annotated[float | None, typer.Option("--timeout", min=0, help="Start no new trial after this many seconds.", show_default=False)] = None,
     storage: Annotated[str | None, typer.Option("--storage", help="An RDB URL (postgresql://..., mysql+pymysql://...) that workers on many machines share; default: OUTPUT_DIR/study.db (SQLite).", show_default=False)] = None,
     study: Annotated[str | None, typer.Option("--study", help="The study's name (default: the output folder's name).", show_default=False)] = None,
-    report: Annotated[bool, typer.Option("--report", help="Write best.yaml, trials.csv and the figures from the study as it stands; train nothing.")] = False,
+    report: Annotated[bool, typer.Option("--report", metavar=FLAG, help="Write best.yaml, trials.csv and the figures from the study as it stands; train nothing.")] = False,
     keep: Annotated[Keep | None, typer.Option("--keep", help="At the end, keep the model/ of the best trial only (best), or of every trial (all); default: best.", show_default=False)] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set tune.trials=40 (repeatable).")] = None,
     debug: Debug = False,
@@ -220,16 +221,16 @@ def predict(
     model: Annotated[Path | None, typer.Option("--model", "-m", help="Run folder, model folder or exported ONNX folder. Default: $BERTCLS_MODEL, else the newest finished run under ./runs.")] = None,
     file: Annotated[Path | None, typer.Option("--file", "-f", help="Predict every row of a csv/tsv/jsonl file (any size, streamed).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="With --file: write the rows plus predictions here (csv/tsv/jsonl); default: JSON lines on stdout.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="With --output: replace an existing file (never one of a run's own files).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar=FLAG, help="With --output: replace an existing file (never one of a run's own files).")] = False,
     text_column: Annotated[str | None, typer.Option(help="With --file: the text column (default: the run's data.text_column, else `text`).")] = None,
     text_pair_column: Annotated[str | None, typer.Option(help="With --file: the second text column (default: the run's data.text_pair_column).")] = None,
     pair: Annotated[list[str] | None, typer.Option("--pair", help="Second segment for sentence-pair models, one per text.")] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, help="Also give the K most probable labels with their scores.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line: text, label, score, probabilities.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar=FLAG, help="One JSON object per line: text, label, score, probabilities.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (an exported ONNX folder always runs on the CPU)")] = "auto",
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16; auto: the run's training precision where this device runs it natively, else fp32.")] = "auto",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Say which model is used and which texts were truncated (or how many were read by head and tail, or in windows).")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", metavar=FLAG, help="Say which model is used and which texts were truncated (or how many were read by head and tail, or in windows).")] = False,
     debug: Debug = False,
 ) -> None:
     """Print `label<TAB>score` for each text (or JSON lines with --json); with --file, write every row plus its prediction."""
@@ -353,7 +354,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16; auto: as for predict.")] = "auto",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Say which model, engine, device and precision are used.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", metavar=FLAG, help="Say which model, engine, device and precision are used.")] = False,
     debug: Debug = False,
 ) -> None:
     """Score a labelled file with a trained model and print its metrics."""
@@ -388,10 +389,10 @@ def evaluate(
 def check(
     config: Annotated[Path, typer.Argument(help="The run's YAML config: its data, tokenizer and max_length are checked.", show_default=False)],
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set data.train=other.csv (repeatable).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object instead.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar=FLAG, help="Print the report as one JSON object instead.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write every finding as CSV (and summary.json) into this folder.")] = None,
     label_issues: Annotated[int, typer.Option("--label-issues", min=0, help="Show this many likely label errors (cleanlab); 0 skips the search.")] = 10,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when validation/test texts leak from train or train labels conflict (for CI).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", metavar=FLAG, help="Exit 1 when validation/test texts leak from train or train labels conflict (for CI).")] = False,
     debug: Debug = False,
 ) -> None:
     """Report on the data CONFIG would train on, without training: labels, token lengths, duplicates, conflicts, leakage, a baseline, label errors."""
@@ -457,7 +458,7 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Server processes, each with its own copy of the model.")] = 1,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (an exported ONNX folder always runs on the CPU)")] = "auto",
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16, as for predict.")] = "auto",
-    access_log: Annotated[bool, typer.Option(help="Log one line per request.")] = True,
+    access_log: Annotated[bool, typer.Option(metavar=FLAG, help="Log one line per request.")] = True,
     debug: Debug = False,
 ) -> None:
     """Serve a model over HTTP: POST /predict (JSON), a page to try it at /, API docs at /docs, Prometheus /metrics.
@@ -477,8 +478,8 @@ def serve(
 def push(
     run: Annotated[Path, typer.Argument(help="A finished run folder.", show_default=False)],
     repo_id: Annotated[str, typer.Argument(help="The hub model repo: NAME or USER/NAME (created if it does not exist).", show_default=False)],
-    private: Annotated[bool, typer.Option("--private", help="Create the repo private (an existing repo keeps its visibility).")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files that would be pushed, and their sizes; push nothing.")] = False,
+    private: Annotated[bool, typer.Option("--private", metavar=FLAG, help="Create the repo private (an existing repo keeps its visibility).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", metavar=FLAG, help="List the files that would be pushed, and their sizes; push nothing.")] = False,
     debug: Debug = False,
 ) -> None:
     """Push RUN's model (what from_pretrained needs, and its model card) to a Hugging Face Hub model repo."""
@@ -519,7 +520,7 @@ def list_runs(
     folder: Annotated[Path, typer.Argument(help="The folder whose subfolders are runs (or one run folder).")] = Path(runs.DEFAULT_RUNS_ROOT),
     sort: Annotated[str | None, typer.Option("--sort", help="name, date, a validation metric (f1_macro, accuracy, loss, ...) or test.METRIC. "
                                               "Default: the metric the runs were chosen on (metric_for_best), best first.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as a JSON list, with every scalar metric.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar=FLAG, help="Print the rows as a JSON list, with every scalar metric.")] = False,
     debug: Debug = False,
 ) -> None:
     """Compare the runs in FOLDER: status (and where an unfinished one stopped), model, best epoch, metrics, train time, date."""
@@ -557,7 +558,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False) -> None:
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, metavar=FLAG, help="Print the version.")] = False) -> None:
     warnings.showwarning = _show_warning  # before any command runs
 
 
