@@ -692,8 +692,8 @@ def _save_torchscript(run: Path, log: _Log) -> None:
     except (BertclsError, OSError, RuntimeError) as exc:  # the run itself is complete: never lose it over this
         log.say(f"note: no TorchScript graph, so predict will load transformers ({first_line(exc)})")
         return
-    log.say(f"TorchScript graph saved for fast predict start-up ({time.perf_counter() - began:.1f} s, "
-            f"logits within {checked['max_abs_logit_diff']:.1g} of the model's)")
+    log.say(f"TorchScript graph saved for fast predict start-up ({time.perf_counter() - began:.1f} s; its logits differ from "
+            f"the model's by {checked['max_abs_logit_diff']:.1g} at most)")
     for precision, why in checked["failed"].items():
         log.say(f"note: the TorchScript graph is not used in {precision}, where predict will load transformers ({why})")
 
