@@ -76,6 +76,31 @@ def test_a_request_whose_client_left_is_skipped_and_batching_goes_on():
     assert calls == [["next"]]
 
 
+def test_a_request_whose_client_left_leaves_the_queue_at_once():
+    """Not when its turn comes: meanwhile it would count in the queue's depth, and fill the batch others wait to join."""
+    calls = []
+
+    def predict(texts, pairs):
+        calls.append(list(texts))
+        return fake_predict(texts, pairs)
+
+    async def scenario():
+        batcher = Batcher(predict, max_batch_size=64, max_wait_s=0.5)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(["first"]))
+        left = asyncio.create_task(batcher.submit(["gone"]))
+        await asyncio.sleep(0.05)  # both wait for the batch to fill
+        left.cancel()
+        await asyncio.sleep(0.05)
+        depth = len(batcher.waiting)
+        await first
+        await batcher.close()
+        return depth
+
+    assert asyncio.run(scenario()) == 1
+    assert calls == [["first"]]
+
+
 def test_a_bug_in_batching_fails_the_batch_not_the_server():
     def on_batch(results, seconds):
         if any(result.truncated for result in results):

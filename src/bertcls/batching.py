@@ -64,10 +64,15 @@ class Batcher:
     async def submit(self, texts: list[str], pairs: list[str] | None = None) -> list:
         """The predictions for `texts`, in their order, once their batch has run."""
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self.waiting.append(_Job(texts, pairs, future, loop.time()))
+        job = _Job(texts, pairs, loop.create_future(), loop.time())
+        self.waiting.append(job)
         self._arrived.set()
-        return await future
+        try:
+            return await job.future
+        except asyncio.CancelledError:  # its client left: it no longer fills a batch, nor counts in the queue's depth
+            with suppress(ValueError):
+                self.waiting.remove(job)
+            raise
 
     async def _serve(self) -> None:
         while True:
@@ -89,24 +94,27 @@ class Batcher:
         """The next batch: wait for a first request, then for more until the batch is full or max_wait_s has passed
         since the oldest arrived. None once closing with nothing left."""
         while True:
-            while self.waiting and self.waiting[0].future.done():  # its client left: it waits for nothing
-                self.waiting.popleft()
-            if self.waiting:
-                break
-            if self._closing:
-                return None
-            self._arrived.clear()
-            await self._arrived.wait()
-        # From its arrival, not from now: a request that waited while the last batch ran does not wait again.
-        deadline = self.waiting[0].arrived + self.max_wait_s
-        while self._size() < self.max_batch_size and not self._closing:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                break
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except asyncio.TimeoutError:
+            while True:
+                while self.waiting and self.waiting[0].future.done():  # its client left: it waits for nothing
+                    self.waiting.popleft()
+                if self.waiting:
+                    break
+                if self._closing:
+                    return None
+                self._arrived.clear()
+                await self._arrived.wait()
+            # From its arrival, not from now: a request that waited while the last batch ran does not wait again.
+            deadline = self.waiting[0].arrived + self.max_wait_s
+            while self.waiting and self._size() < self.max_batch_size and not self._closing:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            if self.waiting:  # else every request left while the batch filled (see `submit`): wait for another
                 break
         jobs = [self.waiting.popleft()]
         size = len(jobs[0].texts)
