@@ -98,6 +98,21 @@ def test_evaluate_and_predict_file_on_multilabel(tmp_path, multilabel_run):
         assert json.loads((tmp_path / f"{model.name}-self" / "metrics.json").read_text())["accuracy"] == 1.0  # its own predictions
 
 
+@pytest.mark.parametrize("kept", ["", "|\n", 7, None])
+def test_a_saved_separator_that_is_none_is_one_line_not_a_fallback(tmp_path, multilabel_run, kept):
+    """A hand-edited config.json (or a run's config.yaml from before line breaks were refused): said, not replaced by ';'."""
+    run, data = multilabel_run
+    shutil.copytree(run / "model", tmp_path / "plain")
+    config = json.loads((tmp_path / "plain" / "config.json").read_text())
+    (tmp_path / "plain" / "config.json").write_text(json.dumps({**config, "bertcls_label_separator": kept}))
+    for command in (["evaluate", str(data["test"]), "-m", str(tmp_path / "plain")],
+                    ["predict", "-m", str(tmp_path / "plain"), "-f", str(data["test"]), "-o", str(tmp_path / "out.csv")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert result.output == (f"Error: {tmp_path / 'plain' / 'config.json'}: its bertcls_label_separator ({kept!r}) is no separator "
+                                 "of a row's labels (a text on one line); set the one the model was trained with\n")
+
+
 def test_the_checkpoint_is_multilabel_for_transformers_pipeline(multilabel_run):
     from transformers import pipeline
 

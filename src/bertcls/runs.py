@@ -589,10 +589,16 @@ def run_columns(path: str | Path, **given: str | None) -> dict[str, str | None]:
     """The column mapping to read a file for the run (or model folder) at `path`: each of DEFAULT_COLUMNS
     as `given` (a command-line option), else as the run was trained, else the default."""
     saved = run_setting(path, "data") or {}
+    where = f"{config_folder(Path(path)) / CONFIG_FILE}: its data.label_separator"
     if "label_separator" not in saved:  # a model folder without its run (copied, pushed, exported): as its config.json says
         with suppress(RunError, OSError, ValueError, AttributeError):
-            separator = json.loads((model_dir(path) / "config.json").read_text(encoding="utf-8")).get(LABEL_SEPARATOR_KEY)
-            saved = {**saved, **({"label_separator": separator} if isinstance(separator, str) and separator else {})}
+            kept = json.loads((model_dir(path) / "config.json").read_text(encoding="utf-8"))
+            if LABEL_SEPARATOR_KEY in kept:
+                saved, where = {**saved, "label_separator": kept[LABEL_SEPARATOR_KEY]}, f"{model_dir(path) / 'config.json'}: its {LABEL_SEPARATOR_KEY}"
+    separator = saved.get("label_separator", LABEL_JOIN)
+    if not (isinstance(separator, str) and separator and "\n" not in separator and "\r" not in separator):
+        raise RunError(f"{where} ({separator!r}) is no separator of a row's labels (a text on one line); set the one the "
+                       "model was trained with")
     return {key: given.get(key) or saved.get(key, default) for key, default in DEFAULT_COLUMNS.items()}
 
 

@@ -43,7 +43,7 @@ from bertcls.errors import BertclsError, Interrupted, RunError, Terminated, Trai
 from bertcls.evaluate import Evaluation, scalars, score
 from bertcls.inference import predict_logits
 from bertcls.loss import build_loss, check_class_weights
-from bertcls.model import check_model_source, load_model, save_model
+from bertcls.model import THRESHOLD_KEY, check_model_source, load_model, save_model
 
 
 class EarlyStopping(Callback):
@@ -408,8 +408,9 @@ def _build(job: Job) -> None:
         delattr(job.model.config, longtext.LONG_TEXT_KEY)
     if inputs.labels.multi_label:  # outputs join a row's labels with it, also from a copy of model/ without the run
         setattr(job.model.config, runs.LABEL_SEPARATOR_KEY, config.data.label_separator)
-    elif hasattr(job.model.config, runs.LABEL_SEPARATOR_KEY):
-        delattr(job.model.config, runs.LABEL_SEPARATOR_KEY)
+    for key in () if inputs.labels.multi_label else (runs.LABEL_SEPARATOR_KEY, THRESHOLD_KEY):  # a multi-label model's, fine-tuned
+        if hasattr(job.model.config, key):  # as a single-label one
+            delattr(job.model.config, key)
     encoded = {name: data_mod.encode(split, job.tokenizer, config.data.max_length, inputs.labels, long_text)
                for name, split in (("train", inputs.train), ("validation", inputs.validation), ("test", inputs.test)) if split is not None}
     job.readings = {name: enc.reading for name, enc in encoded.items()}
