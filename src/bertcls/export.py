@@ -68,10 +68,21 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
     if output.exists() and any(not entry.name.startswith(atomic.FILLING_PREFIX) for entry in output.iterdir()):
         raise RunError(f"--output {output} is not empty; choose a new folder")
     predictor, inputs, example = _reference(model_path, "the ONNX predictor")
-    predictor.check_scores(predictor.logits(*check_cases(predictor)[0]))  # a damaged model: nothing to export
+    _check_weights(predictor.model, runs.model_dir(model_path))
     with atomic.filling(output, "--output") as folder:  # the folder is filled whole or not at all
         checked = _write_onnx(predictor, inputs, example, Path(model_path), folder, quantize)
     return checked
+
+
+def _check_weights(model, folder: Path) -> None:
+    """Refuse a model whose weights hold NaN or infinity (a file damaged in place): its scores are not numbers for some
+    texts at least, and quantizing it fails inside onnxruntime."""
+    import torch
+
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelError(f"{folder}: its weight {name} holds NaN or infinite values (a damaged model file?); restore the "
+                             "model folder, or train again; nothing was exported")
 
 
 def _write_onnx(predictor, inputs: list[str], example, model_path: Path, output: Path, quantize: str | None) -> dict[str, Any]:
