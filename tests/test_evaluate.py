@@ -3,6 +3,7 @@ import json
 import os
 import re
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -70,15 +71,18 @@ def test_evaluate_names_the_classes_a_file_has_no_example_of(trained_run, tmp_pa
 
 
 def test_what_a_killed_evaluate_left_in_its_output_goes_with_the_next_one(trained_run, tmp_path):
-    """A killed command's temporary folder holds its mark, unlocked; a live one's mark is locked; a folder of the user's
-    that shares the prefix holds no mark. Only the first goes."""
+    """A killed command's temporary folder holds its mark, unlocked, or (killed while making it) is an old, empty new one;
+    a live one's mark is locked; a folder of the user's that shares a prefix holds no mark of ours. Only the first two go."""
     output = tmp_path / "eval"
-    for name, mark in (("killed00", True), ("live0000", True), ("mine", False), ("mine0000", False)):
+    for name, mark in (("killed00", atomic.MARK_TEXT), ("live0000", atomic.MARK_TEXT), ("mine", None), ("mine0000", b"")):
         folder = output / f"{atomic.FILLING_PREFIX}{name}"
         folder.mkdir(parents=True)
         (folder / "predictions.csv").write_text("half a fi")
-        if mark:
-            (folder / atomic.FILLING_MARK).touch()
+        if mark is not None:
+            (folder / atomic.FILLING_MARK).write_bytes(mark)
+    for name, age in (("unmade00", 3600), ("making00", 0)):
+        (output / f"{atomic.NEW_PREFIX}{name}").mkdir()
+        os.utime(output / f"{atomic.NEW_PREFIX}{name}", (time.time() - age,) * 2)
     (output / "notes.txt").write_text("mine")
     held = os.open(output / f"{atomic.FILLING_PREFIX}live0000" / atomic.FILLING_MARK, os.O_RDONLY)
     fcntl.flock(held, fcntl.LOCK_EX)  # as the command filling it holds it
@@ -89,7 +93,7 @@ def test_what_a_killed_evaluate_left_in_its_output_goes_with_the_next_one(traine
         os.close(held)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in output.iterdir() if p.name.startswith(".")) == [
-        f"{atomic.FILLING_PREFIX}{name}" for name in ("live0000", "mine", "mine0000")]
+        f"{atomic.NEW_PREFIX}making00", *(f"{atomic.FILLING_PREFIX}{name}" for name in ("live0000", "mine", "mine0000"))]
     assert (output / f"{atomic.FILLING_PREFIX}mine" / "predictions.csv").read_text() == "half a fi"
     assert (output / "notes.txt").read_text() == "mine" and (output / runs.METRICS_FILE).is_file()
 

@@ -13,9 +13,11 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -197,9 +199,11 @@ def settle(folder: Path) -> list[Path]:
 
 
 FILLING_PREFIX = ".bertcls-tmp-"  # the temporary folder `filling` writes in, inside the folder it fills
-FILLING_MARK = ".bertcls-filling"  # in it: the file locked while it is filled
-_FILLING_NAME = re.compile(re.escape(FILLING_PREFIX) + r"[a-z0-9_]{8}")  # as mkdtemp names one
-_NEW_PREFIX = ".bertcls-new-"  # its name while it is made, before it is locked
+FILLING_MARK = ".bertcls-filling"  # in it: the file locked while it is filled, holding MARK_TEXT
+MARK_TEXT = b"bertcls: a temporary folder, removed when its command ends or by the next one into this folder\n"
+NEW_PREFIX = ".bertcls-new-"  # its name while it is made, before it is locked
+_NAMES = {prefix: re.compile(re.escape(prefix) + r"[a-z0-9_]{8}") for prefix in (FILLING_PREFIX, NEW_PREFIX)}  # as mkdtemp names one
+LEFTOVER_AGE_S = 60  # a folder still named NEW_PREFIX this old was left by a command killed while making it
 
 
 @contextmanager
@@ -233,37 +237,73 @@ def filling(folder: Path, what: str) -> Iterator[Path]:
 def _locked_temp_dir(folder: Path) -> tuple[Path, int]:
     """A new temporary folder in `folder` and the descriptor of its FILLING_MARK, locked. It is made under another name
     and renamed once locked, so that no other process ever sees one of ours unlocked while it is being made."""
-    new = Path(tempfile.mkdtemp(dir=folder, prefix=_NEW_PREFIX))
-    lock = os.open(new / FILLING_MARK, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    new = Path(tempfile.mkdtemp(dir=folder, prefix=NEW_PREFIX))
+    lock = None
     try:
+        lock = os.open(new / FILLING_MARK, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         fcntl.flock(lock, fcntl.LOCK_EX)
-        tmp = folder / (FILLING_PREFIX + new.name.removeprefix(_NEW_PREFIX))
+        os.write(lock, MARK_TEXT)
+        tmp = folder / (FILLING_PREFIX + new.name.removeprefix(NEW_PREFIX))
         os.rename(new, tmp)
     except BaseException:
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)
         shutil.rmtree(new, ignore_errors=True)
         raise
     return tmp, lock
 
 
 def _clear_leftovers(folder: Path) -> None:
-    """Remove the temporary folders in `folder` that killed `filling`s left: named as ours, holding FILLING_MARK, and
-    unlocked. A folder of someone else's that happens to share the prefix holds no mark, and stays."""
-    for entry in folder.glob(f"{FILLING_PREFIX}*"):
-        if not _FILLING_NAME.fullmatch(entry.name) or entry.is_symlink():
+    """Remove the temporary folders in `folder` that killed `filling`s left: named as ours, holding our FILLING_MARK,
+    unlocked; and those killed while being made (NEW_PREFIX, holding nothing but the mark, old). A folder of someone
+    else's that happens to share a prefix holds no such mark, or more than it, and stays."""
+    for entry in folder.glob(".bertcls-*"):
+        prefix = next((prefix for prefix, name in _NAMES.items() if name.fullmatch(entry.name)), None)
+        if prefix is None or entry.is_symlink() or not entry.is_dir():
             continue
-        try:
-            lock = os.open(entry / FILLING_MARK, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:  # no mark: not ours; or gone meanwhile
+        if prefix == NEW_PREFIX:
+            with suppress(OSError):
+                _clear_unmade(entry)
             continue
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # another command is filling it
-            continue
-        else:
+        lock = _unlocked_mark(entry)
+        if lock is not None:
             shutil.rmtree(entry, ignore_errors=True)
+            os.close(lock)
+
+
+def _clear_unmade(entry: Path) -> None:
+    """Remove `entry`, a NEW_PREFIX folder, if a command was killed while making it: old, and holding nothing but
+    perhaps its mark (a plain file, no longer than MARK_TEXT, that no command holds)."""
+    if time.time() - entry.stat().st_mtime <= LEFTOVER_AGE_S or not {p.name for p in entry.iterdir()} <= {FILLING_MARK}:
+        return
+    mark = entry / FILLING_MARK
+    if mark.exists():
+        lock = os.open(mark, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            if not stat.S_ISREG(os.fstat(lock).st_mode) or os.fstat(lock).st_size > len(MARK_TEXT):
+                return
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            mark.unlink()
         finally:
             os.close(lock)
+    entry.rmdir()
+
+
+def _unlocked_mark(entry: Path) -> int | None:
+    """The descriptor of `entry`'s FILLING_MARK, now locked by us, when it is our mark (a plain file holding MARK_TEXT)
+    and no command holds it; else None."""
+    try:
+        lock = os.open(entry / FILLING_MARK, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # no mark: not ours; or gone meanwhile
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(lock).st_mode) or os.read(lock, len(MARK_TEXT) + 1) != MARK_TEXT:
+            raise OSError("not our mark")
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while another command is filling it
+    except OSError:
+        os.close(lock)
+        return None
+    return lock
 
 
 def _move_in(files: list[Path], tmp: Path, folder: Path, what: str) -> None:

@@ -65,7 +65,7 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
     atomic.check_folder_path(output, "--output")
     runs.check_outside_runs(output, Path(model_path), "onnx")
     _require_onnx()
-    if output.exists() and any(not entry.name.startswith(atomic.FILLING_PREFIX) for entry in output.iterdir()):
+    if output.exists() and any(not entry.name.startswith((atomic.FILLING_PREFIX, atomic.NEW_PREFIX)) for entry in output.iterdir()):
         raise RunError(f"--output {output} is not empty; choose a new folder")
     predictor, inputs, example = _reference(model_path, "the ONNX predictor")
     _check_weights(predictor.model, runs.model_dir(model_path))
