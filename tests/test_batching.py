@@ -14,12 +14,19 @@ def fake_predict(texts, pairs=None):
     return [Prediction(label="x", score=1.0, probabilities={"x": 1.0}, truncated=len(text) > 10) for text in texts]
 
 
-def test_a_failing_request_fails_alone_in_its_batch():
+def recording():
+    """A list of the batches the model was called with, and the fake model that fills it."""
     calls = []
 
     def predict(texts, pairs):
         calls.append(list(texts))
         return fake_predict(texts, pairs)
+
+    return calls, predict
+
+
+def test_a_failing_request_fails_alone_in_its_batch():
+    calls, predict = recording()
 
     async def scenario():
         batcher = Batcher(predict, max_batch_size=64, max_wait_s=0.2)
@@ -54,35 +61,9 @@ def test_batches_keep_pairs_apart_and_respect_the_size_limit():
     assert calls == [(2, False), (1, True), (2, False), (6, False)]
 
 
-def test_a_request_whose_client_left_is_skipped_and_batching_goes_on():
-    calls = []
-
-    def predict(texts, pairs):
-        calls.append(list(texts))
-        return fake_predict(texts, pairs)
-
-    async def scenario():
-        batcher = Batcher(predict, max_batch_size=64, max_wait_s=0.05)
-        batcher.start()
-        left = asyncio.create_task(batcher.submit(["gone"]))
-        await asyncio.sleep(0.01)
-        left.cancel()  # as when the client disconnects while its request waits
-        await asyncio.sleep(0.1)
-        later = await asyncio.wait_for(batcher.submit(["next"]), 5)
-        await batcher.close()
-        return later
-
-    assert [r.label for r in asyncio.run(scenario())] == ["x"]
-    assert calls == [["next"]]
-
-
-def test_a_request_whose_client_left_leaves_the_queue_at_once():
-    """Not when its turn comes: meanwhile it would count in the queue's depth, and fill the batch others wait to join."""
-    calls = []
-
-    def predict(texts, pairs):
-        calls.append(list(texts))
-        return fake_predict(texts, pairs)
+def test_a_request_whose_client_left_leaves_the_queue_at_once_and_batching_goes_on():
+    """At once, not when its turn comes: meanwhile it would count in the queue's depth, and fill the batch others wait to join."""
+    calls, predict = recording()
 
     async def scenario():
         batcher = Batcher(predict, max_batch_size=64, max_wait_s=0.5)
@@ -90,15 +71,17 @@ def test_a_request_whose_client_left_leaves_the_queue_at_once():
         first = asyncio.create_task(batcher.submit(["first"]))
         left = asyncio.create_task(batcher.submit(["gone"]))
         await asyncio.sleep(0.05)  # both wait for the batch to fill
-        left.cancel()
+        left.cancel()  # as when the client disconnects while its request waits
         await asyncio.sleep(0.05)
         depth = len(batcher.waiting)
         await first
+        later = await asyncio.wait_for(batcher.submit(["next"]), 5)
         await batcher.close()
-        return depth
+        return depth, later
 
-    assert asyncio.run(scenario()) == 1
-    assert calls == [["first"]]
+    depth, later = asyncio.run(scenario())
+    assert depth == 1 and [r.label for r in later] == ["x"]
+    assert calls == [["first"], ["next"]]
 
 
 def test_a_bug_in_batching_fails_the_batch_not_the_server():
