@@ -2,6 +2,7 @@
 
 import csv
 import io
+import warnings
 import json
 import shutil
 import sys
@@ -242,19 +243,23 @@ def test_a_csv_quoted_tsv_loads_intact_for_training_and_predict_file(tmp_path, w
     assert [row["text"] for chunk in read_chunks(path) for row in chunk] == ODD_TEXTS
 
 
-@pytest.mark.parametrize("texts", [
-    ['"opens a quote', 'it\'s "fine', '"quoted" and more', 'plain "x"'],
-    ['"opens a quote', "a row between", 'ends with a quote"', "after"],  # the quotes enclose rows, not one text
+@pytest.mark.parametrize(("texts", "either"), [
+    (['"opens a quote', 'it\'s "fine', '"quoted" and more', 'plain "x"'], False),
+    # the quotes enclose rows, not one text; as one quoted text the lines would read whole too, which is said
+    (['"opens a quote', "a row between", 'ends with a quote"', "after"], True),
 ])
-def test_a_glue_style_tsv_keeps_its_quote_characters(tmp_path, texts):
+def test_a_glue_style_tsv_keeps_its_quote_characters(tmp_path, texts, either):
     from bertcls.config import DataConfig
     from bertcls.data import read_split
     from bertcls.predict_file import read_chunks
 
     path = tmp_path / "glue.tsv"
     path.write_text("text\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(texts)), encoding="utf-8")
-    assert read_split(str(path), DataConfig(train=str(path)), "train").texts == texts
-    assert [row["text"] for chunk in read_chunks(path) for row in chunk] == texts
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert read_split(str(path), DataConfig(train=str(path)), "train").texts == texts
+        assert [row["text"] for chunk in read_chunks(path) for row in chunk] == texts
+    assert [str(w.message).split(":")[1] for w in said] == [" lines 2-4 read as 3 rows, GLUE-style (a quote is part of the text), though they also read as one row with a quoted text holding a tab and a line break; if the file is csv-quoted (pandas to_csv(sep=\"\\t\"), the csv module), save it as a csv file instead"] * 2 * either
 
 
 @pytest.mark.parametrize(
@@ -279,3 +284,18 @@ def test_a_glue_style_tsv_keeps_its_quote_characters(tmp_path, texts):
 def test_a_tsv_is_csv_quoted_only_when_every_opening_quote_is_well_formed(text, quoted):
     expected = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
     assert tsv.quoting_of(io.StringIO(text, newline="")) == expected
+
+
+def test_a_tsv_that_reads_whole_either_way_is_read_glue_style_and_says_so(tmp_path):
+    # csv-quoted, as the csv module writes `Subject:<TAB>invoice<LF>please fix my bill`: every line holds the header's
+    # one tab, so it reads GLUE-style too (two rows, labels `invoice` and `billing`). Nothing tells them apart: say it.
+    either = tmp_path / "either.tsv"
+    either.write_text('text\tlabel\nplain\ttech\n"Subject:\tinvoice\nplease fix my bill"\tbilling\n', encoding="utf-8")
+    with pytest.warns(BertclsWarning, match=r"either\.tsv: lines 3-4 read as 2 rows, GLUE-style .* save it as a csv file"):
+        assert tsv.quoting(either) == csv.QUOTE_NONE
+    # The quote opens the label column and closes the text one: as one row it would have one field too few.
+    glue = tmp_path / "glue.tsv"
+    glue.write_text('text\tlabel\nplain\t"1\nends with a quote"\t0\n', encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tsv.quoting(glue) == csv.QUOTE_NONE

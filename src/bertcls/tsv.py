@@ -21,10 +21,11 @@ import csv
 import io
 import itertools
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from bertcls.errors import DataError, not_utf8
+from bertcls.errors import BertclsWarning, DataError, not_utf8
 
 # A quote that opens a field: at the start of a line or right after the delimiter (a TSV's tab, a csv's comma).
 _OPENING_QUOTE = {delimiter: re.compile(f'(?:^|(?<={delimiter}))"') for delimiter in ("\t", ",")}
@@ -33,16 +34,34 @@ _QUOTED_TEXT = re.compile(r'(?:[^"]|"")*')
 
 
 def quoting(path: str | Path) -> int:
-    """csv.QUOTE_MINIMAL for a csv-quoted TSV file, csv.QUOTE_NONE for a GLUE-style one."""
+    """csv.QUOTE_MINIMAL for a csv-quoted TSV file, csv.QUOTE_NONE for a GLUE-style one. A file that reads whole
+    either way (see `_quoting`) is read GLUE-style, with a warning that says so."""
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
-        return quoting_of(f)
+        read_with, either = _quoting(f)
+    if either is not None:
+        warnings.warn(f"{path}: lines {either[0]}-{either[1]} read as {either[1] - either[0] + 1} rows, GLUE-style (a quote is part of "
+                      "the text), though they also read as one row with a quoted text holding a tab and a line break; if "
+                      "the file is csv-quoted (pandas to_csv(sep=\"\\t\"), the csv module), save it as a csv file instead",
+                      BertclsWarning, stacklevel=2)
+    return read_with
 
 
 def quoting_of(lines: Iterable[str]) -> int:
     """As `quoting`, for the lines of a file (line ends kept)."""
+    return _quoting(lines)[0]
+
+
+def _quoting(lines: Iterable[str]) -> tuple[int, tuple[int, int] | None]:
+    """As `quoting_of`, and for a file read GLUE-style that would also read whole csv-quoted, the first and last line
+    of the first quoted text that makes it so (else None). That is a quoted text over several lines in a file whose
+    lines each hold the header's tabs, opened and closed after as many tabs on their lines: GLUE-style, one row whose
+    text opens with a quote and a later one whose text ends with one; csv-quoted, one text holding a tab and a line
+    break, as in `title<TAB>subtitle<LF>body`. Nothing else in such a file tells the two apart."""
     needed, inside = False, False  # a quoted field that needs its quotes seen; a quoted field runs on from the last line
     runs_on = False  # some quoted field holds a line break
     tabs: int | None = None  # the header's tab count, while every line read GLUE-style has that many
+    opened: tuple[int, int] = (0, 0)  # the line the quoted field running on opened on, and the tabs before its quote
+    either: tuple[int, int] | None = None
     for number, line in enumerate(lines):
         if number == 0:
             tabs = line.count("\t")
@@ -53,6 +72,8 @@ def quoting_of(lines: Iterable[str]) -> int:
             pos = _after_closing_quote(line, 0)
             if pos is None:
                 continue
+            if either is None and pos > 0 and line.count("\t", 0, pos) == opened[1]:
+                either = (opened[0] + 1, number + 1)
             inside = False
         elif '"' not in line:
             continue
@@ -61,16 +82,19 @@ def quoting_of(lines: Iterable[str]) -> int:
             # What csv writers put in quotes: a text with a line break (it runs on: see below), a tab or a (doubled) quote.
             # `"1"` alone is no sign of csv quoting: GLUE-style texts may be quoted titles.
             if pos is None:
-                runs_on = True
+                runs_on, opened = True, (number, line.count("\t", 0, opening.start()))
             elif pos > 0 and ("\t" in line[opening.end():pos - 1] or '""' in line[opening.end():pos - 1]):
                 needed = True
         if pos is not None and pos < 0:
-            return csv.QUOTE_NONE
+            return csv.QUOTE_NONE, None
         inside = pos is None
     # A text with a line break is csv quoting only where the lines do not each read as a whole GLUE-style row:
     # in a GLUE-style file, a text that opens with a quote and a later one that ends with one enclose whole rows.
-    needed = needed or (runs_on and tabs is None)
-    return csv.QUOTE_MINIMAL if needed and not inside else csv.QUOTE_NONE
+    if needed and not inside:
+        return csv.QUOTE_MINIMAL, None
+    if runs_on and not inside:
+        return (csv.QUOTE_MINIMAL, None) if tabs is None else (csv.QUOTE_NONE, either)
+    return csv.QUOTE_NONE, None
 
 
 def _after_closing_quote(line: str, start: int) -> int | None:
