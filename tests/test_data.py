@@ -119,6 +119,14 @@ def test_json_true_and_false_are_the_labels_true_and_false_as_a_csv_writes_them(
     assert labels.encode(held.labels, "validation") == [1, 0]
 
 
+def test_a_jsonl_file_with_blank_lines_and_labels_of_two_json_types_reads(tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"text": "x y", "label": 1}\n\n{"text": "y z", "label": "x"}\n  \n{"text": "z x", "label": "1"}\n\n', encoding="utf-8")
+    split, held, _, labels = load_splits(cfg(train, validation=str(write_csv(tmp_path / "v.csv", [("x", "1"), ("y", "x")]))), seed=0)
+    assert split.texts == ["x y", "y z", "z x"] and labels.names == ("1", "x")
+    assert labels.encode(split.labels, "train") == [0, 1, 0] and labels.encode(held.labels, "validation") == [0, 1]
+
+
 def test_validation_split_is_stratified_and_seeded(tmp_path):
     train = write_csv(tmp_path / "train.csv", toy_rows(100, 0))
     a = load_splits(cfg(train, validation_split=0.2), seed=3)

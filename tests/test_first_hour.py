@@ -2,10 +2,10 @@
 
 import csv
 import io
-import warnings
 import json
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import pytest

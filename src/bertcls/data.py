@@ -19,6 +19,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,10 +105,29 @@ def read_table(source: str, split: str = "train"):
     # The user's files stay out of shared caches: datasets writes its Arrow copy into a folder of this
     # process's own (no races between launched processes), the table is read into memory, the folder removed.
     with tempfile.TemporaryDirectory(prefix="bertcls-data-") as cache:
+        load = partial(datasets.load_dataset, builder, split=split, cache_dir=cache, keep_in_memory=True, **options)
         try:
-            return datasets.load_dataset(builder, data_files={split: str(path)}, split=split, cache_dir=cache, keep_in_memory=True, **options)
+            return load(data_files={split: str(path)})
+        except Exception as exc:
+            # datasets reads a column of mixed types (1 and "x") through Python's json, line by line, which fails on a
+            # blank line: the same lines without them read.
+            if kind != "jsonl" or (lines := _without_blank_lines(path, Path(cache) / "lines.jsonl")) is None:
+                raise DataError(_read_error(path, exc)) from None
+        try:
+            return load(data_files={split: str(lines)})
         except Exception as exc:
             raise DataError(_read_error(path, exc)) from None
+
+
+def _without_blank_lines(path: Path, copy: Path) -> Path | None:
+    """`copy`, holding the lines of `path` that are not blank; None (and no copy) when none is."""
+    with path.open("rb") as f:
+        if all(line.strip() for line in f):
+            return None
+        f.seek(0)
+        with copy.open("wb") as out:
+            out.writelines(line for line in f if line.strip())
+    return copy
 
 
 def _parquet_footer(path: Path) -> tuple[list[str], int | None]:
