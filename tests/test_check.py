@@ -139,7 +139,7 @@ def test_terminal_report_shows_the_findings(planted, capsys):
     assert "baseline (TF-IDF + logistic regression): validation accuracy 0.98" in out
 
 
-@pytest.mark.parametrize("mode, read", [("truncate", "are cut to their first max_length tokens"),
+@pytest.mark.parametrize("mode, read", [("truncate", "are cut to max_length tokens, their ends left out"),
                                         ("head_tail", "are read by head and tail: a quarter of max_length from the start, the rest from the end"),
                                         ("sliding_window", "are read whole, in windows of max_length tokens (at most 64 a text)")])
 def test_report_says_how_long_texts_are_read(clean, mode, read):

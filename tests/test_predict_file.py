@@ -291,7 +291,7 @@ def test_verbose_names_the_rows_over_max_length_and_a_full_stdout_is_one_line(tm
     result = runner.invoke(app, ["predict", "-m", str(trained_run), "-f", str(source), "-o", str(tmp_path / "out.csv"), "-v"])
     assert result.exit_code == 0, result.output
     max_length = json.loads((trained_run / runs.MODEL_DIR / "config.json").read_text())["bertcls_max_length"]
-    assert (f"note: 2 of 7 texts over max_length {max_length} tokens are cut to their first max_length tokens (data rows 3, 6)"
+    assert (f"note: 2 of 7 texts over max_length {max_length} tokens are cut to max_length tokens, their ends left out (data rows 3, 6)"
             in result.stderr.splitlines())
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     for args in (["great", "awful"], ["-f", str(source)]):

@@ -158,6 +158,8 @@ def _tokenizer():
     ([LONG, "a short one"], None, [True, False]),
     (["   " * 20_000 + LONG[:400], LONG], None, [True, True]),  # mostly spaces: the cut leaves too few tokens, so it is tokenised whole
     ([LONG, "short"], ["short pair", LONG], [True, True]),  # one long side of a pair
+    ([LONG], ["   " * 20_000 + LONG[:400]], [True]),  # a side the cut leaves empty, behind one that fills the row
+    ([" ".join(["a" * 120] * 4 + ["c" * 150] + ["a"] * 40)], None, [True]),  # the bound falls in a word: one unknown token whole, many cut
 ])
 def test_cutting_long_texts_keeps_exactly_the_tokens_truncation_keeps(texts, pairs, full):
     tokenizer = _tokenizer()

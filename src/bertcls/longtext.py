@@ -37,7 +37,7 @@ HEAD_SHARE = 0.25  # head_tail: a quarter of the tokens that fit from the start,
 # more is read as far as they reach, and counted (`Reading.beyond`).
 MAX_WINDOWS = 64
 # How each mode reads a text longer than max_length, for reports (`bertcls check`).
-READS = {"truncate": "are cut to their first max_length tokens",
+READS = {"truncate": "are cut to max_length tokens, their ends left out",
          "head_tail": "are read by head and tail: a quarter of max_length from the start, the rest from the end, the middle left out",
          "sliding_window": f"are read whole, in windows of max_length tokens (at most {MAX_WINDOWS} a text)"}
 # Where a saved model keeps how it reads long texts (in config.json, beside id2label), so that its folder alone

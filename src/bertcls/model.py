@@ -32,11 +32,12 @@ DEFAULT_THRESHOLD = 0.5
 MAX_LENGTH_KEY = "bertcls_max_length"
 
 # Tokenising a text costs memory in proportion to its whole length, however little truncation keeps (a 20 MB
-# text took 3.8 GB), so texts are cut to max_length x CHARS_PER_TOKEN characters first. A real tokenizer's token
-# averages 3-6 characters, so the cut keeps every token truncation keeps; a row it leaves short of max_length
-# tokens (mostly whitespace, or long words that are one unknown token each) is tokenised again whole. Pairs:
-# each side is cut; when both sides are that long, which side keeps the odd token of an odd budget follows
-# the cut sides' token counts (the tokenizer gives it to the longer side). head_tail and sliding_window, which read
+# text took 3.8 GB), so texts are cut to max_length x CHARS_PER_TOKEN characters first, before the word the
+# bound falls in (cut, it would read as other tokens). A real tokenizer's token averages 3-6 characters, so the
+# cut keeps every token truncation keeps; a text it leaves short of max_length tokens (mostly whitespace, or long
+# words that are one unknown token each) is tokenised again whole, and so is its row. Pairs: each side is cut;
+# when both sides are that long, which side keeps the odd token of an odd budget follows the cut sides' token
+# counts (the tokenizer gives it to the longer side). head_tail and sliding_window, which read
 # a text's end or all of it, cut with the same ratio where what they read ends (`bertcls.longtext`).
 CHARS_PER_TOKEN = 16
 
@@ -364,17 +365,28 @@ def save_model(model, tokenizer, dest: Path, state_dict: dict | None = None, thr
 
 
 def cut_long_texts(texts: Sequence[str], pairs: Sequence[str] | None, max_length: int):
-    """(texts, pairs, rows cut): each text and pair text cut to max_length x CHARS_PER_TOKEN characters."""
+    """(texts, pairs, rows cut): each text and pair text cut to max_length x CHARS_PER_TOKEN characters, without the
+    word the bound falls in."""
     bound = max_length * CHARS_PER_TOKEN
     cut = [i for i, text in enumerate(texts) if len(text) > bound or (pairs is not None and len(pairs[i]) > bound)]
     if not cut:
         return texts, pairs, cut
     texts, pairs = list(texts), list(pairs) if pairs is not None else None
     for i in cut:
-        texts[i] = texts[i][:bound]
+        texts[i] = _cut(texts[i], bound)
         if pairs is not None:
-            pairs[i] = pairs[i][:bound]
+            pairs[i] = _cut(pairs[i], bound)
     return texts, pairs, cut
+
+
+def _cut(text: str, bound: int) -> str:
+    """`text`'s first `bound` characters, less the word the bound cuts in two, if another word comes before it."""
+    if len(text) <= bound:
+        return text
+    head = text[:bound]
+    if not text[bound].isspace() and len(words := head.rsplit(None, 1)) == 2:
+        return words[0]
+    return head
 
 
 # A tokenised row as `truncate_long_texts` takes it: (token ids, segment ids or None, whether truncation cut tokens off).
@@ -388,8 +400,15 @@ def truncate_long_texts(encode: Callable[[Sequence[str], Sequence[str] | None], 
     Training, evaluation and every predictor truncate through here."""
     short_texts, short_pairs, cut = cut_long_texts(texts, pairs, max_length)
     rows = encode(short_texts, short_pairs)
-    again = [i for i in cut if len(rows[i][0]) < max_length]  # cut too soon: these rows again, whole
+    again = {i for i in cut if len(rows[i][0]) < max_length}  # cut too soon: these rows again, whole
+    if pairs is not None:  # a side cut too soon can hide behind the other: truncation would have kept more of it
+        sides = [(i, side[i]) for i in cut if i not in again for side, whole in ((short_texts, texts), (short_pairs, pairs))
+                 if len(side[i]) < len(whole[i])]
+        if sides:
+            again |= {i for (i, _), (ids, _, _) in zip(sides, encode([text for _, text in sides], None), strict=True)
+                      if len(ids) < max_length}
     if again:
+        again = sorted(again)
         whole = encode([texts[i] for i in again], [pairs[i] for i in again] if pairs is not None else None)
         for i, row in zip(again, whole, strict=True):
             rows[i] = row
