@@ -65,18 +65,31 @@ def test_hub_model_hub_data_multi_label_and_pairs_reach_the_card():
               "model": {"name": "bert-base-uncased"}, "training": {"epochs": 1}}
     result = {"best_epoch": 1, "metric_for_best": "f1_micro",
               "validation": {"num_examples": 5, "accuracy": 0.5, "f1_micro": 0.75, "threshold": 0.4},
-              "test": {"num_examples": 6, "accuracy": 0.25, "f1_micro": 0.5, "threshold": 0.4}}
+              "test": {"num_examples": 6, "accuracy": 0.25, "f1_micro": 0.5, "threshold": 0.4, "roc_auc": 0.625}}  # none on validation
     usage = card.usage_section("/runs/r", "/runs/r/model", config)
     text = card.render_card("r", config, {"train": 9, "validation": 1, "test": 6}, ["a", "b|c"], True, result, {}, usage)
     data = ModelCard(text).data
     assert (data.base_model, data.datasets, data.tags[-1]) == ("bert-base-uncased", ["ag_news"], "multi-label-classification")
     assert {(r.dataset_split, r.dataset_name, r.metric_type): r.metric_value for r in data.eval_results} == {
-        ("validation", "ag_news:train", "accuracy"): 0.5, ("validation", "ag_news:train", "f1_micro"): 0.75,
-        ("test", "test.jsonl", "accuracy"): 0.25, ("test", "test.jsonl", "f1_micro"): 0.5}
+        ("train (10% held out)", "ag_news:train", "accuracy"): 0.5, ("train (10% held out)", "ag_news:train", "f1_micro"): 0.75,
+        ("test", "test.jsonl", "accuracy"): 0.25, ("test", "test.jsonl", "f1_micro"): 0.5, ("test", "test.jsonl", "roc_auc"): 0.625}
     assert "| validation | ag_news:train (10% held out) | 1 | - |" in text and "| 1 | b\\|c |" in text
+    assert "| roc_auc | - | 0.6250 |" in text  # a metric one split lacks is still shown for the other
+    scored_on_test = {**config, "data": {**config["data"], "validation": "ag_news:test", "test": "ag_news"}}
+    text = card.render_card("r", scored_on_test, {"train": 9, "validation": 1, "test": 6}, ["a", "b|c"], True, result, {}, usage)
+    assert {(r.metric_name, r.dataset_split) for r in ModelCard(text).data.eval_results if r.metric_type == "accuracy"} == {
+        ("validation accuracy", "test"), ("test accuracy", "test")}  # the hub's split each was scored on, not its role
     assert "at least 0.4." in text and "fine-tuned by bertcls 0.1.0 from [`bert-base-uncased`](https://huggingface.co/bert-base-uncased)" in text
     assert f'print(classifier({{"text": "{card.EXAMPLE_TEXT}", "text_pair": "{card.EXAMPLE_PAIR}"}}, top_k=None))' in text
     assert f'--pair "{card.EXAMPLE_PAIR}"' in text
+
+
+def test_the_pipeline_snippet_is_python_whatever_the_folder_is_called():
+    config = {"data": {"text_pair_column": None, "task": "single_label"}}
+    folder = "/runs/bob's \"best\" run: #1 ü/model"
+    snippet = card.usage_section("/runs/x", folder, config).partition("```python\n")[2].partition("```")[0]
+    called = re.search(r"^classifier = (pipeline\(.*\))$", snippet, re.M)[1]
+    assert eval(called, {"pipeline": lambda task, model: (task, model)}) == ("text-classification", folder)
 
 
 def test_how_a_model_reads_long_texts_reaches_the_card():

@@ -74,8 +74,8 @@ def front_matter(name: str, config: dict[str, Any], multi_label: bool, evaluated
     from huggingface_hub import EvalResult, ModelCardData
 
     results = [EvalResult(task_type=TASK, task_name="Text Classification", dataset_type=_dataset_type(sources[split]),
-                          dataset_name=_source_name(sources[split]), dataset_split=split, metric_type=key, metric_value=value,
-                          metric_name=f"{split} {key}")
+                          dataset_name=_source_name(sources[split]), dataset_split=_dataset_split(split, sources[split], config["data"]),
+                          metric_type=key, metric_value=value, metric_name=f"{split} {key}")
                for split, metrics in evaluated.items() for key, value in scores(metrics).items()]
     hub_data = sorted({_hub_dataset(source) for source in sources.values() if _hub_dataset(source)})
     tags = ["bertcls", TASK, "multi-label-classification" if multi_label else "single-label-classification"]
@@ -116,6 +116,15 @@ def _dataset_type(source: str) -> str:
     return _hub_dataset(source) or "local"
 
 
+def _dataset_split(split: str, source: str, data: dict[str, Any]) -> str:
+    """The split of its dataset that `split` was scored on, as the hub reads it: a hub dataset's own split (`name:test`
+    as validation is its test split; a bare `name` gave the split named as the role); validation held out of train
+    is that share of train's split."""
+    held_out = split == "validation" and not data.get("validation")
+    named = (source.partition(":")[2] if _hub_dataset(source) else "") or ("train" if held_out else split)
+    return f"{named} ({data['validation_split']:.0%} held out)" if held_out else named
+
+
 # ---------------------------------------------------------------------------- the sections
 
 def _summary(name: str, config: dict[str, Any], labels: list[str], multi_label: bool, result: dict[str, Any]) -> str:
@@ -145,9 +154,9 @@ def _results_section(evaluated: dict[str, dict[str, Any]]) -> str:
     if not evaluated:
         return "## Results\n\nNot evaluated."
     splits = list(evaluated)
-    keys = list(scores(next(iter(evaluated.values()))))
+    keys = list(dict.fromkeys(key for metrics in evaluated.values() for key in scores(metrics)))  # a split may lack one
     lines = ["## Results", "", "| metric | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
-    lines += [f"| {key} | " + " | ".join(_number(evaluated[split].get(key)) for split in splits) + " |" for key in keys]
+    lines += [f"| {key} | " + " | ".join(_number(evaluated[split].get(key)) or "-" for split in splits) + " |" for key in keys]
     lines += ["| examples | " + " | ".join(str(evaluated[split].get("num_examples", "")) for split in splits) + " |"]
     return "\n".join(lines)
 
@@ -199,7 +208,7 @@ def usage_section(bertcls_model: str, pipeline_model: str, config: dict[str, Any
         USAGE_HEADING, "", "With bertcls:", "", "```bash",
         f'{fetch}bertcls predict --model {folder} "{EXAMPLE_TEXT}"{pair_option}', "```", "",
         "With transformers alone:", "", *caveat, "```python", "from transformers import pipeline", "",
-        f"classifier = pipeline({TASK!r}, model={json.dumps(pipeline_model)})".replace("'", '"'),
+        f"classifier = pipeline({json.dumps(TASK)}, model={json.dumps(pipeline_model, ensure_ascii=False)})",  # Python, too
         f"print(classifier({call_input}{every_label}))", "```",
     ])
 
