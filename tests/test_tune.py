@@ -164,6 +164,7 @@ def test_a_study_continues_after_ctrl_c_and_after_a_worker_died(tmp_path, no_tri
     config, folder, process = stopped_study(tmp_path, signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
+    assert "SIGINT: stopping after this step; the same command continues the search (press Ctrl-C again" in stderr  # no checkpoint
     assert f"trial 1 is marked failed, and its values run again in a new trial; continue the search with: bertcls tune {config}" in stderr
     assert "Traceback" not in stderr
     # A worker that dies (kill -9) leaves its trial marked running: here, the retry of trial 1, taken and left
@@ -286,8 +287,8 @@ def test_ctrl_c_before_a_trial_trains_says_how_to_continue_and_trials_csv_says_w
     assert result.exit_code == 130, result.output
     assert ("stopped by SIGINT during trial 0\ntrial 0 is marked failed, and its values run again in a new trial; "
             f"continue the search with: bertcls tune {config}") in result.output, result.output
-    assert [(row["state"], row["note"]) for row in trials(tmp_path / "search")] == [
-        ("fail", "stopped by SIGINT during trial 0"), ("waiting", "queued: runs the values of trial 0 again")]
+    assert [(row["state"], row["note"], row["run"]) for row in trials(tmp_path / "search")] == [  # the queued retry has no folder yet
+        ("fail", "stopped by SIGINT during trial 0", "trial-0"), ("waiting", "queued: runs the values of trial 0 again", "")]
     assert "2 trial(s) (0 completed, 0 pruned, 1 failed, 1 queued), none completed yet" in result.output
     monkeypatch.setattr("bertcls.tune.train", refused)
     result = runner.invoke(app, ["tune", str(config)])  # trial 1, the retry of trial 0's values, fails

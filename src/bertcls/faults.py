@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from bertcls import distributed
@@ -16,6 +17,18 @@ from bertcls.config import TrainingConfig
 from bertcls.errors import Interrupted, Terminated, TrainingError
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# What the first signal's message says the loop does: `stopping_says` changes it (a search's trial is not resumed).
+_AFTER_STEP: ContextVar[str] = ContextVar("after_step", default="after this step to write a resumable checkpoint")
+
+
+@contextmanager
+def stopping_says(when: str) -> Iterator[None]:
+    """For the block, a first stop signal says the loop stops `when` (e.g. "after this step; ...")."""
+    token = _AFTER_STEP.set(when)
+    try:
+        yield
+    finally:
+        _AFTER_STEP.reset(token)
 
 
 class StopRequest:
@@ -103,7 +116,7 @@ class StopRequest:
             self.signum = signum
             if distributed.is_main_process():  # under torchrun every process gets it: say it once
                 when = ("after this stage of the final evaluation; the last checkpoint resumes into it" if self.finishing
-                        else "after this step to write a resumable checkpoint")
+                        else _AFTER_STEP.get())
                 print(f"\n{signal.Signals(signum).name}: stopping {when} (press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
             return
         self.early = self.early or signum

@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from bertcls import atomic, distributed, runs
+from bertcls import atomic, distributed, faults, runs
 from bertcls import data as data_mod
 from bertcls.config import Config, Dimension, TuneConfig, set_dotted, validate_config
 from bertcls.errors import (
@@ -550,12 +550,15 @@ class _Claim:
             self.fd = None
 
 
+TRIAL_STOPS = "after this step; the same command continues the search"  # a stopped trial is not resumed: its values run again
+
+
 def run_trial(job: Search, trial: optuna.Trial) -> float:
     """Train one trial in OUTPUT_DIR/trial-N with its sampled values; its validation metric, or TrialPruned."""
     tune = job.config.tune
     grid = tune.sampler == "grid"
     params = {key: _suggest(trial, key, _distribution(dim, grid)) for key, dim in tune.space.items()}
-    run = job.folder / f"{TRIAL_PREFIX}{trial.number}"
+    run = job.folder / _run_name(trial)
     # a trial that runs a failed one's values again comes with its attributes (Optuna copies them): not its note and value
     trial.set_user_attr("note", "")
     trial.set_user_attr("value", None)
@@ -563,7 +566,8 @@ def run_trial(job: Search, trial: optuna.Trial) -> float:
     config = trial_config(job.config, params, run, job.metric)
     pruning = PruningCallback(trial, job.metric)
     try:
-        train(config, quiet=True, callbacks=(pruning,), config_file=job.config_file, warn_data=job.warn_data)
+        with faults.stopping_says(TRIAL_STOPS):
+            train(config, quiet=True, callbacks=(pruning,), config_file=job.config_file, warn_data=job.warn_data)
         job.warn_data = any(key.startswith("data.") for key in tune.space)  # the same data: its warnings once
     except TrainingError as exc:  # the loss became NaN, or memory ran out: these values cannot train
         trial.set_user_attr("note", first_line(exc))
@@ -696,8 +700,13 @@ def _trials_csv(job: Search, trials: list[optuna.trial.FrozenTrial]) -> str:
         value = t.value if t.value is not None else t.user_attrs.get("value")
         seconds = f"{t.duration.total_seconds():.1f}" if t.duration is not None else ""
         writer.writerow([t.number, t.state.name.lower(), "" if value is None else value, seconds,
-                         *(t.params.get(key, "") for key in keys), t.user_attrs.get("run", ""), _note(t)])
+                         *(t.params.get(key, "") for key in keys), "" if t.state == TrialState.WAITING else _run_name(t), _note(t)])
     return buffer.getvalue()
+
+
+def _run_name(trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:
+    """The folder a trial trains in. Not its "run" attribute: a queued retry comes with the failed trial's."""
+    return f"{TRIAL_PREFIX}{trial.number}"
 
 
 def _note(trial: optuna.trial.FrozenTrial) -> str:
@@ -744,7 +753,7 @@ def _remove_losing_models(job: Search, best: int) -> None:
     """--keep best: every finished trial but the best loses model/ and its checkpoints; metrics, config and log stay."""
     removed = 0
     for trial in job.study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.FAIL)):
-        run = job.folder / trial.user_attrs.get("run", f"{TRIAL_PREFIX}{trial.number}")
+        run = job.folder / _run_name(trial)
         if trial.number == best or not run.is_dir() or runs.training_pid(run) is not None:
             continue
         found = (run / runs.MODEL_DIR).exists() or runs.checkpoints(run)
