@@ -255,3 +255,20 @@ def test_a_tracker_that_fails_mid_run_is_one_warning_and_nothing_more():
             tracker.log({"train/loss": 0.5}, step=step)
         tracker.finish()
     assert [str(w.message) for w in caught] == ["training.report_to: flaky failed (the server went away); it logs nothing more, and the run goes on"]
+
+
+def test_an_mlflow_experiment_deleted_by_hand_is_named_with_the_fix(tmp_path, monkeypatch):
+    from accelerate import PartialState
+    from accelerate.tracking import MLflowTracker
+    from mlflow.tracking import MlflowClient
+
+    from bertcls.errors import ConfigError
+
+    PartialState()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    client.delete_experiment(client.create_experiment("bertcls"))
+    with pytest.raises(ConfigError) as refused:
+        Guarded(MLflowTracker("bertcls", logging_dir=str(tmp_path)), continues=False).start()
+    assert str(refused.value).startswith("training.report_to: mlflow could not start (its experiment 'bertcls' was deleted, "
+                                         "and a deleted experiment keeps its name); restore it")

@@ -156,6 +156,11 @@ class Guarded(GeneralTracker):
             if self.name == "mlflow" and "MLFLOW_ALLOW_FILE_STORE" in str(exc):  # its message names the fix past our cut
                 why = "MLflow writes to a folder (a file: tracking URI) only when MLFLOW_ALLOW_FILE_STORE=true is set"
                 hint = "set MLFLOW_TRACKING_URI to a database such as sqlite:///mlflow.db, or MLFLOW_ALLOW_FILE_STORE=true"
+            elif self.name == "mlflow" and "already exists" in str(exc):  # deleted, it keeps its name until removed for good
+                name = getattr(self.inner, "experiment_name", PROJECT)
+                why = f"its experiment {name!r} was deleted, and a deleted experiment keeps its name"
+                hint = ("restore it (mlflow experiments restore), remove it for good (mlflow gc), or set $MLFLOW_EXPERIMENT_NAME "
+                        "to another name")
             raise ConfigError(f"training.report_to: {self.name} could not start ({why}); {hint}, or remove it from "
                               "training.report_to") from exc
         self.started = True
