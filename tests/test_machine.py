@@ -2,9 +2,11 @@
 `precision: auto` (bf16 only where the hardware computes it), and the precision a run records."""
 
 import json
+import shutil
 
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from bertcls import machine
@@ -96,6 +98,8 @@ BAD_PRECISION = "'fp8' is not a precision; use one of auto, fp32, bf16, fp16"
         (["predict", "--precision", "fp8", "hello"], f"--precision: {BAD_PRECISION}"),
         (["evaluate", "x.csv", "--device", "gpu"], f"--device: {BAD_DEVICE}"),
         (["evaluate", "x.csv", "--precision", "fp8"], f"--precision: {BAD_PRECISION}"),
+        (["predict", "--precision", "int8", "hello"],  # what --verbose says of an int8 export
+         "--precision: 'int8' is not a precision to ask for; an export made with --quantize int8 runs in int8 under auto"),
     ],
 )
 def test_bad_device_or_precision_options_are_one_line(args, message):
@@ -138,6 +142,20 @@ def test_cuda_asked_for_without_a_gpu_is_one_line(trained_run):
 def test_metrics_record_the_device_and_precision_trained_in(trained_run):
     train = json.loads((trained_run / "metrics.json").read_text())["train"]
     assert (train["device"], train["precision"]) == ("cpu", "fp32")  # the toy run asks for fp32
+
+
+def test_auto_follows_the_precision_a_run_trained_in_not_its_configs_auto(cpu, trained_run, tmp_path):
+    from bertcls.predict import resolve_device_precision
+
+    run = tmp_path / "run"  # trained with precision: auto on a CPU without native bf16: it trained and was scored in fp32
+    shutil.copytree(trained_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["training"]["precision"] = "auto"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    cpu(True, True)  # predicted on one with it
+    assert resolve_device_precision(run, "cpu", "auto") == ("cpu", "fp32")
+    (run / "metrics.json").unlink()  # not finished: the config is all there is
+    assert resolve_device_precision(run, "cpu", "auto") == ("cpu", "bf16")
 
 
 @pytest.mark.parametrize(("command", "precision"), [("predict", "auto"), ("predict", "bf16"), ("evaluate", "auto"), ("evaluate", "bf16")])

@@ -31,6 +31,8 @@ def precision_problem(precision: object) -> str | None:
     """What is wrong with a precision setting, or None."""
     if precision in PRECISIONS:
         return None
+    if precision == "int8":  # what --verbose says of an int8 export, which auto runs so
+        return "'int8' is not a precision to ask for; an export made with --quantize int8 runs in int8 under auto"
     return f"{precision!r} is not a precision; use one of {', '.join(PRECISIONS)}"
 
 

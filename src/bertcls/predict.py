@@ -179,7 +179,7 @@ def load_predictor(path: str | Path, device: str = "auto", batch_size: int = 64,
 
 
 def resolve_device_precision(path: str | Path, device: str, precision: str) -> tuple[str, str]:
-    """`device` auto: cuda when there is a GPU. `precision` auto: the run's training.precision where this device
+    """`device` auto: cuda when there is a GPU. `precision` auto: the precision the run trained in where this device
     computes it natively (bf16 on CPUs with AVX512-BF16/AMX and GPUs of compute capability 8.0+), else fp32; a
     plain model folder follows the hardware alone. An ONNX export runs on the CPU in the precision it was exported
     in: `precision` must be auto or that one (`export_precision`)."""
@@ -190,10 +190,19 @@ def resolve_device_precision(path: str | Path, device: str, precision: str) -> t
     device = machine.pick_device(device, "device")
     resolved = machine.resolve_precision(precision, device)
     if precision == "auto":
-        trained = runs.run_setting(path, "training", "precision", "auto")
+        trained = _trained_precision(Path(path))
         # Follow the run (its validation and test scores were computed so) unless the hardware lacks it.
         resolved = resolved if trained in ("auto", resolved) else "fp32"
     return device, resolved
+
+
+def _trained_precision(path: Path) -> str:
+    """The precision the run at `path` trained and was scored in: its metrics.json's, else (not finished) its config's,
+    whose auto became fp32 on hardware without native bf16; auto for a plain model folder."""
+    try:
+        return json.loads((runs.config_folder(path) / runs.METRICS_FILE).read_text(encoding="utf-8"))["train"]["precision"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return runs.run_setting(path, "training", "precision", "auto")
 
 
 def export_precision(folder: Path, precision: str) -> str:
