@@ -130,3 +130,16 @@ def test_ctrl_c_during_an_import_is_interrupted_not_a_traceback(trained_run, mon
     monkeypatch.setattr(predict, "load_predictor", importing)
     result = runner.invoke(app, ["predict", "--model", str(trained_run), "great"])
     assert (result.exit_code, result.output) == (130, "Interrupted.\n")
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["export", "--model", "x", "--quantize", "int4"], "Invalid value for '--quantize': 'int4' is not one of 'int8' (see bertcls export --help)"),
+    (["predict", "--batch-size", "many", "x"], "Invalid value for '--batch-size': Input should be a valid integer, unable to parse "
+                                               "string as an integer (see bertcls predict --help)"),
+    (["runs", "--sortt", "x"], "No such option: --sortt (Possible options: --json, --sort) (see bertcls runs --help)"),
+    (["train"], "Missing argument 'config' (see bertcls train --help)"),
+    (["trian", "c.yaml"], "No such command 'trian'. Did you mean 'train'? (see bertcls --help)"),
+])
+def test_options_refused_by_the_command_line_parser_are_one_line_too(args, said):
+    result = runner.invoke(app, args)
+    assert (result.exit_code, result.stderr) == (2, f"Error: {said}\n")

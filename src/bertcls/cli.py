@@ -32,12 +32,31 @@ from bertcls import __version__, atomic, distributed, machine, runs
 from bertcls.errors import BertclsError, BertclsWarning, Interrupted, Terminated, UsageError, WriteError
 from bertcls.predict_file import check_output, predict_file
 
+
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """A command's options and arguments refused by click itself (a value of the wrong type or choice, an unknown
+    option, a missing argument), said as bertcls says every error: one line, exit 2, not typer's boxed usage."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            # click's UsageError, by name: typer ships its own copy of click (typer._click), older typers use click's
+            usage = any(kind.__name__ == "UsageError" for kind in type(exc).__mro__) and not isinstance(exc, BertclsError)
+            if not usage or type(exc).__name__ == "NoArgsIsHelpError":  # the command's help, which typer prints
+                raise
+            where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            typer.echo(f"Error: {exc.format_message().replace('Value error, ', '').rstrip('.')}{where}", err=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
 app = typer.Typer(
     name="bertcls",
     help="Fine-tune BERT-family text classifiers from a YAML config, then predict and evaluate with them.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_OneLineUsageErrors,
 )
 
 FLAG = ""  # a flag's metavar: typer would show `<bool>`, as if it took a value (`--json true` would read "true" as a text)
