@@ -65,6 +65,7 @@ def test_evaluate_names_the_classes_a_file_has_no_example_of(trained_run, tmp_pa
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert (metrics["accuracy"], metrics["f1_macro"], metrics["per_class"]["negative"]) == (
         1.0, 1.0, {"precision": None, "recall": None, "f1": None, "support": 0})
+    assert metrics["scored_with"] == {"model": str(trained_run.resolve()), "engine": "torchscript", "device": "cpu", "precision": "fp32"}
     assert "f1_macro 1.0000" in result.stdout
     assert re.search(r"negative\s+│\s+—\s+│\s+—\s+│\s+—\s+│\s+0\s", result.stdout), result.stdout
 

@@ -398,7 +398,7 @@ def evaluate(
             typer.echo(note, err=True)
         if folder is not None:
             written = report.write_report(folder, evaluation)
-            atomic.write_json(folder / runs.METRICS_FILE, evaluation.metrics)
+            atomic.write_json(folder / runs.METRICS_FILE, {**evaluation.metrics, "scored_with": evaluation.scored_with})
     if output is not None:
         typer.echo(f"wrote {output}: {', '.join(p.name for p in written)}, {runs.METRICS_FILE}", err=True)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -135,6 +136,7 @@ class Evaluation:
     multi_label: bool = False
     threshold: float | None = None  # multi-label only: a label is predicted when its probability is >= this
     label_separator: str = runs.LABEL_JOIN  # multi-label only: what joins a row's labels in predictions.csv, as in the data
+    scored_with: dict[str, str] | None = None  # `evaluate_file`: the model, engine, device and precision that scored it
 
 
 def score(texts: Sequence[str], pairs: Sequence[str] | None, names: Sequence[str], logits: np.ndarray,
@@ -246,5 +248,8 @@ def evaluate_file(model_path, data_file: str, *, text_column: str | None = None,
     gold = LabelMap(tuple(names), predictor.multi_label).encode(split.labels, f"evaluate ({data_file})")
     logits = predictor.logits(split.texts, split.pairs)
     predictor.check_scores(logits)
-    return score(split.texts, split.pairs, names, logits, gold, loss_of(logits, np.asarray(gold)),
-                 multi_label=predictor.multi_label, threshold=predictor.threshold, label_separator=columns.label_separator)
+    evaluation = score(split.texts, split.pairs, names, logits, gold, loss_of(logits, np.asarray(gold)),
+                       multi_label=predictor.multi_label, threshold=predictor.threshold, label_separator=columns.label_separator)
+    evaluation.scored_with = {"model": str(Path(model_path).resolve()), "engine": predictor.engine, "device": str(predictor.device),
+                              "precision": predictor.precision}
+    return evaluation
