@@ -6,6 +6,7 @@ import json
 import random
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -42,16 +43,19 @@ def pair_run(tmp_path_factory):
     return train(load_config(config, ["data.text_column=premise", "data.text_pair_column=hypothesis"]), quiet=True), data
 
 
-def test_pairs_train_evaluate_and_predict(pair_run, tmp_path):
+def test_pairs_train_evaluate_and_predict(pair_run, tmp_path, monkeypatch):
     run, data = pair_run
     assert json.loads((run / "metrics.json").read_text())["test"]["accuracy"] >= 0.85
     header_row = next(csv.reader(open(run / "reports" / "test" / "predictions.csv", encoding="utf-8")))
     assert header_row[:2] == ["text", "text_pair"]
 
-    for model in (run, run / "model"):  # the run's model/ folder reads files with its run's columns too
-        evaluated = runner.invoke(app, ["evaluate", str(data["test"]), "-m", str(model), "-o", str(tmp_path / model.name)])
+    (tmp_path / "best").symlink_to(run / "model")
+    monkeypatch.chdir(run / "model")
+    # the run's model/ folder reads files with its run's columns too, however it is named
+    for i, model in enumerate((run, run / "model", Path("."), tmp_path / "best")):
+        evaluated = runner.invoke(app, ["evaluate", str(data["test"]), "-m", str(model), "-o", str(tmp_path / f"eval-{i}")])
         assert evaluated.exit_code == 0, evaluated.output
-        assert json.loads((tmp_path / model.name / "metrics.json").read_text())["accuracy"] >= 0.85
+        assert json.loads((tmp_path / f"eval-{i}" / "metrics.json").read_text())["accuracy"] >= 0.85
 
     predicted = runner.invoke(app, ["predict", "-m", str(run), "the plot and the cast", "the plot and the cast",
                                     "--pair", "really superb", "--pair", "quite dreadful"])

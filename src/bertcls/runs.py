@@ -613,8 +613,10 @@ def run_setting(path: str | Path, section: str, key: str | None = None, default:
 def config_folder(path: Path) -> Path:
     """The folder whose config.yaml says how the model at `path` was trained: `path`, or for a run's model/ folder the
     run above it (a folder named model/ elsewhere is a plain model folder)."""
-    if not (path / CONFIG_FILE).is_file() and path.name == MODEL_DIR and (path.parent / RECORD_FILE).is_file():
-        return path.parent
+    if not (path / CONFIG_FILE).is_file():
+        real = path.resolve()  # `.` inside model/, or a link to it, is named otherwise
+        if real.name == MODEL_DIR and (real.parent / RECORD_FILE).is_file():
+            return real.parent
     return path
 
 
