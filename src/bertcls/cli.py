@@ -278,7 +278,7 @@ def predict(
     with _to_stdout() if output is None else nullcontext():
         rows = predict_file(predictor, file, output, text_column=columns["text_column"], pair_column=columns["text_pair_column"],
                             top_k=top_k, overwrite=overwrite, over=over, label_separator=columns["label_separator"])
-    typer.echo(f"predicted {rows:,} rows" + (f" -> {output}" if output else ""), err=True)
+    typer.echo(f"predicted {rows:,} row{'' if rows == 1 else 's'}" + (f" -> {output}" if output else ""), err=True)
     if verbose and over:
         from bertcls.longtext import READS
 
@@ -365,7 +365,7 @@ def _truncation_note(text: str, pair: str | None, max_length: int) -> str:
 @_error_boundary
 def evaluate(
     data_file: Annotated[str, typer.Argument(help="A labelled csv/tsv/json/jsonl/parquet file.", show_default=False)],
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Run folder or model folder (default as for predict).")] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Run folder, model folder or exported ONNX folder (default as for predict).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write metrics.json, predictions.csv and figures into this folder (outside any run folder; no file there is replaced).")] = None,
     text_column: Annotated[str | None, typer.Option(help="Text column (default: the run's data.text_column, else `text`).")] = None,
     text_pair_column: Annotated[str | None, typer.Option(help="Second text column (default: the run's).")] = None,

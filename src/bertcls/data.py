@@ -223,7 +223,7 @@ class LabelMap:
         unknown = sorted(seen - ids.keys())
         if unknown:
             raise DataError(f"{where}: labels not seen in train: {listing(unknown, 5, shown)}; "
-                            f"the model can only predict {listing(self.names, 20)}")
+                            f"the model can only predict {listing(self.names, 20)}: remove those rows, or train with examples of them")
         if self.multi_label:
             hot = [{ids[str(v)] for v in row} for row in values]
             return [[1.0 if i in row else 0.0 for i in range(len(self.names))] for row in hot]
