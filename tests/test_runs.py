@@ -83,6 +83,25 @@ def test_publish_dir_replaces_a_folder_whole(tmp_path):
     assert dest.stat().st_mode & 0o777 == 0o777 & ~umask  # like mkdir, not mkdtemp's 0700
 
 
+def test_publish_dir_never_leaves_the_folder_missing(tmp_path, monkeypatch):
+    """Killed after its first rename, a reader sees the new folder (swapped in at once), never none."""
+    dest = tmp_path / "model"
+    dest.mkdir()
+    (dest / "old.bin").write_text("old")
+    tmp = atomic.temp_dir_for(dest)
+    (tmp / "new.bin").write_text("new")
+    replace = os.replace
+
+    def killed_after(src, dst):
+        replace(src, dst)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(runs.os, "replace", killed_after)
+    with pytest.raises(KeyboardInterrupt):
+        runs.publish_dir(tmp, dest)
+    assert [p.name for p in dest.iterdir()] == ["new.bin"]
+
+
 def test_a_folder_moved_aside_by_a_kill_is_put_back_on_resume(tmp_path):
     # killed between publish_dir's two renames: model/ was moved aside, the new one not yet in place
     runs.record_files(tmp_path, "model/model.safetensors")

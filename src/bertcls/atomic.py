@@ -7,6 +7,7 @@ Files are written under a temporary name in the same folder (`.NAME.*`), fsynced
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import json
@@ -169,6 +170,24 @@ def making(folder: Path) -> Iterator[None]:
             except OSError:
                 break
         raise
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux's renameat2 with RENAME_EXCHANGE), so that neither name is ever
+    missing; False where the system or file system cannot (then nothing moved)."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+        except (AttributeError, OSError):  # not Linux, or a C library without it
+            _renameat2 = False
+    if _renameat2 is False:
+        return False
+    at_cwd, rename_exchange = -100, 2
+    return _renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), rename_exchange) == 0
+
+
+_renameat2: Any = None
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from bertcls import __version__
-from bertcls.atomic import check_folder_path, settle, write_json
+from bertcls.atomic import check_folder_path, exchange, settle, write_json
 from bertcls.errors import RunError, first_line
 from bertcls.runlock import LOCK_FILE, check_not_in_use, pid_text, training_pid
 
@@ -99,9 +99,12 @@ def publish_dir(tmp: Path, dest: Path) -> None:
     if in_run:
         record_files(run, *(f"{dest.name}/{file.relative_to(tmp).as_posix()}" for file in files))
     old = run / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
+    if dest.exists() and exchange(tmp, dest):  # no moment without `dest`, for a reader or a kill -9
+        os.replace(tmp, old)
+    else:
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
     if old.exists() and (not in_run or _carry_over(old, dest, run)):
         shutil.rmtree(old, ignore_errors=True)
 
