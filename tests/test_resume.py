@@ -237,6 +237,21 @@ def test_resume_with_nothing_to_resume(tmp_path, data):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_run_stopped_before_its_first_checkpoint_is_pointed_at_overwrite_not_resume(tmp_path, trained_run):
+    # its best model was saved, then it was killed (or the disk filled) before any checkpoint was written
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / runs.METRICS_FILE).unlink()
+    for checkpoint in runs.checkpoints(run):
+        shutil.rmtree(checkpoint)
+    result = runner.invoke(app, ["train", str(run / runs.CONFIG_FILE), "--set", f"output_dir={run}", "--resume"])
+    assert result.exit_code == 2 and result.output == (f"Error: --resume: no checkpoint in {run}; start over with --overwrite "
+                                                       "(it deletes the model/ saved so far)\n")
+    predicted = runner.invoke(app, ["predict", "--model", str(run), "great"])
+    assert predicted.stderr == (f"note: {run} did not finish (it has no metrics.json); using its best model so far "
+                                "(it has no checkpoint to resume from)\n")
+
+
 def test_changed_training_data_is_refused_unless_forced(tmp_path, data):
     # A model folder, whose vocabulary is its own (the tiny model's comes from the training texts: never other data)
     model = build("bert", tmp_path / "bert", [text for text, _ in toy_rows(240, 0)])

@@ -171,7 +171,9 @@ def find(run: Path, resume: bool | str | Path, config: dict[str, Any], data_fing
             raise RunError(f"--resume: {damaged[-1]} has no {runs.CHECKPOINT_STATE} (deleted, or lost), and no other checkpoint in "
                            f"{run} is whole; restore that file, or start over with --overwrite")
         if not found:
-            raise RunError(f"--resume: no checkpoint in {run}; start without --resume")
+            fresh = "start over with --overwrite (it deletes the model/ saved so far)" if (run / runs.MODEL_DIR).exists() else \
+                "start without --resume"
+            raise RunError(f"--resume: no checkpoint in {run}; {fresh}")
         folder = found[-1]
     else:
         folder = Path(resume)

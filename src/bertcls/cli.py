@@ -155,7 +155,9 @@ def train(
     except WriteError as exc:  # the checkpoint written before the disk filled up is complete: say how to go on from it
         if exc.code not in atomic.FIXABLE_IN_PLACE:
             raise
-        then = f"then resume with: {shlex.join(again)}" if runs.checkpoints(cfg.output_dir) else "then train again"
+        fresh = ["bertcls", "train", str(config), *(a for item in set_ or [] for a in ("--set", item)), "--overwrite"]
+        then = (f"then resume with: {shlex.join(again)}" if runs.checkpoints(cfg.output_dir) else  # none to resume: start over
+                f"then start over with: {shlex.join(fresh)}" if (Path(cfg.output_dir) / runs.MODEL_DIR).exists() else "then train again")
         raise WriteError(f"{exc}, {then}", exc.code) from exc
     except Interrupted as exc:
         launcher = " (under the same launcher, with the same number of processes)" if distributed.launched() else ""

@@ -545,8 +545,8 @@ def model_note(path: Path) -> str | None:
         if pid is not None:
             return f"note: {run} is still training ({pid_text(pid)}); using its best model so far"
         if (run / RECORD_FILE).is_file() and not (run / METRICS_FILE).is_file():  # a run's; never raises over a damaged record
-            return (f"note: {run} did not finish (it has no {METRICS_FILE}); using its best model so far "
-                    "(bertcls train CONFIG --resume finishes it)")
+            finish = "bertcls train CONFIG --resume finishes it" if checkpoints(run) else "it has no checkpoint to resume from"
+            return f"note: {run} did not finish (it has no {METRICS_FILE}); using its best model so far ({finish})"
     return None
 
 
