@@ -96,7 +96,8 @@ def save(run: Path, accelerator, model, optimizer, scheduler, *, state: dict[str
 
     dest = Path(run) / f"{runs.CHECKPOINT_PREFIX}{state['global_step']}"
     per_process = _gather(accelerator, {**own, "rng": _rng_state()})
-    if accelerator.is_main_process:
+
+    def write() -> None:
         with atomic.writing(dest):  # disk full, say: one line, and the previous checkpoint stays
             tmp = atomic.temp_dir_for(dest)
             try:
@@ -111,16 +112,17 @@ def save(run: Path, accelerator, model, optimizer, scheduler, *, state: dict[str
                                                     "scaler": scaler}, tmp / runs.CHECKPOINT_OPTIMIZER)
                 for index, part in enumerate(per_process):
                     _save_torch(part, tmp / runs.CHECKPOINT_RNG.format(index))
-                state = {**state, "processes": accelerator.num_processes, "weights_sha256": weights_sha256.result(),
-                         "optimizer_sha256": optimizer_sha256, "config": config}
-                (tmp / runs.CHECKPOINT_STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+                written = {**state, "processes": accelerator.num_processes, "weights_sha256": weights_sha256.result(),
+                           "optimizer_sha256": optimizer_sha256, "config": config}
+                (tmp / runs.CHECKPOINT_STATE).write_text(json.dumps(written, indent=1), encoding="utf-8")
                 runs.publish_dir(tmp, dest)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
         for old in runs.checkpoints(run)[:-keep]:
             runs.remove_ours(run, old.name)
-    accelerator.wait_for_everyone()
+
+    distributed.on_main(accelerator, write)  # the others wait; a failure stops them too
     return dest
 
 

@@ -29,7 +29,7 @@ from typing import Annotated
 import typer
 
 from bertcls import __version__, atomic, distributed, machine, runs
-from bertcls.errors import BertclsError, BertclsWarning, Interrupted, Terminated, UsageError, WriteError
+from bertcls.errors import BertclsError, BertclsWarning, Interrupted, MainStopped, Terminated, UsageError, WriteError
 from bertcls.predict_file import check_output, predict_file
 
 
@@ -114,7 +114,8 @@ def _interrupted(exc: BaseException | None, kind: type[BaseException] = Keyboard
 def _fail(exc: BertclsError, debug: bool) -> None:
     if debug:
         traceback.print_exc()
-    typer.echo(f"Error: {exc}", err=True)
+    if not isinstance(exc, MainStopped):  # another process of a launch: the main one says why
+        typer.echo(f"Error: {exc}", err=True)
     raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
@@ -155,8 +156,9 @@ def train(
     except WriteError as exc:  # the checkpoint written before the disk filled up is complete: say how to go on from it
         if exc.code not in atomic.FIXABLE_IN_PLACE:
             raise
+        launcher = " (under the same launcher, with the same number of processes)" if distributed.launched() else ""
         fresh = ["bertcls", "train", str(config), *(a for item in set_ or [] for a in ("--set", item)), "--overwrite"]
-        then = (f"then resume with: {shlex.join(again)}" if runs.checkpoints(cfg.output_dir) else  # none to resume: start over
+        then = (f"then resume with: {shlex.join(again)}{launcher}" if runs.checkpoints(cfg.output_dir) else  # none to resume: start over
                 f"then start over with: {shlex.join(fresh)}" if (Path(cfg.output_dir) / runs.MODEL_DIR).exists() else "then train again")
         raise WriteError(f"{exc}, {then}", exc.code) from exc
     except Interrupted as exc:

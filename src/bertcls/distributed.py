@@ -10,10 +10,11 @@ no shared filesystem, except to resume: every process reads the checkpoint (`ber
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bertcls.errors import ConfigError
+from bertcls.errors import ConfigError, MainStopped, Terminated
 
 if TYPE_CHECKING:  # pydantic stays off the `--help` and predict paths
     from bertcls.config import TrainingConfig
@@ -46,6 +47,29 @@ def from_main(value, accelerator):
     from accelerate.utils import broadcast_object_list
 
     return broadcast_object_list([value])[0]
+
+
+def on_main(accelerator, write: Callable[[], object]) -> None:
+    """Run `write` (files into the run folder) on the main process alone while the others wait for it. When it fails (a
+    full disk, a second Ctrl-C), every process stops with it: the others raise MainStopped (or the same interrupt)
+    rather than wait at a barrier the main process never reaches, for the collective layer's traceback or timeout."""
+    failure: BaseException | None = None
+    if accelerator.is_main_process:
+        try:
+            write()
+        except BaseException as exc:
+            failure = exc
+    if accelerator.num_processes > 1:  # a collective: every process waits here for the main one's outcome
+        said = from_main(None if failure is None else (type(failure).__name__, str(failure)), accelerator)
+        if failure is None and said is not None:
+            kind, message = said
+            if kind == "Terminated":
+                raise Terminated
+            if kind == "KeyboardInterrupt":
+                raise KeyboardInterrupt
+            raise MainStopped(f"the main process stopped: {message}")
+    if failure is not None:
+        raise failure
 
 
 def check_launch(cfg: TrainingConfig, on_cpu: bool, processes: int) -> None:

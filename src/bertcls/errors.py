@@ -49,6 +49,11 @@ class RunError(BertclsError):
     pass
 
 
+class MainStopped(RunError):
+    """On a process other than the main one: the main process failed while it wrote the run folder (it says why) and
+    this one stops with it; the CLI says nothing more for it."""
+
+
 class WriteError(RunError):
     """Raised by `bertcls.atomic.writing`; the message names the path, the cause and the fix. `code`: the errno."""
 

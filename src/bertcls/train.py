@@ -339,10 +339,12 @@ class Job:
     def save_best(self, threshold: float | None) -> None:
         """model/ <- the weights now, the best so far; the run's record notes the step (`runs.record_best`)."""
         weights = distributed.full_state_dict(self.accelerator, self.model)  # every process: a collective under FSDP
-        if self.main:
+
+        def write() -> None:
             save_model(self.accelerator.unwrap_model(self.model), self.tokenizer, self.run / runs.MODEL_DIR, weights, threshold=threshold)
             runs.record_best(self.run, self.state.global_step)
-        self.accelerator.wait_for_everyone()
+
+        distributed.on_main(self.accelerator, write)  # the others wait; a failure stops them too
 
 
 def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: faults.StopRequest, resources: ExitStack,
