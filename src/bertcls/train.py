@@ -468,6 +468,8 @@ def _place_in_schedule(job: Job) -> None:
                 f"this config's schedule ({per_epoch} steps an epoch) does not have; step {state.global_step} goes on from "
                 f"epoch {epoch + 1}, micro-batch {steps * accumulation}")
     state.epoch, state.batches_done = epoch, steps * accumulation
+    if state.best_step is not None:  # metrics.json counts the new schedule's epochs: the one the best step falls in now
+        state.best_epoch = (state.best_step - 1) // per_epoch + 1
 
 
 def _keep_best_on_resume(job: Job) -> None:
