@@ -373,13 +373,16 @@ def test_a_forced_resume_keeps_steps_and_epochs_true_to_the_new_schedule(tmp_pat
     assert (trained["optimizer_steps"], trained["epochs"]) == (24, 3)
 
     # a schedule that ends at the checkpoint: the weights after its last step are scored before the finish
-    at_end = resume("training.max_steps=10")
+    at_end = resume("training.max_steps=10", "training.num_threads=2")
     assert at_end.exit_code == 0, at_end.output
+    assert ("note: checkpoint-10 trained on 1 CPU thread(s), this run on 2: the weights differ from a run never stopped in their "
+            "last digits (set training.num_threads: 1 to resume exactly)") in at_end.output
     metrics = json.loads((run / runs.METRICS_FILE).read_text())
     assert (metrics["train"]["optimizer_steps"], metrics["train"]["epochs"], metrics["best_step"]) == (10, 0.667, 4)
     evaluations = [r["step"] for r in map(json.loads, (run / runs.LOG_FILE).read_text().splitlines()) if r.get("split")]
     assert evaluations == [4, 8, 10]
-    assert json.loads((run / runs.MANIFEST_FILE).read_text())["resumes"][-1]["config_changes"] == ["training.max_steps: None -> 10"]
+    assert json.loads((run / runs.MANIFEST_FILE).read_text())["resumes"][-1]["config_changes"] == [
+        "training.max_steps: None -> 10", "training.num_threads: 1 -> 2"]
 
 
 def test_config_differences_name_the_keys():

@@ -218,7 +218,7 @@ STATE_FIELDS: dict[str, tuple[tuple[type, ...], float | None, str]] = {
     "config": ((dict,), None, "an object"), "trackers": ((dict,), None, "an object"),
     "evaluated_step": ((int, type(None)), 0, "a whole number >= 0 or null"), "weights_sha256": ((str,), None, "a string"),
     "optimizer_sha256": ((str,), None, "a string"),
-    "labels": ((list,), None, "a list"),
+    "labels": ((list,), None, "a list"), "threads": ((int,), 1, "a whole number >= 1"),
 }
 REQUIRED_STATE = ("global_step", "epoch", "batches_done")
 

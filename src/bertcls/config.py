@@ -349,7 +349,7 @@ class TuneConfig(Section):
 
 
 class Config(Section):
-    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seeds data order, initialisation and dropout: the same config and seed give the same metrics on the CPU.")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seeds data order, initialisation and dropout: the same config and seed give the same metrics on the same CPU with the same number of threads (another thread count rounds differently).")
     output_dir: Annotated[str, AfterValidator(_absolute)] = Field("runs/run", min_length=1, description="The run folder, where everything a run writes goes (see docs/training.md#the-run-folder). Written in a config file, relative to the file's folder; the default, relative to the current folder.")
     data: DataConfig = Field(description="Where the examples come from and how they are read: files or hub datasets, columns, labels, length.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The pretrained encoder to fine-tune; a fresh classification head is put on it.")

@@ -322,7 +322,8 @@ class Job:
             raise _nonfinite_loss(total, state.global_step, self.scheduler.get_last_lr()[0], self.run)
         if not self.resumable:
             return
-        saved = {**state.saved(), "seconds": self.seconds(), "data_fingerprint": self.inputs.data_id, "labels": list(self.inputs.labels.names)}
+        saved = {**state.saved(), "seconds": self.seconds(), "data_fingerprint": self.inputs.data_id, "labels": list(self.inputs.labels.names),
+                 "threads": torch.get_num_threads()}
         self.last_checkpoint = ckpt.save(self.run, acc, self.model, self.optimizer, self.scheduler, config=self.config.to_dict(),
                                          keep=self.cfg.keep_checkpoints, state=saved,
                                          own={"window": window.saved(), "real_tokens": int(self.real_tokens), "paused": self.paused})
@@ -452,6 +453,10 @@ def _say_header(job: Job) -> None:
     job.log.say(longtext.header_line(job.long_texts))
     if inputs.resume_from:
         job.log.say(f"resumed from {inputs.resume_from} at step {job.state.global_step}")
+        threads, was = torch.get_num_threads(), ckpt.read_state(inputs.resume_from).get("threads")
+        if acc.device.type == "cpu" and was is not None and was != threads:  # a CPU sums a product's terms by thread
+            job.log.say(f"note: {inputs.resume_from.name} trained on {was} CPU thread(s), this run on {threads}: the weights differ "
+                        f"from a run never stopped in their last digits (set training.num_threads: {was} to resume exactly)")
     if not job.resumable:
         job.log.say("note: training.fsdp runs write no resumable checkpoints yet; model/ (the best weights) is still saved")
 
