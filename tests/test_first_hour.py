@@ -141,6 +141,11 @@ def test_predict_warns_once_about_a_head_that_was_never_trained(tmp_path, traine
                              f"with model.name: {folder}\n")
     trained = runner.invoke(app, ["predict", "--model", str(trained_run / "model"), "great"])
     assert trained.exit_code == 0 and "warning" not in trained.stderr
+    exported = runner.invoke(app, ["export", "--model", str(folder), "--output", str(tmp_path / "onnx")])  # it would lose the warning
+    assert exported.exit_code == 2 and exported.stderr.endswith(
+        f"Error: {folder}: its classification head was never trained, so its export would predict at random; fine-tune it first "
+        f"(bertcls train with model.name: {folder}); nothing was exported\n")
+    assert not (tmp_path / "onnx").exists()
 
 
 def test_a_model_folder_without_its_tokenizer_files_is_refused(tmp_path, trained_run, toy_data):

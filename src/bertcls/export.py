@@ -75,10 +75,14 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
 
 
 def _check_weights(model, folder: Path) -> None:
-    """Refuse a model whose weights hold NaN or infinity (a file damaged in place): its scores are not numbers for some
-    texts at least, and quantizing it fails inside onnxruntime."""
+    """Refuse a model whose classification head was never trained (a plain pretrained encoder), and one whose weights
+    hold NaN or infinity (a file damaged in place): its scores are not numbers for some texts at least, and
+    quantizing it fails inside onnxruntime."""
     import torch
 
+    if getattr(model, "bertcls_untrained_head", False):  # an export would carry the random head on, without its warning
+        raise ModelError(f"{folder}: its classification head was never trained, so its export would predict at random; "
+                         f"fine-tune it first (bertcls train with model.name: {folder}); nothing was exported")
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ModelError(f"{folder}: its weight {name} holds NaN or infinite values (a damaged model file?); restore the "

@@ -324,6 +324,7 @@ def load_trained(path: str | Path):
         warnings.warn(f"{folder}: its classification head was never trained ({missing} not in the folder, so random); "
                       f"its predictions mean nothing until it is fine-tuned: bertcls train with model.name: {folder}",
                       BertclsWarning, stacklevel=2)
+    model.bertcls_untrained_head = bool(loading["missing_keys"])  # export refuses such a model (`export._check_weights`)
     first_token.apply(model)
     return model.eval(), tokenizer
 
