@@ -310,3 +310,20 @@ def test_a_bad_model_in_the_environment_is_named_as_such(tmp_path, monkeypatch, 
         monkeypatch.setenv(runs.MODEL_ENV, str(folder))
         result = runner.invoke(app, command)
         assert (result.exit_code, result.output) == (2, f"Error: ${runs.MODEL_ENV} {folder}: {problem}; {fix}\n")
+
+
+@pytest.mark.slow  # a whole process: about 10 s
+def test_a_training_whose_terminal_went_away_finishes(tmp_path):
+    """`bertcls train config.yaml 2>&1 | head -2`: the reader closes the pipe after two lines, and the run goes on."""
+    import subprocess
+    import sys
+
+    data = {name: write_csv(tmp_path / f"{name}.csv", toy_rows(n, seed)) for name, n, seed in (("train", 64, 0), ("validation", 16, 1))}
+    config = make_config(tmp_path, data, training={"epochs": 2, "batch_size": 8, "log_every_steps": 1})
+    process = subprocess.Popen([sys.executable, "-m", "bertcls", "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = [process.stdout.readline() for _ in range(2)]
+    process.stdout.close()
+    process.wait(timeout=300)
+    assert lines[0].startswith(b"train 64 | validation 16"), lines
+    assert json.loads((tmp_path / "run" / runs.METRICS_FILE).read_text())["train"]["optimizer_steps"] == 16

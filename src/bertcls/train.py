@@ -421,7 +421,7 @@ def _build(job: Job) -> None:
     truncated = encoded["train"].reading.over if long_text.mode == "truncate" else ()  # the other modes read the ends they promise
     if job.main and job.warn_data:  # leakage, conflicting labels, heavy truncation: a line each, also with --quiet; `bertcls check` has the details
         for line in data_warnings((inputs.train, inputs.validation, inputs.test), truncated, config.data.max_length):
-            print(line, file=sys.stderr, flush=True)
+            tell(line)
     pad_id = job.tokenizer.pad_token_id if job.tokenizer.pad_token_id is not None else 0
     sampler = data_mod.LengthGroupedBatches(encoded["train"].lengths, tcfg.batch_size, config.seed)
     train_loader = data_mod.loader(encoded["train"], pad_id, sampler)
@@ -741,4 +741,13 @@ class _Log:
 
     def say(self, line: str) -> None:
         if not self.quiet:
-            print(line, file=sys.stderr, flush=True)
+            tell(line)
+
+
+def tell(line: str) -> None:
+    """Print a line to stderr. When its reader has gone (`bertcls train ... 2>&1 | head`), training goes on without a
+    terminal, writing log.jsonl, rather than die of the broken pipe with its steps lost: the rest is said to nobody."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (it lasts as long as the process)
