@@ -129,3 +129,19 @@ def test_filling_without_hard_links_takes_back_a_file_copied_in_part(tmp_path, m
     with pytest.raises(RunError, match="No space left on device"), atomic.filling(tmp_path, "--output") as folder:
         (folder / "metrics.json").write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+def test_a_search_or_a_run_without_a_model_is_named_as_such(tmp_path):
+    search, run = tmp_path / "search", tmp_path / "run"
+    search.mkdir()
+    (search / runs.SEARCH_FILE).write_text("{}")
+    with pytest.raises(RunError, match=rf"^--model {search} is a search \(bertcls tune\), not a run; give one of its runs: "):
+        runs.model_dir(search)
+    run.mkdir()
+    runs.record_files(run, "log.jsonl")  # started, stopped before its first evaluation
+    with pytest.raises(RunError, match=rf"^--model {run} is a run that has saved no model yet .*bertcls train CONFIG --overwrite"):
+        runs.model_dir(run)
+    (run / "checkpoint-5").mkdir()
+    (run / "checkpoint-5" / runs.CHECKPOINT_STATE).write_text("{}")
+    with pytest.raises(RunError, match=r"bertcls train CONFIG --resume\), or give another run$"):
+        runs.model_dir(run)

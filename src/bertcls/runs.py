@@ -565,6 +565,13 @@ def model_dir(path: str | Path, given_by: str = "--model") -> Path:
     if pid is not None:
         raise RunError(f"{given_by} {path} is still training ({pid_text(pid)}) and has saved no model yet; wait for its first "
                        "evaluation, or give another run")
+    if (path / SEARCH_FILE).is_file():  # `bertcls tune`'s folder: its runs are the trials
+        raise RunError(f"{given_by} {path} is a search (bertcls tune), not a run; give one of its runs: {path / 'best'} once trained "
+                       f"from best.yaml, or a trial-N folder (bertcls runs {path} lists them)")
+    if (path / RECORD_FILE).is_file():
+        go_on = "--resume" if checkpoints(path) else "--overwrite"
+        raise RunError(f"{given_by} {path} is a run that has saved no model yet (it stopped before its first evaluation); "
+                       f"train it (bertcls train CONFIG {go_on}), or give another run")
     raise RunError(f"{given_by} {path}: neither a finished run folder (with {MODEL_DIR}/) nor a model folder (with config.json); {fix}")
 
 
