@@ -472,6 +472,30 @@ def test_sigterm_answers_the_request_in_flight_then_exits_0(trained_run, tmp_pat
         process.stderr.close()
 
 
+@pytest.mark.slow  # in CI's second pass: a server process stopped twice
+def test_a_second_ctrl_c_quits_without_claiming_a_busy_model(trained_run, tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "bertcls", "serve", "--model", str(trained_run), "--port", "0", "--no-access-log"],
+                               stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        url = server_url(process)
+        with httpx.Client(base_url=url, timeout=60) as http:
+            while http.get("/ready").status_code != 200:
+                time.sleep(0.05)
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as slow:  # a request still sending its body: the model idles
+            slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            process.send_signal(signal.SIGINT)
+            assert process.wait(60) == 0
+        said = process.stderr.read()
+        assert "abandoned" not in said and "Traceback" not in said, said
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+
+
 def server_url(process: subprocess.Popen) -> str:
     """The URL `bertcls serve` says it listens on (its stderr)."""
     deadline = time.monotonic() + 120

@@ -278,6 +278,7 @@ def create_app(options: ServeOptions, load: Callable[[], Any] | None = None, on_
             yield
         except asyncio.CancelledError:  # a second Ctrl-C: uvicorn quits at once, without the shutdown below
             state.stopping = True
+            state.batcher.executor.shutdown(wait=False, cancel_futures=True)  # an idle model thread ends now
             return
         state.stopping = True
         await state.batcher.close()  # uvicorn has answered every request in flight: nothing is waiting
