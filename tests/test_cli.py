@@ -138,6 +138,8 @@ def test_ctrl_c_during_an_import_is_interrupted_not_a_traceback(trained_run, mon
                                                "string as an integer (see bertcls predict --help)"),
     (["runs", "--sortt", "x"], "No such option: --sortt (Possible options: --json, --sort) (see bertcls runs --help)"),
     (["train"], "Missing argument 'config' (see bertcls train --help)"),
+    (["predict", "-k"], "Option '-k' requires an argument (see bertcls predict --help)"),
+    (["--bogus"], "No such option: --bogus (see bertcls --help)"),
     (["trian", "c.yaml"], "No such command 'trian'. Did you mean 'train'? (see bertcls --help)"),
 ])
 def test_options_refused_by_the_command_line_parser_are_one_line_too(args, said):

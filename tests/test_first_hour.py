@@ -142,7 +142,7 @@ def test_predict_warns_once_about_a_head_that_was_never_trained(tmp_path, traine
     trained = runner.invoke(app, ["predict", "--model", str(trained_run / "model"), "great"])
     assert trained.exit_code == 0 and "warning" not in trained.stderr
     exported = runner.invoke(app, ["export", "--model", str(folder), "--output", str(tmp_path / "onnx")])  # it would lose the warning
-    assert exported.exit_code == 2 and exported.stderr.endswith(
+    assert exported.exit_code == 2 and exported.stderr == (
         f"Error: {folder}: its classification head was never trained, so its export would predict at random; fine-tune it first "
         f"(bertcls train with model.name: {folder}); nothing was exported\n")
     assert not (tmp_path / "onnx").exists()

@@ -324,6 +324,6 @@ def test_a_training_whose_terminal_went_away_finishes(tmp_path):
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     lines = [process.stdout.readline() for _ in range(2)]
     process.stdout.close()
-    process.wait(timeout=300)
+    assert process.wait(timeout=300) == 0
     assert lines[0].startswith(b"train 64 | validation 16"), lines
     assert json.loads((tmp_path / "run" / runs.METRICS_FILE).read_text())["train"]["optimizer_steps"] == 16

@@ -139,9 +139,12 @@ def test_a_search_or_a_run_without_a_model_is_named_as_such(tmp_path):
         runs.model_dir(search)
     run.mkdir()
     runs.record_files(run, "log.jsonl")  # started, stopped before its first evaluation
-    with pytest.raises(RunError, match=rf"^--model {run} is a run that has saved no model yet .*bertcls train CONFIG --overwrite"):
+    with pytest.raises(RunError, match=rf"^--model {run} is a run that has saved no model yet .*\(bertcls train CONFIG\), or give"):
         runs.model_dir(run)
     (run / "checkpoint-5").mkdir()
     (run / "checkpoint-5" / runs.CHECKPOINT_STATE).write_text("{}")
     with pytest.raises(RunError, match=r"bertcls train CONFIG --resume\), or give another run$"):
+        runs.model_dir(run)
+    (run / runs.METRICS_FILE).write_text("{}")  # finished, its model/ removed since, as tune --keep best does to losing trials
+    with pytest.raises(RunError, match=rf"^--model {run} is a finished run whose model/ was removed \(bertcls tune --keep best"):
         runs.model_dir(run)

@@ -160,6 +160,7 @@ def _tokenizer():
     ([LONG, "short"], ["short pair", LONG], [True, True]),  # one long side of a pair
     ([LONG], ["   " * 20_000 + LONG[:400]], [True]),  # a side the cut leaves empty, behind one that fills the row
     ([" ".join(["a" * 120] * 4 + ["c" * 150] + ["a"] * 40)], None, [True]),  # the bound falls in a word: one unknown token whole, many cut
+    (["東京 タイトル\n" + "東" * 20_000], None, [True]),  # a run without spaces
 ])
 def test_cutting_long_texts_keeps_exactly_the_tokens_truncation_keeps(texts, pairs, full):
     tokenizer = _tokenizer()
@@ -168,6 +169,12 @@ def test_cutting_long_texts_keeps_exactly_the_tokens_truncation_keeps(texts, pai
     whole = tokenizer(texts, pairs, truncation=True, max_length=32)
     assert encoded.input_ids == whole["input_ids"] and encoded.token_type_ids == whole["token_type_ids"]
     assert [len(ids) == 32 for ids in encoded.input_ids] == full
+
+
+def test_a_long_run_without_spaces_is_cut_not_dropped():
+    """Dropped, the text would be left short and tokenised whole: the memory the cut exists to save."""
+    texts = ["東京 タイトル\n" + "東" * 100_000, "a few words " + "qz" * 100_000]
+    assert [len(text) for text in model.cut_long_texts(texts, None, 32)[0]] == [32 * model.CHARS_PER_TOKEN] * 2
 
 
 def test_a_pair_with_two_long_sides_is_cut_and_truncated():

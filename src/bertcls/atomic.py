@@ -178,7 +178,8 @@ def exchange(a: Path, b: Path) -> bool:
     global _renameat2
     if _renameat2 is None:
         try:
-            _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+            _renameat2 = ctypes.CDLL(None).renameat2
+            _renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
         except (AttributeError, OSError):  # not Linux, or a C library without it
             _renameat2 = False
     if _renameat2 is False:

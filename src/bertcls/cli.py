@@ -37,17 +37,28 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
     """A command's options and arguments refused by click itself (a value of the wrong type or choice, an unknown
     option, a missing argument), said as bertcls says every error: one line, exit 2, not typer's boxed usage."""
 
-    def invoke(self, ctx):
+    def make_context(self, info_name, args, parent=None, **extra):  # bertcls's own options: `bertcls --bogus`
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except Exception as exc:
+            _say_usage_error(exc, info_name or "bertcls")
+
+    def invoke(self, ctx):  # a command's: `bertcls predict --batch-size many`
         try:
             return super().invoke(ctx)
         except Exception as exc:
-            # click's UsageError, by name: typer ships its own copy of click (typer._click), older typers use click's
-            usage = any(kind.__name__ == "UsageError" for kind in type(exc).__mro__) and not isinstance(exc, BertclsError)
-            if not usage or type(exc).__name__ == "NoArgsIsHelpError":  # the command's help, which typer prints
-                raise
-            where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
-            typer.echo(f"Error: {exc.format_message().replace('Value error, ', '').rstrip('.')}{where}", err=True)
-            raise typer.Exit(EXIT_BAD_INPUT) from None
+            _say_usage_error(exc, f"{ctx.command_path} {ctx.invoked_subcommand}" if ctx.invoked_subcommand else ctx.command_path)
+
+
+def _say_usage_error(exc: Exception, command: str) -> None:
+    """Raise `exc` again unless it is click's UsageError (by name: typer ships its own copy of click, typer._click, and
+    older typers use click's), which becomes `Error: <its message> (see COMMAND --help)` and exit 2."""
+    usage = any(kind.__name__ == "UsageError" for kind in type(exc).__mro__) and not isinstance(exc, BertclsError)
+    if not usage or type(exc).__name__ == "NoArgsIsHelpError":  # the command's help, which typer prints
+        raise exc
+    where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else command
+    typer.echo(f"Error: {exc.format_message().replace('Value error, ', '').rstrip('.')} (see {where} --help)", err=True)
+    raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 app = typer.Typer(
@@ -150,23 +161,25 @@ def train(
     from bertcls.train import train as run_training
 
     again = ["bertcls", "train", str(config), *(a for item in set_ or [] for a in ("--set", item)), "--resume"]
+    launcher = " (under the same launcher, with the same number of processes)" if distributed.launched() else ""
     try:
         with atomic.writing(Path(cfg.output_dir)):
             run = run_training(cfg, overwrite=overwrite, quiet=quiet, resume=checkpoint or resume, force=force, config_file=config)
     except WriteError as exc:  # the checkpoint written before the disk filled up is complete: say how to go on from it
         if exc.code not in atomic.FIXABLE_IN_PLACE:
             raise
-        launcher = " (under the same launcher, with the same number of processes)" if distributed.launched() else ""
         fresh = ["bertcls", "train", str(config), *(a for item in set_ or [] for a in ("--set", item)), "--overwrite"]
         then = (f"then resume with: {shlex.join(again)}{launcher}" if runs.checkpoints(cfg.output_dir) else  # none to resume: start over
                 f"then start over with: {shlex.join(fresh)}" if (Path(cfg.output_dir) / runs.MODEL_DIR).exists() else "then train again")
         raise WriteError(f"{exc}, {then}", exc.code) from exc
     except Interrupted as exc:
-        launcher = " (under the same launcher, with the same number of processes)" if distributed.launched() else ""
         exc.hint = f"resume with: {shlex.join(again)}{launcher}"
         raise
     if distributed.is_main_process():  # under torchrun / accelerate launch: once, from the main process
-        typer.echo(str(run))
+        try:
+            typer.echo(str(run))
+        except BrokenPipeError:  # its reader has gone (`| head`), as the loop's lines found: the run is finished all the same
+            sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (it lasts as long as the process)
 
 
 class Keep(str, Enum):

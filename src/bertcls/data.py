@@ -18,6 +18,7 @@ import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -109,14 +110,28 @@ def read_table(source: str, split: str = "train"):
         try:
             return load(data_files={split: str(path)})
         except Exception as exc:
-            # datasets reads a column of mixed types (1 and "x") through Python's json, line by line, which fails on a
-            # blank line: the same lines without them read.
-            if kind != "jsonl" or (lines := _without_blank_lines(path, Path(cache) / "lines.jsonl")) is None:
-                raise DataError(_read_error(path, exc)) from None
+            failure = exc
+        lines = None
+        # datasets reads a column of mixed types (1 and "x") through Python's json, line by line, which fails on a
+        # blank line: the same lines without them read.
+        if kind == "jsonl" and _mixed_types(failure):
+            with suppress(OSError):  # no room for the copy: the file's own error is said
+                lines = _without_blank_lines(path, Path(cache) / "lines.jsonl")
+        if lines is None:
+            raise DataError(_read_error(path, failure)) from None
         try:
             return load(data_files={split: str(lines)})
         except Exception as exc:
             raise DataError(_read_error(path, exc)) from None
+
+
+def _mixed_types(exc: BaseException | None) -> bool:
+    """Whether Arrow's JSON reader refused a column holding values of two types, in `exc` or what it wraps."""
+    while exc is not None:
+        if ") changed from " in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _without_blank_lines(path: Path, copy: Path) -> Path | None:

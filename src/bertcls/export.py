@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bertcls import atomic, runs
-from bertcls.errors import ModelError, RunError, first_line
+from bertcls.errors import BertclsWarning, ModelError, RunError, first_line
 from bertcls.predict import ONNX_FILE, ONNX_INSTALL, ONNX_META, TORCHSCRIPT_META, OnnxPredictor, Predictor, TorchScriptPredictor
 
 # Texts used to check the exported model against PyTorch (the logits must agree within FP32_TOLERANCE).
@@ -67,7 +67,9 @@ def export_onnx(model_path: str | Path, output: str | Path, quantize: str | None
     _require_onnx()
     if output.exists() and any(not entry.name.startswith((atomic.FILLING_PREFIX, atomic.NEW_PREFIX)) for entry in output.iterdir()):
         raise RunError(f"--output {output} is not empty; choose a new folder")
-    predictor, inputs, example = _reference(model_path, "the ONNX predictor")
+    with warnings.catch_warnings():  # refused below in one line, rather than warned of first
+        warnings.filterwarnings("ignore", message=".*classification head was never trained", category=BertclsWarning)
+        predictor, inputs, example = _reference(model_path, "the ONNX predictor")
     _check_weights(predictor.model, runs.model_dir(model_path))
     with atomic.filling(output, "--output") as folder:  # the folder is filled whole or not at all
         checked = _write_onnx(predictor, inputs, example, Path(model_path), folder, quantize)

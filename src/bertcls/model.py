@@ -33,7 +33,7 @@ MAX_LENGTH_KEY = "bertcls_max_length"
 
 # Tokenising a text costs memory in proportion to its whole length, however little truncation keeps (a 20 MB
 # text took 3.8 GB), so texts are cut to max_length x CHARS_PER_TOKEN characters first, before the word the
-# bound falls in (cut, it would read as other tokens). A real tokenizer's token averages 3-6 characters, so the
+# bound falls in where that word is short (cut, it could read as other tokens: see `_cut`). A real tokenizer's token averages 3-6 characters, so the
 # cut keeps every token truncation keeps; a text it leaves short of max_length tokens (mostly whitespace, or long
 # words that are one unknown token each) is tokenised again whole, and so is its row. Pairs: each side is cut;
 # when both sides are that long, which side keeps the odd token of an odd budget follows the cut sides' token
@@ -380,12 +380,18 @@ def cut_long_texts(texts: Sequence[str], pairs: Sequence[str] | None, max_length
     return texts, pairs, cut
 
 
+# WordPiece reads a word longer than this as one unknown token (transformers' max_input_chars_per_word).
+LONGEST_WORD = 100
+
+
 def _cut(text: str, bound: int) -> str:
-    """`text`'s first `bound` characters, less the word the bound cuts in two, if another word comes before it."""
+    """`text`'s first `bound` characters, less the word the bound cuts in two when what is left of it is short: cut
+    under LONGEST_WORD characters, a word that is one unknown token whole would read as word pieces. A longer run
+    (CJK text, which has no spaces; base64; a URL) stays: dropped, it would leave the text short and tokenised whole."""
     if len(text) <= bound:
         return text
     head = text[:bound]
-    if not text[bound].isspace() and len(words := head.rsplit(None, 1)) == 2:
+    if not text[bound].isspace() and len(words := head.rsplit(None, 1)) == 2 and len(words[1]) <= LONGEST_WORD:
         return words[0]
     return head
 

@@ -110,7 +110,8 @@ def _after_closing_quote(line: str, start: int) -> int | None:
 def written(field: str) -> str:
     """`field` as a TSV line holds it, to be read back intact (by `quoting` and csv, or pandas): as it is, or in
     quotes with quotes inside doubled where it holds a tab or a line break, or opens with a quote. A quote inside
-    a text stays as it is, GLUE-style."""
+    a text stays as it is, GLUE-style. (A file whose only quoted texts hold a tab and a line break, and leave each line
+    the header's tabs, also reads GLUE-style: `quoting` reads it so, and warns.)"""
     if "\t" in field or "\n" in field or "\r" in field or field.startswith('"'):
         return '"' + field.replace('"', '""') + '"'
     return field

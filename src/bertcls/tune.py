@@ -562,7 +562,6 @@ def run_trial(job: Search, trial: optuna.Trial) -> float:
     # a trial that runs a failed one's values again comes with its attributes (Optuna copies them): not its note and value
     trial.set_user_attr("note", "")
     trial.set_user_attr("value", None)
-    trial.set_user_attr("run", run.name)
     config = trial_config(job.config, params, run, job.metric)
     pruning = PruningCallback(trial, job.metric)
     try:
