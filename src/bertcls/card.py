@@ -116,13 +116,17 @@ def _dataset_type(source: str) -> str:
     return _hub_dataset(source) or "local"
 
 
+def _held_out(data: dict[str, Any]) -> str:
+    return f"{data['validation_split'] * 100:g}% held out"  # 12.5%, not 12%
+
+
 def _dataset_split(split: str, source: str, data: dict[str, Any]) -> str:
     """The split of its dataset that `split` was scored on, as the hub reads it: a hub dataset's own split (`name:test`
     as validation is its test split; a bare `name` gave the split named as the role); validation held out of train
     is that share of train's split."""
     held_out = split == "validation" and not data.get("validation")
     named = (source.partition(":")[2] if _hub_dataset(source) else "") or ("train" if held_out else split)
-    return f"{named} ({data['validation_split']:.0%} held out)" if held_out else named
+    return f"{named} ({_held_out(data)})" if held_out else named
 
 
 # ---------------------------------------------------------------------------- the sections
@@ -166,7 +170,7 @@ def _data_section(rows: dict[str, int], sources: dict[str, str], data: dict[str,
     lines = ["## Training data", "", "| split | source | rows | sha256 |", "|---|---|---:|---|"]
     for split, count in rows.items():
         source, digest = sources.get(split, ""), digests.get(sources.get(split))
-        shown = _source_name(source) + (f" ({data_cfg['validation_split']:.0%} held out)" if split == "validation" and not data_cfg.get("validation") else "")
+        shown = _source_name(source) + (f" ({_held_out(data_cfg)})" if split == "validation" and not data_cfg.get("validation") else "")
         lines.append(f"| {split} | {_cell(shown)} | {count:,} | {f'`{digest}`' if digest else '-'} |")
     return "\n".join(lines)
 
