@@ -239,3 +239,11 @@ def test_parquet_text_stored_as_bytes_is_read_as_its_text(tmp_path):
     with pytest.raises(DataError) as err:
         read_split(str(path), cfg(path), "train")
     assert str(err.value) == f"train ({path}): column 'text' holds bytes that are not UTF-8 text (data rows 2); write it as text"
+
+
+def test_a_validation_split_that_leaves_too_few_train_rows_says_to_lower_it(tmp_path):
+    path = write_csv(tmp_path / "train.csv", toy_rows(100, 0))
+    with pytest.raises(DataError) as err:
+        load_splits(cfg(path, validation_split=0.99), seed=0)
+    assert str(err.value) == ("train: data.validation_split=0.99 of 100 rows would leave 1 to train on; lower data.validation_split, "
+                              "or give data.validation")

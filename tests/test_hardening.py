@@ -28,7 +28,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "bertcls"
         ("data: [\n", "c.yaml:2:1: invalid YAML: expected the node content"),
         ("data:\n  train: a.csv\n   bad: indent\n", "c.yaml:3:7: invalid YAML"),
         ("", "the config is empty; it needs at least `data: {train: FILE}`"),
-        ("- data\n- model\n", "the top level must be a mapping of keys (seed, output_dir, data, model, training), not a list"),
+        ("- data\n- model\n", "the top level must be a mapping of keys (seed, output_dir, data, model, training, tune), not a list"),
+        ("data:\n\ttrain: a.csv\n", "c.yaml:2:1: invalid YAML: a tab where YAML reads only spaces; indent with spaces, not tabs"),
+        ("data: {train: a.csv}\n---\ndata: {train: b.csv}\n", "c.yaml:2:1: invalid YAML: a second YAML document (after a `---` line) "
+                                                              "follows the config; a config is one document: remove the `---` and what follows it"),
         ("just a string\n", "the top level must be a mapping"),
         ("data: {train: a.csv}\ntrainig: {epochs: 1}\n", "trainig: unknown key (did you mean 'training'?)"),
         ("data: {train: a.csv, text_col: t}\n", "data.text_col: unknown key (did you mean 'text_column'?)"),

@@ -491,6 +491,12 @@ def default_values() -> dict[str, Any]:
     return values
 
 
+# PyYAML's words for two mistakes, said with their fix instead.
+YAML_FIXES = {"'\\t' that cannot start any token": "a tab where YAML reads only spaces; indent with spaces, not tabs",
+              "found another document": "a second YAML document (after a `---` line) follows the config; a config is one document: "
+                                        "remove the `---` and what follows it"}
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read, override, resolve and validate a config file; raise ConfigError naming what is wrong."""
     path = Path(path)
@@ -562,11 +568,12 @@ def _read_yaml(path: Path, typed: dict[tuple[str, ...], str] | None = None) -> d
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = next((said for found, said in YAML_FIXES.items() if found in problem), problem)
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
     if raw is None:
         raise ConfigError(f"{path}: the config is empty; it needs at least `data: {{train: FILE}}`")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys (seed, output_dir, data, model, training), not a {type(raw).__name__}")
+        raise ConfigError(f"{path}: the top level must be a mapping of keys ({', '.join(Config.model_fields)}), not a {type(raw).__name__}")
     for section in SECTIONS:  # `training:` with every key under it commented out: its defaults
         if section in raw and raw[section] is None:
             raw[section] = {}

@@ -482,8 +482,11 @@ def split_off(split: Split, share: float, seed: int, multi_label: bool = False) 
 
     n_held = math.ceil(len(split) * share)
     too_few = f"train: {len(split)} rows are too few to hold out data.validation_split={share}"
-    if n_held < 1 or len(split) - n_held < 2:
+    if n_held < 1:
         raise DataError(f"{too_few}; add rows or give data.validation")
+    if len(split) - n_held < 2:
+        raise DataError(f"train: data.validation_split={share} of {len(split)} rows would leave {len(split) - n_held} to train on; "
+                        "lower data.validation_split, or give data.validation")
     stratify = split.labels if not multi_label and min(Counter(map(str, split.labels)).values()) >= 2 and n_held >= len(set(map(str, split.labels))) else None
     keep, held = train_test_split(list(range(len(split))), test_size=n_held, random_state=seed, stratify=stratify)
     keep, held = _keep_every_class(split.labels, keep, held, seed, multi_label)
