@@ -257,3 +257,21 @@ def test_the_quoting_hint_quotes_what_the_last_setting_typed(tmp_path):
     with pytest.raises(ConfigError) as err:  # a --set that replaces a value replaces what was typed for it
         load_config(config, ["data.text_column=", "data.label_column=text"])
     assert str(err.value).endswith('text_column: "null" in the file')
+
+
+@pytest.mark.parametrize(("text", "overrides", "message"), [
+    ("training: {epochs: 1:30}\n", [], "training.epochs: YAML reads 1:30 as the number 90; write it in decimal"),  # base 60
+    ("", ["seed=017"], "seed: YAML reads 017 as the number 15; write it in decimal"),  # octal
+    ("", ["training.class_weights={a: 0x10}"], "training.class_weights.a: YAML reads 0x10 as the number 16; write it in decimal"),
+])
+def test_a_number_yaml_reads_in_another_base_is_refused(tmp_path, text, overrides, message):
+    (tmp_path / "c.yaml").write_text("data: {train: a.csv}\n" + text)
+    with pytest.raises(ConfigError) as refused:
+        load_config(tmp_path / "c.yaml", overrides)
+    assert str(refused.value) == message
+
+
+def test_decimal_numbers_in_any_yaml_form_are_taken(tmp_path):
+    (tmp_path / "c.yaml").write_text("data: {train: a.csv}\nseed: 0\ntraining: {epochs: 1_000, learning_rate: 1.0e-3}\n")
+    config = load_config(tmp_path / "c.yaml")
+    assert (config.seed, config.training.epochs, config.training.learning_rate) == (0, 1000, 0.001)

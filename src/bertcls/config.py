@@ -14,6 +14,7 @@ import datetime
 import difflib
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -508,7 +509,27 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for item in overrides:
         key, value = parse_override(item, typed)
         merge_override(raw, key, value, Path.cwd())
-    return validate_config(raw, typed)
+    config = validate_config(raw, typed)
+    _refuse_other_bases(config, typed)
+    return config
+
+
+# A number YAML 1.1 (PyYAML) reads in another base: base 60 (`1:30` is 90), octal (`017` is 15), hex, binary.
+_OTHER_BASE = re.compile(r"[-+]?(?:[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?|0[0-7_]+|0x[0-9a-fA-F_]+|0b[01_]+)")
+
+
+def _refuse_other_bases(config: Config, typed: dict[tuple[str, ...], str]) -> None:
+    """A number typed so that YAML 1.1 reads it in another base is an error: `epochs: 1:30` would train 90 epochs.
+    (A text key or value typed so is refused while validating, with the quoted form to use.)"""
+    values = config.to_dict()
+    for path, text in typed.items():
+        if not _OTHER_BASE.fullmatch(text):
+            continue
+        value: Any = values
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise ConfigError(f"{'.'.join(path)}: YAML reads {text} as the number {value:g}; write it in decimal")
 
 
 def merge_override(raw: dict[str, Any], key: str, value: Any, base: Path) -> None:
