@@ -33,7 +33,8 @@ bertcls train config.yaml --set training.epochs=1 --set model.name=tiny
 
 A mapping merges into the section key by key: `--set 'data={train: new.csv, max_train_samples: 200}'`
 sets those two and keeps the file's other `data` keys. A text that YAML reads as a boolean, a number
-or null (`no`, `1.0`, `~`) must be quoted: `--set 'data.text_column="no"'`.
+or null (`no`, `1.0`, `~`) must be quoted: `--set 'data.text_column="no"'`. A number is written in
+decimal: YAML reads `1:30` as 90 and `017` as 15, so those are refused.
 
 Paths in a config file are relative to the file's folder; paths given with `--set` are relative
 to the current folder. The run folder's `config.yaml` holds the resolved config: every default
