@@ -22,7 +22,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from bertcls.errors import BertclsError, RunError, WriteError
+from bertcls.errors import BertclsError, RunError, WriteError, causes
 
 
 @contextmanager
@@ -94,13 +94,12 @@ def refused_write(exc: BaseException | None, path: Path) -> int | None:
     """The errno of a write to `path` that the file system refused, found in `exc` or what it wraps (torch
     wraps the OSError in a RuntimeError; safetensors names the errno only in its message); None for
     anything else, and for an error about some other file (a source being read, say)."""
-    while exc is not None:
-        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS and _is_about(exc.filename, path):
-            return exc.errno
-        found = re.search(r"\(os error (\d+)\)", str(exc))
+    for cause in causes(exc):
+        if isinstance(cause, OSError) and cause.errno in WRITE_ERRNOS and _is_about(cause.filename, path):
+            return cause.errno
+        found = re.search(r"\(os error (\d+)\)", str(cause))
         if found and int(found[1]) in WRITE_ERRNOS:
             return int(found[1])
-        exc = exc.__cause__ or exc.__context__
     return None
 
 

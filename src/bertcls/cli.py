@@ -29,7 +29,7 @@ from typing import Annotated
 import typer
 
 from bertcls import __version__, atomic, distributed, machine, runs
-from bertcls.errors import BertclsError, BertclsWarning, Interrupted, MainStopped, Terminated, UsageError, WriteError
+from bertcls.errors import BertclsError, BertclsWarning, Interrupted, MainStopped, Terminated, UsageError, WriteError, causes
 from bertcls.predict_file import check_output, predict_file
 
 
@@ -115,11 +115,7 @@ def _error_boundary(command):
 def _interrupted(exc: BaseException | None, kind: type[BaseException] = KeyboardInterrupt) -> bool:
     """Whether Ctrl-C (or SIGTERM: `kind` Terminated) caused `exc`: transformers' lazy imports turn a KeyboardInterrupt
     during an import into an error of theirs."""
-    while exc is not None:
-        if isinstance(exc, kind):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(isinstance(cause, kind) for cause in causes(exc))
 
 
 def _fail(exc: BertclsError, debug: bool) -> None:
@@ -160,7 +156,8 @@ def train(
         typer.echo(f"warning: {warning}", err=True)
     from bertcls.train import train as run_training
 
-    again = ["bertcls", "train", str(config), *(a for item in set_ or [] for a in ("--set", item)), "--resume"]
+    command = ["bertcls", "train", str(config), *(a for item in set_ or [] for a in ("--set", item))]
+    again = [*command, "--resume"]
     launcher = " (under the same launcher, with the same number of processes)" if distributed.launched() else ""
     try:
         with atomic.writing(Path(cfg.output_dir)):
@@ -168,9 +165,8 @@ def train(
     except WriteError as exc:  # the checkpoint written before the disk filled up is complete: say how to go on from it
         if exc.code not in atomic.FIXABLE_IN_PLACE:
             raise
-        fresh = ["bertcls", "train", str(config), *(a for item in set_ or [] for a in ("--set", item)), "--overwrite"]
         then = (f"then resume with: {shlex.join(again)}{launcher}" if runs.checkpoints(cfg.output_dir) else  # none to resume: start over
-                f"then start over with: {shlex.join(fresh)}" if (Path(cfg.output_dir) / runs.MODEL_DIR).exists() else "then train again")
+                f"then start over with: {shlex.join([*command, '--overwrite'])}" if (Path(cfg.output_dir) / runs.MODEL_DIR).exists() else "then train again")
         raise WriteError(f"{exc}, {then}", exc.code) from exc
     except Interrupted as exc:
         exc.hint = f"resume with: {shlex.join(again)}{launcher}"

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bertcls import longtext
-from bertcls.errors import DataError, ModelError, clipped, first_line, listing, not_utf8, shown
+from bertcls.errors import DataError, ModelError, causes, clipped, first_line, listing, not_utf8, shown
 from bertcls.longtext import LongText, Reading
 from bertcls.model import download_failure, not_downloaded, pad_batch, quiet_hub_retries, truncate_long_texts
 from bertcls.tsv import check_fields, duplicate_columns
@@ -127,11 +127,7 @@ def read_table(source: str, split: str = "train"):
 
 def _mixed_types(exc: BaseException | None) -> bool:
     """Whether Arrow's JSON reader refused a column holding values of two types, in `exc` or what it wraps."""
-    while exc is not None:
-        if ") changed from " in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(") changed from " in str(cause) for cause in causes(exc))
 
 
 def _without_blank_lines(path: Path, copy: Path) -> Path | None:

@@ -23,6 +23,7 @@ Anything else that escapes is a bug and keeps its traceback (exit 1).
 import errno
 import pickle
 import reprlib
+from collections.abc import Iterator
 
 
 class BertclsError(Exception):
@@ -68,6 +69,13 @@ class TrainingError(BertclsError):
 
 class HubError(BertclsError):
     pass
+
+
+def causes(exc: BaseException | None) -> Iterator[BaseException]:
+    """`exc`, then what it was raised from or during, and so on down the chain."""
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 class BertclsWarning(UserWarning):

@@ -21,7 +21,7 @@ import numpy as np
 
 from bertcls import first_token
 from bertcls.atomic import temp_dir_for, writing
-from bertcls.errors import BertclsWarning, ModelError, clipped, first_line, load_reason
+from bertcls.errors import BertclsWarning, ModelError, causes, clipped, first_line, load_reason
 from bertcls.runs import model_dir, publish_dir
 
 # Where a saved multi-label model keeps its decision threshold (in config.json, beside id2label).
@@ -33,8 +33,8 @@ MAX_LENGTH_KEY = "bertcls_max_length"
 
 # Tokenising a text costs memory in proportion to its whole length, however little truncation keeps (a 20 MB
 # text took 3.8 GB), so texts are cut to max_length x CHARS_PER_TOKEN characters first, before the word the
-# bound falls in where that word is short (cut, it could read as other tokens: see `_cut`). A real tokenizer's token averages 3-6 characters, so the
-# cut keeps every token truncation keeps; a text it leaves short of max_length tokens (mostly whitespace, or long
+# bound falls in where that word is short (cut, it could read as other tokens: see `_cut`). A real tokenizer's
+# token averages 3-6 characters, so the cut keeps every token truncation keeps; a text it leaves short of max_length tokens (mostly whitespace, or long
 # words that are one unknown token each) is tokenised again whole, and so is its row. Pairs: each side is cut;
 # when both sides are that long, which side keeps the odd token of an odd budget follows the cut sides' token
 # counts (the tokenizer gives it to the longer side). head_tail and sliding_window, which read
@@ -211,12 +211,8 @@ def not_downloaded(exc: BaseException) -> bool:
     """Whether loading failed because the files are neither in the Hugging Face cache nor reachable on the hub."""
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError)):  # datasets: ConnectionError
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    missing = (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError)  # datasets: ConnectionError
+    return any(isinstance(cause, missing) for cause in causes(exc))
 
 
 def download_failure(local: str = "a local model folder") -> str:
@@ -366,8 +362,7 @@ def save_model(model, tokenizer, dest: Path, state_dict: dict | None = None, thr
 
 
 def cut_long_texts(texts: Sequence[str], pairs: Sequence[str] | None, max_length: int):
-    """(texts, pairs, rows cut): each text and pair text cut to max_length x CHARS_PER_TOKEN characters, without the
-    word the bound falls in."""
+    """(texts, pairs, rows cut): each text and pair text cut to max_length x CHARS_PER_TOKEN characters (`_cut`)."""
     bound = max_length * CHARS_PER_TOKEN
     cut = [i for i, text in enumerate(texts) if len(text) > bound or (pairs is not None and len(pairs[i]) > bound)]
     if not cut:

@@ -568,10 +568,10 @@ def model_dir(path: str | Path, given_by: str = "--model") -> Path:
     if (path / SEARCH_FILE).is_file():  # `bertcls tune`'s folder: its runs are the trials
         raise RunError(f"{given_by} {path} is a search (bertcls tune), not a run; give one of its runs: {path / 'best'} once trained "
                        f"from best.yaml, or a trial-N folder (bertcls runs {path} lists them)")
-    if (path / RECORD_FILE).is_file() and (path / METRICS_FILE).is_file():  # e.g. a search's losing trial (tune --keep best)
-        raise RunError(f"{given_by} {path} is a finished run whose {MODEL_DIR}/ was removed (bertcls tune --keep best removes "
-                       "the losing trials' models); give another run, or train it again")
     if (path / RECORD_FILE).is_file():
+        if (path / METRICS_FILE).is_file():  # finished: e.g. a search's losing trial (tune --keep best)
+            raise RunError(f"{given_by} {path} is a finished run whose {MODEL_DIR}/ was removed (bertcls tune --keep best removes "
+                           "the losing trials' models); give another run, or train it again")
         go_on = "bertcls train CONFIG --resume" if checkpoints(path) else "bertcls train CONFIG"
         raise RunError(f"{given_by} {path} is a run that has saved no model yet (it stopped before its first evaluation); "
                        f"train it ({go_on}), or give another run")

@@ -151,6 +151,7 @@ class Inputs:
     resume_from: Path | None
     resume_step: int  # the checkpoint's step (0 when not resuming)
     config_changes: list[str]  # `key: old -> new` for every key that differs from the checkpoint's config (the manifest's record)
+    resume_threads: int | None = None  # the CPU threads the checkpoint was trained on, where it says
 
 
 def check_inputs(config: Config, config_file: str | Path | None, resume: bool | str | Path, force: bool, overwrite: bool) -> Inputs:
@@ -169,7 +170,7 @@ def check_inputs(config: Config, config_file: str | Path | None, resume: bool | 
     saved = ckpt.read_state(resume_from) if resume_from else {"global_step": 0}
     changes = ckpt.config_differences(saved["config"], config.to_dict(), ignored=frozenset()) if "config" in saved else []
     runs.check_run_dir(run, overwrite, resuming=bool(resume))
-    return Inputs(train_split, val_split, test_split, labels, data_id, resume_from, saved["global_step"], changes)
+    return Inputs(train_split, val_split, test_split, labels, data_id, resume_from, saved["global_step"], changes, saved.get("threads"))
 
 
 def _inputs(cfg: Config, config_file: str | Path | None) -> dict[str, str]:
@@ -453,7 +454,7 @@ def _say_header(job: Job) -> None:
     job.log.say(longtext.header_line(job.long_texts))
     if inputs.resume_from:
         job.log.say(f"resumed from {inputs.resume_from} at step {job.state.global_step}")
-        threads, was = torch.get_num_threads(), ckpt.read_state(inputs.resume_from).get("threads")
+        threads, was = torch.get_num_threads(), inputs.resume_threads
         if acc.device.type == "cpu" and was is not None and was != threads:  # a CPU sums a product's terms by thread
             job.log.say(f"note: {inputs.resume_from.name} trained on {was} CPU thread(s), this run on {threads}: the weights differ "
                         f"from a run never stopped in their last digits (set training.num_threads: {was} to resume exactly)")

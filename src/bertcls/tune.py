@@ -704,7 +704,8 @@ def _trials_csv(job: Search, trials: list[optuna.trial.FrozenTrial]) -> str:
 
 
 def _run_name(trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:
-    """The folder a trial trains in. Not its "run" attribute: a queued retry comes with the failed trial's."""
+    """The folder a trial trains in, told by its own number (a queued retry comes with the failed trial's attributes,
+    which name that trial's folder in studies of older bertcls versions)."""
     return f"{TRIAL_PREFIX}{trial.number}"
 
 
