@@ -40,12 +40,14 @@ def _own_process_state():
     torch.set_num_threads(threads)
 
 
-def train_run(folder: Path, architecture: str, rows: dict[str, list], precision: str, pair_column: str | None = None) -> Path:
-    """`bertcls train` (1 epoch) on a tiny random `architecture` whose tokenizer was trained on the train texts."""
+def train_run(folder: Path, architecture: str, rows: dict[str, list], precision: str, pair_column: str | None = None,
+              device: str = "cpu") -> Path:
+    """`bertcls train` (1 epoch, on `device`) on a tiny random `architecture` whose tokenizer was trained on the train texts."""
     header = ("text", "pair", "label") if pair_column else ("text", "label")
     data = {name: write_csv(folder / f"{name}.csv", split, header=header) for name, split in rows.items()}
     model = build(architecture, folder / "base", [text for row in rows["train"] for text in row[:-1]])
-    config = make_config(folder, data, model={"name": str(model)}, training={"epochs": 1, "precision": precision, "save_torchscript": True})
+    training = {"epochs": 1, "precision": precision, "save_torchscript": True, "device": device}
+    config = make_config(folder, data, model={"name": str(model)}, training=training)
     result = runner.invoke(app, ["train", str(config), *(["--set", f"data.text_pair_column={pair_column}"] if pair_column else [])])
     assert result.exit_code == 0, result.output
     if "bf16" not in GRAPH_PRECISIONS[architecture]:
@@ -126,6 +128,28 @@ def test_every_engine_precision_and_input_kind(architecture, tmp_path):
         assert max(abs(float(ours[k]) - v) for k, v in probabilities.items()) <= 2e-6 + FP32_TOLERANCE  # printed to 6 places
         best, second = sorted(probabilities.values(), reverse=True)[:2]
         assert ours["predicted"] == theirs["predicted"] or best - second <= 2 * FP32_TOLERANCE
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_trains_predicts_and_evaluates_on_a_gpu(architecture, tmp_path):
+    """Trained on a GPU in bf16 with pairs: predict there in fp32 and bf16 agrees with the CPU, and evaluate runs there."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    rows = {"train": pair_rows(48, 0), "validation": pair_rows(16, 1)}
+    run = train_run(tmp_path, architecture, rows, precision="bf16", pair_column="pair", device="cuda")
+    trained = json.loads((run / runs.METRICS_FILE).read_text())["train"]
+    assert trained["device"].startswith("cuda") and trained["precision"] == "bf16"
+    for precision in ("fp32", "bf16"):
+        expected = Predictor.load(run, device="cpu", precision=precision).predict(TEXTS, PAIRS)
+        on_gpu = load_predictor(run, device="cuda", precision=precision)
+        assert on_gpu.engine == "pytorch" and str(on_gpu.device).startswith("cuda")
+        assert_agree(on_gpu.predict(TEXTS, PAIRS), expected, TOLERANCE[precision])
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "validation.csv"), "-m", str(run), "--device", "cuda", "-v"])
+    assert result.exit_code == 0, result.output
+    assert "device: cuda" in result.stderr and "precision: bf16" in result.stderr
 
 
 @pytest.mark.parametrize("failing", ["torch.onnx.export", "torch.jit.trace"])

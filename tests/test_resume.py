@@ -475,7 +475,8 @@ def test_resume_on_cuda_with_scaler_and_cuda_rng(tmp_path, data, precision):
     ends close to an uninterrupted one; kernels that are not deterministic rule out bit-equality."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    training = {**TRAINING, "device": "cuda", "precision": precision}
+    # 8 epochs (120 steps): a GPU takes milliseconds a step on the tiny model, and the signal must land mid-run
+    training = {**TRAINING, "epochs": 8, "device": "cuda", "precision": precision}
     (tmp_path / "ref").mkdir()
     ref = train(load_config(make_config(tmp_path / "ref", data, training=training)), quiet=True)
     config = make_config(tmp_path, data, training=training)
