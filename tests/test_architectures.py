@@ -142,6 +142,7 @@ def test_trains_predicts_and_evaluates_on_a_gpu(architecture, tmp_path):
     run = train_run(tmp_path, architecture, rows, precision="bf16", pair_column="pair", device="cuda")
     trained = json.loads((run / runs.METRICS_FILE).read_text())["train"]
     assert trained["device"].startswith("cuda") and trained["precision"] == "bf16"
+    assert not torch.backends.cuda.cudnn_sdp_enabled()  # cuDNN's attention builds itself for each new text length
     for precision in ("fp32", "bf16"):
         expected = Predictor.load(run, device="cpu", precision=precision).predict(TEXTS, PAIRS)
         on_gpu = load_predictor(run, device="cuda", precision=precision)

@@ -79,6 +79,14 @@ def test_auto_on_a_gpu_is_bf16_from_compute_capability_8(monkeypatch, capability
     assert machine.resolve_precision("auto", "cuda:0") == expected
 
 
+@pytest.mark.parametrize("device, calls", [("cpu", []), ("cuda", [False]), ("cuda:1", [False])])
+def test_on_a_gpu_attention_keeps_off_cudnn_which_builds_each_shape(monkeypatch, device, calls):
+    seen = []
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", seen.append)
+    machine.gpu_attention_kernels(device)
+    assert seen == calls
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_an_explicit_precision_is_kept(cpu, precision):
     cpu(False, False)

@@ -573,6 +573,7 @@ class Predictor(_Predicts):
     def load(cls, path: str | Path, device: str = "auto", batch_size: int = 64, precision: str = "auto") -> Predictor:
         """The model through transformers; `device` and `precision` as `resolve_device_precision` says."""
         device, precision = resolve_device_precision(path, device, precision)
+        machine.gpu_attention_kernels(device)
         model, tokenizer = load_trained(path)
         return cls(model.to(device), tokenizer, run_max_length(path, tokenizer, model.config), batch_size, precision)
 

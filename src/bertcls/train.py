@@ -572,6 +572,7 @@ def make_accelerator(cfg: TrainingConfig, log_with: list | None = None):
     device = machine.pick_device(cfg.device, "training.device")
     if device.startswith("cuda:"):
         torch.cuda.set_device(int(device.split(":")[1]))
+    machine.gpu_attention_kernels(device)
     on_cpu = device == "cpu"
     distributed.check_launch(cfg, on_cpu, distributed.launched_processes())
     precision = machine.resolve_precision(cfg.precision, device, "training.precision")
