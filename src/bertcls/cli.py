@@ -49,6 +49,22 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
         except Exception as exc:
             _say_usage_error(exc, f"{ctx.command_path} {ctx.invoked_subcommand}" if ctx.invoked_subcommand else ctx.command_path)
 
+    # typer shows `--help <bool>`, as if it took a value, in bertcls's help and each command's: shown as a flag (FLAG)
+    def get_help_option(self, ctx):
+        return _as_flag(super().get_help_option(ctx))
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _as_flag(command.get_help_option(ctx))  # made once a command, then kept: the help it prints uses it
+        return command
+
+
+def _as_flag(option):
+    if option is not None:
+        option.metavar = FLAG
+    return option
+
 
 def _say_usage_error(exc: Exception, command: str) -> None:
     """Raise `exc` again unless it is click's UsageError (by name: typer ships its own copy of click, typer._click, and
