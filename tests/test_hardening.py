@@ -291,6 +291,18 @@ def test_predictions_over_the_file_size_limit_are_one_line(trained_run, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(not atomic._in_virtual_fs(Path("/proc")), reason="needs Linux's /proc")
+def test_an_output_in_a_virtual_file_system_is_one_line(tmp_path, toy_data, trained_run):
+    """/proc refuses a new file or folder with "no such file" although the folder is there: said, not a traceback."""
+    fix = "its folder is in a virtual file system (such as /proc or /sys), which takes no new files; choose another path"
+    commands = [["train", str(make_config(tmp_path, toy_data)), "--set", "output_dir=/proc/bertcls-run"],
+                ["predict", "-m", str(trained_run), "-f", str(trained_run.parent / "test.csv"), "-o", "/proc/bertcls.jsonl"],
+                ["evaluate", str(trained_run.parent / "test.csv"), "-m", str(trained_run), "-o", "/proc/bertcls-eval"]]
+    for command in commands:
+        assert_one_line_error(runner.invoke(app, command), fix)
+    assert not atomic._in_virtual_fs(tmp_path)
+
+
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG])
 def test_a_full_disk_quota_or_size_limit_is_a_refused_write_however_it_surfaces(tmp_path, code):
     target = tmp_path / "checkpoint-3"

@@ -72,6 +72,35 @@ WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, 
                           errno.EISDIR, errno.ENAMETOOLONG})
 # Those fixed where they happen (space freed, a limit raised, permission given), after which a run can resume in place.
 FIXABLE_IN_PLACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM})
+# File systems made by the kernel, which refuse a new file or folder with ENOENT ("no such file"): /proc, /sys, ...
+VIRTUAL_FILE_SYSTEMS = frozenset({"proc", "sysfs", "cgroup", "cgroup2", "devpts", "debugfs", "tracefs", "securityfs", "configfs",
+                                  "pstore", "bpf", "efivarfs", "binfmt_misc", "fusectl", "mqueue"})
+
+
+def refused_code(exc: OSError) -> int | None:
+    """`exc`'s errno where the file system refused a write (WRITE_ERRNOS, and ENOENT for a new name in a folder of a
+    virtual file system such as /proc), else None."""
+    if exc.errno in WRITE_ERRNOS:
+        return exc.errno
+    if exc.errno == errno.ENOENT and isinstance(exc.filename, (str, bytes)) and _in_virtual_fs(Path(os.fsdecode(exc.filename)).parent):
+        return errno.ENOENT
+    return None
+
+
+def _in_virtual_fs(folder: Path) -> bool:
+    """Whether `folder` lies in one of VIRTUAL_FILE_SYSTEMS, by the mount table of Linux (elsewhere: False)."""
+    try:
+        mounts = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return False
+    where, best, kind = os.path.realpath(folder), "", ""
+    for line in mounts:  # ID PARENT MAJOR:MINOR ROOT MOUNT-POINT OPTIONS [OPTIONAL...] - TYPE SOURCE ...
+        fields, _, rest = line.partition(" - ")
+        fields = fields.split(" ")
+        point = fields[4].replace("\\040", " ") if len(fields) > 4 else ""  # a space in a mount point is written \040
+        if point and (where == point or where.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, kind = point, rest.split(" ")[0]
+    return kind in VIRTUAL_FILE_SYSTEMS
 
 
 @contextmanager
@@ -95,8 +124,8 @@ def refused_write(exc: BaseException | None, path: Path) -> int | None:
     wraps the OSError in a RuntimeError; safetensors names the errno only in its message); None for
     anything else, and for an error about some other file (a source being read, say)."""
     for cause in causes(exc):
-        if isinstance(cause, OSError) and cause.errno in WRITE_ERRNOS and _is_about(cause.filename, path):
-            return cause.errno
+        if isinstance(cause, OSError) and refused_code(cause) is not None and _is_about(cause.filename, path):
+            return refused_code(cause)
         found = re.search(r"\(os error (\d+)\)", str(cause))
         if found and int(found[1]) in WRITE_ERRNOS:
             return int(found[1])
@@ -124,6 +153,7 @@ def write_error(path: Path, code: int, writing: bool = True, elsewhere: str = ""
         errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
         errno.EISDIR: "a folder is in the way of a file; move it, or choose another path",
         errno.ENAMETOOLONG: "shorten it (most file systems take names of up to 255 bytes)",
+        errno.ENOENT: "its folder is in a virtual file system (such as /proc or /sys), which takes no new files; choose another path",
     }
     folder = Path(path) if os.path.isdir(path) else Path(path).parent  # a folder refused a new entry: that folder
     fix = fixes.get(code, f"make {folder} writable" if writing else f"check the permissions of {path} and its folder")

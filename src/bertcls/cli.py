@@ -103,9 +103,10 @@ def _error_boundary(command):
         except BertclsError as exc:
             _fail(exc, debug)
         except OSError as exc:
-            if exc.errno not in atomic.WRITE_ERRNOS or exc.filename is None:
+            code = atomic.refused_code(exc)
+            if code is None or exc.filename is None:
                 raise  # not the file system refusing a file: a bug
-            _fail(atomic.write_error(Path(os.fsdecode(exc.filename)), exc.errno, writing=False), debug)
+            _fail(atomic.write_error(Path(os.fsdecode(exc.filename)), code, writing=False), debug)
         except EOFError as exc:  # click would print a bare "Aborted." for it: keep the traceback of this bug
             raise RuntimeError("an EOFError escaped: a file or stream ended early") from exc
         except Interrupted as exc:
