@@ -319,3 +319,17 @@ def test_fp16_on_cpu_is_a_one_line_cli_error(tmp_path, toy_data):
     result = CliRunner().invoke(app, ["train", str(config)])
     assert result.exit_code == 2, result.output
     assert result.stderr.strip() == "Error: training.precision: fp16 needs a CUDA device; use bf16 or fp32 on the CPU"
+
+
+def test_under_a_launcher_the_main_process_alone_says_a_mistake_every_process_meets(tmp_path, toy_data, trained_run, monkeypatch):
+    """Every process checks the same config and run folder: one error line for the launch, from the main process (global rank 0)."""
+    typo = make_config(tmp_path, toy_data, training={"epoch": 2})  # epochs
+    (tmp_path / "again").mkdir()
+    finished = make_config(tmp_path / "again", toy_data, output_dir=str(trained_run))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for config, error in ((typo, "Error: training.epoch"), (finished, "already holds a finished run")):
+        for rank, says in (("1", False), ("0", True)):
+            monkeypatch.setenv("RANK", rank)
+            result = CliRunner().invoke(app, ["train", str(config)])
+            assert result.exit_code == 2, result.output
+            assert (error in result.stderr) == says and (result.stderr == "") != says, result.stderr

@@ -29,7 +29,20 @@ from typing import Annotated
 import typer
 
 from bertcls import __version__, atomic, distributed, machine, runs
-from bertcls.errors import BertclsError, BertclsWarning, Interrupted, MainStopped, Terminated, UsageError, WriteError, causes
+from bertcls.errors import (
+    BertclsError,
+    BertclsWarning,
+    ConfigError,
+    DataError,
+    Interrupted,
+    MainStopped,
+    ModelError,
+    RunError,
+    Terminated,
+    UsageError,
+    WriteError,
+    causes,
+)
 from bertcls.predict_file import check_output, predict_file
 
 
@@ -138,9 +151,17 @@ def _interrupted(exc: BaseException | None, kind: type[BaseException] = Keyboard
 def _fail(exc: BertclsError, debug: bool) -> None:
     if debug:
         traceback.print_exc()
-    if not isinstance(exc, MainStopped):  # another process of a launch: the main one says why
+    if distributed.is_main_process() or not _said_by_the_main_process(exc):
         typer.echo(f"Error: {exc}", err=True)
     raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _said_by_the_main_process(exc: BertclsError) -> bool:
+    """Whether, under a launcher, the main process says `exc` for every process: a mistake in the config, data, model
+    or run folder, which every process checks alike, or a process stopping with the main one (MainStopped). A write
+    refused, a download failed or a training step failed may be one process's own, so each says its own."""
+    return isinstance(exc, MainStopped) or (isinstance(exc, (ConfigError, DataError, ModelError, UsageError, RunError))
+                                             and not isinstance(exc, WriteError))
 
 
 @app.command()

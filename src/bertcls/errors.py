@@ -51,8 +51,8 @@ class RunError(BertclsError):
 
 
 class MainStopped(RunError):
-    """On a process other than the main one: the main process failed while it wrote the run folder (it says why) and
-    this one stops with it; the CLI says nothing more for it."""
+    """On a process other than the main one: the main process failed while it claimed or wrote the run folder (it
+    says why) and this one stops with it; the CLI says nothing more for it."""
 
 
 class WriteError(RunError):
