@@ -1,6 +1,7 @@
 """Resume and interrupts as a user meets them: a run killed with SIGKILL, or stopped with Ctrl-C or
 SIGTERM, and resumed, ends with exactly the weights and metrics of a run that was never stopped."""
 
+import csv
 import json
 import os
 import re
@@ -358,11 +359,20 @@ def test_a_forced_resume_keeps_steps_and_epochs_true_to_the_new_schedule(tmp_pat
     for override, end in [("training.max_steps=8", 8), ("training.batch_size=64", 4)]:  # 240 rows in batches of 64: 4 steps an epoch
         assert_one_line_error(resume(override), f"--resume: {ten} is at step 10, past the end of this config's schedule (step {end}); "
                                                 "start over with --overwrite, or resume with a schedule that goes past step 10", run)
-    assert_one_line_error(resume("data.max_train_samples=200"), "--resume: the training data differs from the data checkpoint-10 was "
-                          "trained on, and model 'tiny' builds its vocabulary from the training texts, so even --force cannot go on", run)
+    assert_one_line_error(resume("data.max_train_samples=200"), "--resume: the training texts differ from those checkpoint-10 was "
+                          "trained on, and model 'tiny' builds its vocabulary from them, so even --force cannot go on", run)
     assert_one_line_error(resume("data.max_length=600"), f"{ten / runs.CHECKPOINT_WEIGHTS}: the model's shapes differ from the checkpoint's "
                           "(bert.embeddings.position_embeddings.weight: [600, 64] in the model this config builds, [512, 64] in the checkpoint)", run)
     assert files_in(run) == before  # each refused before it wrote anything: config.yaml, log.jsonl and checkpoint-15 as they were
+
+    # the same texts relabelled (rows fixed after `bertcls check`, say): tiny's vocabulary is as it was, so --force goes on
+    with open(data["train"], encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    rows[0] = [rows[0][0], next(label for _, label in rows if label != rows[0][1])]  # within the same label set
+    shutil.copytree(run, tmp_path / "relabelled")
+    relabelled = resume(f"output_dir={tmp_path / 'relabelled'}", f"data.train={write_csv(tmp_path / 'relabelled.csv', rows)}",
+                        folder=tmp_path / "relabelled")
+    assert relabelled.exit_code == 0, relabelled.output
 
     # batches of 32: 8 steps an epoch, so step 10 lies in the second epoch, and 3 epochs end at step 24
     shutil.copytree(run, tmp_path / "copy")

@@ -160,10 +160,11 @@ def _gather(accelerator, part: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def find(run: Path, resume: bool | str | Path, config: dict[str, Any], data_fingerprint: str, force: bool,
-         labels: list[str] | None = None) -> Path:
+         labels: list[str] | None = None, texts_fingerprint: str | None = None) -> Path:
     """The checkpoint to resume from (the newest in `run`, or the one named), checked against the
-    current config and training data; a difference is refused, naming it, unless `force`. Another label
-    set (`labels`, as the classifier's rows are ordered) is refused even with `force`."""
+    current config and training data (`data_fingerprint`; its texts alone: `texts_fingerprint`); a difference is
+    refused, naming it, unless `force`. Another label set (`labels`, as the classifier's rows are ordered) is refused
+    even with `force`, and so are other texts for the model that builds its vocabulary from them."""
     run = Path(run)
     if runs.is_finished(run):
         raise RunError(f"output_dir {run} holds a finished run; there is nothing to resume (pass --overwrite to train again)")
@@ -197,10 +198,12 @@ def find(run: Path, resume: bool | str | Path, config: dict[str, Any], data_fing
                        f"data now has {listing(labels, 20)}; even --force cannot go on with another label set: resume with the "
                        "same labels, or start over with --overwrite")
     if state.get("data_fingerprint") != data_fingerprint:
-        if config["model"]["name"] == DATA_BUILT_MODEL and "data_fingerprint" in state:  # a token's id would change, or the vocabulary's size
-            raise RunError(f"--resume: the training data differs from the data {folder.name} was trained on, and model "
-                           f"{DATA_BUILT_MODEL!r} builds its vocabulary from the training texts, so even --force cannot go on "
-                           "with other data; resume with the same data, or start over with --overwrite")
+        # a token's id would change, or the vocabulary's size; relabelled rows leave it as it was (a checkpoint that does
+        # not record its texts apart is taken to differ in them)
+        if config["model"]["name"] == DATA_BUILT_MODEL and "data_fingerprint" in state and state.get("texts_fingerprint") != texts_fingerprint:
+            raise RunError(f"--resume: the training texts differ from those {folder.name} was trained on, and model "
+                           f"{DATA_BUILT_MODEL!r} builds its vocabulary from them, so even --force cannot go on "
+                           "with other texts; resume with the same data, or start over with --overwrite")
         if not force:
             raise RunError(f"--resume: the training data differs from the data {folder.name} was trained on; "
                            "resume with the same files, or pass --force")
@@ -215,6 +218,7 @@ STATE_FIELDS: dict[str, tuple[tuple[type, ...], float | None, str]] = {
     "processes": ((int,), 1, "a whole number >= 1"), "seconds": ((int, float), 0, "a number >= 0"),
     "best_value": ((int, float, type(None)), None, "a number or null"), "best_epoch": ((int, type(None)), 1, "a whole number >= 1 or null"),
     "best_metrics": ((dict, type(None)), None, "an object or null"), "data_fingerprint": ((str,), None, "a string"),
+    "texts_fingerprint": ((str,), None, "a string"),
     "config": ((dict,), None, "an object"), "trackers": ((dict,), None, "an object"),
     "evaluated_step": ((int, type(None)), 0, "a whole number >= 0 or null"), "weights_sha256": ((str,), None, "a string"),
     "optimizer_sha256": ((str,), None, "a string"),

@@ -148,6 +148,7 @@ class Inputs:
     test: data_mod.Split | None
     labels: data_mod.LabelMap
     data_id: str
+    texts_id: str  # of the training texts alone, from which `tiny` builds its vocabulary
     resume_from: Path | None
     resume_step: int  # the checkpoint's step (0 when not resuming)
     config_changes: list[str]  # `key: old -> new` for every key that differs from the checkpoint's config (the manifest's record)
@@ -166,11 +167,13 @@ def check_inputs(config: Config, config_file: str | Path | None, resume: bool | 
     check_class_weights(config.training.class_weights, labels.names)
     check_model_source(config.model, config.data.max_length)
     data_id = ckpt.fingerprint(train_split.texts, train_split.pairs, train_split.labels)
-    resume_from = ckpt.find(run, resume, config.to_dict(), data_id, force, list(labels.names)) if resume else None
+    texts_id = ckpt.fingerprint(train_split.texts, train_split.pairs, None)
+    resume_from = ckpt.find(run, resume, config.to_dict(), data_id, force, list(labels.names), texts_id) if resume else None
     saved = ckpt.read_state(resume_from) if resume_from else {"global_step": 0}
     changes = ckpt.config_differences(saved["config"], config.to_dict(), ignored=frozenset()) if "config" in saved else []
     runs.check_run_dir(run, overwrite, resuming=bool(resume))
-    return Inputs(train_split, val_split, test_split, labels, data_id, resume_from, saved["global_step"], changes, saved.get("threads"))
+    return Inputs(train_split, val_split, test_split, labels, data_id, texts_id, resume_from, saved["global_step"], changes,
+                  saved.get("threads"))
 
 
 def _inputs(cfg: Config, config_file: str | Path | None) -> dict[str, str]:
@@ -323,8 +326,8 @@ class Job:
             raise _nonfinite_loss(total, state.global_step, self.scheduler.get_last_lr()[0], self.run)
         if not self.resumable:
             return
-        saved = {**state.saved(), "seconds": self.seconds(), "data_fingerprint": self.inputs.data_id, "labels": list(self.inputs.labels.names),
-                 "threads": torch.get_num_threads()}
+        saved = {**state.saved(), "seconds": self.seconds(), "data_fingerprint": self.inputs.data_id, "texts_fingerprint": self.inputs.texts_id,
+                 "labels": list(self.inputs.labels.names), "threads": torch.get_num_threads()}
         self.last_checkpoint = ckpt.save(self.run, acc, self.model, self.optimizer, self.scheduler, config=self.config.to_dict(),
                                          keep=self.cfg.keep_checkpoints, state=saved,
                                          own={"window": window.saved(), "real_tokens": int(self.real_tokens), "paused": self.paused})
