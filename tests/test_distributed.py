@@ -321,15 +321,23 @@ def test_fp16_on_cpu_is_a_one_line_cli_error(tmp_path, toy_data):
     assert result.stderr.strip() == "Error: training.precision: fp16 needs a CUDA device; use bf16 or fp32 on the CPU"
 
 
-def test_under_a_launcher_the_main_process_alone_says_a_mistake_every_process_meets(tmp_path, toy_data, trained_run, monkeypatch):
-    """Every process checks the same config and run folder: one error line for the launch, from the main process (global rank 0)."""
+def test_under_a_launcher_the_first_process_of_a_machine_alone_says_a_mistake_every_process_meets(tmp_path, toy_data, trained_run,
+                                                                                                   monkeypatch):
+    """Every process reads the same config and checks the same run folder: one error line a machine, from its first process
+    (local rank 0). Any other error may be one process's own (a damaged rng-1.pt is read by process 1 alone): each says it."""
     typo = make_config(tmp_path, toy_data, training={"epoch": 2})  # epochs
     (tmp_path / "again").mkdir()
     finished = make_config(tmp_path / "again", toy_data, output_dir=str(trained_run))
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
     for config, error in ((typo, "Error: training.epoch"), (finished, "already holds a finished run")):
-        for rank, says in (("1", False), ("0", True)):
-            monkeypatch.setenv("RANK", rank)
+        for local_rank, says in (("1", False), ("0", True)):
+            monkeypatch.setenv("LOCAL_RANK", local_rank)
             result = CliRunner().invoke(app, ["train", str(config)])
             assert result.exit_code == 2, result.output
             assert (error in result.stderr) == says and (result.stderr == "") != says, result.stderr
+    # not launched here (a job's pod sets RANK for every command), or not a mistake every process meets: said
+    monkeypatch.delenv("LOCAL_RANK")
+    assert "Error: training.epoch" in CliRunner().invoke(app, ["train", str(typo)]).stderr
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert "Error: --model" in CliRunner().invoke(app, ["predict", "-m", str(tmp_path / "nothing"), "a text"]).stderr

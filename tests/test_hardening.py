@@ -303,6 +303,19 @@ def test_an_output_in_a_virtual_file_system_is_one_line(tmp_path, toy_data, trai
     assert not atomic._in_virtual_fs(tmp_path)
 
 
+def test_a_missing_file_read_in_proc_is_no_refused_write(trained_run, monkeypatch):
+    """Only a path bertcls writes gets the virtual file system's message: a read of a missing /proc file keeps its
+    traceback (a bug, or a library's)."""
+    from bertcls import cli
+
+    def reads_proc(*args, **kwargs):
+        open("/proc/bertcls-no-such-file")
+
+    monkeypatch.setattr(cli, "predict_file", reads_proc)
+    result = runner.invoke(app, ["predict", "-m", str(trained_run), "-f", str(trained_run.parent / "test.csv")])
+    assert result.exit_code == 1 and isinstance(result.exception, FileNotFoundError), result.output
+
+
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG])
 def test_a_full_disk_quota_or_size_limit_is_a_refused_write_however_it_surfaces(tmp_path, code):
     target = tmp_path / "checkpoint-3"

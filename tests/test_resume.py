@@ -365,14 +365,21 @@ def test_a_forced_resume_keeps_steps_and_epochs_true_to_the_new_schedule(tmp_pat
                           "(bert.embeddings.position_embeddings.weight: [600, 64] in the model this config builds, [512, 64] in the checkpoint)", run)
     assert files_in(run) == before  # each refused before it wrote anything: config.yaml, log.jsonl and checkpoint-15 as they were
 
-    # the same texts relabelled (rows fixed after `bertcls check`, say): tiny's vocabulary is as it was, so --force goes on
+    # the same texts relabelled (rows fixed after `bertcls check`, say) and reordered: tiny's vocabulary is as it was, so
+    # --force goes on; from a checkpoint that does not record its texts apart (an older bertcls's) it cannot know that
     with open(data["train"], encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f))[1:]
     rows[0] = [rows[0][0], next(label for _, label in rows if label != rows[0][1])]  # within the same label set
+    relabelled = write_csv(tmp_path / "relabelled.csv", rows[::-1])
+    shutil.copytree(run, tmp_path / "older")
+    state = tmp_path / "older" / "checkpoint-10" / runs.CHECKPOINT_STATE
+    state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "texts_fingerprint"}))
+    assert_one_line_error(resume(f"output_dir={tmp_path / 'older'}", f"data.train={relabelled}", folder=tmp_path / "older"),
+                          "model 'tiny' builds its vocabulary from the training texts, which checkpoint-10 (written by an older "
+                          "bertcls) does not record apart from the labels, so even --force cannot go on")
     shutil.copytree(run, tmp_path / "relabelled")
-    relabelled = resume(f"output_dir={tmp_path / 'relabelled'}", f"data.train={write_csv(tmp_path / 'relabelled.csv', rows)}",
-                        folder=tmp_path / "relabelled")
-    assert relabelled.exit_code == 0, relabelled.output
+    moved_on = resume(f"output_dir={tmp_path / 'relabelled'}", f"data.train={relabelled}", folder=tmp_path / "relabelled")
+    assert moved_on.exit_code == 0, moved_on.output
 
     # batches of 32: 8 steps an epoch, so step 10 lies in the second epoch, and 3 epochs end at step 24
     shutil.copytree(run, tmp_path / "copy")

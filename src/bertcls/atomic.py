@@ -77,9 +77,10 @@ VIRTUAL_FILE_SYSTEMS = frozenset({"proc", "sysfs", "cgroup", "cgroup2", "devpts"
                                   "pstore", "bpf", "efivarfs", "binfmt_misc", "fusectl", "mqueue"})
 
 
-def refused_code(exc: OSError) -> int | None:
+def _refused_code(exc: OSError) -> int | None:
     """`exc`'s errno where the file system refused a write (WRITE_ERRNOS, and ENOENT for a new name in a folder of a
-    virtual file system such as /proc), else None."""
+    virtual file system such as /proc), else None. Only for an error about a path being written (`refused_write`): a
+    read of a missing file in /proc is no refused write."""
     if exc.errno in WRITE_ERRNOS:
         return exc.errno
     if exc.errno == errno.ENOENT and isinstance(exc.filename, (str, bytes)) and _in_virtual_fs(Path(os.fsdecode(exc.filename)).parent):
@@ -124,8 +125,8 @@ def refused_write(exc: BaseException | None, path: Path) -> int | None:
     wraps the OSError in a RuntimeError; safetensors names the errno only in its message); None for
     anything else, and for an error about some other file (a source being read, say)."""
     for cause in causes(exc):
-        if isinstance(cause, OSError) and refused_code(cause) is not None and _is_about(cause.filename, path):
-            return refused_code(cause)
+        if isinstance(cause, OSError) and _refused_code(cause) is not None and _is_about(cause.filename, path):
+            return _refused_code(cause)
         found = re.search(r"\(os error (\d+)\)", str(cause))
         if found and int(found[1]) in WRITE_ERRNOS:
             return int(found[1])
@@ -153,11 +154,12 @@ def write_error(path: Path, code: int, writing: bool = True, elsewhere: str = ""
         errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
         errno.EISDIR: "a folder is in the way of a file; move it, or choose another path",
         errno.ENAMETOOLONG: "shorten it (most file systems take names of up to 255 bytes)",
-        errno.ENOENT: "its folder is in a virtual file system (such as /proc or /sys), which takes no new files; choose another path",
     }
     folder = Path(path) if os.path.isdir(path) else Path(path).parent  # a folder refused a new entry: that folder
     fix = fixes.get(code, f"make {folder} writable" if writing else f"check the permissions of {path} and its folder")
-    if elsewhere and code in FIXABLE_IN_PLACE:  # the others' fix is already to write elsewhere
+    if code in (errno.ENOENT, errno.EPERM, errno.EACCES) and _in_virtual_fs(folder):  # how /proc, /sys, ... refuse
+        fix = "its folder is in a virtual file system (such as /proc or /sys), which takes no new files; choose another path"
+    elif elsewhere and code in FIXABLE_IN_PLACE:  # the others' fix is already to write elsewhere
         fix += f", or {elsewhere}"
     return WriteError(f"{path}: {os.strerror(code)}; {fix}", code)
 

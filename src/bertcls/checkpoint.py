@@ -198,12 +198,17 @@ def find(run: Path, resume: bool | str | Path, config: dict[str, Any], data_fing
                        f"data now has {listing(labels, 20)}; even --force cannot go on with another label set: resume with the "
                        "same labels, or start over with --overwrite")
     if state.get("data_fingerprint") != data_fingerprint:
-        # a token's id would change, or the vocabulary's size; relabelled rows leave it as it was (a checkpoint that does
-        # not record its texts apart is taken to differ in them)
-        if config["model"]["name"] == DATA_BUILT_MODEL and "data_fingerprint" in state and state.get("texts_fingerprint") != texts_fingerprint:
-            raise RunError(f"--resume: the training texts differ from those {folder.name} was trained on, and model "
-                           f"{DATA_BUILT_MODEL!r} builds its vocabulary from them, so even --force cannot go on "
-                           "with other texts; resume with the same data, or start over with --overwrite")
+        # other texts would change a token's id, or the vocabulary's size; relabelled or reordered rows leave it as it was
+        if config["model"]["name"] == DATA_BUILT_MODEL and "data_fingerprint" in state:
+            fix = "resume with the same data, or start over with --overwrite"
+            if "texts_fingerprint" not in state:
+                raise RunError(f"--resume: the training data differs from the data {folder.name} was trained on, and model "
+                               f"{DATA_BUILT_MODEL!r} builds its vocabulary from the training texts, which {folder.name} (written by an "
+                               f"older bertcls) does not record apart from the labels, so even --force cannot go on; {fix}")
+            if state["texts_fingerprint"] != texts_fingerprint:
+                raise RunError(f"--resume: the training texts differ from those {folder.name} was trained on, and model "
+                               f"{DATA_BUILT_MODEL!r} builds its vocabulary from them, so even --force cannot go on with other "
+                               f"texts; {fix}")
         if not force:
             raise RunError(f"--resume: the training data differs from the data {folder.name} was trained on; "
                            "resume with the same files, or pass --force")

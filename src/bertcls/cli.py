@@ -32,16 +32,13 @@ from bertcls import __version__, atomic, distributed, machine, runs
 from bertcls.errors import (
     BertclsError,
     BertclsWarning,
-    ConfigError,
-    DataError,
     Interrupted,
     MainStopped,
-    ModelError,
-    RunError,
     Terminated,
     UsageError,
     WriteError,
     causes,
+    checked_by_every_process,
 )
 from bertcls.predict_file import check_output, predict_file
 
@@ -116,10 +113,9 @@ def _error_boundary(command):
         except BertclsError as exc:
             _fail(exc, debug)
         except OSError as exc:
-            code = atomic.refused_code(exc)
-            if code is None or exc.filename is None:
+            if exc.errno not in atomic.WRITE_ERRNOS or exc.filename is None:
                 raise  # not the file system refusing a file: a bug
-            _fail(atomic.write_error(Path(os.fsdecode(exc.filename)), code, writing=False), debug)
+            _fail(atomic.write_error(Path(os.fsdecode(exc.filename)), exc.errno, writing=False), debug)
         except EOFError as exc:  # click would print a bare "Aborted." for it: keep the traceback of this bug
             raise RuntimeError("an EOFError escaped: a file or stream ended early") from exc
         except Interrupted as exc:
@@ -151,17 +147,11 @@ def _interrupted(exc: BaseException | None, kind: type[BaseException] = Keyboard
 def _fail(exc: BertclsError, debug: bool) -> None:
     if debug:
         traceback.print_exc()
-    if distributed.is_main_process() or not _said_by_the_main_process(exc):
+    # MainStopped: stopping with the main process, which says why; a mistake every process meets: the first on each
+    # machine says it (any other error may be this process's own, so it says it)
+    if not isinstance(exc, MainStopped) and not (exc.every_process and distributed.local_follower()):
         typer.echo(f"Error: {exc}", err=True)
     raise typer.Exit(EXIT_BAD_INPUT) from None
-
-
-def _said_by_the_main_process(exc: BertclsError) -> bool:
-    """Whether, under a launcher, the main process says `exc` for every process: a mistake in the config, data, model
-    or run folder, which every process checks alike, or a process stopping with the main one (MainStopped). A write
-    refused, a download failed or a training step failed may be one process's own, so each says its own."""
-    return isinstance(exc, MainStopped) or (isinstance(exc, (ConfigError, DataError, ModelError, UsageError, RunError))
-                                             and not isinstance(exc, WriteError))
 
 
 @app.command()
@@ -171,7 +161,7 @@ def train(
     checkpoint: Annotated[Path | None, typer.Argument(help="With --resume: the checkpoint folder to continue from (default: the newest in output_dir).", show_default=False)] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set training.epochs=1 (repeatable).")] = None,
     resume: Annotated[bool, typer.Option("--resume", metavar=FLAG, help="Continue an unfinished run from its newest checkpoint (or CHECKPOINT).")] = False,
-    force: Annotated[bool, typer.Option("--force", metavar=FLAG, help="With --resume: continue even though the config or training data changed (not from a checkpoint past the new schedule's end, nor on other data with model tiny).")] = False,
+    force: Annotated[bool, typer.Option("--force", metavar=FLAG, help="With --resume: continue even though the config or training data changed (not from a checkpoint past the new schedule's end, nor on other training texts with model tiny).")] = False,
     overwrite: Annotated[bool, typer.Option(metavar=FLAG, help="Replace a finished run in output_dir (only the files bertcls recorded writing).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar=FLAG, help="No progress bar or log lines; errors still print.")] = False,
     debug: Debug = False,
@@ -183,13 +173,14 @@ def train(
     """
     from bertcls.config import load_config, model_name_warning
 
-    if checkpoint is not None and not resume:
-        raise UsageError(_stray_argument(checkpoint, set_ or []))
-    if resume and overwrite:
-        raise UsageError("--resume continues a run and --overwrite starts it over; pass only one")
-    if force and not resume:
-        raise UsageError("--force only applies with --resume")
-    cfg = load_config(config, set_ or [])
+    with checked_by_every_process():
+        if checkpoint is not None and not resume:
+            raise UsageError(_stray_argument(checkpoint, set_ or []))
+        if resume and overwrite:
+            raise UsageError("--resume continues a run and --overwrite starts it over; pass only one")
+        if force and not resume:
+            raise UsageError("--force only applies with --resume")
+        cfg = load_config(config, set_ or [])
     if distributed.is_main_process() and (warning := model_name_warning(cfg)):  # once, from the main process
         typer.echo(f"warning: {warning}", err=True)
     from bertcls.train import train as run_training

@@ -30,6 +30,12 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def local_follower() -> bool:
+    """Whether a launcher started this process besides the first on its machine (local rank 1 or more): its output
+    repeats the first one's, on the same terminal."""
+    return os.environ.get("LOCAL_RANK", "0") != "0"
+
+
 def launched() -> bool:
     """Whether a launcher (torchrun, accelerate launch) started this process."""
     return "RANK" in os.environ

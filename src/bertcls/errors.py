@@ -24,10 +24,13 @@ import errno
 import pickle
 import reprlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class BertclsError(Exception):
     """Base class: the message says what is wrong and how to fix it."""
+
+    every_process = False  # met alike by every process of a launch (`checked_by_every_process`)
 
 
 class UsageError(BertclsError):
@@ -157,3 +160,14 @@ def listing(items, limit: int = SHOWN_ITEMS, show=str) -> str:
     items = list(items)
     head = ", ".join(show(item) for item in items[:limit])
     return head + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+@contextmanager
+def checked_by_every_process() -> Iterator[None]:
+    """Mark a BertclsError raised in the block as one every process of a launch meets alike: each reads the same
+    config and checks the same data, model source and run folder there, so one process a machine says it."""
+    try:
+        yield
+    except BertclsError as exc:
+        exc.every_process = True
+        raise

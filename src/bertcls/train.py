@@ -39,7 +39,7 @@ from bertcls.callbacks import Callback
 from bertcls.check import warnings as data_warnings
 from bertcls.checkpoint import LoopState
 from bertcls.config import Config, TrainingConfig
-from bertcls.errors import BertclsError, Interrupted, MainStopped, RunError, Terminated, TrainingError, first_line
+from bertcls.errors import BertclsError, Interrupted, MainStopped, RunError, Terminated, TrainingError, checked_by_every_process, first_line
 from bertcls.evaluate import Evaluation, scalars, score
 from bertcls.inference import predict_logits
 from bertcls.loss import build_loss, check_class_weights
@@ -72,7 +72,8 @@ def train(config: Config, *, overwrite: bool = False, quiet: bool = False, resum
     """
     tcfg, started = config.training, manifest.utc_now()
     with faults.guarded(tcfg) as stop, ExitStack() as resources:
-        inputs = check_inputs(config, config_file, resume, force, overwrite)
+        with checked_by_every_process():
+            inputs = check_inputs(config, config_file, resume, force, overwrite)
         tracking = track.Tracking(config, inputs.resume_from)
         job = set_up(config, inputs, overwrite, quiet, stop, resources, log_with=tracking.trackers, warn_data=warn_data)
         resources.push(tracking.close)  # an error or a stop ends the trackers' runs too
@@ -148,7 +149,7 @@ class Inputs:
     test: data_mod.Split | None
     labels: data_mod.LabelMap
     data_id: str
-    texts_id: str  # of the training texts alone, from which `tiny` builds its vocabulary
+    texts_id: str  # of the training texts alone, in any order: what `tiny` builds its vocabulary from
     resume_from: Path | None
     resume_step: int  # the checkpoint's step (0 when not resuming)
     config_changes: list[str]  # `key: old -> new` for every key that differs from the checkpoint's config (the manifest's record)
@@ -167,7 +168,7 @@ def check_inputs(config: Config, config_file: str | Path | None, resume: bool | 
     check_class_weights(config.training.class_weights, labels.names)
     check_model_source(config.model, config.data.max_length)
     data_id = ckpt.fingerprint(train_split.texts, train_split.pairs, train_split.labels)
-    texts_id = ckpt.fingerprint(train_split.texts, train_split.pairs, None)
+    texts_id = ckpt.fingerprint(sorted(train_split.texts + (train_split.pairs or [])), None, None)  # what tiny's vocabulary counts
     resume_from = ckpt.find(run, resume, config.to_dict(), data_id, force, list(labels.names), texts_id) if resume else None
     saved = ckpt.read_state(resume_from) if resume_from else {"global_step": 0}
     changes = ckpt.config_differences(saved["config"], config.to_dict(), ignored=frozenset()) if "config" in saved else []
