@@ -25,7 +25,7 @@ python="${PYTHON:-python3}"
 # bertcls runs from this checkout's src/; its dependencies are installed only where one is missing (an editable
 # install would build in an isolated environment, which needs the package index even when they are all there)
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-if ! "$python" -c "import transformers, accelerate, datasets, sklearn, typer, pydantic, safetensors" 2>/dev/null; then
+if ! "$python" -c "import transformers, accelerate, datasets, sklearn, typer, pydantic, safetensors, tokenizers, yaml, matplotlib, tqdm, rich, huggingface_hub" 2>/dev/null; then
   "$python" -m pip install --quiet ${WHEELHOUSE:+--no-index --find-links "$WHEELHOUSE"} -e .
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false

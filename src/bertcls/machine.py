@@ -70,9 +70,10 @@ def gpu_attention_kernels(device: str) -> None:
 
     Under bf16 autocast torch picks cuDNN's attention where it can, and cuDNN builds it anew for each batch shape
     it meets: 0.4 s a shape for MiniLM's training steps on an H200 (torch 2.11, cuDNN 9.19), where a step takes
-    20 ms. Texts come in many lengths, so SST-2's first 4,000 rows spent 26 s in steps that take 4 s once built.
-    Torch's memory-efficient kernel, which takes the padding mask too, builds nothing and ran within 8% of
-    cuDNN's built steps (21.5 against 19.9 ms a step). Measured with scripts/gpu_attention.py.
+    20 ms. Texts come in many lengths, so SST-2's first 4,000 rows spent 26 s in steps that took 4.2 s with
+    torch's memory-efficient kernel, which takes the padding mask too and builds nothing; once built, cuDNN's
+    steps were within 8% of it (19.9 against 21.5 ms a step). Measured with scripts/gpu_attention.py.
+    Process-wide: other models the process runs on the GPU keep off cuDNN's attention too.
     """
     import torch
 
