@@ -340,6 +340,24 @@ def test_a_bad_model_in_the_environment_is_named_as_such(tmp_path, monkeypatch, 
         assert (result.exit_code, result.output) == (2, f"Error: ${runs.MODEL_ENV} {folder}: {problem}; {fix}\n")
 
 
+@pytest.mark.slow  # two whole processes: about 10 s
+def test_a_reader_that_goes_away_ends_a_command_as_sigpipe_does(tmp_path, toy_data, trained_run):
+    """`bertcls check CONFIG | head -1`: exit 141, as for any program SIGPIPE ends, and no word; not 1, which
+    `check --strict` gives to findings (rich's tables and plain lines alike)."""
+    import subprocess
+    import sys
+
+    for command in (["check", str(make_config(tmp_path, toy_data))], ["predict", "-m", str(trained_run), "-f", str(toy_data["validation"])]):
+        read, write = os.pipe()
+        os.close(read)  # the reader has gone before the first line: every write meets a broken pipe
+        try:
+            done = subprocess.run([sys.executable, "-m", "bertcls", *command], stdout=write, stderr=subprocess.PIPE, timeout=300,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+        finally:
+            os.close(write)
+        assert (done.returncode, done.stderr) == (141, b""), command
+
+
 @pytest.mark.slow  # a whole process: about 10 s
 def test_a_training_whose_terminal_went_away_finishes(tmp_path):
     """`bertcls train config.yaml 2>&1 | head -2`: the reader closes the pipe after two lines, and the run goes on."""

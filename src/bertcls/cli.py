@@ -99,6 +99,7 @@ app = typer.Typer(
 FLAG = ""  # a flag's metavar: typer would show `<bool>`, as if it took a value (`--json true` would read "true" as a text)
 Debug = Annotated[bool, typer.Option("--debug", metavar=FLAG, help="Show the full traceback of an error.")]
 EXIT_FINDINGS, EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
+EXIT_SIGPIPE = 141  # what a shell reports for a program that SIGPIPE ends: its reader went away (`| head`)
 
 
 def _error_boundary(command):
@@ -112,6 +113,12 @@ def _error_boundary(command):
             return command(*args, **kwargs)
         except BertclsError as exc:
             _fail(exc, debug)
+        except BrokenPipeError:
+            _reader_gone()
+        except SystemExit as exc:  # how rich's console ends a process whose reader went away
+            if exc.code == 1 and isinstance(exc.__context__, BrokenPipeError):
+                _reader_gone()
+            raise
         except OSError as exc:
             if exc.errno not in atomic.WRITE_ERRNOS or exc.filename is None:
                 raise  # not the file system refusing a file: a bug
@@ -136,6 +143,16 @@ def _error_boundary(command):
             raise typer.Exit(EXIT_SIGTERM if terminated else EXIT_SIGINT) from None
 
     return wrapper
+
+
+def _reader_gone() -> None:
+    """The reader of standard output went away (`bertcls check CONFIG | head`): say nothing more to it, and end as a
+    program that SIGPIPE ends does (click would exit 1, which `check --strict` gives to findings)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere at exit
+    except (OSError, ValueError):
+        pass
+    raise typer.Exit(EXIT_SIGPIPE) from None
 
 
 def _interrupted(exc: BaseException | None, kind: type[BaseException] = KeyboardInterrupt) -> bool:

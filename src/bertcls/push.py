@@ -92,8 +92,13 @@ def check_finished(run: Path) -> None:
     pid = training_pid(run)  # first: a run in its first steps has no model/ yet
     if pid is not None:
         raise RunError(f"{run} is still training ({pid_text(pid)}); push it when it has finished")
-    if runs.read_record(run) is None or not (run / runs.MODEL_DIR / "config.json").is_file():
+    if runs.read_record(run) is None:
         raise RunError(f"{run} is not a bertcls run folder (no {runs.MODEL_DIR}/ with a model); give the folder `bertcls train` wrote")
+    if not (run / runs.MODEL_DIR / "config.json").is_file():
+        if (run / runs.METRICS_FILE).is_file():  # finished: e.g. a search's losing trial (tune --keep best)
+            raise RunError(f"{run} is a finished run whose {runs.MODEL_DIR}/ was removed; push another run, or train it again")
+        go_on = "bertcls train CONFIG --resume" if runs.checkpoints(run) else "bertcls train CONFIG"
+        raise RunError(f"{run} is an unfinished run that has saved no model yet; finish it with `{go_on}`, then push")
     if not runs.is_finished(run):
         raise RunError(f"{run} is an unfinished run (no {runs.METRICS_FILE}); finish it with `bertcls train CONFIG --resume`, then push")
     try:

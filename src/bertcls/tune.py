@@ -7,7 +7,7 @@ and a report out. The search's folder is the config's output_dir, a bertcls fold
     OUTPUT_DIR/tune.lock         held (shared) by every `bertcls tune` working on this folder
     OUTPUT_DIR/trial-N/          trial N's run folder (`bertcls.runs`); its config.yaml holds the sampled values
     OUTPUT_DIR/best.yaml         the best trial's full config, writing to OUTPUT_DIR/best: `bertcls train` it
-    OUTPUT_DIR/trials.csv        every trial: number, state, metric, seconds, parameters, note
+    OUTPUT_DIR/trials.csv        every trial: number, state, metric, seconds, parameters, run, note
     OUTPUT_DIR/figures/          history.png, importances.png, slice.png (optuna's matplotlib plots)
     OUTPUT_DIR/seed-S/, seeds.json   with tune.seeds: the best config re-trained with seed S; mean ± std
 
