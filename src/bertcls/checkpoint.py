@@ -14,6 +14,7 @@ import random
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -261,11 +262,26 @@ def restore(folder: Path, run: Path, accelerator, model, optimizer, scheduler) -
 
     In `run`, log lines after the checkpoint's step and later checkpoints (a future that is being
     replaced) are dropped. Call last before the loop: it sets the random states the loop continues from.
+    A damaged file stops every process: the one that read it says which.
     """
-    from safetensors.torch import load_model
-
     folder = Path(folder)
     state = read_state(folder)
+    own = distributed.together(accelerator, partial(_load, folder, state, accelerator, model, optimizer, scheduler))
+    step = state["global_step"]
+    if accelerator.is_main_process:
+        for later in runs.checkpoints(run):
+            if int(later.name.removeprefix(runs.CHECKPOINT_PREFIX)) > step:
+                runs.remove_ours(run, later.name)
+        _trim_log(Path(run) / runs.LOG_FILE, step)
+    accelerator.wait_for_everyone()
+    return {**state, **own}
+
+
+def _load(folder: Path, state: dict[str, Any], accelerator, model, optimizer, scheduler) -> dict[str, Any]:
+    """`restore`'s reading, on one process: the weights, optimizer, scheduler and scaler states, and this process's
+    own random states and counts (returned), each file checked; a damaged one is a RunError naming it."""
+    from safetensors.torch import load_model
+
     file = folder / runs.CHECKPOINT_WEIGHTS  # the file being read, to name it when it is damaged
     unwrapped = accelerator.unwrap_model(model)
     try:
@@ -292,14 +308,7 @@ def restore(folder: Path, run: Path, accelerator, model, optimizer, scheduler) -
     except (*unreadable_weights(), TypeError, IndexError) as exc:
         raise RunError(f"{file}: cannot load this checkpoint ({_state_dict_reason(exc) or load_reason(exc)}); resume from another one, "
                        "or start over with --overwrite") from None
-    step = state["global_step"]
-    if accelerator.is_main_process:
-        for later in runs.checkpoints(run):
-            if int(later.name.removeprefix(runs.CHECKPOINT_PREFIX)) > step:
-                runs.remove_ours(run, later.name)
-        _trim_log(Path(run) / runs.LOG_FILE, step)
-    accelerator.wait_for_everyone()
-    return {**state, **own}
+    return own
 
 
 def _check_weights(file: Path, sha256: str | None, model) -> None:

@@ -33,7 +33,7 @@ from bertcls.errors import (
     BertclsError,
     BertclsWarning,
     Interrupted,
-    MainStopped,
+    StoppedWithAnother,
     Terminated,
     UsageError,
     WriteError,
@@ -164,9 +164,9 @@ def _interrupted(exc: BaseException | None, kind: type[BaseException] = Keyboard
 def _fail(exc: BertclsError, debug: bool) -> None:
     if debug:
         traceback.print_exc()
-    # MainStopped: stopping with the main process, which says why; a mistake every process meets: the first on each
+    # StoppedWithAnother: stopping with another process, which says why; a mistake every process meets: the first on each
     # machine says it (any other error may be this process's own, so it says it)
-    if not isinstance(exc, MainStopped) and not (exc.every_process and distributed.local_follower()):
+    if not isinstance(exc, StoppedWithAnother) and not (exc.every_process and distributed.local_follower()):
         typer.echo(f"Error: {exc}", err=True)
     raise typer.Exit(EXIT_BAD_INPUT) from None
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from bertcls.errors import ConfigError, MainStopped, Terminated
+from bertcls.errors import ConfigError, StoppedWithAnother, Terminated
 
 if TYPE_CHECKING:  # pydantic stays off the `--help` and predict paths
     from bertcls.config import TrainingConfig
+
+T = TypeVar("T")
 
 
 def launched_processes() -> int:
@@ -57,7 +59,7 @@ def from_main(value, accelerator):
 
 def on_main(accelerator, write: Callable[[], object]) -> None:
     """Run `write` (files into the run folder) on the main process alone while the others wait for it. When it fails (a
-    full disk, a second Ctrl-C), every process stops with it: the others raise MainStopped (or the same interrupt)
+    full disk, a second Ctrl-C), every process stops with it: the others raise StoppedWithAnother (or the same interrupt)
     rather than wait at a barrier the main process never reaches, for the collective layer's traceback or timeout."""
     failure: BaseException | None = None
     if accelerator.is_main_process:
@@ -73,9 +75,28 @@ def on_main(accelerator, write: Callable[[], object]) -> None:
                 raise Terminated
             if kind == "KeyboardInterrupt":
                 raise KeyboardInterrupt
-            raise MainStopped(f"the main process stopped: {message}")
+            raise StoppedWithAnother(f"the main process stopped: {message}")
     if failure is not None:
         raise failure
+
+
+def together(accelerator, load: Callable[[], T]) -> T:
+    """Run `load` on every process (each reading its own part of a checkpoint, say). When it fails on any, every
+    process stops: that one with its error, the others with StoppedWithAnother, rather than wait at the next
+    collective for the collective layer's traceback (gloo's 'Connection closed by peer') or timeout (NCCL)."""
+    failure: BaseException | None = None
+    try:
+        result = load()
+    except BaseException as exc:
+        failure = exc
+    if accelerator.num_processes > 1:  # a collective: every process says whether it failed
+        from accelerate.utils import gather_object
+
+        if any(gather_object([failure is not None])) and failure is None:
+            raise StoppedWithAnother("another process stopped")
+    if failure is not None:
+        raise failure
+    return result
 
 
 def check_launch(cfg: TrainingConfig, on_cpu: bool, processes: int) -> None:

@@ -6,6 +6,7 @@
     ├── DataError         a data file, column, label or text is wrong
     ├── ModelError        a model name or folder cannot be used
     ├── RunError          a run folder is missing, unfinished or already taken
+    │   ├── StoppedWithAnother  another process of a launch failed, and says why
     │   └── WriteError    the file system refused a write: disk full, a file over a size limit, read-only,
     │                     a file where a folder goes
     ├── TrainingError     training cannot go on (the loss became NaN, the GPU ran out of memory)
@@ -53,9 +54,10 @@ class RunError(BertclsError):
     pass
 
 
-class MainStopped(RunError):
-    """On a process other than the main one: the main process failed while it claimed or wrote the run folder (it
-    says why) and this one stops with it; the CLI says nothing more for it."""
+class StoppedWithAnother(RunError):
+    """On a process of a launch: another process failed (the main one while it claimed or wrote the run folder, or
+    the one that could not load its part of a checkpoint) and says why; this one stops with it, and the CLI says
+    nothing more for it."""
 
 
 class WriteError(RunError):

@@ -39,7 +39,16 @@ from bertcls.callbacks import Callback
 from bertcls.check import warnings as data_warnings
 from bertcls.checkpoint import LoopState
 from bertcls.config import Config, TrainingConfig
-from bertcls.errors import BertclsError, Interrupted, MainStopped, RunError, Terminated, TrainingError, checked_by_every_process, first_line
+from bertcls.errors import (
+    BertclsError,
+    Interrupted,
+    RunError,
+    StoppedWithAnother,
+    Terminated,
+    TrainingError,
+    checked_by_every_process,
+    first_line,
+)
 from bertcls.evaluate import Evaluation, scalars, score
 from bertcls.inference import predict_logits
 from bertcls.loss import build_loss, check_class_weights
@@ -639,7 +648,7 @@ def _claim_run_dir(run: Path, overwrite: bool, resuming: bool, accelerator, reso
     if refusal:
         raise refusal
     if message:  # the main process says it
-        raise MainStopped(message)
+        raise StoppedWithAnother(message)
 
 
 def _best_on_resume(run: Path, state: LoopState, accelerator, source: Path) -> str:
