@@ -232,23 +232,31 @@ def test_a_write_the_main_process_fails_stops_every_process_with_one_error_line(
     assert "[rank1]" not in failed.stderr and "Connection closed" not in failed.stderr, failed.stderr[-3000:]
 
 
-@pytest.mark.slow  # in CI's second pass: a two-process resume that fails as it loads, about 10 s
-def test_a_checkpoint_file_one_process_alone_reads_damaged_stops_every_process_with_one_error_line(two_process_run, tmp_path):
-    """Process 1 alone reads rng-1.pt: when it is damaged, process 1 says so and process 0 stops with it, rather than
-    die at the next collective with gloo's 'Connection closed by peer' traceback (a hang on GPUs)."""
+@pytest.mark.slow  # in CI's second pass: two-process resumes that fail as they start, about 10 s each
+@pytest.mark.parametrize("damaged", ["rng-1.pt", "optimizer.pt", "log.jsonl"])
+def test_a_resume_one_process_fails_stops_every_process_with_one_error_line(two_process_run, tmp_path, damaged):
+    """Process 1 alone reads rng-1.pt, every process reads optimizer.pt, the main one alone rewrites log.jsonl (here over
+    the file-size limit): whichever fails says so, once, and the others stop with it, rather than die at the next
+    collective with gloo's 'Connection closed by peer' traceback (a hang on GPUs)."""
     folder, _, reference = two_process_run
     assert reference.returncode == 0, reference.stderr[-3000:]
     run = tmp_path / "run"
     shutil.copytree(folder / "run", run)
     (run / runs.METRICS_FILE).unlink()
-    damaged = runs.checkpoints(run)[-1] / runs.CHECKPOINT_RNG.format(1)
-    damaged.write_bytes(b"garbage")
+    path = run / damaged if damaged == "log.jsonl" else runs.checkpoints(run)[-1] / damaged
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if damaged == "log.jsonl":  # the resume trims it back to the checkpoint's step: a rewrite over the limit
+        path.write_text("".join(json.dumps({"step": 0, "pad": "x" * 1000}) + "\n" for _ in range(100)) + path.read_text())
+        limit = (60 * 1024, limit[1])
+    else:
+        path.write_bytes(b"garbage")
     failed = subprocess.run(_torchrun_cmd(2, "train", str(folder / "config.yaml"), "--set", f"output_dir={run}", "--resume"), cwd=tmp_path,
-                            env=TORCHRUN_ENV, capture_output=True, text=True, timeout=300)
+                            env=TORCHRUN_ENV, capture_output=True, text=True, timeout=300,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, limit))
     assert failed.returncode != 0
     errors = [line for line in failed.stderr.splitlines() if "Error: " in line and "ChildFailedError" not in line]
-    assert len(errors) == 1 and errors[0].startswith(f"Error: {damaged}: cannot load this checkpoint"), failed.stderr
-    assert "[rank0]" not in failed.stderr and "Connection closed" not in failed.stderr, failed.stderr[-3000:]
+    assert len(errors) == 1 and errors[0].startswith(f"Error: {path}"), failed.stderr
+    assert "[rank0]" not in failed.stderr and "[rank1]" not in failed.stderr and "Connection closed" not in failed.stderr, failed.stderr[-3000:]
 
 
 @pytest.mark.slow  # in CI's second pass: the two-process run they share takes about 20 s

@@ -267,14 +267,16 @@ def restore(folder: Path, run: Path, accelerator, model, optimizer, scheduler) -
     folder = Path(folder)
     state = read_state(folder)
     own = distributed.together(accelerator, partial(_load, folder, state, accelerator, model, optimizer, scheduler))
-    step = state["global_step"]
-    if accelerator.is_main_process:
-        for later in runs.checkpoints(run):
-            if int(later.name.removeprefix(runs.CHECKPOINT_PREFIX)) > step:
-                runs.remove_ours(run, later.name)
-        _trim_log(Path(run) / runs.LOG_FILE, step)
-    accelerator.wait_for_everyone()
+    distributed.on_main(accelerator, partial(_drop_later, Path(run), state["global_step"]))  # the others wait; a failure stops them
     return {**state, **own}
+
+
+def _drop_later(run: Path, step: int) -> None:
+    """The run's checkpoints and log lines after `step`: a future that the resume replaces."""
+    for later in runs.checkpoints(run):
+        if int(later.name.removeprefix(runs.CHECKPOINT_PREFIX)) > step:
+            runs.remove_ours(run, later.name)
+    _trim_log(run / runs.LOG_FILE, step)
 
 
 def _load(folder: Path, state: dict[str, Any], accelerator, model, optimizer, scheduler) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from bertcls.errors import ConfigError, StoppedWithAnother, Terminated
+from bertcls.errors import BertclsError, ConfigError, StoppedWithAnother, Terminated
 
 if TYPE_CHECKING:  # pydantic stays off the `--help` and predict paths
     from bertcls.config import TrainingConfig
@@ -22,25 +22,26 @@ if TYPE_CHECKING:  # pydantic stays off the `--help` and predict paths
 T = TypeVar("T")
 
 
+def launched() -> bool:
+    """Whether a launcher (torchrun, accelerate launch) started this process: they set LOCAL_RANK, as Accelerate reads
+    it. RANK and WORLD_SIZE alone (a job's pods set them for every command) make no launch."""
+    return "LOCAL_RANK" in os.environ
+
+
 def launched_processes() -> int:
     """How many processes the launcher started (1 when run plainly), known before any setup."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("WORLD_SIZE", "1")) if launched() else 1
 
 
 def is_main_process() -> bool:
-    """Whether this is the main process (global rank 0), known from the launcher's environment before any setup."""
-    return os.environ.get("RANK", "0") == "0"
+    """Whether this is the main process (global rank 0, or not launched), known before any setup."""
+    return not launched() or os.environ.get("RANK", "0") == "0"
 
 
 def local_follower() -> bool:
     """Whether a launcher started this process besides the first on its machine (local rank 1 or more): its output
     repeats the first one's, on the same terminal."""
-    return os.environ.get("LOCAL_RANK", "0") != "0"
-
-
-def launched() -> bool:
-    """Whether a launcher (torchrun, accelerate launch) started this process."""
-    return "RANK" in os.environ
+    return launched() and os.environ["LOCAL_RANK"] != "0"
 
 
 def is_sharded(accelerator) -> bool:
@@ -57,43 +58,51 @@ def from_main(value, accelerator):
     return broadcast_object_list([value])[0]
 
 
-def on_main(accelerator, write: Callable[[], object]) -> None:
-    """Run `write` (files into the run folder) on the main process alone while the others wait for it. When it fails (a
-    full disk, a second Ctrl-C), every process stops with it: the others raise StoppedWithAnother (or the same interrupt)
-    rather than wait at a barrier the main process never reaches, for the collective layer's traceback or timeout."""
+def on_main(accelerator, write: Callable[[], T]) -> T:
+    """Run `write` (files into the run folder) on the main process alone while the others wait for it, and return its
+    result on every process. When it fails (a full disk, a second Ctrl-C), every process stops with it: the others
+    raise StoppedWithAnother (or the same interrupt) rather than wait at a barrier the main process never reaches, for
+    the collective layer's traceback or timeout."""
     failure: BaseException | None = None
+    result = None
     if accelerator.is_main_process:
         try:
-            write()
+            result = write()
         except BaseException as exc:
             failure = exc
     if accelerator.num_processes > 1:  # a collective: every process waits here for the main one's outcome
-        said = from_main(None if failure is None else (type(failure).__name__, str(failure)), accelerator)
-        if failure is None and said is not None:
-            kind, message = said
+        kind, value = from_main(("ok", result) if failure is None else (type(failure).__name__, str(failure)), accelerator)
+        if failure is None:
             if kind == "Terminated":
                 raise Terminated
             if kind == "KeyboardInterrupt":
                 raise KeyboardInterrupt
-            raise StoppedWithAnother(f"the main process stopped: {message}")
+            if kind != "ok":
+                raise StoppedWithAnother(f"the main process stopped: {value}")
+            result = value
     if failure is not None:
         raise failure
+    return result
 
 
 def together(accelerator, load: Callable[[], T]) -> T:
     """Run `load` on every process (each reading its own part of a checkpoint, say). When it fails on any, every
     process stops: that one with its error, the others with StoppedWithAnother, rather than wait at the next
-    collective for the collective layer's traceback (gloo's 'Connection closed by peer') or timeout (NCCL)."""
+    collective for the collective layer's traceback (gloo's 'Connection closed by peer') or timeout (NCCL). Where
+    several fail alike (a damaged file they all read), the first of them says it."""
     failure: BaseException | None = None
     try:
         result = load()
     except BaseException as exc:
         failure = exc
-    if accelerator.num_processes > 1:  # a collective: every process says whether it failed
+    if accelerator.num_processes > 1:  # a collective: every process says how it failed, if it did
         from accelerate.utils import gather_object
 
-        if any(gather_object([failure is not None])) and failure is None:
+        said = gather_object([f"{type(failure).__name__}: {failure}" if isinstance(failure, BertclsError) else failure is not None])
+        if failure is None and any(said):
             raise StoppedWithAnother("another process stopped")
+        if isinstance(failure, BertclsError) and said.index(said[accelerator.process_index]) < accelerator.process_index:
+            raise StoppedWithAnother(str(failure))  # a file they all read: an earlier process says the same
     if failure is not None:
         raise failure
     return result

@@ -397,9 +397,10 @@ def set_up(config: Config, inputs: Inputs, overwrite: bool, quiet: bool, stop: f
         job.window = LossWindow(accelerator.device, loss_sum, batches)
         job.real_tokens += restored.get("real_tokens", 0)
         job.paused.update(restored.get("paused", {}))
-    if accelerator.is_main_process:  # once the checkpoint loaded: a refused resume leaves the run's config as it was
-        atomic.write_atomic(run / runs.CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
-    accelerator.wait_for_everyone()  # the folder is ready before any process goes on
+    # once the checkpoint loaded: a refused resume leaves the run's config as it was; the folder is ready before any
+    # process goes on, and a failed write stops them all
+    saved_config = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    distributed.on_main(accelerator, partial(atomic.write_atomic, run / runs.CONFIG_FILE, saved_config))
     # Opened after `restore`, which trims log.jsonl back to the checkpoint's step.
     job.log = resources.enter_context(_Log(run / runs.LOG_FILE if job.main else None, quiet=quiet or not job.main))
     job.started = time.perf_counter() - job.state.seconds
@@ -656,22 +657,21 @@ def _best_on_resume(run: Path, state: LoopState, accelerator, source: Path) -> s
     checkpoint's own weights ("resave"), or the model/ of `source`, the run folder the checkpoint is in, when that
     is another ("copied" into `run`); or lost ("lost"): model/ was saved after the checkpoint (by the run that went
     on from it), and is removed. The main process looks; every process gets the answer."""
-    verdict = None
-    if accelerator.is_main_process:
+
+    def look() -> str:
         known = state.best_value is not None and state.best_step is not None
-        elsewhere = os.path.realpath(source) != os.path.realpath(run)
         if known and runs.best_model_step(run) == state.best_step:
-            verdict = "kept"
-        elif known and state.best_step == state.global_step:
-            verdict = "resave"
-        elif known and elsewhere and runs.best_model_step(source) == state.best_step:
+            return "kept"
+        if known and state.best_step == state.global_step:
+            return "resave"
+        if known and os.path.realpath(source) != os.path.realpath(run) and runs.best_model_step(source) == state.best_step:
             _copy_model(source, run)
             runs.record_best(run, state.best_step)
-            verdict = "copied"
-        else:
-            runs.remove_ours(run, runs.MODEL_DIR)
-            verdict = "lost" if state.best_value is not None else "kept"
-    return distributed.from_main(verdict, accelerator)
+            return "copied"
+        runs.remove_ours(run, runs.MODEL_DIR)
+        return "lost" if state.best_value is not None else "kept"
+
+    return distributed.on_main(accelerator, look)
 
 
 def _copy_model(source: Path, run: Path) -> None:
