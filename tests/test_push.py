@@ -39,6 +39,7 @@ def test_push_dry_run_lists_what_from_pretrained_needs_and_the_card(trained_run)
     ("unfinished", "is an unfinished run (no metrics.json); finish it with `bertcls train CONFIG --resume`, then push"),
     ("bad id", "'me/tiny--x' is not a hub repo id (Cannot have -- or .. in repo_id: 'me/tiny--x'.); write NAME or USER/NAME"),
     ("not a run", "is not a bertcls run folder (no model/ with a model); give the folder `bertcls train` wrote"),
+    ("a search", "is a search (bertcls tune), not a run; push one of its runs:"),
     ("no model yet", "is an unfinished run that has saved no model yet; finish it with `bertcls train CONFIG --resume`, then push"),
     ("model removed", "is a finished run whose model/ was removed; push another run, or train it again"),
     ("weights cut short", "model: its weights are not those training saved (missing, cut short or changed since); train the run again, "
@@ -54,6 +55,8 @@ def test_push_refuses_in_one_line(trained_run, tmp_path, case, message):
         (run / runs.METRICS_FILE).unlink()
     if case == "not a run":
         (run / runs.RECORD_FILE).unlink()
+    if case == "a search":
+        (run / runs.SEARCH_FILE).write_text("{}")
     if case in ("no model yet", "model removed"):  # stopped before its first evaluation (a checkpoint), or tune --keep best
         shutil.rmtree(run / runs.MODEL_DIR)
     if case == "no model yet":

@@ -452,12 +452,13 @@ def evaluate(
         evaluation = evaluate_file(path, data_file, text_column=text_column, text_pair_column=text_pair_column,
                                    label_column=label_column, device=device, batch_size=batch_size, precision=precision,
                                    say=(lambda line: typer.echo(line, err=True)) if verbose else None)
-        report.print_report(evaluation.metrics, multi_label=evaluation.multi_label)
-        if note := absent_note(evaluation.metrics, data_file):
-            typer.echo(note, err=True)
         if folder is not None:
             written = report.write_report(folder, evaluation)
             atomic.write_json(folder / runs.METRICS_FILE, {**evaluation.metrics, "scored_with": evaluation.scored_with})
+    # printed once the files are in place: a reader that goes away (`| head`) leaves them whole
+    report.print_report(evaluation.metrics, multi_label=evaluation.multi_label)
+    if note := absent_note(evaluation.metrics, data_file):
+        typer.echo(note, err=True)
     if output is not None:
         typer.echo(f"wrote {output}: {', '.join(p.name for p in written)}, {runs.METRICS_FILE}", err=True)
 
@@ -661,6 +662,8 @@ def main() -> None:
     try:
         app()
     except SystemExit as exc:
+        if exc.code == 1 and isinstance(exc.__context__, BrokenPipeError):  # click's exit when the reader went away
+            raise SystemExit(EXIT_SIGPIPE) from None                     # (--help, --version): as for every command
         if _TERMINATED and exc.code in (0, None):
             typer.echo("Terminated.", err=True)
             raise SystemExit(EXIT_SIGTERM) from None

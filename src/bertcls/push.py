@@ -92,6 +92,9 @@ def check_finished(run: Path) -> None:
     pid = training_pid(run)  # first: a run in its first steps has no model/ yet
     if pid is not None:
         raise RunError(f"{run} is still training ({pid_text(pid)}); push it when it has finished")
+    if (run / runs.SEARCH_FILE).is_file():  # `bertcls tune`'s folder: its runs are the trials
+        raise RunError(f"{run} is a search (bertcls tune), not a run; push one of its runs: {run / 'best'} once trained from "
+                       f"best.yaml, or a trial-N folder (bertcls runs {run} lists them)")
     if runs.read_record(run) is None:
         raise RunError(f"{run} is not a bertcls run folder (no {runs.MODEL_DIR}/ with a model); give the folder `bertcls train` wrote")
     if not (run / runs.MODEL_DIR / "config.json").is_file():

@@ -479,6 +479,7 @@ def run(options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, worker
     """
     check(options)
     sock = listen(host, port)
+    _log_lines_may_go_nowhere()
     common = {"log_config": _log_config(), "access_log": access_log, "timeout_graceful_shutdown": GRACE_S}
     if workers > 1:
         from uvicorn.supervisors import Multiprocess
@@ -526,6 +527,7 @@ def _say_serving(options: ServeOptions, sock: socket.socket, workers: int) -> No
 
 def app_from_environment() -> FastAPI:
     """The app of one of several worker processes (uvicorn's factory), from the options the parent left."""
+    _log_lines_may_go_nowhere()
     return create_app(ServeOptions(**json.loads(os.environ[OPTIONS_ENV])))
 
 
@@ -542,6 +544,12 @@ def _signals_ignored_after_shutdown() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _log_lines_may_go_nowhere() -> None:
+    """A log line that cannot be written (the access log's stdout whose reader went away) is dropped: serving goes on,
+    without logging's traceback on stderr for every request."""
+    logging.raiseExceptions = False
 
 
 def _log_config() -> dict:
