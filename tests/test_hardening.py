@@ -340,14 +340,16 @@ def test_a_bad_model_in_the_environment_is_named_as_such(tmp_path, monkeypatch, 
         assert (result.exit_code, result.output) == (2, f"Error: ${runs.MODEL_ENV} {folder}: {problem}; {fix}\n")
 
 
-@pytest.mark.slow  # two whole processes: about 10 s
+@pytest.mark.slow  # four whole processes: about 20 s
 def test_a_reader_that_goes_away_ends_a_command_as_sigpipe_does(tmp_path, toy_data, trained_run):
     """`bertcls check CONFIG | head -1`: exit 141, as for any program SIGPIPE ends, and no word; not 1, which
     `check --strict` gives to findings (rich's tables and plain lines alike)."""
     import subprocess
     import sys
 
-    for command in (["check", str(make_config(tmp_path, toy_data))], ["predict", "-m", str(trained_run), "-f", str(toy_data["validation"])]):
+    scored = tmp_path / "scored"  # written whole before the table that meets the broken pipe
+    for command in (["check", str(make_config(tmp_path, toy_data))], ["predict", "-m", str(trained_run), "-f", str(toy_data["validation"])],
+                    ["evaluate", str(toy_data["validation"]), "-m", str(trained_run), "-o", str(scored)], ["--version"]):
         read, write = os.pipe()
         os.close(read)  # the reader has gone before the first line: every write meets a broken pipe
         try:
@@ -356,6 +358,7 @@ def test_a_reader_that_goes_away_ends_a_command_as_sigpipe_does(tmp_path, toy_da
         finally:
             os.close(write)
         assert (done.returncode, done.stderr) == (141, b""), command
+    assert (scored / runs.METRICS_FILE).is_file()
 
 
 @pytest.mark.slow  # a whole process: about 10 s
