@@ -137,6 +137,8 @@ CHECKPOINT_DAMAGE = [
     ("optimizer.pt a list", _write(runs.CHECKPOINT_OPTIMIZER, lambda f: [1, 2]), "optimizer.pt: cannot load this checkpoint (holds a list, not a dict)"),
     ("pickled code in rng-0.pt", _write(runs.CHECKPOINT_RNG.format(0), lambda f: {"rng": Payload(f / "pwned")}),
      f"rng-0.pt: cannot load this checkpoint ({PICKLED})"),
+    ("text in rng-0.pt", _write(runs.CHECKPOINT_RNG.format(0), b"garbage"),
+     "rng-0.pt: cannot load this checkpoint (it is not a file torch saved: damaged, or another kind of file)"),
     ("rng-0.pt without its window", _write(runs.CHECKPOINT_RNG.format(0), lambda f: {"rng": {}, "real_tokens": 1}),
      "rng-0.pt: cannot load this checkpoint ('window' is missing or a NoneType)"),
     ("state: a list", _write(runs.CHECKPOINT_STATE, b"[1, 2]"), "state.json: holds a JSON list, not a bertcls checkpoint state (an object)"),

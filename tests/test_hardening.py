@@ -316,6 +316,16 @@ def test_a_missing_file_read_in_proc_is_no_refused_write(trained_run, monkeypatc
     assert result.exit_code == 1 and isinstance(result.exception, FileNotFoundError), result.output
 
 
+def test_a_refused_temporary_copy_of_the_data_is_not_blamed_on_the_file(tmp_path, toy_data):
+    """datasets reads a file through an Arrow copy in a temporary folder: a full disk or a size limit there is said
+    as such, naming TMPDIR, not as a csv that 'cannot be parsed'."""
+    config = make_config(tmp_path, toy_data)
+    with file_size_limit(1):
+        result = runner.invoke(app, ["check", str(config)])
+    assert_one_line_error(result, f"Error: {toy_data['train']}: its temporary copy for reading: ")
+    assert "File too large; raise the file-size limit" in result.output and "set TMPDIR to a folder with room" in result.output
+
+
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG])
 def test_a_full_disk_quota_or_size_limit_is_a_refused_write_however_it_surfaces(tmp_path, code):
     target = tmp_path / "checkpoint-3"

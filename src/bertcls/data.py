@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bertcls import longtext
-from bertcls.errors import DataError, ModelError, causes, clipped, first_line, listing, not_utf8, shown
+from bertcls import atomic, longtext
+from bertcls.errors import DataError, ModelError, WriteError, causes, clipped, first_line, listing, not_utf8, shown
 from bertcls.longtext import LongText, Reading
 from bertcls.model import download_failure, not_downloaded, pad_batch, quiet_hub_retries, truncate_long_texts
 from bertcls.tsv import check_fields, duplicate_columns
@@ -111,6 +111,9 @@ def read_table(source: str, split: str = "train"):
             return load(data_files={split: str(path)})
         except Exception as exc:
             failure = exc
+        if (code := atomic.refused_write(failure, Path(cache))) is not None:  # the copy was refused, not the file read
+            refused = atomic.write_error(Path(cache).parent, code, elsewhere="set TMPDIR to a folder with room")
+            raise WriteError(f"{path}: its temporary copy for reading: {refused}", code) from None
         lines = None
         # datasets reads a column of mixed types (1 and "x") through Python's json, line by line, which fails on a
         # blank line: the same lines without them read.

@@ -118,6 +118,8 @@ def load_reason(exc: BaseException) -> str:
     weights_only=False, which would run whatever code it holds: that advice is never passed on.
     """
     text = first_line(exc)
+    if "Unsupported operand" in str(exc):  # bytes no pickle of tensors holds: not what torch.save wrote
+        return "it is not a file torch saved: damaged, or another kind of file"
     if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
         return "it holds pickled objects other than tensors, perhaps code, which bertcls never loads"
     if isinstance(exc, EOFError) or (isinstance(exc, OSError) and exc.errno == errno.EINVAL and exc.filename is None):
