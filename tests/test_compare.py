@@ -37,6 +37,9 @@ def runs_folder(trained_run, tmp_path):
     (root / "garbled" / runs.CONFIG_FILE).write_text("model: [tiny\n")
     (root / "photos").mkdir()
     (root / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
+    (root / "onnx").mkdir()  # what `bertcls export` writes: its own copy of the run's config.yaml too
+    (root / "onnx" / runs.CONFIG_FILE).write_bytes((trained_run / runs.CONFIG_FILE).read_bytes())
+    (root / "onnx" / runs.ONNX_META).write_text("{}")
     (root / ".trash").mkdir()
     (root / "notes.txt").write_text("not a folder")
     return root
@@ -50,12 +53,13 @@ def _rows(*args):
 
 def test_rows_say_what_each_folder_is_best_first(runs_folder):
     rows = {row["name"]: row for row in _rows(str(runs_folder))}
-    assert list(rows) == ["beta", "gamma", "alpha", "cut", "early", "garbled", "photos", "stopped"]  # no metric: by name
+    assert list(rows) == ["beta", "gamma", "alpha", "cut", "early", "garbled", "onnx", "photos", "stopped"]  # no metric: by name
     assert {name: (row["status"], row["detail"]) for name, row in rows.items() if name not in SCORES} == {
         "cut": ("corrupt", "metrics.json unreadable: Unterminated string starting at: line 1 column 19 (char 18)"),
         "early": ("unfinished", "stopped at step 45, no checkpoint"),
         "garbled": ("corrupt", "config.yaml:2:1: invalid YAML: expected ',' or ']', but got '<stream end>'"),
         "photos": ("not a run", "no bertcls-run.json or config.yaml"),
+        "onnx": ("export", f"an ONNX export (bertcls export); bertcls predict -m {runs_folder / 'onnx'}"),
         "stopped": ("unfinished", "stopped at checkpoint-45"),
     }
     beta = rows["beta"]
@@ -68,7 +72,7 @@ def test_rows_say_what_each_folder_is_best_first(runs_folder):
 @pytest.mark.parametrize("key, order", [
     ("loss", ["gamma", "beta", "alpha"]),  # lowest first
     ("test.f1_macro", ["gamma", "alpha", "beta"]),
-    ("name", ["alpha", "beta", "cut", "early", "gamma", "garbled", "photos", "stopped"]),
+    ("name", ["alpha", "beta", "cut", "early", "gamma", "garbled", "onnx", "photos", "stopped"]),
 ])
 def test_sort_by_any_metric_or_name(runs_folder, key, order):
     assert [row["name"] for row in _rows(str(runs_folder), "--sort", key)][:len(order)] == order

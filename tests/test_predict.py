@@ -152,6 +152,8 @@ DAMAGED = [
     pytest.param(_config_yaml("data: [\n"), "evaluate", "config.yaml:2:1: invalid YAML", id="yaml-evaluate"),
     pytest.param(_config_yaml("- data\n"), "predict", "config.yaml: holds a list, not the run's config", id="yaml-list"),
     pytest.param(_config_yaml("data: [1]\n"), "evaluate", "its data section is not a mapping", id="yaml-section-list"),
+    pytest.param(_config_yaml(""), "evaluate", "config.yaml: incomplete (no data or model section), not the config bertcls wrote; "
+                 "restore the file the run was trained with, or train again", id="yaml-emptied"),
     pytest.param(_export_meta, "predict", "not a complete `bertcls export` folder (bertcls-onnx.json has no inputs)", id="export-meta",
                  marks=pytest.mark.slow),  # in CI's second pass: a real export
     pytest.param(_export_max_length, "predict", "not a complete `bertcls export` folder (its max_length -5 is no number of tokens)",

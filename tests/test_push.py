@@ -45,6 +45,7 @@ def test_push_dry_run_lists_what_from_pretrained_needs_and_the_card(trained_run)
     ("weights cut short", "model: its weights are not those training saved (missing, cut short or changed since); train the run again, "
                           "or upload a model you changed yourself with `hf upload`"),
     ("no weights", "model: its weights are not those training saved"),
+    ("tokenizer cut short", "model/tokenizer.json: unreadable ("),
     ("metrics cut short", "metrics.json: unreadable (Expecting value: line 1 column 1 (char 0)), so the run did not finish as it should; "
                           "train it again, then push"),
 ])
@@ -68,6 +69,9 @@ def test_push_refuses_in_one_line(trained_run, tmp_path, case, message):
         weights.write_bytes(weights.read_bytes()[:1000])
     if case == "no weights":
         weights.unlink()
+    if case == "tokenizer cut short":
+        tokenizer = run / runs.MODEL_DIR / "tokenizer.json"
+        tokenizer.write_bytes(tokenizer.read_bytes()[:4000])
     if case == "metrics cut short":
         (run / runs.METRICS_FILE).write_text("")
     repo = "me/tiny--x" if case == "bad id" else "me/tiny"

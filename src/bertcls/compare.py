@@ -69,12 +69,16 @@ def list_runs(folder: Path) -> list[Row]:
 
 
 def _looks_like_run(path: Path) -> bool:
-    return (path / runs.RECORD_FILE).is_file() or (path / runs.CONFIG_FILE).is_file()
+    """A run folder, or a search's; an export folder (its copy of config.yaml) is neither."""
+    return ((path / runs.RECORD_FILE).is_file() or (path / runs.CONFIG_FILE).is_file()) and not (path / runs.ONNX_META).is_file()
 
 
 def read_row(path: Path) -> Row:
     """What one folder is, read from its files; never raises over what is in them."""
     row = Row(name=path.name, path=str(path), status="not a run", detail=f"no {runs.RECORD_FILE} or {runs.CONFIG_FILE}")
+    if (path / runs.ONNX_META).is_file():
+        row.status, row.detail, row.date = "export", f"an ONNX export (bertcls export); bertcls predict -m {path}", _modified(path)
+        return row
     if not _looks_like_run(path):
         return row
     if (path / runs.SEARCH_FILE).is_file():  # a search (bertcls tune): its runs are the trials in it

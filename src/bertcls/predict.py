@@ -251,7 +251,7 @@ def pairing_problem(predictor, given: bool, option: str | None = None) -> str | 
 
 # The files of a folder `bertcls export` writes (see bertcls.export).
 ONNX_FILE = "model.onnx"
-ONNX_META = "bertcls-onnx.json"
+ONNX_META = runs.ONNX_META
 # How to get the optional onnx extra (bertcls is installed from its repository, not from PyPI).
 ONNX_INSTALL = 'pip install -e ".[onnx]" in the bertcls repository'
 # Inside a traced graph file: what TorchScriptPredictor needs besides the graph (see bertcls.export.save_torchscript).

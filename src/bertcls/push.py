@@ -109,6 +109,14 @@ def check_finished(run: Path) -> None:
     except (OSError, ValueError) as exc:
         raise RunError(f"{run / runs.METRICS_FILE}: unreadable ({first_line(exc)}), so the run did not finish as it should; "
                        "train it again, then push") from None
+    for name in ("config.json", "tokenizer.json"):  # the weights are checked below; these would go up as they are
+        file = run / runs.MODEL_DIR / name
+        try:
+            if file.is_file():
+                json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RunError(f"{file}: unreadable ({first_line(exc)}), not as training saved it; train the run again, or upload "
+                           "a model you changed yourself with `hf upload`") from None
     if runs.best_model_step(run) is None:
         raise RunError(f"{run / runs.MODEL_DIR}: its weights are not those training saved (missing, cut short or changed since); "
                        "train the run again, or upload a model you changed yourself with `hf upload`")

@@ -82,6 +82,7 @@ DEFAULT_RUNS_ROOT = "runs"
 # data.label_separator's default: what a multi-label row's labels are joined with in outputs, where a model says no other.
 LABEL_JOIN = ";"
 LABEL_SEPARATOR_KEY = "bertcls_label_separator"  # in a multi-label model's config.json: its run's data.label_separator
+ONNX_META = "bertcls-onnx.json"  # what predict needs of an ONNX export besides the model; marks a folder `bertcls export` wrote
 SECTIONS = ("data", "model", "training", "tune")  # a config's sections of keys; the rest (seed, output_dir) are values
 MODEL_ENV = "BERTCLS_MODEL"
 
@@ -640,7 +641,7 @@ def read_run_config(path: Path) -> dict[str, Any] | None:
         return None
     import yaml
 
-    restore = "restore the file the run was trained with, or train again"
+    restore = "export the run again" if (Path(path) / ONNX_META).is_file() else "restore the file the run was trained with, or train again"
     try:
         config = yaml.safe_load(file.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -657,4 +658,9 @@ def read_run_config(path: Path) -> dict[str, Any] | None:
     for section in SECTIONS:
         if (config or {}).get(section) is not None and not isinstance(config[section], dict):
             raise RunError(f"{file}: its {section} section is not a mapping of keys to values; {restore}")
+    # bertcls writes every section: one missing (a file emptied or cut short at a line) would silently drop the run's
+    # columns, pairs rule and label separator
+    missing = [section for section in ("data", "model") if (config or {}).get(section) is None]
+    if missing:
+        raise RunError(f"{file}: incomplete (no {' or '.join(missing)} section), not the config bertcls wrote; {restore}")
     return config
