@@ -125,8 +125,8 @@ def refused_write(exc: BaseException | None, path: Path) -> int | None:
     wraps the OSError in a RuntimeError; safetensors names the errno only in its message); None for
     anything else, and for an error about some other file (a source being read, say)."""
     for cause in causes(exc):
-        if isinstance(cause, OSError) and _refused_code(cause) is not None and _is_about(cause.filename, path):
-            return _refused_code(cause)
+        if isinstance(cause, OSError) and (code := _refused_code(cause)) is not None and _is_about(cause.filename, path):
+            return code
         found = re.search(r"\(os error (\d+)\)", str(cause))
         if found and int(found[1]) in WRITE_ERRNOS:
             return int(found[1])

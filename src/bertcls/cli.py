@@ -113,12 +113,6 @@ def _error_boundary(command):
             return command(*args, **kwargs)
         except BertclsError as exc:
             _fail(exc, debug)
-        except BrokenPipeError:
-            _reader_gone()
-        except SystemExit as exc:  # how rich's console ends a process whose reader went away
-            if exc.code == 1 and isinstance(exc.__context__, BrokenPipeError):
-                _reader_gone()
-            raise
         except OSError as exc:
             if exc.errno not in atomic.WRITE_ERRNOS or exc.filename is None:
                 raise  # not the file system refusing a file: a bug
@@ -143,16 +137,6 @@ def _error_boundary(command):
             raise typer.Exit(EXIT_SIGTERM if terminated else EXIT_SIGINT) from None
 
     return wrapper
-
-
-def _reader_gone() -> None:
-    """The reader of standard output went away (`bertcls check CONFIG | head`): say nothing more to it, and end as a
-    program that SIGPIPE ends does (click would exit 1, which `check --strict` gives to findings)."""
-    try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere at exit
-    except (OSError, ValueError):
-        pass
-    raise typer.Exit(EXIT_SIGPIPE) from None
 
 
 def _interrupted(exc: BaseException | None, kind: type[BaseException] = KeyboardInterrupt) -> bool:
@@ -662,8 +646,10 @@ def main() -> None:
     try:
         app()
     except SystemExit as exc:
-        if exc.code == 1 and isinstance(exc.__context__, BrokenPipeError):  # click's exit when the reader went away
-            raise SystemExit(EXIT_SIGPIPE) from None                     # (--help, --version): as for every command
+        # the reader of standard output went away (`bertcls check CONFIG | head`): click (and rich's console) exit 1 then,
+        # which `check --strict` gives to findings; end as a program that SIGPIPE ends does, without a word
+        if exc.code == 1 and isinstance(exc.__context__, BrokenPipeError):
+            raise SystemExit(EXIT_SIGPIPE) from None
         if _TERMINATED and exc.code in (0, None):
             typer.echo("Terminated.", err=True)
             raise SystemExit(EXIT_SIGTERM) from None

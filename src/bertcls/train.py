@@ -43,7 +43,6 @@ from bertcls.errors import (
     BertclsError,
     Interrupted,
     RunError,
-    StoppedWithAnother,
     Terminated,
     TrainingError,
     checked_by_every_process,
@@ -638,18 +637,12 @@ def build_optimizer(model, cfg: TrainingConfig, fused: bool) -> torch.optim.Adam
 def _claim_run_dir(run: Path, overwrite: bool, resuming: bool, accelerator, resources: ExitStack) -> None:
     """The main process locks the run folder for the whole run (`resources`), checks it again under the lock,
     and clears what a fresh start replaces (`runs.prepare_run_dir`); a refusal stops every process."""
-    refusal: RunError | None = None
-    if accelerator.is_main_process:
-        try:
-            resources.enter_context(runlock.locked(run))
-            runs.prepare_run_dir(run, overwrite, resuming)
-        except RunError as exc:  # a write refused (disk full, read-only) included: its own kind, for the CLI's hint
-            refusal = exc
-    message = distributed.from_main(str(refusal) if refusal else None, accelerator)
-    if refusal:
-        raise refusal
-    if message:  # the main process says it
-        raise StoppedWithAnother(message)
+
+    def claim() -> None:
+        resources.enter_context(runlock.locked(run))
+        runs.prepare_run_dir(run, overwrite, resuming)
+
+    distributed.on_main(accelerator, claim)
 
 
 def _best_on_resume(run: Path, state: LoopState, accelerator, source: Path) -> str:
