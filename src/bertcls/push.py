@@ -100,8 +100,7 @@ def check_finished(run: Path) -> None:
     if not (run / runs.MODEL_DIR / "config.json").is_file():
         if (run / runs.METRICS_FILE).is_file():  # finished: e.g. a search's losing trial (tune --keep best)
             raise RunError(f"{run} is a finished run whose {runs.MODEL_DIR}/ was removed; push another run, or train it again")
-        go_on = "bertcls train CONFIG --resume" if runs.checkpoints(run) else "bertcls train CONFIG"
-        raise RunError(f"{run} is an unfinished run that has saved no model yet; finish it with `{go_on}`, then push")
+        raise RunError(f"{run} is an unfinished run that has saved no model yet; finish it with `{runs.how_to_finish(run)}`, then push")
     if not runs.is_finished(run):
         raise RunError(f"{run} is an unfinished run (no {runs.METRICS_FILE}); finish it with `bertcls train CONFIG --resume`, then push")
     try:

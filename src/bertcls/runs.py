@@ -573,10 +573,14 @@ def model_dir(path: str | Path, given_by: str = "--model") -> Path:
         if (path / METRICS_FILE).is_file():  # finished: e.g. a search's losing trial (tune --keep best)
             raise RunError(f"{given_by} {path} is a finished run whose {MODEL_DIR}/ was removed (bertcls tune --keep best removes "
                            "the losing trials' models); give another run, or train it again")
-        go_on = "bertcls train CONFIG --resume" if checkpoints(path) else "bertcls train CONFIG"
         raise RunError(f"{given_by} {path} is a run that has saved no model yet (it stopped before its first evaluation); "
-                       f"train it ({go_on}), or give another run")
+                       f"train it ({how_to_finish(path)}), or give another run")
     raise RunError(f"{given_by} {path}: neither a finished run folder (with {MODEL_DIR}/) nor a model folder (with config.json); {fix}")
+
+
+def how_to_finish(run: Path) -> str:
+    """The command that finishes an unfinished run: resume from its checkpoint, or train again where it has none."""
+    return "bertcls train CONFIG --resume" if checkpoints(run) else "bertcls train CONFIG"
 
 
 def find_model(given: str | Path | None) -> tuple[Path, str]:
