@@ -321,6 +321,40 @@ def test_sigterm_while_writing_keeps_the_old_output_and_leaves_no_temporary(tmp_
     assert result.exit_code == 0 and output.stat().st_mode & 0o777 == 0o600
 
 
+def test_what_a_killed_predict_left_goes_with_the_next_output_to_the_same_file(tmp_path, trained_run):
+    """kill -9 leaves the output's half-written temporary; the next predict -o to that file removes it. One that a live
+    command holds, one just made, and a file of the user's named alike (not as mkstemp names them) stay."""
+    import fcntl
+    import time
+
+    from bertcls import atomic
+    from conftest import wait_for
+
+    source = write_csv(tmp_path / "in.csv", [(f"text number {i} " * 8, "x") for i in range(50_000)])
+    output = tmp_path / "out.csv"
+    predicting = subprocess.Popen([sys.executable, "-m", "bertcls", "predict", "-m", str(trained_run), "-f", str(source), "-o", str(output)],
+                                  stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wait_for(lambda: any(p.name.startswith(".out.csv.") for p in tmp_path.iterdir()), predicting, "the output's temporary file")
+    predicting.kill()
+    assert predicting.wait(60) == -signal.SIGKILL
+    (killed,) = [p for p in tmp_path.iterdir() if p.name.startswith(".out.csv.")]
+    live, young, theirs = (tmp_path / f".out.csv.{name}.tmp" for name in ("live0000", "young000", "notes"))
+    for path in (live, young, theirs):
+        path.write_text("half a fi")
+    for path in (killed, live, theirs):
+        os.utime(path, (time.time() - 2 * atomic.LEFTOVER_AGE_S,) * 2)
+    held = os.open(live, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as the command writing it holds it
+    try:
+        result = runner.invoke(app, ["predict", "-m", str(trained_run), "-f", str(write_csv(tmp_path / "few.csv", [("fine", "x")])),
+                                     "-o", str(output)])
+    finally:
+        os.close(held)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.csv", "few.csv", "out.csv", live.name, young.name, theirs.name])
+    assert output.read_text().splitlines()[1:] and theirs.read_text() == "half a fi"
+
+
 def test_a_json_lines_lists_objects_and_booleans_go_to_csv_as_json(tmp_path):
     source = tmp_path / "in.jsonl"
     source.write_text('{"text": "a", "meta": {"x": 1, "y": null}, "tags": ["p", "q"], "ok": true, "none": null}\n', encoding="utf-8")

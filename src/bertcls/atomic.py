@@ -2,7 +2,8 @@
 and mkdir() give; and a write the file system refuses (disk full, a file over a size limit, read-only,
 a file where a folder goes) turned into a one-line `WriteError` naming the path.
 
-Files are written under a temporary name in the same folder (`.NAME.*`), fsynced and renamed into place.
+Files are written under a temporary name in the same folder (`.NAME.*`), fsynced and renamed into place; what a
+killed command left under such a name goes with the next write of the same file (or folder).
 """
 
 from __future__ import annotations
@@ -28,14 +29,20 @@ from bertcls.errors import BertclsError, RunError, WriteError, causes
 @contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
     """A temporary path next to `path` to write; if the block succeeds it is fsynced and renamed onto `path`. The new
-    file has the permissions of the file it replaces (a private one stays private), else those open() gives."""
+    file has the permissions of the file it replaces (a private one stays private), else those open() gives.
+
+    The temporary file is locked (flock, which dies with the process) while it is written: one a killed command left
+    (`kill -9`, the kernel out of memory) is unlocked, and the next write of `path` removes it."""
     path = Path(path)
     with writing(path):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{_short(path.name, 14)}.", suffix=".tmp")
-        os.close(fd)
-        replaced = path.is_file() and not path.is_symlink()  # a link is replaced by the file, not written through
-        os.chmod(tmp, path.stat().st_mode & 0o7777 if replaced else 0o666 & ~current_umask())  # mkstemp makes 0600
+        prefix = f".{_short(path.name, 14)}."
+        _clear_killed_temporaries(path.parent, prefix)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
         try:
+            with suppress(OSError):  # a file system without locks: the temporary is still removed on any error
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            replaced = path.is_file() and not path.is_symlink()  # a link is replaced by the file, not written through
+            os.chmod(tmp, path.stat().st_mode & 0o7777 if replaced else 0o666 & ~current_umask())  # mkstemp makes 0600
             yield Path(tmp)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -43,6 +50,33 @@ def atomic_file(path: Path) -> Iterator[Path]:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        finally:
+            os.close(fd)
+
+
+TEMP_NAME = re.compile(r"[a-z0-9_]{8}\.tmp")  # what `atomic_file`'s temporary name has after its prefix, as mkstemp makes it
+
+
+def _clear_killed_temporaries(folder: Path, prefix: str) -> None:
+    """Remove the temporary files `atomic_file` left in `folder` for one target (named `prefix` + TEMP_NAME) when its
+    command was killed: plain files, unlocked, untouched for LEFTOVER_AGE_S (one just made is not locked yet). A file of
+    someone else's named like them stays unless it is also all of that."""
+    try:
+        names = [entry.name for entry in os.scandir(folder) if entry.name.startswith(prefix) and TEMP_NAME.fullmatch(entry.name[len(prefix):])]
+    except OSError:
+        return
+    for name in names:
+        with suppress(OSError):
+            fd = os.open(folder / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            try:
+                found = os.fstat(fd)
+                if not stat.S_ISREG(found.st_mode) or time.time() - found.st_mtime <= LEFTOVER_AGE_S:
+                    continue
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its command is writing it
+                if os.stat(folder / name, follow_symlinks=False).st_ino == found.st_ino:  # still the file just checked
+                    os.unlink(folder / name)
+            finally:
+                os.close(fd)
 
 
 def _short(name: str, added: int) -> str:
@@ -254,7 +288,7 @@ FILLING_MARK = ".bertcls-filling"  # in it: the file locked while it is filled, 
 MARK_TEXT = b"bertcls: a temporary folder, removed when its command ends or by the next one into this folder\n"
 NEW_PREFIX = ".bertcls-new-"  # its name while it is made, before it is locked
 _NAMES = {prefix: re.compile(re.escape(prefix) + r"[a-z0-9_]{8}") for prefix in (FILLING_PREFIX, NEW_PREFIX)}  # as mkdtemp names one
-LEFTOVER_AGE_S = 60  # a folder still named NEW_PREFIX this old was left by a command killed while making it
+LEFTOVER_AGE_S = 60  # a NEW_PREFIX folder, or an unlocked temporary file, this old was left by a command killed while making it
 
 
 @contextmanager
