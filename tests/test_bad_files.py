@@ -71,8 +71,21 @@ def test_cut_short_model_weights(run_copy, trained_run, command):
     cut_short(run_copy / runs.MODEL_DIR / "model.safetensors", 100_000)  # the traced graph is then stale: transformers loads it
     args = ["great film"] if command == "predict" else [str(trained_run.parent / "test.csv")]
     result = runner.invoke(app, [command, "--model", str(run_copy), *args])
-    assert_one_line_error(result, f"Error: {run_copy / runs.MODEL_DIR}: cannot load the model (Error while deserializing header: "
-                                  "incomplete metadata, file not fully covered); replace the folder with a complete copy, or train again")
+    assert_one_line_error(result, f"Error: {run_copy / runs.MODEL_DIR / 'model.safetensors'}: cannot load the model (Error while "
+                                  "deserializing header: incomplete metadata, file not fully covered); replace the folder with a complete "
+                                  "copy, or train again")
+
+
+def test_a_cut_short_tokenizer_is_named_by_predict_and_by_train(run_copy, tmp_path, toy_data):
+    (run_copy / runs.MODEL_DIR / runs.TORCHSCRIPT_FILE).unlink()  # the graph's predictor reads tokenizer.json on its own
+    cut_short(run_copy / runs.MODEL_DIR / "tokenizer.json", 100)
+    result = runner.invoke(app, ["predict", "--model", str(run_copy), "great film"])
+    assert_one_line_error(result, f"Error: {run_copy / runs.MODEL_DIR / 'tokenizer.json'}: cannot load the model (")
+    (tmp_path / "new").mkdir()
+    config = make_config(tmp_path / "new", toy_data, model={"name": str(run_copy / runs.MODEL_DIR)})
+    result = runner.invoke(app, ["train", str(config)])
+    assert_one_line_error(result, f"Error: model.name {str(run_copy / runs.MODEL_DIR)!r}: cannot load its tokenizer (tokenizer.json: ",
+                          tmp_path / "new" / "run")
 
 
 def test_pickled_code_in_a_model_folder_is_refused_not_run(tmp_path, trained_run, toy_data):

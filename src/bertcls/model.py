@@ -182,7 +182,7 @@ def _from_pretrained(transformers, cfg: ModelConfig, id2label: dict[int, str], l
     except unreadable_weights() as exc:
         if not_downloaded(exc):
             raise ModelError(f"model.name {cfg.name!r}: {download_failure()}") from None
-        raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({load_reason(exc)})") from None
+        raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({in_file(cfg.name, load_reason(exc))})") from None
     fresh_head(model)
     return model
 
@@ -238,7 +238,7 @@ def check_model_source(cfg: ModelConfig, max_length: int) -> None:
     except (OSError, ValueError, KeyError) as exc:
         if not_downloaded(exc):
             raise ModelError(f"model.name {cfg.name!r}: {download_failure()}") from None
-        raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({first_line(exc)})") from None
+        raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({in_file(cfg.name, first_line(exc))})") from None
     check_max_length(config, max_length, cfg.name)
 
 
@@ -255,7 +255,7 @@ def load_tokenizer(cfg: ModelConfig, max_length: int, texts: Sequence[str] = (),
     except (OSError, ValueError, KeyError) as exc:
         if not_downloaded(exc):
             raise ModelError(f"model.name {cfg.name!r}: {download_failure()}") from None
-        raise ModelError(f"model.name {cfg.name!r}: cannot load its tokenizer ({first_line(exc)})") from None
+        raise ModelError(f"model.name {cfg.name!r}: cannot load its tokenizer ({in_file(cfg.name, first_line(exc))})") from None
     check_tokenizer(tokenizer, config, f"model.name {cfg.name!r}")
     return tokenizer
 
@@ -276,6 +276,33 @@ def _check_model_source(name: str) -> None:
         raise ModelError(f"model.name {name!r}: no such folder; give a local model folder, a hub id, or `tiny`")
     if path.exists() and not (path / "config.json").is_file():
         raise ModelError(f"model.name {name!r}: not a Hugging Face model folder (no config.json); point it at the folder save_pretrained wrote")
+
+
+def damaged_file(folder: str | Path) -> Path | None:
+    """After a local model folder failed to load: its one file a second look finds damaged (a JSON file that does not
+    parse, a safetensors file whose header or length is wrong), for the error to name; None for no folder, no such file,
+    or several."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    damaged = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_bytes())
+            elif path.suffix == ".safetensors":
+                with safe_open(path, "pt"):
+                    pass
+        except (OSError, ValueError, SafetensorError):
+            damaged.append(path)
+    return damaged[0] if len(damaged) == 1 else None
+
+
+def in_file(name: str, reason: str) -> str:
+    """`reason` a model named `name` failed to load for, led by the file at fault where `name` is a local folder holding
+    one damaged file (`damaged_file`)."""
+    found = damaged_file(name)
+    return f"{found.name}: {reason}" if found is not None else reason
 
 
 def usable_positions(model_config) -> int | None:
@@ -312,8 +339,8 @@ def load_trained(path: str | Path):
         with quiet_unpickler():
             model, loading = transformers.AutoModelForSequenceClassification.from_pretrained(folder, dtype=FP32, output_loading_info=True)
     except unreadable_weights() as exc:
-        raise ModelError(f"{folder}: cannot load the model ({load_reason(exc)}); replace the folder with a complete "
-                         "copy, or train again") from None
+        raise ModelError(f"{damaged_file(folder) or folder}: cannot load the model ({load_reason(exc)}); replace the folder with a "
+                         "complete copy, or train again") from None
     check_tokenizer(tokenizer, model.config, str(folder))
     if loading["missing_keys"]:  # not in the folder, so initialised at random: a bare encoder has no trained head
         missing = ", ".join(sorted(loading["missing_keys"])[:4]) + (", ..." if len(loading["missing_keys"]) > 4 else "")
