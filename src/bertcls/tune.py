@@ -664,10 +664,11 @@ def write_report(job: Search) -> optuna.trial.FrozenTrial | None:
     trials = study.get_trials(deepcopy=False)
     atomic.write_atomic(folder / TRIALS_FILE, _trials_csv(job, trials))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    queued = sum(t.state == TrialState.WAITING for t in trials)  # a stopped trial's values, to run again
     counts = ", ".join(f"{sum(t.state == state for t in trials)} {word}" for state, word in
-                       ((TrialState.COMPLETE, "completed"), (TrialState.PRUNED, "pruned"), (TrialState.FAIL, "failed"))) \
-        + (f", {queued} queued" if queued else "")
+                       ((TrialState.COMPLETE, "completed"), (TrialState.PRUNED, "pruned"), (TrialState.FAIL, "failed")))
+    # a stopped trial's values, to run again; and a trial another worker is running
+    counts += "".join(f", {n} {word}" for state, word in ((TrialState.WAITING, "queued"), (TrialState.RUNNING, "running"))
+                      if (n := sum(t.state == state for t in trials)))
     if not complete:
         job.say(f"{len(trials)} trial(s) ({counts}), none completed yet; wrote {folder / TRIALS_FILE}")
         return None
