@@ -284,9 +284,12 @@ def damaged_file(folder: str | Path) -> Path | None:
     or several."""
     from safetensors import SafetensorError, safe_open
 
-    folder = Path(folder)
+    try:
+        paths = sorted(Path(folder).iterdir())
+    except OSError:  # no folder (a hub id), or one that cannot be listed
+        return None
     damaged = []
-    for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+    for path in paths:
         try:
             if path.suffix == ".json":
                 json.loads(path.read_bytes())
