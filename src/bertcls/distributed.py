@@ -44,6 +44,17 @@ def local_follower() -> bool:
     return launched() and os.environ["LOCAL_RANK"] != "0"
 
 
+# How the collective layer says that another process of the launch went away in the middle of a collective: gloo's
+# TCP pair, and NCCL's remote error
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote process exited")
+
+
+def peer_gone(exc: BaseException) -> bool:
+    """Whether `exc` is the collective layer saying another process of this launch went away: it failed (and said why)
+    or was killed, while this one waited for it in a collective."""
+    return launched() and isinstance(exc, RuntimeError) and any(text in str(exc) for text in PEER_GONE)
+
+
 def is_sharded(accelerator) -> bool:
     """Whether the model is sharded across processes (FSDP)."""
     return accelerator.distributed_type == "FSDP"

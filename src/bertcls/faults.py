@@ -129,7 +129,8 @@ class StopRequest:
 
 @contextmanager
 def guarded(cfg: TrainingConfig) -> Iterator[StopRequest]:
-    """Catch stop signals for the loop, and turn running out of memory into a TrainingError."""
+    """Catch stop signals for the loop, and turn running out of memory, or another process of a launch gone in the
+    middle of a collective, into a TrainingError."""
     import torch
 
     stop = StopRequest()
@@ -139,6 +140,9 @@ def guarded(cfg: TrainingConfig) -> Iterator[StopRequest]:
     except torch.cuda.OutOfMemoryError:
         raise TrainingError(out_of_memory_hint(cfg)) from None
     except RuntimeError as exc:
+        if distributed.peer_gone(exc):  # one line instead of the collective layer's traceback
+            raise TrainingError("another process of this launch stopped during training (its error, or the launcher's "
+                                "report, says why), so this one stopped too") from None
         if "out of memory" not in str(exc):  # older CUDA builds and MPS say it in a RuntimeError
             raise
         raise TrainingError(out_of_memory_hint(cfg)) from None
