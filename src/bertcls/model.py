@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import re
 import shutil
 import warnings
 from collections import Counter
@@ -182,7 +183,7 @@ def _from_pretrained(transformers, cfg: ModelConfig, id2label: dict[int, str], l
     except unreadable_weights() as exc:
         if not_downloaded(exc):
             raise ModelError(f"model.name {cfg.name!r}: {download_failure()}") from None
-        raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({in_file(cfg.name, load_reason(exc))})") from None
+        raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({in_file(cfg.name, exc, load_reason(exc))})") from None
     fresh_head(model)
     return model
 
@@ -238,7 +239,7 @@ def check_model_source(cfg: ModelConfig, max_length: int) -> None:
     except (OSError, ValueError, KeyError) as exc:
         if not_downloaded(exc):
             raise ModelError(f"model.name {cfg.name!r}: {download_failure()}") from None
-        raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({in_file(cfg.name, first_line(exc))})") from None
+        raise ModelError(f"model.name {cfg.name!r}: cannot load it as a sequence classifier ({in_file(cfg.name, exc, first_line(exc))})") from None
     check_max_length(config, max_length, cfg.name)
 
 
@@ -255,7 +256,7 @@ def load_tokenizer(cfg: ModelConfig, max_length: int, texts: Sequence[str] = (),
     except (OSError, ValueError, KeyError) as exc:
         if not_downloaded(exc):
             raise ModelError(f"model.name {cfg.name!r}: {download_failure()}") from None
-        raise ModelError(f"model.name {cfg.name!r}: cannot load its tokenizer ({in_file(cfg.name, first_line(exc))})") from None
+        raise ModelError(f"model.name {cfg.name!r}: cannot load its tokenizer ({in_file(cfg.name, exc, first_line(exc))})") from None
     check_tokenizer(tokenizer, config, f"model.name {cfg.name!r}")
     return tokenizer
 
@@ -278,33 +279,53 @@ def _check_model_source(name: str) -> None:
         raise ModelError(f"model.name {name!r}: not a Hugging Face model folder (no config.json); point it at the folder save_pretrained wrote")
 
 
-def damaged_file(folder: str | Path) -> Path | None:
-    """After a local model folder failed to load: its one file a second look finds damaged (a JSON file that does not
-    parse, a safetensors file whose header or length is wrong), for the error to name; None for no folder, no such file,
-    or several."""
+# The JSON files transformers reads to load a model folder and its tokenizer
+LOADED_JSON = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+               "model.safetensors.index.json")
+JSON_SAID = re.compile(r"not a valid JSON file|line \d+ column \d+")  # transformers' words, and serde's (tokenizers)
+SECOND_LOOK_LIMIT = 1 << 30  # bytes: a JSON file larger than this is not read again to find the damage
+
+
+def damaged_file(folder: str | Path, exc: BaseException) -> Path | None:
+    """After a local model folder failed to load with `exc`: the one file of the kind `exc` is about that a second look
+    finds damaged (a JSON file transformers reads that does not parse; a safetensors file whose header or length is
+    wrong), for the error to name. None for a hub id, an error about neither kind (a pickled .bin, say), no such
+    file, or several."""
     from safetensors import SafetensorError, safe_open
 
+    def parses(path: Path) -> None:
+        json.loads(path.read_bytes())
+
+    def opens(path: Path) -> None:
+        with safe_open(path, "pt"):
+            pass
+
+    folder = Path(folder)
+    said = list(causes(exc))
     try:
-        paths = sorted(Path(folder).iterdir())
+        if any(isinstance(cause, json.JSONDecodeError) or JSON_SAID.search(str(cause)) for cause in said):
+            candidates, check = [folder / name for name in LOADED_JSON], parses
+        elif any(isinstance(cause, SafetensorError) for cause in said):
+            candidates, check = sorted(folder.glob("*.safetensors")), opens
+        else:
+            return None
+        # plain files only (a FIFO would block the read); a model folder of the hub's cache links to them
+        candidates = [path for path in candidates if path.is_file() and path.stat().st_size <= SECOND_LOOK_LIMIT]
     except OSError:  # no folder (a hub id), or one that cannot be listed
         return None
     damaged = []
-    for path in paths:
+    for path in candidates:
         try:
-            if path.suffix == ".json":
-                json.loads(path.read_bytes())
-            elif path.suffix == ".safetensors":
-                with safe_open(path, "pt"):
-                    pass
-        except (OSError, ValueError, SafetensorError):
+            check(path)
+        except Exception:  # noqa: BLE001 - whatever the second look meets (RecursionError for deep nesting, too) is damage
             damaged.append(path)
     return damaged[0] if len(damaged) == 1 else None
 
 
-def in_file(name: str, reason: str) -> str:
-    """`reason` a model named `name` failed to load for, led by the file at fault where `name` is a local folder holding
-    one damaged file (`damaged_file`)."""
-    found = damaged_file(name)
+def in_file(name: str, exc: BaseException, reason: str) -> str:
+    """`reason` a model named `name` failed to load with `exc` for, led by the file at fault where `name` is a local
+    folder and one file of the kind `exc` is about is damaged (`damaged_file`)."""
+    found = damaged_file(name, exc)
     return f"{found.name}: {reason}" if found is not None else reason
 
 
@@ -342,7 +363,7 @@ def load_trained(path: str | Path):
         with quiet_unpickler():
             model, loading = transformers.AutoModelForSequenceClassification.from_pretrained(folder, dtype=FP32, output_loading_info=True)
     except unreadable_weights() as exc:
-        raise ModelError(f"{damaged_file(folder) or folder}: cannot load the model ({load_reason(exc)}); replace the folder with a "
+        raise ModelError(f"{damaged_file(folder, exc) or folder}: cannot load the model ({load_reason(exc)}); replace the folder with a "
                          "complete copy, or train again") from None
     check_tokenizer(tokenizer, model.config, str(folder))
     if loading["missing_keys"]:  # not in the folder, so initialised at random: a bare encoder has no trained head
