@@ -44,15 +44,18 @@ def local_follower() -> bool:
     return launched() and os.environ["LOCAL_RANK"] != "0"
 
 
-# How the collective layer says that another process of the launch went away in the middle of a collective: gloo's
-# TCP pair, and NCCL's remote error
-PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote process exited")
+# How the collective layer says that its connection to another process of the launch broke in the middle of a
+# collective: gloo's TCP pair, and NCCL's remote error (which a network fault between live processes raises too)
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote process exited or there was a network error")
 
 
-def peer_gone(exc: BaseException) -> bool:
-    """Whether `exc` is the collective layer saying another process of this launch went away: it failed (and said why)
-    or was killed, while this one waited for it in a collective."""
-    return launched() and isinstance(exc, RuntimeError) and any(text in str(exc) for text in PEER_GONE)
+def peer_gone(exc: BaseException) -> str | None:
+    """What the collective layer said (one of PEER_GONE) where `exc` is its connection to another process of this launch
+    breaking while this one waited in a collective: that process failed (and said why) or was killed, or the network
+    between them failed. None for anything else, and when this process is the launch's only one."""
+    if not isinstance(exc, RuntimeError) or launched_processes() < 2:
+        return None
+    return next((text for text in PEER_GONE if text in str(exc)), None)
 
 
 def is_sharded(accelerator) -> bool:

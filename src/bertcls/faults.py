@@ -140,9 +140,9 @@ def guarded(cfg: TrainingConfig) -> Iterator[StopRequest]:
     except torch.cuda.OutOfMemoryError:
         raise TrainingError(out_of_memory_hint(cfg)) from None
     except RuntimeError as exc:
-        if distributed.peer_gone(exc):  # one line instead of the collective layer's traceback
-            raise TrainingError("another process of this launch stopped during training (its error, or the launcher's "
-                                "report, says why), so this one stopped too") from None
+        if said := distributed.peer_gone(exc):  # one line instead of the collective layer's traceback
+            raise TrainingError(f"the connection to another process of this launch broke ({said}): it stopped (its error, or "
+                                "the launcher's report, says why) or the network between them failed; this one stopped too") from None
         if "out of memory" not in str(exc):  # older CUDA builds and MPS say it in a RuntimeError
             raise
         raise TrainingError(out_of_memory_hint(cfg)) from None
