@@ -228,13 +228,22 @@ def study_trials(folder: Path) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'study.db'}").get_trials()
 
 
-def test_the_report_counts_a_trial_another_worker_is_running(tmp_path, no_trial_reports):
+def test_the_report_counts_a_trial_another_worker_is_running_or_a_killed_one_left(tmp_path, no_trial_reports):
     config = one_trial_study(tmp_path)
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path / 'search' / 'study.db'}")
-    study.ask()  # as another worker's trial, begun and not ended
-    result = runner.invoke(app, ["tune", str(config), "--report"])
+    study.ask()  # a trial begun and not ended
+    lock = os.open(tmp_path / "search" / "tune.lock", os.O_RDWR)
+    fcntl.flock(lock, fcntl.LOCK_SH)  # as a worker on the folder holds it
+    try:
+        result = runner.invoke(app, ["tune", str(config), "--report"])
+    finally:
+        os.close(lock)
     assert result.exit_code == 0, result.output
     assert "2 trial(s) (1 completed, 0 pruned, 0 failed, 1 running) | best: trial 0" in result.output, result.output
+    result = runner.invoke(app, ["tune", str(config), "--report"])  # no worker holds the folder: its worker was killed
+    assert result.exit_code == 0, result.output
+    assert ("2 trial(s) (1 completed, 0 pruned, 0 failed, 1 left running by a stopped worker (the next bertcls tune fails it "
+            "and runs its values again)) | best: trial 0") in result.output, result.output
 
 
 def test_a_study_refuses_a_space_its_trials_did_not_search_before_any_trial(tmp_path, no_trial_reports):

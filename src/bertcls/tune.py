@@ -173,8 +173,20 @@ def report(config: Config, options: Options, say: Callable[[str], None] | None =
     folder = Path(config.output_dir)
     with _quiet_optuna():
         job = _open(config, options, folder, _server(options), None, say, create=False)
-        write_report(job)
+        write_report(job, workers_gone=options.storage is None and not _worked_on(folder))
     return folder
+
+
+def _worked_on(folder: Path) -> bool:
+    """Whether a `bertcls tune` worker is on `folder` now (it holds tune.lock)."""
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except OSError:  # no lock file: no worker ever ran here
+        return False
+    try:
+        return not _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)  # lets go of the lock, if taken
 
 
 def _check_search(config: Config) -> None:
@@ -658,16 +670,18 @@ def _ended(study: optuna.Study) -> int:
     return sum(trial.state.is_finished() for trial in study.get_trials(deepcopy=False))
 
 
-def write_report(job: Search) -> optuna.trial.FrozenTrial | None:
-    """trials.csv, and with a completed trial best.yaml and the figures; the best trial (None if none completed)."""
+def write_report(job: Search, workers_gone: bool = False) -> optuna.trial.FrozenTrial | None:
+    """trials.csv, and with a completed trial best.yaml and the figures; the best trial (None if none completed).
+    `workers_gone`: no worker is on the folder, so a trial still marked running was left by one that was killed."""
     study, folder = job.study, job.folder
     trials = study.get_trials(deepcopy=False)
     atomic.write_atomic(folder / TRIALS_FILE, _trials_csv(job, trials))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     counts = ", ".join(f"{sum(t.state == state for t in trials)} {word}" for state, word in
                        ((TrialState.COMPLETE, "completed"), (TrialState.PRUNED, "pruned"), (TrialState.FAIL, "failed")))
-    # a stopped trial's values, to run again; and a trial another worker is running
-    counts += "".join(f", {n} {word}" for state, word in ((TrialState.WAITING, "queued"), (TrialState.RUNNING, "running"))
+    # a stopped trial's values, to run again; and a trial another worker is running, or a killed one left running
+    running = "left running by a stopped worker (the next bertcls tune fails it and runs its values again)" if workers_gone else "running"
+    counts += "".join(f", {n} {word}" for state, word in ((TrialState.WAITING, "queued"), (TrialState.RUNNING, running))
                       if (n := sum(t.state == state for t in trials)))
     if not complete:
         job.say(f"{len(trials)} trial(s) ({counts}), none completed yet; wrote {folder / TRIALS_FILE}")
