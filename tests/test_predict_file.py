@@ -323,7 +323,7 @@ def test_sigterm_while_writing_keeps_the_old_output_and_leaves_no_temporary(tmp_
 
 def test_what_a_killed_predict_left_goes_with_the_next_output_to_the_same_file(tmp_path, trained_run):
     """kill -9 leaves the output's half-written temporary; the next predict -o to that file removes it. One that a live
-    command holds, one just made, and a file of the user's named alike (not as mkstemp names them) stay."""
+    command holds, one just made, and files of the user's named alike stay."""
     import fcntl
     import time
 
@@ -338,10 +338,11 @@ def test_what_a_killed_predict_left_goes_with_the_next_output_to_the_same_file(t
     predicting.kill()
     assert predicting.wait(60) == -signal.SIGKILL
     (killed,) = [p for p in tmp_path.iterdir() if p.name.startswith(".out.csv.")]
-    live, young, theirs = (tmp_path / f".out.csv.{name}.tmp" for name in ("live0000", "young000", "notes"))
-    for path in (live, young, theirs):
+    live, young = (tmp_path / f".out.csv.{atomic.TEMP_MARK}{name}.tmp" for name in ("live0000", "young000"))
+    theirs = [tmp_path / f".out.csv.{name}.tmp" for name in ("notes", "old_copy")]
+    for path in (live, young, *theirs):
         path.write_text("half a fi")
-    for path in (killed, live, theirs):
+    for path in (killed, live, *theirs):
         os.utime(path, (time.time() - 2 * atomic.LEFTOVER_AGE_S,) * 2)
     held = os.open(live, os.O_RDONLY)
     fcntl.flock(held, fcntl.LOCK_EX)  # as the command writing it holds it
@@ -351,8 +352,8 @@ def test_what_a_killed_predict_left_goes_with_the_next_output_to_the_same_file(t
     finally:
         os.close(held)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.csv", "few.csv", "out.csv", live.name, young.name, theirs.name])
-    assert output.read_text().splitlines()[1:] and theirs.read_text() == "half a fi"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.csv", "few.csv", "out.csv", live.name, young.name, *(p.name for p in theirs)])
+    assert output.read_text().splitlines()[1:] and all(path.read_text() == "half a fi" for path in theirs)
 
 
 def test_a_json_lines_lists_objects_and_booleans_go_to_csv_as_json(tmp_path):

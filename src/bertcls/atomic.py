@@ -35,7 +35,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
     (`kill -9`, the kernel out of memory) is unlocked, and the next write of `path` removes it."""
     path = Path(path)
     with writing(path):
-        prefix = f".{_short(path.name, 14)}."
+        prefix = f".{_short(path.name, 22)}.{TEMP_MARK}"
         _clear_killed_temporaries(path.parent, prefix)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
         try:
@@ -54,20 +54,21 @@ def atomic_file(path: Path) -> Iterator[Path]:
             os.close(fd)
 
 
-TEMP_NAME = re.compile(r"[a-z0-9_]{8}\.tmp")  # what `atomic_file`'s temporary name has after its prefix, as mkstemp makes it
+TEMP_MARK = "bertcls-"  # in `atomic_file`'s temporary names, `.NAME.bertcls-XXXXXXXX.tmp`: a user's files are not named so
+TEMP_NAME = re.compile(r"[a-z0-9_]{8}\.tmp")  # what that name has after its prefix, as mkstemp makes it
 
 
 def _clear_killed_temporaries(folder: Path, prefix: str) -> None:
     """Remove the temporary files `atomic_file` left in `folder` for one target (named `prefix` + TEMP_NAME) when its
-    command was killed: plain files, unlocked, untouched for LEFTOVER_AGE_S (one just made is not locked yet). A file of
-    someone else's named like them stays unless it is also all of that."""
+    command was killed: plain files, unlocked, untouched for LEFTOVER_AGE_S (one just made is not locked yet). Opened
+    for writing, as NFS needs for the exclusive lock; one that cannot be (another user's) stays."""
     try:
         names = [entry.name for entry in os.scandir(folder) if entry.name.startswith(prefix) and TEMP_NAME.fullmatch(entry.name[len(prefix):])]
     except OSError:
         return
     for name in names:
         with suppress(OSError):
-            fd = os.open(folder / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(folder / name, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
             try:
                 found = os.fstat(fd)
                 if not stat.S_ISREG(found.st_mode) or time.time() - found.st_mtime <= LEFTOVER_AGE_S:
